@@ -1,0 +1,41 @@
+# The README's two commands are `make demo` and `make test`; everything else is for developers.
+SHELL := /bin/bash
+PY := $(CURDIR)/.venv/bin/python
+export PYTHONPATH := $(CURDIR)/build/collections:$(CURDIR)
+export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/build/collections
+LAB_ARGS ?=
+
+.PHONY: deps demo test units integration sanity bench lab-up lab-down lab-status clean
+
+deps:
+	@tools/bootstrap.sh
+
+demo: deps
+	$(PY) -m lab.demo $(LAB_ARGS)
+
+test: deps
+	$(PY) -m pytest tests
+
+units: deps
+	$(PY) -m pytest tests/unit
+
+integration: deps
+	$(PY) -m pytest tests/integration
+
+sanity: deps
+	$(PY) -m pytest tests/sanity
+
+bench: deps
+	$(PY) benchmarks/run_all.py
+
+lab-up: deps
+	$(PY) -m lab up $(LAB_ARGS)
+
+lab-down: deps
+	$(PY) -m lab down $(LAB_ARGS)
+
+lab-status: deps
+	$(PY) -m lab status $(LAB_ARGS)
+
+clean: lab-down
+	rm -rf build
