@@ -1,0 +1,369 @@
+# Copyright (c) 2026, storage.replication developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The ZFS command layer: argv builders, output parsers and feature detection.
+
+Works on zfs-fuse 0.7 (pool version 23: no `zfs version`, no `list -p`, no `written`
+property, one snapshot per `zfs snapshot` call) and on OpenZFS 2.x (`zfs version`,
+`written@<snap>`, multi-dataset atomic snapshots, resumable and compressed streams).
+Every command runs with LC_ALL=C and fails with a ZfsError carrying argv, rc and stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import time
+
+ZFS = "zfs"
+C_LOCALE_ENV = {"LC_ALL": "C", "LANG": "C"}
+
+# `zfs destroy` can answer "dataset is busy" for a moment after a receive on zfs-fuse.
+BUSY_RETRY_SECONDS = 10.0
+
+# dmu_replay_record: every record of a send stream starts with this 312-byte header.
+DRR_HEADER_SIZE = 312
+DRR_BEGIN, DRR_OBJECT, DRR_FREEOBJECTS, DRR_WRITE, DRR_FREE, DRR_END = range(6)
+DRR_WRITE_BYREF, DRR_SPILL, DRR_WRITE_EMBEDDED = 6, 7, 8
+# Records that carry file data written since the stream's base snapshot.
+DATA_RECORDS = frozenset((DRR_WRITE, DRR_WRITE_BYREF, DRR_SPILL, DRR_WRITE_EMBEDDED))
+
+
+class ZfsError(Exception):
+    """A zfs command failed: carries the argv, the exit code and stderr."""
+
+    def __init__(self, argv, rc, stderr):
+        self.argv = list(argv)
+        self.rc = rc
+        self.stderr = (stderr or "").strip()
+        super().__init__("command '%s' failed: exit code %s%s" % (
+            " ".join(self.argv), rc, (": " + self.stderr) if self.stderr else ""))
+
+    @property
+    def busy(self):
+        return "dataset is busy" in self.stderr
+
+    @property
+    def missing(self):
+        return "does not exist" in self.stderr
+
+
+def run_command(argv, input_bytes=None, check=True):
+    """Run argv (never through a shell) in the C locale; returns (rc, stdout, stderr) as text."""
+    env = dict(os.environ)
+    env.update(C_LOCALE_ENV)
+    proc = subprocess.run(argv, input=input_bytes, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, check=False)
+    stdout = proc.stdout.decode("utf-8", "replace")
+    stderr = proc.stderr.decode("utf-8", "replace")
+    if check and proc.returncode != 0:
+        raise ZfsError(argv, proc.returncode, stderr)
+    return proc.returncode, stdout, stderr
+
+
+# ---------------------------------------------------------------- parsers
+
+def parse_get(text):
+    """Parse `zfs get -Hp -o name,property,value ...` into {name: {property: value}}."""
+    result = {}
+    for line in text.splitlines():
+        if not line:
+            continue
+        fields = line.split("\t")
+        if len(fields) != 3:
+            raise ValueError("unexpected line in 'zfs get' output: %r" % line)
+        name, prop, value = fields
+        result.setdefault(name, {})[prop] = value
+    return result
+
+
+def split_snapshot(name):
+    """'pool/ds@snap' -> ('pool/ds', 'snap'); a dataset name -> (name, None)."""
+    dataset, sep, snap = name.partition("@")
+    return dataset, (snap if sep else None)
+
+
+def snapshot_tree(props_by_name):
+    """From parse_get() output of type,guid,createtxg,creation: {dataset: {snap: info}}.
+
+    Every dataset appears (also those without snapshots); info is
+    {"guid": str, "createtxg": int, "creation": int}.  Snapshots keep creation order (createtxg).
+    """
+    tree = {}
+    for name, props in props_by_name.items():
+        dataset, snap = split_snapshot(name)
+        snaps = tree.setdefault(dataset, {})
+        if snap is not None:
+            snaps[snap] = {
+                "guid": props.get("guid", ""),
+                "createtxg": int(props.get("createtxg", "0") or 0),
+                "creation": int(props.get("creation", "0") or 0),
+            }
+    return {ds: dict(sorted(snaps.items(), key=lambda item: item[1]["createtxg"])) for ds, snaps in tree.items()}
+
+
+def stream_begin_guids(header):
+    """(toguid, fromguid) of a send stream's BEGIN record (its first 312 bytes)."""
+    if len(header) < DRR_HEADER_SIZE:
+        raise ValueError("send stream shorter than one record")
+    drr_type, = struct.unpack_from("<I", header, 0)
+    if drr_type != DRR_BEGIN:
+        raise ValueError("send stream does not start with a BEGIN record")
+    toguid, fromguid = struct.unpack_from("<QQ", header, 8 + 8 + 8 + 8 + 4 + 4)
+    return toguid, fromguid
+
+
+def _record_payload_length(header):
+    """Bytes following a record header in a (non-compressed) send stream."""
+    drr_type, payloadlen = struct.unpack_from("<II", header, 0)
+    body = 8
+    if drr_type == DRR_BEGIN:
+        return payloadlen
+    if drr_type == DRR_OBJECT:
+        bonuslen, = struct.unpack_from("<I", header, body + 8 + 4 + 4 + 4)
+        return (bonuslen + 7) & ~7
+    if drr_type == DRR_WRITE:
+        length, = struct.unpack_from("<Q", header, body + 8 + 4 + 4 + 8)
+        return length
+    if drr_type == DRR_SPILL:
+        length, = struct.unpack_from("<Q", header, body + 8)
+        return length
+    return 0
+
+
+def stream_writes_data(stream):
+    """True if a single-snapshot incremental send stream (a readable binary file) carries file data.
+
+    Metadata-only changes (atime updates from reading the replica, chmod) produce OBJECT and FREE
+    records but no WRITE records; a stream of an unmodified dataset is just BEGIN + END.
+    Stops reading at the first data record, so a large divergence costs little.
+    """
+    while True:
+        header = _read_exactly(stream, DRR_HEADER_SIZE)
+        if not header:
+            return False
+        drr_type, = struct.unpack_from("<I", header, 0)
+        if drr_type in DATA_RECORDS:
+            return True
+        if drr_type == DRR_END:
+            continue
+        _skip(stream, _record_payload_length(header))
+
+
+def _read_exactly(stream, size):
+    data = b""
+    while len(data) < size:
+        chunk = stream.read(size - len(data))
+        if not chunk:
+            if data:
+                raise ValueError("send stream ends inside a record")
+            return b""
+        data += chunk
+    return data
+
+
+def _skip(stream, size):
+    while size > 0:
+        chunk = stream.read(min(size, 1 << 20))
+        if not chunk:
+            raise ValueError("send stream ends inside a record payload")
+        size -= len(chunk)
+
+
+# ---------------------------------------------------------------- argv builders
+
+def send_argv(dataset, snapshot, base=None, replicate=True, properties=True, intermediates=True, compressed=False):
+    """`zfs send` of dataset@snapshot, full or incremental from base (-I keeps intermediate snapshots)."""
+    argv = [ZFS, "send"]
+    if replicate:
+        argv.append("-R")
+    if properties and not replicate:
+        argv.append("-p")
+    if compressed:
+        argv.append("-c")
+    if base:
+        argv += ["-I" if intermediates else "-i", "%s@%s" % (dataset, base)]
+    argv.append("%s@%s" % (dataset, snapshot))
+    return argv
+
+
+def recv_argv(dataset, force=True, resumable=False):
+    """`zfs recv` into dataset; -F rolls back to the base (callers check for divergence first)."""
+    argv = [ZFS, "recv"]
+    if force:
+        argv.append("-F")
+    if resumable:
+        argv.append("-s")
+    argv.append(dataset)
+    return argv
+
+
+def snapshot_argv(names):
+    return [ZFS, "snapshot"] + list(names)
+
+
+def get_argv(properties, names, recursive=False):
+    argv = [ZFS, "get", "-Hp", "-o", "name,property,value"]
+    if recursive:
+        argv.append("-r")
+    return argv + [",".join(properties)] + list(names)
+
+
+SNAPSHOT_PROPERTIES = ("type", "guid", "createtxg", "creation")
+
+
+class Features:
+    """What the local ZFS can do, detected by probing rather than assumed from a version."""
+
+    def __init__(self, openzfs_version=None):
+        self.openzfs_version = openzfs_version
+
+    @property
+    def openzfs(self):
+        return self.openzfs_version is not None
+
+    # zfs-fuse lacks all of these; OpenZFS 2.x has them.
+    multi_snapshot = openzfs
+    written_property = openzfs
+    resumable_receive = openzfs
+    compressed_send = openzfs
+    holds = True
+
+    def as_dict(self):
+        return {
+            "implementation": "openzfs" if self.openzfs else "zfs-fuse",
+            "version": self.openzfs_version,
+            "multi_snapshot": self.multi_snapshot,
+            "written_property": self.written_property,
+            "resumable_receive": self.resumable_receive,
+        }
+
+
+def parse_version(text):
+    """First line of `zfs version` ('zfs-2.1.11-1') -> '2.1.11-1'."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return first[len("zfs-"):] if first.startswith("zfs-") else first or None
+
+
+class Zfs:
+    """Local ZFS operations; `run` is injectable for unit tests (argv, input, check) -> (rc, out, err)."""
+
+    def __init__(self, run=run_command):
+        self.run = run
+        self._features = None
+
+    @property
+    def features(self):
+        if self._features is None:
+            rc, out, _err = self.run([ZFS, "version"], None, False)
+            self._features = Features(parse_version(out) if rc == 0 else None)
+        return self._features
+
+    def exists(self, name):
+        rc, _out, _err = self.run([ZFS, "get", "-H", "-o", "value", "type", name], None, False)
+        return rc == 0
+
+    def get(self, properties, names, recursive=False):
+        _rc, out, _err = self.run(get_argv(properties, names, recursive), None, True)
+        return parse_get(out)
+
+    def snapshots(self, dataset, recursive=True):
+        """{dataset: {snap: {guid, createtxg, creation}}} for dataset (and its children if recursive)."""
+        return snapshot_tree(self.get(SNAPSHOT_PROPERTIES, [dataset], recursive))
+
+    def create(self, dataset, parents=True):
+        self.run([ZFS, "create"] + (["-p"] if parents else []) + [dataset], None, True)
+
+    def snapshot(self, datasets, name):
+        """Snapshot all datasets as @name: atomically in one call where ZFS allows several.
+
+        zfs-fuse takes one per call; if one fails, the ones already made are destroyed again
+        and the error is raised, so the set is all-or-nothing either way.
+        """
+        names = ["%s@%s" % (ds, name) for ds in datasets]
+        if self.features.multi_snapshot or len(names) == 1:
+            self.run(snapshot_argv(names), None, True)
+            return
+        made = []
+        try:
+            for full in names:
+                self.run(snapshot_argv([full]), None, True)
+                made.append(full)
+        except ZfsError:
+            for full in made:
+                self.destroy(full)
+            raise
+
+    def destroy(self, name, recursive=False):
+        """Destroy a dataset or snapshot, retrying briefly while zfs-fuse reports it busy."""
+        argv = [ZFS, "destroy"] + (["-r"] if recursive else []) + [name]
+        deadline = time.monotonic() + BUSY_RETRY_SECONDS
+        delay = 0.05
+        while True:
+            rc, _out, err = self.run(argv, None, False)
+            if rc == 0:
+                return
+            error = ZfsError(argv, rc, err)
+            if not error.busy or time.monotonic() >= deadline:
+                raise error
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def rename(self, old, new):
+        self.run([ZFS, "rename", old, new], None, True)
+
+    def rollback(self, dataset, snapshot):
+        self.run([ZFS, "rollback", "-r", "%s@%s" % (dataset, snapshot)], None, True)
+
+    def hold(self, tag, snapshot):
+        self.run([ZFS, "hold", tag, snapshot], None, True)
+
+    def release(self, tag, snapshot):
+        self.run([ZFS, "release", tag, snapshot], None, True)
+
+    def written_since(self, dataset, snapshot):
+        """True if file data was written to dataset after dataset@snapshot (later snapshots are the caller's check).
+
+        OpenZFS: the `written@<snap>` property.  zfs-fuse has no such property: take a
+        temporary snapshot and look for data records in the incremental stream between the two.
+        """
+        if self.features.written_property:
+            props = self.get(["written@" + snapshot], [dataset])
+            return int(props[dataset]["written@" + snapshot]) > 0
+        probe = "__replicate_probe_%d__" % os.getpid()
+        self.run(snapshot_argv(["%s@%s" % (dataset, probe)]), None, True)
+        try:
+            return self._stream_has_data(send_argv(dataset, probe, base=snapshot, replicate=False, properties=False,
+                                                   intermediates=False))
+        finally:
+            self.destroy("%s@%s" % (dataset, probe))
+
+    def _stream_has_data(self, argv):
+        env = dict(os.environ)
+        env.update(C_LOCALE_ENV)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        try:
+            found = stream_writes_data(proc.stdout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.stdout.close()
+            _out, err = proc.communicate()
+        if not found and proc.returncode != 0:
+            raise ZfsError(argv, proc.returncode, err.decode("utf-8", "replace"))
+        return found
+
+    def copy_local(self, source_snapshot, target_dataset):
+        """Independent local copy of a snapshot (and its earlier snapshots) as a new dataset."""
+        env = dict(os.environ)
+        env.update(C_LOCALE_ENV)
+        dataset, snap = split_snapshot(source_snapshot)
+        send = subprocess.Popen(send_argv(dataset, snap), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        recv = subprocess.run(recv_argv(target_dataset, force=False), stdin=send.stdout, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env, check=False)
+        send.stdout.close()
+        _out, send_err = send.communicate()
+        if send.returncode != 0:
+            raise ZfsError(send.args, send.returncode, send_err.decode("utf-8", "replace"))
+        if recv.returncode != 0:
+            raise ZfsError(recv.args, recv.returncode, recv.stderr.decode("utf-8", "replace"))
