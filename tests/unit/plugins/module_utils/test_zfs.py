@@ -1,0 +1,170 @@
+# Copyright (c) 2026, storage.replication developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Unit tests of the ZFS command layer: parsers, argv builders, feature detection, retries."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import pytest
+
+from ansible_collections.storage.replication.plugins.module_utils import zfs as zfsmod
+from ansible_collections.storage.replication.plugins.module_utils.zfs import (
+    Zfs, ZfsError, parse_get, parse_version, recv_argv, send_argv, snapshot_tree, stream_begin_guids,
+    stream_writes_data)
+
+GET_OUTPUT = (
+    "rpool/data/vm-100-disk-0\ttype\tfilesystem\n"
+    "rpool/data/vm-100-disk-0\tguid\t111\n"
+    "rpool/data/vm-100-disk-0\tcreatetxg\t5\n"
+    "rpool/data/vm-100-disk-0\tcreation\t1700000000\n"
+    "rpool/data/vm-100-disk-0@__replicate_100-0_1700000900__\ttype\tsnapshot\n"
+    "rpool/data/vm-100-disk-0@__replicate_100-0_1700000900__\tguid\t18446744073709551615\n"
+    "rpool/data/vm-100-disk-0@__replicate_100-0_1700000900__\tcreatetxg\t20\n"
+    "rpool/data/vm-100-disk-0@__replicate_100-0_1700000900__\tcreation\t1700000900\n"
+    "rpool/data/vm-100-disk-0@early\ttype\tsnapshot\n"
+    "rpool/data/vm-100-disk-0@early\tguid\t7\n"
+    "rpool/data/vm-100-disk-0@early\tcreatetxg\t10\n"
+    "rpool/data/vm-100-disk-0@early\tcreation\t1700000100\n"
+)
+
+
+def test_parse_get_and_snapshot_tree_keep_exact_guids_and_creation_order():
+    tree = snapshot_tree(parse_get(GET_OUTPUT))
+    snaps = tree["rpool/data/vm-100-disk-0"]
+    assert list(snaps) == ["early", "__replicate_100-0_1700000900__"]
+    assert snaps["__replicate_100-0_1700000900__"] == {
+        "guid": "18446744073709551615", "createtxg": 20, "creation": 1700000900}
+
+
+def test_snapshot_tree_lists_datasets_without_snapshots():
+    tree = snapshot_tree(parse_get("rpool/data\ttype\tfilesystem\nrpool/data\tguid\t3\n"))
+    assert tree == {"rpool/data": {}}
+
+
+def test_parse_get_rejects_malformed_lines():
+    with pytest.raises(ValueError, match="unexpected line"):
+        parse_get("rpool\tguid\n")
+
+
+def test_send_argv_full_and_incremental():
+    assert send_argv("rpool/data/vm-1", "s2") == ["zfs", "send", "-R", "rpool/data/vm-1@s2"]
+    assert send_argv("rpool/data/vm-1", "s2", base="s1") == [
+        "zfs", "send", "-R", "-I", "rpool/data/vm-1@s1", "rpool/data/vm-1@s2"]
+    assert send_argv("p/d", "s2", base="s1", replicate=False, intermediates=False) == [
+        "zfs", "send", "-p", "-i", "p/d@s1", "p/d@s2"]
+    assert send_argv("p/d", "s", compressed=True) == ["zfs", "send", "-R", "-c", "p/d@s"]
+
+
+def test_recv_argv():
+    assert recv_argv("p/d") == ["zfs", "recv", "-F", "p/d"]
+    assert recv_argv("p/d", force=False, resumable=True) == ["zfs", "recv", "-s", "p/d"]
+
+
+def test_parse_version():
+    assert parse_version("zfs-2.1.11-1\nzfs-kmod-2.1.11-1\n") == "2.1.11-1"
+    assert parse_version("") is None
+
+
+class FakeRun:
+    """Records argv and answers from a script of (rc, stdout, stderr) per call."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.calls = []
+
+    def __call__(self, argv, input_bytes=None, check=True):
+        self.calls.append(argv)
+        rc, out, err = self.answers.pop(0)
+        if check and rc:
+            raise ZfsError(argv, rc, err)
+        return rc, out, err
+
+
+def test_feature_detection_zfs_fuse_has_no_version_command():
+    run = FakeRun([(2, "", "unrecognized command 'version'")])
+    features = Zfs(run).features
+    assert not features.openzfs and not features.multi_snapshot and not features.written_property
+    assert run.calls == [["zfs", "version"]]
+
+
+def test_feature_detection_openzfs():
+    features = Zfs(FakeRun([(0, "zfs-2.2.2-0\nzfs-kmod-2.2.2-0\n", "")])).features
+    assert features.openzfs and features.multi_snapshot and features.written_property
+    assert features.as_dict()["version"] == "2.2.2-0"
+
+
+def test_snapshot_is_one_atomic_call_on_openzfs():
+    run = FakeRun([(0, "zfs-2.2.2", ""), (0, "", "")])
+    Zfs(run).snapshot(["p/a", "p/b"], "s")
+    assert run.calls[-1] == ["zfs", "snapshot", "p/a@s", "p/b@s"]
+
+
+def test_snapshot_on_zfs_fuse_undoes_partial_set_on_failure():
+    run = FakeRun([(2, "", "no version"), (0, "", ""), (1, "", "out of space"), (0, "", "")])
+    with pytest.raises(ZfsError, match="out of space"):
+        Zfs(run).snapshot(["p/a", "p/b"], "s")
+    assert run.calls[1:] == [["zfs", "snapshot", "p/a@s"], ["zfs", "snapshot", "p/b@s"], ["zfs", "destroy", "p/a@s"]]
+
+
+def test_destroy_retries_while_busy(monkeypatch):
+    monkeypatch.setattr(zfsmod.time, "sleep", lambda _s: None)
+    run = FakeRun([(1, "", "cannot destroy 'p/a@s': dataset is busy")] * 2 + [(0, "", "")])
+    Zfs(run).destroy("p/a@s")
+    assert len(run.calls) == 3
+
+
+def test_destroy_gives_up_after_deadline(monkeypatch):
+    clock = iter(range(0, 1000, 5))
+    monkeypatch.setattr(zfsmod.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(zfsmod.time, "sleep", lambda _s: None)
+    run = FakeRun([(1, "", "dataset is busy")] * 10)
+    with pytest.raises(ZfsError) as info:
+        Zfs(run).destroy("p/a@s")
+    assert info.value.busy and info.value.argv == ["zfs", "destroy", "p/a@s"] and info.value.rc == 1
+
+
+def test_zfs_error_message_names_command_code_and_stderr():
+    error = ZfsError(["zfs", "destroy", "p/x"], 1, "cannot open 'p/x': dataset does not exist\n")
+    assert str(error) == "command 'zfs destroy p/x' failed: exit code 1: cannot open 'p/x': dataset does not exist"
+    assert error.missing
+
+
+def record(drr_type, payloadlen=0, body=b""):
+    header = struct.pack("<II", drr_type, payloadlen) + body
+    return header + b"\0" * (zfsmod.DRR_HEADER_SIZE - len(header))
+
+
+def begin(toguid=5, fromguid=4):
+    return record(zfsmod.DRR_BEGIN, body=struct.pack("<QQQIIQQ", 0x2F5BACBAC, 1, 0, 2, 0, toguid, fromguid))
+
+
+def object_record(bonuslen):
+    return record(zfsmod.DRR_OBJECT, body=struct.pack("<QIIII", 9, 19, 44, 512, bonuslen)) + b"b" * ((bonuslen + 7) & ~7)
+
+
+def test_stream_begin_guids():
+    assert stream_begin_guids(begin(toguid=99, fromguid=98)) == (99, 98)
+    with pytest.raises(ValueError):
+        stream_begin_guids(record(zfsmod.DRR_END))
+
+
+def test_unmodified_incremental_stream_has_no_data():
+    assert not stream_writes_data(io.BytesIO(begin() + record(zfsmod.DRR_END)))
+
+
+def test_metadata_only_stream_has_no_data():
+    stream = begin() + object_record(168) + record(zfsmod.DRR_FREE) + record(zfsmod.DRR_END)
+    assert not stream_writes_data(io.BytesIO(stream))
+
+
+def test_write_record_is_data_even_after_objects():
+    stream = begin() + object_record(13) + record(zfsmod.DRR_WRITE) + b"x" * 4096
+    assert stream_writes_data(io.BytesIO(stream))
+
+
+def test_truncated_stream_is_an_error():
+    with pytest.raises(ValueError, match="ends inside"):
+        stream_writes_data(io.BytesIO(begin() + object_record(168)[:400]))
