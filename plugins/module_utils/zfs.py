@@ -353,12 +353,12 @@ class Zfs:
             raise ZfsError(argv, proc.returncode, err.decode("utf-8", "replace"))
         return found
 
-    def copy_local(self, source_snapshot, target_dataset):
-        """Independent local copy of a snapshot (and its earlier snapshots) as a new dataset."""
+    def copy_local_snapshot(self, source_snapshot, target_dataset):
+        """Independent local copy of one snapshot's data (no other snapshots) as a new dataset."""
         env = dict(os.environ)
         env.update(C_LOCALE_ENV)
         dataset, snap = split_snapshot(source_snapshot)
-        send = subprocess.Popen(send_argv(dataset, snap), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        send = subprocess.Popen(send_argv(dataset, snap, replicate=False), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         recv = subprocess.run(recv_argv(target_dataset, force=False), stdin=send.stdout, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, env=env, check=False)
         send.stdout.close()

@@ -1,0 +1,493 @@
+# Copyright (c) 2026, storage.replication developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The receiving side: the only thing a peer node may run here.
+
+authorized_keys pins the peers' keys to the forced command
+`/opt/storage-replication/bin/storage-replication serve`, which calls `main()`.  The operation comes
+from SSH_ORIGINAL_COMMAND: a name, for `receive` followed by key=value arguments (its stdin is the
+ZFS stream); every other operation reads one JSON request from stdin.  Every argument is checked
+against a strict pattern, anything else is refused.  The answer is one JSON line on stdout:
+{"ok": true, ...} or {"ok": false, "error": "<what failed and what to do>", "reason": "<code>"}.
+
+Safety: nothing is received into, rolled back on or destroyed on a node that owns the guest; a
+caller with an older cluster generation is refused; data written on a replica since the last
+sync is copied aside before a receive would roll it back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+from ansible_collections.storage.replication.plugins.module_utils.state import (
+    DEFAULT_STATEDIR, atomic_write, read_local_node)
+from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs, ZfsError, recv_argv
+
+JOB_ID_RE = re.compile(r"^[1-9][0-9]{2,8}-[0-9]{1,9}$")
+NODE_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?$")
+STORAGE_RE = re.compile(r"^[a-z][a-z0-9\-_.]*[a-z0-9]$")
+VOLUME_RE = re.compile(r"^[a-z][a-z0-9\-_.]*[a-z0-9]:[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+SNAPSHOT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}$")
+MAX_REQUEST = 4 * 1024 * 1024
+PARTIAL_SUFFIX = ".sr-partial"
+DIVERGED_INFIX = "-diverged-"
+SPLICE_CHUNK = 1 << 20
+
+
+class Refused(Exception):
+    """A request this node will not carry out; the message says why and what to do."""
+
+    def __init__(self, message, reason="refused", **extra):
+        super().__init__(message)
+        self.reason = reason
+        self.extra = extra
+
+
+def replication_prefix(job):
+    return "__replicate_%s_" % job
+
+
+def replication_snapshot(job, epoch):
+    return "__replicate_%s_%d__" % (job, epoch)
+
+
+def is_job_snapshot(name, job):
+    """The full prefix with the trailing '_' (pvesr's helper omits it, so job 100-1 claims 100-10's)."""
+    return name.startswith(replication_prefix(job)) and name.endswith("__")
+
+
+def prune_job_snapshots(zfs, say, job, volume, dataset, snaps, last_sync, parent):
+    """pvesr's prepare() on one volume: delete stale snapshots of this job; returns the names deleted.
+
+    last_sync 0 (new or stolen job) deletes nothing; 1 (removal) deletes all; otherwise everything but
+    the last_sync snapshot and the parent, and only if the last_sync snapshot is there.
+    """
+    last_snap = replication_snapshot(job, last_sync) if last_sync > 1 else None
+    stale = [s for s in snaps if is_job_snapshot(s, job) and s != last_snap and s != parent]
+    if last_sync == 0 or not stale:
+        return set()
+    if last_sync > 1 and last_snap not in snaps:
+        say("expected snapshot %s not present for %s, not removing others" % (last_snap, volume))
+        return set()
+    deleted = set()
+    for snap in stale:
+        say("delete stale replication snapshot '%s' on %s" % (snap, volume))
+        try:
+            zfs.destroy("%s@%s" % (dataset, snap))
+            deleted.add(snap)
+        except ZfsError as exc:
+            say("delete stale replication snapshot error: %s" % exc)
+    return deleted
+
+
+# ---------------------------------------------------------------- argument checks
+
+def check(value, pattern, what):
+    if not isinstance(value, str) or not pattern.match(value):
+        raise Refused("invalid %s %r: refused" % (what, value), "invalid-argument")
+    return value
+
+
+def check_int(value, what, minimum=0, maximum=2 ** 63):
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise Refused("invalid %s %r: refused" % (what, value), "invalid-argument")
+    return value
+
+
+def check_job(request):
+    job = check(request.get("job"), JOB_ID_RE, "job ID")
+    guest = check_int(request.get("guest"), "guest ID", 100, 999999999)
+    if int(job.split("-")[0]) != guest:
+        raise Refused("job '%s' does not belong to guest %d: refused" % (job, guest), "invalid-argument")
+    return job, guest
+
+
+def check_volumes(values):
+    if not isinstance(values, list):
+        raise Refused("invalid volume list %r: refused" % (values,), "invalid-argument")
+    return [check(v, VOLUME_RE, "volume") for v in values]
+
+
+def check_request_keys(request, allowed):
+    if not isinstance(request, dict):
+        raise Refused("the request is not a JSON object: refused", "invalid-argument")
+    unknown = sorted(set(request) - set(allowed))
+    if unknown:
+        raise Refused("unknown request field(s) %s: refused" % ", ".join(unknown), "invalid-argument")
+
+
+def parse_arguments(tokens, allowed):
+    """['job=100-0', ...] -> dict; only the allowed keys, each once."""
+    result = {}
+    for token in tokens:
+        key, sep, value = token.partition("=")
+        if not sep or key not in allowed or key in result:
+            raise Refused("invalid argument %r: refused" % token, "invalid-argument")
+        result[key] = value
+    return result
+
+
+# ---------------------------------------------------------------- the node's context
+
+class Receiver:
+    """Carries out peer requests on this node."""
+
+    def __init__(self, confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, zfs=None, now=time.time):
+        self.confdir = confdir
+        self.statedir = statedir
+        self.zfs = zfs or Zfs()
+        self.now = now
+        self.node = read_local_node(statedir)
+        self.log = []
+        self._cfg = None
+
+    @property
+    def cfg(self):
+        if self._cfg is None:
+            self._cfg = configmod.load(self.confdir)
+        return self._cfg
+
+    def say(self, message):
+        self.log.append(message)
+
+    def check_caller(self, request, guest):
+        """Refuse callers with an older cluster generation, and any write into a guest this node owns."""
+        source = check(request.get("source"), NODE_RE, "source node")
+        generation = check_int(request.get("generation"), "cluster generation")
+        if generation < self.cfg.generation:
+            raise Refused(
+                "node '%s' sent cluster configuration generation %d, but node '%s' has generation %d: refusing to act "
+                "on an older configuration - node '%s' must adopt the newer configuration first (re-run the site "
+                "playbook)" % (source, generation, self.node, self.cfg.generation, source),
+                "stale-generation", generation=self.cfg.generation)
+        owner = self.cfg.guests.get(guest)
+        if owner is not None and owner.node == self.node:
+            raise Refused(
+                "guest %d is owned by node '%s' (this node) in the cluster configuration: refusing to let '%s' "
+                "replicate into, roll back or delete its volumes here - check the guest's owner and the job's target"
+                % (guest, self.node, source), "owner")
+        return source
+
+    def storage_pool(self, storage_id, required):
+        storage = self.cfg.storages.get(storage_id)
+        if storage is None or storage.type not in configmod.REPLICATABLE_STORAGE_TYPES:
+            if not required:
+                return None
+            raise Refused("storage '%s' is not defined as a zfspool storage on node '%s' - add it to the cluster "
+                          "configuration (storages) and re-run the site playbook" % (storage_id, self.node),
+                          "storage-missing")
+        if not self.zfs.exists(storage.pool):
+            if not required:
+                return None
+            raise Refused("storage '%s': dataset '%s' does not exist on node '%s' - create it (zfs create %s) or fix "
+                          "the storage's pool in the cluster configuration" % (
+                              storage_id, storage.pool, self.node, storage.pool), "storage-missing")
+        return storage.pool
+
+    def dataset(self, volume):
+        storage_id, _sep, name = volume.partition(":")
+        return "%s/%s" % (self.storage_pool(storage_id, True), name)
+
+    # ------------------------------------------------------------ prepare
+
+    def prepare(self, request):
+        """pvesr prepare-local-job: drop stale snapshots of this job and stale volumes; list what remains."""
+        check_request_keys(request, ("job", "guest", "volumes", "scan", "last_sync", "parent_snapname", "force",
+                                     "generation", "source"))
+        job, guest = check_job(request)
+        self.check_caller(request, guest)
+        volumes = check_volumes(request.get("volumes", []))
+        scan = [check(s, STORAGE_RE, "storage ID") for s in request.get("scan", [])]
+        last_sync = check_int(request.get("last_sync"), "last_sync")
+        parent = request.get("parent_snapname")
+        if parent is not None:
+            check(parent, SNAPSHOT_RE, "parent snapshot")
+        force = request.get("force", False) is True
+        if not volumes and not force:
+            raise Refused("no volumes specified", "invalid-argument")
+        wanted = {v: self.dataset(v) for v in volumes}
+        found = self.scan_job_volumes(job, scan, wanted)
+        remaining = {}
+        for volume, (dataset, snaps) in sorted(found.items()):
+            deleted = prune_job_snapshots(self.zfs, self.say, job, volume, dataset, snaps, last_sync, parent)
+            if volume in wanted:
+                remaining[volume] = {s: {"id": i["guid"], "timestamp": i["creation"]} for s, i in snaps.items()
+                                     if s not in deleted}
+            elif deleted or any(is_job_snapshot(s, job) for s in snaps):
+                self.say("%s: delete stale volume '%s'" % (job, volume))
+                self.zfs.destroy(dataset, recursive=True)
+        if force and not volumes and last_sync == 1:
+            self.forget_guest(guest, job)
+        return {"volumes": remaining}
+
+    def scan_job_volumes(self, job, scan, wanted):
+        """{volume: (dataset, snapshots)} of the wanted volumes present here and of every volume carrying
+        this job's snapshots on the scanned storages."""
+        storages = sorted(set(scan) | {v.partition(":")[0] for v in wanted})
+        found = {}
+        for storage_id in storages:
+            pool = self.storage_pool(storage_id, any(v.startswith(storage_id + ":") for v in wanted))
+            if pool is None:
+                continue
+            for dataset, snaps in self.zfs.snapshots(pool).items():
+                parent, _sep, name = dataset.rpartition("/")
+                if parent != pool:
+                    continue
+                volume = "%s:%s" % (storage_id, name)
+                if name.endswith(PARTIAL_SUFFIX) and volume[:-len(PARTIAL_SUFFIX)] in wanted:
+                    self.say("delete partial volume '%s' left by an interrupted full sync" % dataset)
+                    self.zfs.destroy(dataset, recursive=True)
+                elif volume in wanted or any(is_job_snapshot(s, job) for s in snaps):
+                    found[volume] = (dataset, snaps)
+        return found
+
+    # ------------------------------------------------------------ receive
+
+    def receive(self, arguments, stdin_fd):
+        args = parse_arguments(arguments, ("job", "guest", "volume", "snapshot", "base", "generation", "source"))
+        request = {"job": args.get("job"), "guest": _int_or_none(args.get("guest")),
+                   "generation": _int_or_none(args.get("generation")), "source": args.get("source")}
+        job, guest = check_job(request)
+        self.check_caller(request, guest)
+        volume = check(args.get("volume"), VOLUME_RE, "volume")
+        snapshot = check(args.get("snapshot"), SNAPSHOT_RE, "snapshot")
+        if not is_job_snapshot(snapshot, job):
+            raise Refused("snapshot %r is not a replication snapshot of job '%s': refused" % (snapshot, job),
+                          "invalid-argument")
+        base = args.get("base")
+        if base is not None:
+            check(base, SNAPSHOT_RE, "base snapshot")
+        dataset = self.dataset(volume)
+        kept = []
+        if base:
+            kept = self.protect_diverged(volume, dataset, base)
+            received = self.feed_zfs_recv(recv_argv(dataset), stdin_fd, volume)
+        else:
+            received = self.receive_full(volume, dataset, stdin_fd)
+        self.say("successfully imported '%s'" % volume)
+        return {"bytes": received, "kept": kept}
+
+    def receive_full(self, volume, dataset, stdin_fd):
+        """A full stream goes to a recognisable temporary name, renamed only when complete."""
+        if self.zfs.exists(dataset):
+            raise Refused("volume '%s' already exists on node '%s' (dataset '%s') - it holds no common snapshot with "
+                          "the source; remove it from node '%s' if it is not needed, then the next run sends it in "
+                          "full" % (volume, self.node, dataset, self.node), "volume-exists")
+        partial = dataset + PARTIAL_SUFFIX
+        if self.zfs.exists(partial):
+            self.zfs.destroy(partial, recursive=True)
+        try:
+            received = self.feed_zfs_recv(recv_argv(partial, force=False), stdin_fd, volume)
+        except (Refused, ZfsError):
+            if self.zfs.exists(partial):
+                self.zfs.destroy(partial, recursive=True)
+            raise
+        self.zfs.rename(partial, dataset)
+        return received
+
+    def protect_diverged(self, volume, dataset, base):
+        """Before `zfs recv -F` rolls the replica back to base: keep aside what was written here since."""
+        snaps = self.zfs.snapshots(dataset, recursive=False).get(dataset, {})
+        if base not in snaps:
+            raise Refused("base snapshot '%s' of volume '%s' does not exist on node '%s' - the next run selects a new "
+                          "base" % (base, volume, self.node), "base-missing")
+        newer = [s for s, i in snaps.items() if i["createtxg"] > snaps[base]["createtxg"]]
+        foreign = [s for s in newer if not s.startswith("__replicate_")]
+        if foreign:
+            raise Refused("volume '%s' on node '%s' has snapshots the source does not have (%s): receiving would "
+                          "destroy them - copy them elsewhere (zfs send) and destroy them on '%s', then the next run "
+                          "continues" % (volume, self.node, ", ".join(foreign), self.node), "diverged")
+        latest = list(snaps)[-1]
+        if not self.zfs.written_since(dataset, latest):
+            return []
+        return [self.keep_aside(volume, dataset)]
+
+    def keep_aside(self, volume, dataset):
+        stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(self.now()))
+        mark = "__kept_%s__" % stamp
+        copy = "%s%s%s" % (dataset, DIVERGED_INFIX, stamp)
+        self.zfs.snapshot([dataset], mark)
+        try:
+            self.zfs.copy_local_snapshot("%s@%s" % (dataset, mark), copy)
+        finally:
+            self.zfs.destroy("%s@%s" % (dataset, mark))
+        self.say("volume '%s' was modified on node '%s' since the last replica: kept its data as '%s' before "
+                 "replicating over it (destroy that dataset when it is no longer needed)" % (volume, self.node, copy))
+        return copy
+
+    def feed_zfs_recv(self, argv, stdin_fd, volume):
+        """Run zfs recv fed from stdin_fd, counting the bytes; Refused with a precise cause on failure."""
+        env = dict(os.environ, LC_ALL="C")
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        try:
+            total = copy_stream(stdin_fd, proc.stdin.fileno())
+        except BrokenPipeError:
+            total = None
+        proc.stdin.close()
+        _out, err = proc.communicate()
+        if proc.returncode != 0 or total is None:
+            raise Refused(explain_recv_failure(self.node, volume, argv, proc.returncode, err.decode("utf-8", "replace")),
+                          "receive-failed")
+        return total
+
+    # ------------------------------------------------------------ finalize, list
+
+    def finalize(self, request):
+        """Keep only this job's newest replication snapshot; record the guest definition with the replica."""
+        check_request_keys(request, ("job", "guest", "volumes", "last_sync", "guest_definition", "generation",
+                                     "source"))
+        job, guest = check_job(request)
+        source = self.check_caller(request, guest)
+        volumes = check_volumes(request.get("volumes", []))
+        last_sync = check_int(request.get("last_sync"), "last_sync", 2)
+        keep = replication_snapshot(job, last_sync)
+        for volume in volumes:
+            dataset = self.dataset(volume)
+            snaps = self.zfs.snapshots(dataset, recursive=False).get(dataset, {})
+            if keep not in snaps:
+                self.say("expected snapshot %s not present for %s, not removing others" % (keep, volume))
+                continue
+            for snap in snaps:
+                if is_job_snapshot(snap, job) and snap != keep:
+                    self.say("delete stale replication snapshot '%s' on %s" % (snap, volume))
+                    self.zfs.destroy("%s@%s" % (dataset, snap))
+        definition = request.get("guest_definition")
+        if not isinstance(definition, dict):
+            raise Refused("guest_definition must be a JSON object", "invalid-argument")
+        self.store_guest(guest, {"guest": definition, "job": job, "source": source, "last_sync": last_sync,
+                                 "volumes": volumes, "generation": request["generation"]})
+        return {}
+
+    def guests_dir(self):
+        return os.path.join(self.statedir, "guests")
+
+    def store_guest(self, guest, record):
+        os.makedirs(self.guests_dir(), exist_ok=True)
+        atomic_write(os.path.join(self.guests_dir(), "%d.json" % guest), json.dumps(record, indent=1).encode("utf-8"))
+
+    def forget_guest(self, guest, job):
+        path = os.path.join(self.guests_dir(), "%d.json" % guest)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                record = json.load(handle)
+        except FileNotFoundError:
+            return
+        if record.get("job") == job:
+            os.unlink(path)
+
+    def list_replicas(self, request):
+        """The guest definitions this node holds replicas of, with their volumes' snapshots."""
+        check_request_keys(request, ("guest", "generation", "source"))
+        guest = request.get("guest")
+        if guest is not None:
+            check_int(guest, "guest ID", 100, 999999999)
+        replicas = {}
+        if os.path.isdir(self.guests_dir()):
+            for name in sorted(os.listdir(self.guests_dir())):
+                if not name.endswith(".json") or (guest is not None and name != "%d.json" % guest):
+                    continue
+                with open(os.path.join(self.guests_dir(), name), encoding="utf-8") as handle:
+                    replicas[name[:-5]] = json.load(handle)
+        return {"replicas": replicas}
+
+
+def _int_or_none(text):
+    return int(text) if isinstance(text, str) and text.isdigit() and len(text) < 19 else text
+
+
+def explain_recv_failure(node, volume, argv, rc, stderr):
+    detail = stderr.strip().splitlines()[-1] if stderr.strip() else ("killed by signal %d" % -rc if rc < 0 else
+                                                                      "exit code %s" % rc)
+    if "out of space" in stderr or "No space left" in stderr:
+        return ("the pool on node '%s' is full: cannot receive volume '%s' (%s) - free space on that pool or enlarge "
+                "it; the previous replica is intact and the next run resumes from it" % (node, volume, detail))
+    return ("'%s' failed on node '%s' for volume '%s': %s - the previous replica is intact; the next run retries"
+            % (" ".join(argv), node, volume, detail))
+
+
+def copy_stream(source_fd, sink_fd):
+    """Copy until EOF, in the kernel (splice) where Python and the descriptors allow it; returns bytes."""
+    total = 0
+    splice = getattr(os, "splice", None)
+    while splice is not None:
+        try:
+            moved = splice(source_fd, sink_fd, SPLICE_CHUNK)
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError):
+                raise
+            break  # EINVAL: neither end is a pipe; fall back to read/write
+        if moved == 0:
+            return total
+        total += moved
+    while True:
+        data = os.read(source_fd, SPLICE_CHUNK)
+        if not data:
+            return total
+        view = memoryview(data)
+        while view:
+            view = view[os.write(sink_fd, view):]
+        total += len(data)
+
+
+# ---------------------------------------------------------------- entry point
+
+CONTROL_OPERATIONS = {
+    "prepare": Receiver.prepare,
+    "finalize": Receiver.finalize,
+    "list": Receiver.list_replicas,
+}
+
+
+def read_request(stdin):
+    data = stdin.read(MAX_REQUEST + 1)
+    if len(data) > MAX_REQUEST:
+        raise Refused("request larger than %d bytes: refused" % MAX_REQUEST, "invalid-argument")
+    try:
+        return json.loads(data.decode("utf-8") or "{}")
+    except ValueError as exc:
+        raise Refused("the request is not valid JSON (%s): refused" % exc, "invalid-argument") from exc
+
+
+def handle(command, receiver, stdin):
+    """Dispatch one SSH_ORIGINAL_COMMAND; returns the reply dict."""
+    tokens = (command or "").split()
+    if not tokens:
+        raise Refused("no operation given: this key may only run the replication receiver", "invalid-operation")
+    operation, arguments = tokens[0], tokens[1:]
+    if operation == "receive":
+        return receiver.receive(arguments, stdin.fileno())
+    if operation not in CONTROL_OPERATIONS or arguments:
+        raise Refused("operation %r is not allowed: this key may only run the replication receiver's operations "
+                      "(%s)" % (command[:80], ", ".join(sorted(list(CONTROL_OPERATIONS) + ["receive"]))),
+                      "invalid-operation")
+    return CONTROL_OPERATIONS[operation](receiver, read_request(stdin))
+
+
+def main(argv=None, environ=None, stdin=None, stdout=None, receiver=None):
+    """The `serve` entry point: one operation per SSH session."""
+    del argv
+    environ = os.environ if environ is None else environ
+    stdin = stdin or sys.stdin.buffer
+    stdout = stdout or sys.stdout
+    receiver = receiver or Receiver()
+    try:
+        reply = handle(environ.get("SSH_ORIGINAL_COMMAND", ""), receiver, stdin)
+        reply.update({"ok": True})
+    except Refused as exc:
+        reply = dict(exc.extra, ok=False, error=str(exc), reason=exc.reason)
+    except (ZfsError, configmod.ConfigError, OSError) as exc:
+        reply = {"ok": False, "error": "node '%s': %s" % (receiver.node, exc), "reason": "error"}
+    reply.update({"log": receiver.log, "node": receiver.node})
+    stdout.write(json.dumps(reply) + "\n")
+    stdout.flush()
+    return 0 if reply["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

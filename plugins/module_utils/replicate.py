@@ -1,0 +1,327 @@
+# Copyright (c) 2026, storage.replication developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""One run of one replication job, as pvesr's Replication.pm does it.
+
+prepare (source and target, over one control connection) -> base selection per volume by guid ->
+one snapshot name for all volumes (freeze/thaw hooks around it) -> send each volume (full, or -I
+incremental) into the target's receiver -> last_sync recorded -> the source drops the previous
+replication snapshot, the target keeps only the newest.  The run log is pvesr's, plus bytes and
+throughput per volume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import time
+
+from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+from ansible_collections.storage.replication.plugins.module_utils.receiver import (
+    is_job_snapshot, prune_job_snapshots, replication_snapshot)
+from ansible_collections.storage.replication.plugins.module_utils.state import (
+    DEFAULT_STATEDIR, LockError, StateError, StateFile, guest_lock, read_local_node)
+from ansible_collections.storage.replication.plugins.module_utils.transport import (
+    ControlChannel, RemoteError, TransportError, ssh_argv, stream, write_known_hosts)
+from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs, ZfsError, send_argv
+
+DEFAULT_LOGDIR = "/var/log/storage-replication"
+SERVE_PATH = "/opt/storage-replication/bin/storage-replication"
+GUEST_WORDS = {"vm": "VM", "ct": "CT", "service": "service"}
+HOOK_TIMEOUT = 60
+
+
+class ReplicationError(Exception):
+    """A run failed; the message names the cause and the fix."""
+
+
+class RunLog:
+    """/var/log/storage-replication/<jobid>.log, truncated at every run, pvesr's line format."""
+
+    def __init__(self, path, job_id, echo=None):
+        self.job_id = job_id
+        self.echo = echo
+        self.lines = []
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self.handle = open(path, "w", encoding="utf-8")  # pylint: disable=consider-using-with
+
+    def __call__(self, message):
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+        for line in str(message).rstrip("\n").split("\n"):
+            self.handle.write("%s %s: %s\n" % (stamp, self.job_id, line))
+            self.lines.append(line)
+            if self.echo is not None:
+                self.echo(line)
+        self.handle.flush()
+
+    def close(self):
+        self.handle.close()
+
+
+class Context:
+    """What one run needs: the configuration, this node, the paths, the ZFS layer and the log."""
+
+    def __init__(self, cfg, job, node, statedir, log, zfs, key):
+        self.cfg = cfg
+        self.job = job
+        self.guest = cfg.guests[job.guest]
+        self.node = node
+        self.statedir = statedir
+        self.log = log
+        self.zfs = zfs
+        self.key = key
+
+    def request(self, **fields):
+        return dict(fields, job=self.job.id, guest=self.job.guest, generation=self.cfg.generation, source=self.node)
+
+
+def run_job(cfg, job_id, node=None, statedir=DEFAULT_STATEDIR, logdir=DEFAULT_LOGDIR, confdir=configmod.DEFAULT_CONFDIR,
+            zfs=None, key=None, echo=None, now=time.time):
+    """Run one job now (pvesr run_replication); returns a result dict, never raises for run failures."""
+    job = cfg.jobs.get(job_id)
+    if job is None:
+        raise ReplicationError("no such job '%s'" % job_id)
+    node = node or read_local_node(statedir)
+    state = StateFile(statedir)
+    start = _start_time(state.job_state(job)["last_sync"], now)
+    with guest_lock(job.guest, statedir):
+        state.record_job_start(job, start, node=node)
+        log = RunLog(os.path.join(logdir, "%s.log" % job_id), job_id, echo)
+        ctx = Context(cfg, job, node, statedir, log, zfs or Zfs(), key)
+        began = time.monotonic()
+        log("start replication job")
+        error, unreachable, volumes = None, False, []
+        try:
+            volumes = replicate(ctx, state, start)
+            if job.remove_job:
+                _drop_job_from_config(confdir, job.id)
+            log("end replication job")
+        except (ReplicationError, RemoteError, ZfsError, configmod.ConfigError, StateError, OSError) as exc:
+            error = str(exc)
+            log("end replication job with error: %s" % error)
+        except TransportError as exc:
+            error, unreachable = str(exc), exc.unreachable
+            log("end replication job with error: %s" % error)
+        finally:
+            log.close()
+        sent = sum(v["bytes"] for v in volumes)
+        state.record_job_end(job, start, time.monotonic() - began, error, bytes_sent=sent,
+                             target_unreachable=unreachable)
+    return {"job": job_id, "ok": error is None, "error": error, "start": start, "volumes": volumes,
+            "bytes": sent, "log": log.lines}
+
+
+def _start_time(last_sync, now):
+    """pvesr refuses a start time <= last_sync; two runs within one second wait for the next second."""
+    deadline = time.monotonic() + 2.0
+    start = int(now())
+    while start <= last_sync and time.monotonic() < deadline:
+        time.sleep(0.05)
+        start = int(now())
+    if start <= last_sync:
+        raise ReplicationError("start time before last sync (%d <= %d) - abort sync" % (start, last_sync))
+    return start
+
+
+def _drop_job_from_config(confdir, job_id):
+    with configmod.edit(confdir) as cfg:
+        cfg.remove_job(job_id, missing_ok=True)
+
+
+def replicate(ctx, state, start):
+    """pvesr replicate(): returns [{volume, mode, base, bytes, seconds}] of the volumes sent."""
+    job, guest, log = ctx.job, ctx.guest, ctx.log
+    jobstate = state.job_state(job)
+    last_sync = jobstate["last_sync"]
+    volumes = sorted(guest.volumes)
+    log("guest => %s %d, running => 0" % (GUEST_WORDS.get(guest.type, guest.type), guest.id))
+    log("volumes => %s" % ",".join(volumes))
+    storeid_list = [s for s in jobstate.get("storeid_list", []) if s in ctx.cfg.storages]
+    if job.remove_job:
+        remove_job(ctx, volumes, storeid_list)
+        return []
+    datasets = {v: ctx.cfg.dataset(v) for v in volumes}
+    target = ctx.cfg.nodes[job.target]
+    with ControlChannel(target.name, target.address, target.host_key, key=ctx.key or _node_key(), port=target.port) \
+            as channel:
+        local = prepare_local(ctx, datasets, last_sync)
+        remote = call(ctx, channel, "prepare", "remote_prepare_local_job",
+                      volumes=volumes, scan=storeid_list, last_sync=last_sync)["volumes"]
+        bases = select_bases(job.id, volumes, local, remote, last_sync)
+        state.set_fields(job, storeid_list=sorted({v.partition(":")[0] for v in volumes}))
+        snap = replication_snapshot(job.id, start)
+        take_snapshots(ctx, datasets, snap)
+        sent = send_volumes(ctx, target, datasets, bases, snap)
+        state.record_sync_end(job, start)
+        drop_previous_snapshot(ctx, datasets, local, replication_snapshot(job.id, last_sync))
+        finalize_remote(ctx, channel, volumes, start)
+    return sent
+
+
+def _node_key():
+    from ansible_collections.storage.replication.plugins.module_utils.transport import NODE_KEY  # pylint: disable=import-outside-toplevel
+    return NODE_KEY
+
+
+def call(ctx, channel, operation, prefix, **fields):
+    """A receiver operation whose log lines go into the run log as '(<prefix>) <line>'."""
+    try:
+        reply = channel.call(operation, ctx.request(**fields))
+    except RemoteError as exc:
+        for line in exc.reply.get("log", []):
+            ctx.log("(%s) %s" % (prefix, line))
+        raise
+    for line in reply.get("log", []):
+        ctx.log("(%s) %s" % (prefix, line))
+    return reply
+
+
+def prepare_local(ctx, datasets, last_sync):
+    """Source-side prepare: drop stale snapshots of this job; returns {volume: {snap: info}}."""
+    result = {}
+    for volume, dataset in datasets.items():
+        try:
+            snaps = ctx.zfs.snapshots(dataset, recursive=False).get(dataset, {})
+        except ZfsError as exc:
+            raise ReplicationError("volume '%s' (dataset '%s') is not available on this node: %s - fix the guest's "
+                                   "volume list or create the dataset" % (volume, dataset, exc.stderr)) from exc
+        deleted = prune_job_snapshots(ctx.zfs, ctx.log, ctx.job.id, volume, dataset, snaps, last_sync, None)
+        result[volume] = {s: i for s, i in snaps.items() if s not in deleted}
+    return result
+
+
+def select_bases(job_id, volumes, local, remote, last_sync):
+    """{volume: base snapshot name or None (full)}; ReplicationError if a volume has no common base."""
+    bases, missing = {}, []
+    last_snap = replication_snapshot(job_id, last_sync)
+    for volume in volumes:
+        if volume not in remote:
+            bases[volume] = None
+            continue
+        common = [s for s, i in local[volume].items()
+                  if s in remote[volume] and str(remote[volume][s].get("id")) == i["guid"]]
+        if last_sync and last_snap in common:
+            bases[volume] = last_snap
+        elif common:
+            bases[volume] = max(common, key=lambda s, v=volume: local[v][s]["createtxg"])
+        else:
+            missing.append(volume)
+    if missing:
+        raise ReplicationError(
+            "No common base snapshot on volume(s) %s\nPlease remove the problematic volume(s) from the replication "
+            "target or delete and re-create the whole job %s" % (",".join(missing), job_id))
+    return bases
+
+
+def run_hook(ctx, name):
+    argv = ctx.guest.hook(name)
+    if not argv:
+        return False
+    try:
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=HOOK_TIMEOUT,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ReplicationError("%s hook of guest %d (%s) failed: %s" % (name, ctx.guest.id, argv[0], exc)) from exc
+    if proc.returncode != 0:
+        raise ReplicationError("%s hook of guest %d (%s) failed with exit code %d: %s" % (
+            name, ctx.guest.id, " ".join(argv), proc.returncode, proc.stdout.decode("utf-8", "replace").strip()))
+    return True
+
+
+def take_snapshots(ctx, datasets, snap):
+    """One snapshot name on every volume, inside freeze/thaw when the guest has those hooks."""
+    frozen = False
+    if ctx.guest.hook("freeze"):
+        ctx.log("freeze guest filesystem")
+        frozen = run_hook(ctx, "freeze")
+    try:
+        for volume in datasets:
+            ctx.log("create snapshot '%s' on %s" % (snap, volume))
+        ctx.zfs.snapshot(list(datasets.values()), snap)
+    finally:
+        if frozen:
+            ctx.log("thaw guest filesystem")
+            run_hook(ctx, "thaw")
+
+
+def send_volumes(ctx, target, datasets, bases, snap):
+    rate = ctx.job.rate
+    ctx.log("using secure transmission, rate limit: %s" % ("%s MByte/s" % configmod.format_number(rate) if rate
+                                                          else "none"))
+    known_hosts = write_known_hosts(os.path.join(ctx.statedir, "known_hosts"),
+                                    [(n.name, n.host_key) for n in ctx.cfg.nodes.values()])
+    sent = []
+    try:
+        for volume, dataset in datasets.items():
+            sent.append(send_volume(ctx, target, known_hosts, volume, dataset, bases[volume], snap))
+    except (TransportError, RemoteError, ZfsError):
+        for volume, dataset in datasets.items():
+            ctx.log("delete previous replication snapshot '%s' on %s" % (snap, volume))
+            ctx.zfs.destroy("%s@%s" % (dataset, snap))
+        raise
+    return sent
+
+
+def send_volume(ctx, target, known_hosts, volume, dataset, base, snap):
+    if base:
+        ctx.log("incremental sync '%s' (%s => %s)" % (volume, base, snap))
+    else:
+        ctx.log("full sync '%s' (%s)" % (volume, snap))
+    rate_bps = int(1000000 * ctx.job.rate) if ctx.job.rate else None
+    if rate_bps:
+        ctx.log("using a bandwidth limit of %d bytes per second for transferring '%s'" % (rate_bps, volume))
+    arguments = ["receive", "job=%s" % ctx.job.id, "guest=%d" % ctx.job.guest, "volume=%s" % volume,
+                 "snapshot=%s" % snap, "generation=%d" % ctx.cfg.generation, "source=%s" % ctx.node]
+    if base:
+        arguments.append("base=%s" % base)
+    command = ssh_argv(target.name, target.address, known_hosts, arguments, key=ctx.key or _node_key(),
+                       port=target.port)
+    try:
+        result = stream(send_argv(dataset, snap, base), command, target.name, target.address, rate_bps)
+    except RemoteError as exc:
+        for line in exc.reply.get("log", []):
+            ctx.log(line)
+        raise
+    for line in result.reply.get("log", []):
+        ctx.log(line)
+    ctx.log("volume '%s': sent %d bytes in %.1f s (%.1f MB/s)" % (
+        volume, result.bytes, result.seconds, result.bytes / max(result.seconds, 1e-6) / 1e6))
+    return {"volume": volume, "mode": "incremental" if base else "full", "base": base, "bytes": result.bytes,
+            "seconds": round(result.seconds, 3), "kept": result.reply.get("kept", [])}
+
+
+def drop_previous_snapshot(ctx, datasets, local, previous):
+    for volume, dataset in datasets.items():
+        if previous in local.get(volume, {}):
+            ctx.log("delete previous replication snapshot '%s' on %s" % (previous, volume))
+            try:
+                ctx.zfs.destroy("%s@%s" % (dataset, previous))
+            except ZfsError as exc:
+                ctx.log("delete previous replication snapshot error: %s" % exc)
+
+
+def finalize_remote(ctx, channel, volumes, start):
+    try:
+        call(ctx, channel, "finalize", "remote_finalize_local_job", volumes=volumes, last_sync=start,
+             guest_definition=dataclasses.asdict(ctx.guest))
+    except (RemoteError, TransportError) as exc:
+        ctx.log("delete stale replication snapshot error: %s" % exc)
+
+
+def remove_job(ctx, volumes, storeid_list):
+    """remove_job full|local: the job's snapshots go everywhere; with 'full' also the target's replicas."""
+    job = ctx.job
+    ctx.log("start job removal - mode '%s'" % job.remove_job)
+    if job.remove_job == "full" and job.target != ctx.node and job.target in ctx.cfg.nodes:
+        target = ctx.cfg.nodes[job.target]
+        scan = sorted(set(storeid_list) | {v.partition(":")[0] for v in volumes})
+        with ControlChannel(target.name, target.address, target.host_key, key=ctx.key or _node_key(),
+                            port=target.port) as channel:
+            call(ctx, channel, "prepare", "remote_prepare_local_job", volumes=[], scan=scan, last_sync=1, force=True)
+    datasets = {v: ctx.cfg.dataset(v) for v in volumes}
+    prepare_local(ctx, {v: d for v, d in datasets.items() if ctx.zfs.exists(d)}, 1)
+    ctx.log("job removed")
+
+
+__all__ = ["run_job", "ReplicationError", "LockError", "is_job_snapshot"]
