@@ -33,6 +33,7 @@ __all__ = [
     "ScheduleError",
     "interval_warnings",
     "parse",
+    "time_zone",
 ]
 
 DEFAULT_SCHEDULE = "*/15"
@@ -725,8 +726,7 @@ class CronExpression(Schedule):
         super().__init__(text, expression)
 
     def next_event(self, after, tz=None):
-        zone = _zone(tz) or datetime.timezone.utc
-        start = datetime.datetime.fromtimestamp(int(after), zone)
+        start = datetime.datetime.fromtimestamp(int(after), time_zone(tz))
         return int(_croniter_class()(self.normalized, start).get_next(float))
 
 
@@ -755,8 +755,13 @@ def _rarity_warning(schedule, now, tz):
     return None
 
 
+def time_zone(tz=None):
+    """The tzinfo for an IANA name, or the node's local zone for None.  Raises ScheduleError for unknown names."""
+    return _zone(tz) or datetime.timezone.utc
+
+
 def _when(epoch, tz):
-    return datetime.datetime.fromtimestamp(epoch, _zone(tz) or datetime.timezone.utc).strftime("%Y-%m-%d %H:%M %Z")
+    return datetime.datetime.fromtimestamp(epoch, time_zone(tz)).strftime("%Y-%m-%d %H:%M %Z")
 
 
 def interval_warnings(schedule, now=None, tz=None):
