@@ -181,5 +181,20 @@ def schedule_analyze(args):
     return Output(data, heading + "\n" + render_table(["timestamp", "local time", "utc"], rows), warnings)
 
 
+def _no_arguments(parser):
+    del parser
+
+
+@subcommand("serve", "The receiving side for peer nodes (the SSH forced command; reads SSH_ORIGINAL_COMMAND).",
+            _no_arguments)
+def serve(args):
+    """Answers on stdout itself (one JSON line); a refused operation exits 1."""
+    del args
+    from ansible_collections.storage.replication.plugins.module_utils import receiver  # pylint: disable=import-outside-toplevel
+    if receiver.main() != 0:
+        sys.exit(EXIT_FAILED)
+    return Output(None, "")
+
+
 if __name__ == "__main__":
     sys.exit(main())
