@@ -34,7 +34,10 @@ MAX_NODES = 50  # addresses .11 to .60 of the lab's /24
 PRIVATE_PATHS = tuple(dict.fromkeys(os.path.realpath(p) for p in (
     "/var/run/zfs", "/run/lock/zfs", "/var/lock/zfs", "/var/lib/zfs", "/etc/zfs",
     "/etc/storage-replication", "/var/lib/storage-replication", "/var/log/storage-replication",
-    "/opt/storage-replication", "/root/.ssh", "/etc/ssh", "/etc/systemd/system", "/run/sshd", "/tmp")))
+    "/opt/storage-replication", "/root/.ssh", "/etc/ssh", "/etc/systemd/system", "/run/sshd", "/tmp",
+    # The pool's mount point too: zfs creates dataset mount points below it, sometimes before the pool's own
+    # FUSE mount is there, and they must not land in a directory that the other nodes see.
+    "/rpool")))
 POOL = "rpool"
 POOL_MOUNTPOINT = "/rpool"
 DATASET = "rpool/data"
@@ -305,11 +308,10 @@ class Lab:
         with flocked(self.root):
             record = self.root / "host-mountpoints.json"
             created = json.loads(record.read_text(encoding="utf-8")) if record.exists() else []
-            for path in PRIVATE_PATHS + (POOL_MOUNTPOINT,):
+            for path in PRIVATE_PATHS:
                 if not os.path.lexists(path):
                     created.append(path)
-                    if path != POOL_MOUNTPOINT:  # zfs creates its own mount point
-                        os.makedirs(path)
+                    os.makedirs(path)
             record.write_text(json.dumps(sorted(set(created))), encoding="utf-8")
 
     def _ensure_controller_key(self) -> None:
