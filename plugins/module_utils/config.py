@@ -593,7 +593,7 @@ def schedule_error(text):
     try:
         parse_schedule(text)
     except ScheduleError as exc:
-        return "invalid calendar event '%s' - %s" % (text, exc)
+        return str(exc)  # names the schedule and the spot that does not parse
     return None
 
 
@@ -610,8 +610,17 @@ def rate_error(rate):
 # replication.cfg: pvesr's section-config format
 
 def encode_text(text):
-    """pvesr's encode_text: UTF-8 bytes outside 0x20-0x24, 0x26-0x39, 0x3b-0x7e (controls, '%', ':', non-ASCII) -> %XX."""
-    return "".join(chr(b) if (0x20 <= b <= 0x7e and b not in (0x25, 0x3a)) else "%%%02X" % b for b in text.encode("utf-8"))
+    """pvesr's encode_text: UTF-8 bytes outside 0x20-0x24, 0x26-0x39, 0x3b-0x7e (controls, '%', ':', non-ASCII) -> %XX.
+
+    Unlike pvesr, leading and trailing spaces are encoded too: the parser strips them from values, so a comment
+    with them would otherwise not survive a round trip (pvesr decodes %20 all the same).
+    """
+    encoded = "".join(chr(b) if (0x20 <= b <= 0x7e and b not in (0x25, 0x3a)) else "%%%02X" % b for b in text.encode("utf-8"))
+    body = encoded.strip(" ")
+    if not body:
+        return "%20" * len(encoded)
+    start = encoded.index(body)
+    return "%20" * start + body + "%20" * (len(encoded) - start - len(body))
 
 
 def decode_text(text):

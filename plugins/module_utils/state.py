@@ -171,3 +171,255 @@ def read_local_node(statedir=DEFAULT_STATEDIR):
     except FileNotFoundError:
         name = ""
     return name or socket.gethostname().split(".")[0]
+
+
+def process_start_time(pid):
+    """The start time of process ``pid`` in clock ticks after boot (/proc/<pid>/stat field 22), or None."""
+    try:
+        with open("/proc/%d/stat" % int(pid), encoding="ascii", errors="replace") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses: count the fields after its closing parenthesis.
+    return int(data[data.rindex(")") + 2:].split()[19])
+
+
+def job_is_running(jobstate):
+    """True if the worker recorded in ``jobstate`` (pid and its start time) is still alive, as pvesr checks."""
+    pid, ptime = jobstate.get("pid"), jobstate.get("ptime")
+    return bool(pid) and ptime is not None and process_start_time(pid) == ptime
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The state file
+
+JOB_STATE_DEFAULTS = {"last_iteration": 0, "last_try": 0, "last_sync": 0, "fail_count": 0}
+
+
+def job_state_in(state, job):
+    """The state entry of ``job`` in the whole ``state`` dict, with pvesr's defaults filled in (a copy)."""
+    entry = dict(JOB_STATE_DEFAULTS)
+    entry.update(state.get(str(job.guest), {}).get(job.target_id, {}))
+    return entry
+
+
+class StateFile:
+    """``<statedir>/replication-state.json``: read without lock, changed under ``replication-state.lck``."""
+
+    def __init__(self, statedir=DEFAULT_STATEDIR, lock_timeout=STATE_LOCK_TIMEOUT):
+        self.statedir = statedir
+        self.path = os.path.join(statedir, STATE_FILE)
+        self.lock_path = os.path.join(statedir, STATE_LOCK_FILE)
+        self.lock_timeout = lock_timeout
+
+    def read(self):
+        """The whole state; a missing or empty file is ``{}``."""
+        try:
+            with open(self.path, "rb") as handle:
+                data = handle.read(MAX_STATE_SIZE + 1)
+        except FileNotFoundError:
+            return {}
+        if len(data) > MAX_STATE_SIZE:
+            raise StateError("state file %s is larger than %d bytes; it is not ours or damaged: move it aside "
+                             "(the jobs then start from an empty state)" % (self.path, MAX_STATE_SIZE))
+        if not data.strip():
+            return {}
+        try:
+            state = json.loads(data.decode("utf-8"))
+        except ValueError as exc:
+            raise StateError("state file %s is not valid JSON (%s): move it aside (the jobs then start from an empty "
+                             "state and find their bases by snapshot)" % (self.path, exc)) from None
+        if not isinstance(state, dict):
+            raise StateError("state file %s does not hold an object: move it aside" % self.path)
+        return state
+
+    def job_state(self, job):
+        """The state of ``job`` with defaults (pvesr read_job_state)."""
+        return job_state_in(self.read(), job)
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Yield the whole state under the lock; it is written atomically when the block ends without error."""
+        with file_lock(self.lock_path, self.lock_timeout, "the job state file %s" % self.path,
+                       "another job is writing its state; try again"):
+            state = self.read()
+            yield state
+            os.makedirs(self.statedir, exist_ok=True)
+            atomic_write(self.path, json.dumps(state, sort_keys=True, separators=(",", ":")) + "\n")
+
+    def _change_job(self, job, change):
+        """Apply ``change(entry) -> entry or None`` (None deletes it) to ``job``'s entry under the lock."""
+        with self.locked() as state:
+            guest_states = state.setdefault(str(job.guest), {})
+            entry = change(job_state_in(state, job))
+            if entry is None:
+                guest_states.pop(job.target_id, None)
+            else:
+                guest_states[job.target_id] = entry
+            if not guest_states:
+                del state[str(job.guest)]
+        return entry
+
+    def set_fields(self, job, **fields):
+        """Set fields of ``job``'s entry (e.g. ``storeid_list``); returns the entry."""
+        return self._change_job(job, lambda entry: dict(entry, **fields))
+
+    def record_job_start(self, job, start_time, iteration=None, node=None, pid=None):
+        """A run begins: pid/ptime, last_node, last_try = start, last_iteration (default: start)."""
+        pid = os.getpid() if pid is None else pid
+
+        def start(entry):
+            entry.update(pid=pid, ptime=process_start_time(pid), last_node=node or read_local_node(self.statedir),
+                         last_try=int(start_time), last_iteration=int(start_time if iteration is None else iteration))
+            entry.setdefault("storeid_list", [])
+            return entry
+        return self._change_job(job, start)
+
+    def record_sync_end(self, job, start_time):
+        """The transfer succeeded: last_sync = start, written before old snapshots are removed (crash safety)."""
+        return self.set_fields(job, last_sync=int(start_time))
+
+    def record_job_end(self, job, start_time, duration, error=None, bytes_sent=None, target_unreachable=False):
+        """A run ended. Error: fail_count + 1 and the message (and ``waiting_for_target`` if the target could not
+        be reached). Success: last_sync = start, fail_count 0, error dropped; a job marked for removal loses its
+        entry. Returns the entry (None if deleted)."""
+
+        def end(entry):
+            for key in ("pid", "ptime", "waiting_for_target"):
+                entry.pop(key, None)
+            entry["duration"] = float(duration)
+            if bytes_sent is not None:
+                entry["bytes_sent"] = int(bytes_sent)
+            if error is not None:
+                entry["fail_count"] = entry["fail_count"] + 1
+                entry["error"] = str(error).rstrip("\n")
+                if target_unreachable:
+                    entry["waiting_for_target"] = True
+                return entry
+            if job.remove_job:
+                return None
+            entry.pop("error", None)
+            entry.update(last_sync=int(start_time), fail_count=0)
+            return entry
+        return self._change_job(job, end)
+
+    def schedule_now(self, job):
+        """pvesr schedule-now: last_try = 0, so the job is due at the next run."""
+        return self.set_fields(job, last_try=0)
+
+    def guest_states(self, guest):
+        """``{"local/<target>": entry}`` of ``guest`` (for migration's state transfer)."""
+        return self.read().get(str(int(guest)), {})
+
+    def set_guest_states(self, guest, states):
+        """Replace ``guest``'s whole entry (pvesr set-state); an empty ``states`` deletes it."""
+        with self.locked() as state:
+            if states:
+                state[str(int(guest))] = states
+            else:
+                state.pop(str(int(guest)), None)
+
+    def purge_old_states(self, cfg, node):
+        """Drop entries of jobs that no longer exist or whose guest is not on ``node``; returns the dropped keys."""
+        keep = {(str(j.guest), j.target_id) for j in cfg.jobs_on_node(node)}
+        dropped = []
+        with self.locked() as state:
+            for guest in list(state):
+                for target_id in list(state[guest]):
+                    if (guest, target_id) not in keep:
+                        del state[guest][target_id]
+                        dropped.append("%s/%s" % (guest, target_id))
+                if not state[guest]:
+                    del state[guest]
+        return dropped
+
+
+def transfer_state(states, migration_target, source_node):
+    """pvesr extract_vmid_tranfer_state: the guest's states with key local/<migration target> renamed to
+    local/<source node>, for the new owner after a migration (the job's direction is switched too)."""
+    moved = dict(states)
+    old_key, new_key = "local/" + migration_target, "local/" + source_node
+    if old_key in moved:
+        moved[new_key] = moved.pop(old_key)
+    return moved
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scheduling
+
+def backoff_delay(fail_count):
+    """Seconds after last_try before a failed job is retried: 5, 10, 15 minutes, then 30 (pvesr since 2022)."""
+    return BACKOFF_STEP * fail_count if fail_count <= BACKOFF_STEPS else BACKOFF_MAX
+
+
+def is_waiting_for_target(jobstate, target_online=None):
+    """A failed job waits for its target when the target is known offline (``target_online`` False) or, when
+    that is not known, when the last failure was that the target could not be reached."""
+    if not jobstate.get("fail_count"):
+        return False
+    if target_online is None:
+        return bool(jobstate.get("waiting_for_target"))
+    return not target_online
+
+
+def next_sync(job, jobstate, target_online=None, tz=None):
+    """When ``job`` is due next (epoch seconds), as pvesr's job_status computes it.
+
+    Marked for removal: 1 (always due). Failed: last_try + back-off; while waiting for its target pvesr would
+    return 0 (never) — we retry every TARGET_WAIT_RETRY seconds instead. Otherwise the schedule's first event
+    strictly after last_try, or 0 if the schedule has no further event.
+    """
+    if job.remove_job:
+        return 1
+    last_try = int(jobstate.get("last_try", 0))
+    fail_count = int(jobstate.get("fail_count", 0))
+    if fail_count > 0:
+        if is_waiting_for_target(jobstate, target_online):
+            return last_try + TARGET_WAIT_RETRY
+        return last_try + backoff_delay(fail_count)
+    event = parse_schedule(job.schedule or DEFAULT_SCHEDULE).next_event(last_try, tz)
+    return event or 0
+
+
+def job_status(job, jobstate, target_online=None):
+    """One status word for ``job``: running, removal pending, disabled, waiting for target, error or ok."""
+    if job_is_running(jobstate):
+        return STATUS_RUNNING
+    if job.remove_job:
+        return STATUS_REMOVING
+    if job.disable:
+        return STATUS_DISABLED
+    if is_waiting_for_target(jobstate, target_online):
+        return STATUS_WAITING
+    if jobstate.get("fail_count"):
+        return STATUS_ERROR
+    return STATUS_OK
+
+
+def jobs_to_run(cfg, node):
+    """The jobs ``node`` runs (pvesr job_status): its guests' jobs, except disabled ones and those whose target
+    is ``node`` itself, unless marked for removal."""
+    return [j for j in cfg.jobs_on_node(node) if j.remove_job or (not j.disable and j.target != node)]
+
+
+def job_order_key(job, jobstate, next_sync_time):
+    """pvesr get_next_job's order: last_iteration, next_sync, guest (numeric), job ID (string)."""
+    return (int(jobstate.get("last_iteration", 0)), next_sync_time, job.guest, job.id)
+
+
+def next_due_job(jobs, state, iteration, now, target_online=None, tz=None):
+    """The job to run next in the runner iteration ``iteration`` (pvesr get_next_job), or None.
+
+    ``state`` is the whole state dict (re-read before each pick); ``target_online`` maps node -> bool where known.
+    A job is due if it has not run in this iteration, next_sync is not 0 and now >= next_sync.
+    """
+    online = target_online or {}
+    candidates = []
+    for job in jobs:
+        jobstate = job_state_in(state, job)
+        when = next_sync(job, jobstate, online.get(job.target), tz)
+        candidates.append((job_order_key(job, jobstate, when), job))
+    for (last_iteration, when, _guest, _id), job in sorted(candidates, key=lambda c: c[0]):
+        if last_iteration < iteration and when != 0 and now >= when:
+            return job
+    return None
