@@ -240,7 +240,7 @@ class _Parser:
             end, after_range = ranged
             if start > end:
                 self.fail(position + 2, "the range %d..%d of %s runs backwards: write the smaller value first" % (start, end, field.name),
-                          value_error=True)
+                          value_error=True, plausible=_plausible(field, self.text, after_range))
                 return None
             position = after_range
         if self.at(position, "/"):
