@@ -250,13 +250,13 @@ def test_readers_never_see_a_partial_file(tmp_path):
 
 def _increment(statedir, key, rounds):
     statefile = S.StateFile(statedir)
-    for _ in range(rounds):
+    for _round in range(rounds):
         statefile._change_job(job(), lambda e: dict(e, **{key: e.get(key, 0) + 1}))
 
 
 def test_concurrent_writers_lose_no_update(tmp_path):
     ctx = multiprocessing.get_context("fork")
-    writers = [ctx.Process(target=_increment, args=(str(tmp_path), "counter", 25)) for _ in range(2)]
+    writers = [ctx.Process(target=_increment, args=(str(tmp_path), "counter", 25)) for _writer in range(2)]
     for w in writers:
         w.start()
     for w in writers:
