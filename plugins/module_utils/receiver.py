@@ -35,7 +35,6 @@ STORAGE_RE = re.compile(r"^[a-z][a-z0-9\-_.]*[a-z0-9]$")
 VOLUME_RE = re.compile(r"^[a-z][a-z0-9\-_.]*[a-z0-9]:[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 SNAPSHOT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}$")
 MAX_REQUEST = 4 * 1024 * 1024
-PARTIAL_SUFFIX = ".sr-partial"
 DIVERGED_INFIX = "-diverged-"
 SPLICE_CHUNK = 1 << 20
 
@@ -235,15 +234,10 @@ class Receiver:
             pool = self.storage_pool(storage_id, any(v.startswith(storage_id + ":") for v in wanted))
             if pool is None:
                 continue
-            for dataset, snaps in self.zfs.snapshots(pool).items():
-                parent, _sep, name = dataset.rpartition("/")
-                if parent != pool:
-                    continue
+            for dataset, snaps in self.zfs.child_snapshots(pool).items():
+                name = dataset.rpartition("/")[2]
                 volume = "%s:%s" % (storage_id, name)
-                if name.endswith(PARTIAL_SUFFIX) and volume[:-len(PARTIAL_SUFFIX)] in wanted:
-                    self.say("delete partial volume '%s' left by an interrupted full sync" % dataset)
-                    self.zfs.destroy(dataset, recursive=True)
-                elif volume in wanted or any(is_job_snapshot(s, job) for s in snaps):
+                if volume in wanted or any(is_job_snapshot(s, job) for s in snaps):
                     found[volume] = (dataset, snaps)
         return found
 
@@ -274,26 +268,21 @@ class Receiver:
         return {"bytes": received, "kept": kept}
 
     def receive_full(self, volume, dataset, stdin_fd):
-        """A full stream goes to a recognisable temporary name, renamed only when complete."""
+        """A full stream creates the dataset; if the receive fails, what it created is destroyed again."""
         if self.zfs.exists(dataset):
             raise Refused("volume '%s' already exists on node '%s' (dataset '%s') - it holds no common snapshot with "
                           "the source; remove it from node '%s' if it is not needed, then the next run sends it in "
                           "full" % (volume, self.node, dataset, self.node), "volume-exists")
-        partial = dataset + PARTIAL_SUFFIX
-        if self.zfs.exists(partial):
-            self.zfs.destroy(partial, recursive=True)
         try:
-            received = self.feed_zfs_recv(recv_argv(partial, force=False), stdin_fd, volume)
-        except (Refused, ZfsError):
-            if self.zfs.exists(partial):
-                self.zfs.destroy(partial, recursive=True)
+            return self.feed_zfs_recv(recv_argv(dataset, force=False), stdin_fd, volume)
+        except Refused:
+            if self.zfs.exists(dataset):  # it did not exist before this receive: only partial data of ours
+                self.zfs.destroy(dataset, recursive=True)
             raise
-        self.zfs.rename(partial, dataset)
-        return received
 
     def protect_diverged(self, volume, dataset, base):
         """Before `zfs recv -F` rolls the replica back to base: keep aside what was written here since."""
-        snaps = self.zfs.snapshots(dataset, recursive=False).get(dataset, {})
+        snaps = self.zfs.snapshots(dataset)
         if base not in snaps:
             raise Refused("base snapshot '%s' of volume '%s' does not exist on node '%s' - the next run selects a new "
                           "base" % (base, volume, self.node), "base-missing")
@@ -329,8 +318,7 @@ class Receiver:
             total = copy_stream(stdin_fd, proc.stdin.fileno())
         except BrokenPipeError:
             total = None
-        proc.stdin.close()
-        _out, err = proc.communicate()
+        _out, err = proc.communicate()  # closes zfs recv's stdin: end of stream
         if proc.returncode != 0 or total is None:
             raise Refused(explain_recv_failure(self.node, volume, argv, proc.returncode, err.decode("utf-8", "replace")),
                           "receive-failed")
@@ -349,7 +337,7 @@ class Receiver:
         keep = replication_snapshot(job, last_sync)
         for volume in volumes:
             dataset = self.dataset(volume)
-            snaps = self.zfs.snapshots(dataset, recursive=False).get(dataset, {})
+            snaps = self.zfs.snapshots(dataset)
             if keep not in snaps:
                 self.say("expected snapshot %s not present for %s, not removing others" % (keep, volume))
                 continue

@@ -182,7 +182,7 @@ def prepare_local(ctx, datasets, last_sync):
     result = {}
     for volume, dataset in datasets.items():
         try:
-            snaps = ctx.zfs.snapshots(dataset, recursive=False).get(dataset, {})
+            snaps = ctx.zfs.snapshots(dataset)
         except ZfsError as exc:
             raise ReplicationError("volume '%s' (dataset '%s') is not available on this node: %s - fix the guest's "
                                    "volume list or create the dataset" % (volume, dataset, exc.stderr)) from exc
@@ -324,4 +324,18 @@ def remove_job(ctx, volumes, storeid_list):
     ctx.log("job removed")
 
 
-__all__ = ["run_job", "ReplicationError", "LockError", "is_job_snapshot"]
+def main(argv):
+    """`python -m ...replicate <jobid>`: run one job now and print its result as JSON (tests, debugging)."""
+    import json  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+    try:
+        result = run_job(configmod.load(), argv[0])
+    except (ReplicationError, LockError, configmod.ConfigError, StateError) as exc:
+        result = {"job": argv[0], "ok": False, "error": str(exc)}
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    import sys as _sys
+    _sys.exit(main(_sys.argv[1:]))

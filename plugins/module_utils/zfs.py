@@ -202,10 +202,11 @@ def snapshot_argv(names):
     return [ZFS, "snapshot"] + list(names)
 
 
-def get_argv(properties, names, recursive=False):
+def get_argv(properties, names, depth=None):
+    """`zfs get` in exact numbers; depth 1 adds the datasets' snapshots (and direct children), 2 theirs too."""
     argv = [ZFS, "get", "-Hp", "-o", "name,property,value"]
-    if recursive:
-        argv.append("-r")
+    if depth is not None:
+        argv += ["-d", str(depth)]
     return argv + [",".join(properties)] + list(names)
 
 
@@ -263,13 +264,18 @@ class Zfs:
         rc, _out, _err = self.run([ZFS, "get", "-H", "-o", "value", "type", name], None, False)
         return rc == 0
 
-    def get(self, properties, names, recursive=False):
-        _rc, out, _err = self.run(get_argv(properties, names, recursive), None, True)
+    def get(self, properties, names, depth=None):
+        _rc, out, _err = self.run(get_argv(properties, names, depth), None, True)
         return parse_get(out)
 
-    def snapshots(self, dataset, recursive=True):
-        """{dataset: {snap: {guid, createtxg, creation}}} for dataset (and its children if recursive)."""
-        return snapshot_tree(self.get(SNAPSHOT_PROPERTIES, [dataset], recursive))
+    def snapshots(self, dataset):
+        """{snap: {guid, createtxg, creation}} of one dataset, in creation order."""
+        return snapshot_tree(self.get(SNAPSHOT_PROPERTIES, [dataset], 1)).get(dataset, {})
+
+    def child_snapshots(self, parent):
+        """{dataset: {snap: info}} of parent's direct children (a storage's volumes)."""
+        tree = snapshot_tree(self.get(SNAPSHOT_PROPERTIES, [parent], 2))
+        return {ds: snaps for ds, snaps in tree.items() if ds.rpartition("/")[0] == parent}
 
     def create(self, dataset, parents=True):
         self.run([ZFS, "create"] + (["-p"] if parents else []) + [dataset], None, True)
@@ -295,8 +301,14 @@ class Zfs:
             raise
 
     def destroy(self, name, recursive=False):
-        """Destroy a dataset or snapshot, retrying briefly while zfs-fuse reports it busy."""
-        argv = [ZFS, "destroy"] + (["-r"] if recursive else []) + [name]
+        """Destroy a dataset or snapshot (retrying briefly while zfs-fuse reports it busy)."""
+        self.run_while_busy([ZFS, "destroy"] + (["-r"] if recursive else []) + [name])
+
+    def rename(self, old, new):
+        self.run_while_busy([ZFS, "rename", old, new])
+
+    def run_while_busy(self, argv):
+        """Run argv, retrying with back-off while ZFS answers "dataset is busy" (zfs-fuse after a receive)."""
         deadline = time.monotonic() + BUSY_RETRY_SECONDS
         delay = 0.05
         while True:
@@ -308,9 +320,6 @@ class Zfs:
                 raise error
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
-
-    def rename(self, old, new):
-        self.run([ZFS, "rename", old, new], None, True)
 
     def rollback(self, dataset, snapshot):
         self.run([ZFS, "rollback", "-r", "%s@%s" % (dataset, snapshot)], None, True)
