@@ -25,6 +25,7 @@ import sys
 import time
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+from ansible_collections.storage.replication.plugins.module_utils.cluster import serve_get_config, serve_set_config
 from ansible_collections.storage.replication.plugins.module_utils.state import (
     DEFAULT_STATEDIR, atomic_write, read_local_node)
 from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs, ZfsError, recv_argv
@@ -429,6 +430,9 @@ CONTROL_OPERATIONS = {
     "prepare": Receiver.prepare,
     "finalize": Receiver.finalize,
     "list": Receiver.list_replicas,
+    # Cluster-wide configuration changes (cluster.py): generation query and push.
+    "get-config": serve_get_config,
+    "set-config": serve_set_config,
 }
 
 
