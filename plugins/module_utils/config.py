@@ -73,11 +73,12 @@ _DATASET_PART = r"[A-Za-z0-9][A-Za-z0-9_.:\-]*"
 _DATASET_RE = re.compile(r"^%s(/%s)*$" % (_DATASET_PART, _DATASET_PART))
 _VOLUME_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _KEY_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9@.\-]*$")
-_JOB_ID_RE = re.compile(r"^(\d+)-(\d+)$")
-# pvesr's section header (ReplicationConfig.pm parse_section_header) and SectionConfig's key/value line.
-_HEADER_RE = re.compile(r"^(\S+):\s*(\d+)-(\d+)\s*$")
-_KEY_VALUE_RE = re.compile(r"^\s+(\S+)(\s+(.*\S))?\s*$")
-_COMMENT_LINE_RE = re.compile(r"^\s*#")
+_JOB_ID_RE = re.compile(r"^([0-9]+)-([0-9]+)$")
+# pvesr's section header (ReplicationConfig.pm parse_section_header) and SectionConfig's key/value line;
+# ASCII classes as in Perl, so that Unicode digits and spaces do not count.
+_HEADER_RE = re.compile(r"^(\S+):\s*(\d+)-(\d+)\s*$", re.ASCII)
+_KEY_VALUE_RE = re.compile(r"^\s+(\S+)(\s+(.*\S))?\s*$", re.ASCII)
+_COMMENT_LINE_RE = re.compile(r"^\s*#", re.ASCII)
 _TRUE_WORDS = ("1", "on", "yes", "true")
 _FALSE_WORDS = ("0", "off", "no", "false")
 
@@ -155,6 +156,11 @@ class Job:
     def target_id(self):
         """pvesr's "unique target id": keys the state file and makes (guest, target) unique."""
         return "%s/%s" % (self.type, self.target)
+
+    def as_dict(self):
+        """The set options plus ``id``, ``guest`` and ``jobnum``, like pvesr's API items."""
+        options = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and v is not False}
+        return dict(options, guest=self.guest, jobnum=self.jobnum)
 
 
 @dataclass
@@ -826,7 +832,7 @@ class _ModelReader:
                                         pool=self.value(item, "pool", str, "rpool/data", "storage '%s'" % sid))
         for gid, item in self.section(data, "guests").items():
             what = "guest '%s'" % gid
-            if not gid.isdigit():
+            if not re.match(r"^[1-9][0-9]*$", gid):
                 self.problems.append("%s: %s: guest IDs are integers %d..%d" % (self.filename, what, GUEST_ID_MIN, GUEST_ID_MAX))
                 continue
             cfg.guests[int(gid)] = Guest(id=int(gid), type=self.value(item, "type", str, "", what),
@@ -866,8 +872,12 @@ def load(confdir=DEFAULT_CONFDIR):
     try:
         return _load_once(confdir)
     except FileNotFoundError:
-        # A concurrent save pruned the generation we had just resolved; the new current one is complete.
+        pass  # a concurrent save pruned the generation we had just resolved; the new current one is complete
+    try:
         return _load_once(confdir)
+    except FileNotFoundError as exc:
+        raise ConfigError("the configuration in %s is incomplete: %s is missing; point the symlink '%s' to the newest "
+                          "complete directory in %s/" % (confdir, exc.filename, CURRENT_LINK, GENERATIONS_DIR)) from None
 
 
 def _load_once(confdir):

@@ -147,6 +147,11 @@ def test_bad_schedule_is_dropped_with_the_schedule_message():
     assert warnings[0].startswith("replication.cfg line 3 (section '100-0') - unable to parse value of 'schedule': invalid schedule 'mon-fri'")
 
 
+def test_only_ascii_digits_make_a_header():
+    jobs, warnings = C.parse_replication_cfg("local: \u0661\u0660\u0660-0\n\ttarget pve2\n")
+    assert jobs == {} and warnings[0].startswith("replication.cfg line 1 - ignore config line: local: ")
+
+
 def test_bare_disable_and_boolean_words():
     jobs, _w = C.parse_replication_cfg("local: 100-0\n\ttarget a\n\tdisable\n\nlocal: 100-1\n\ttarget b\n\tdisable 0\n")
     assert jobs["100-0"].disable is True and jobs["100-1"].disable is False
@@ -170,6 +175,11 @@ def test_queries_used_by_the_engine():
     assert cfg.guests[100].hook("freeze") == ["/usr/bin/fsfreeze", "-f", "/mnt"] and cfg.guests[100].hook("start") is None
     assert problem_of(lambda: cfg.dataset("nope:vm-100-disk-0")) == (
         "volume 'nope:vm-100-disk-0': storage 'nope' does not exist; add it to the cluster configuration")
+
+
+def test_job_as_api_item():
+    assert Job("100-1", "pve2", rate=5, disable=True).as_dict() == {
+        "id": "100-1", "type": "local", "target": "pve2", "rate": 5, "disable": True, "guest": 100, "jobnum": 1}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -439,6 +449,24 @@ def test_broken_cluster_json_is_reported_by_name(tmp_path):
         "%s/cluster.json: node 'a': 'port' must be of type int, not '22'" % tmp_path,
         "%s/cluster.json: guest 'x': guest IDs are integers 100..999999999" % tmp_path,
     ]
+
+
+def test_guest_ids_in_cluster_json_are_canonical(tmp_path):
+    (tmp_path / "cluster.json").write_text(json.dumps({"guests": {"0100": {"type": "vm", "node": "a"}}}), encoding="utf-8")
+    assert problem_of(lambda: C.load(str(tmp_path))) == "%s/cluster.json: guest '0100': guest IDs are integers 100..999999999" % tmp_path
+
+
+def test_old_generations_are_pruned_and_a_broken_switch_is_explained(tmp_path):
+    confdir = str(tmp_path)
+    cfg = with_jobs()
+    for rate in range(1, 9):
+        cfg.update_job("100-0", rate=rate)
+        C.save(cfg, confdir)
+    assert sorted(os.listdir(tmp_path / "generations"), key=int) == ["4", "5", "6", "7", "8"]
+    os.rename(tmp_path / "generations/8", tmp_path / "lost")
+    assert problem_of(lambda: C.load(confdir)) == (
+        "the configuration in %s is incomplete: %s/generations/8/cluster.json is missing; point the symlink 'current'"
+        " to the newest complete directory in generations/" % (confdir, confdir))
 
 
 # ---------------------------------------------------------------------------------------------------------------
