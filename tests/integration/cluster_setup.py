@@ -16,6 +16,7 @@ import os
 import shlex
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
@@ -127,6 +128,18 @@ def zfs(lab, node, *argv, check=True):
     return lab.exec(node, ["zfs"] + list(argv), check=check)
 
 
+def destroy(lab, node, full_name, deadline_s=20.0):
+    """zfs destroy -R (test clean-up: clones too), retried while zfs-fuse says "dataset is busy" (it does for a moment after a mount)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        proc = zfs(lab, node, "destroy", "-R", full_name, check=False)
+        if proc.returncode == 0 or "does not exist" in proc.stderr:
+            return
+        if "busy" not in proc.stderr or time.monotonic() > deadline:
+            raise AssertionError("zfs destroy %s on %s: %s" % (full_name, node, proc.stderr))
+        time.sleep(0.1)
+
+
 def dataset(volume_name):
     return "%s/%s" % (POOL, volume_name)
 
@@ -161,12 +174,12 @@ def tree_checksum(lab, node, name, snap=None):
     if snap is None:
         return lab.exec(node, ["python3", "-c", CHECKSUM_SCRIPT, "/" + dataset(name)]).stdout.strip()
     clone = "rpool/verify-%s" % name
-    zfs(lab, node, "destroy", "-r", clone, check=False)
+    destroy(lab, node, clone)
     zfs(lab, node, "clone", "%s@%s" % (dataset(name), snap), clone)
     try:
         return lab.exec(node, ["python3", "-c", CHECKSUM_SCRIPT, "/" + clone], timeout=300).stdout.strip()
     finally:
-        zfs(lab, node, "destroy", "-r", clone)
+        destroy(lab, node, clone)
 
 
 def local_state(lab, node):
