@@ -19,8 +19,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lab._system import (LabCommandError, LabError, end_processes, is_mount_point, mount_targets, ns_inode,
-                         processes_in, run, spawn_detached, tcp_open, wait_until)
+from lab._system import (LabCommandError, LabError, describe_failure, end_processes, is_mount_point, mount_targets,
+                         ns_inode, processes_in, run, spawn_detached, tcp_open, wait_until)
 
 LAB_ROOT = Path("/var/tmp/storage-replication-lab")
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
@@ -227,6 +227,14 @@ class Lab:
     def ssh(self, node: str, argv: list, check: bool = True, input=None, timeout: float = 60, text: bool = True):
         """Like exec, but through the node's sshd (what Ansible and peers see)."""
         return run(self.ssh_argv(node, argv), check=check, input=input, timeout=timeout, text=text, where=f"ssh {node}")
+
+    def tree_digest(self, node: str, path: str) -> str:
+        """sha256 over the sorted list of (sha256, relative name) of every file below path on the node: equal
+        digests mean equal file trees."""
+        listing = self.exec(node, ["find", path, "-type", "f", "-exec", "sha256sum", "{}", "+"], timeout=600).stdout
+        entries = sorted(f"{digest}  {os.path.relpath(name, path)}\n"
+                         for digest, name in (line.split(None, 1) for line in listing.splitlines()))
+        return hashlib.sha256("".join(entries).encode()).hexdigest()
 
     # ---- up ----------------------------------------------------------------------------------------------------
 
@@ -481,7 +489,9 @@ class Lab:
             ssh_config += [f"Host {node}", f"    HostName {address}", "    User root",
                            f"    IdentityFile {self.controller_key_path}", "    IdentitiesOnly yes",
                            f"    UserKnownHostsFile {self.known_hosts_path}", "    StrictHostKeyChecking yes",
-                           "    BatchMode yes", "    ConnectTimeout 5", ""]
+                           "    BatchMode yes", "    ConnectTimeout 5",
+                           # the default post-quantum hybrid costs 0.6 s of CPU per connection here; tests connect often
+                           "    KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org", ""]
             inventory += [f"        {node}:", f"          ansible_host: {address}", "          ansible_user: root",
                           f"          ansible_ssh_private_key_file: {self.controller_key_path}",
                           f"          ansible_ssh_common_args: {json.dumps(common_args)}",
@@ -527,12 +537,22 @@ class Lab:
         raise LabCommandError(f"{node}: could not reserve the free space of {POOL}", result)
 
     def unfill(self, node: str) -> None:
+        self.destroy_dataset(node, FILLER)
+
+    def destroy_dataset(self, node: str, dataset: str) -> bool:
+        """zfs destroy -r, retried while zfs-fuse calls the dataset busy (it does for a moment after a receive).
+        Returns False when there was no such dataset."""
         self._node(node)
-        if self.exec(node, ["zfs", "list", "-H", "-o", "name", FILLER], check=False).returncode != 0:
-            return
-        # zfs-fuse may call a dataset busy for a moment after use: retry briefly.
-        wait_until(lambda: self.exec(node, ["zfs", "destroy", FILLER], check=False).returncode == 0, 10,
-                   f"zfs destroy {FILLER} on {node}", interval=0.2)
+
+        def destroyed():
+            result = self.exec(node, ["zfs", "destroy", "-r", dataset], check=False)
+            if result.returncode == 0 or "dataset does not exist" in result.stderr:
+                return result
+            if "busy" not in result.stderr:
+                raise LabCommandError(describe_failure(node, ["zfs", "destroy", "-r", dataset], result), result)
+            return None
+
+        return wait_until(destroyed, 30, f"zfs destroy -r {dataset} on {node}", interval=0.2).returncode == 0
 
     # ---- status and down ---------------------------------------------------------------------------------------
 

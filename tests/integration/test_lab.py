@@ -31,19 +31,13 @@ def lab_cli(*args, env=None):
                           env=env, check=False)
 
 
-def tree_sha256(lab, node, path):
-    """sha256 of every file below path on the node, as one sorted listing (names and contents)."""
-    listing = lab.exec(node, ["find", path, "-type", "f", "-exec", "sha256sum", "{}", "+"]).stdout
-    return sorted(line.split()[0] + " " + os.path.relpath(line.split()[1], path) for line in listing.splitlines())
-
-
 @pytest.fixture
 def dataset(lab):
     """A fresh dataset name under rpool/data; destroyed on every node afterwards."""
     name = f"rpool/data/t{uuid.uuid4().hex[:8]}"
     yield name
     for node in lab.nodes:
-        lab.exec(node, ["zfs", "destroy", "-r", name], check=False)
+        lab.destroy_dataset(node, name)
 
 
 def write_random(lab, node, dataset, mib=4):
@@ -51,7 +45,7 @@ def write_random(lab, node, dataset, mib=4):
     lab.exec(node, ["zfs", "create", dataset])
     lab.exec(node, ["dd", "if=/dev/urandom", f"of=/{dataset}/blob", "bs=1M", f"count={mib}", "status=none"])
     lab.exec(node, ["zfs", "snapshot", f"{dataset}@s1"])
-    return tree_sha256(lab, node, f"/{dataset}")
+    return lab.tree_digest(node, f"/{dataset}")
 
 
 def datasets(lab, node):
@@ -99,12 +93,12 @@ def test_node1_reaches_node2_zfs_only_through_ssh(lab):
 
 def test_ansible_reaches_every_node_over_ssh_with_pinned_host_keys(lab):
     result = subprocess.run([str(Path(PYTHON).parent / "ansible"), "-i", str(lab.inventory_path), "replication_nodes",
-                             "-m", "ansible.builtin.command", "-a", "hostname", "-o"],
+                             "-m", "ansible.builtin.command", "-a", "hostname"],
                             capture_output=True, text=True, timeout=120, check=False,
                             env={**os.environ, "ANSIBLE_HOST_KEY_CHECKING": "True"})
     assert result.returncode == 0, result.stdout + result.stderr
     for node in lab.nodes:
-        assert f"{node} | CHANGED | rc=0 | (stdout) {node}" in result.stdout
+        assert f"{node} | CHANGED | rc=0 >>\n{node}\n" in result.stdout
 
 
 def test_inventory_and_ssh_config_pin_host_keys(lab):
@@ -122,7 +116,7 @@ def test_up_again_is_harmless(lab, dataset):
     elapsed = lab.up(nodes=3, pool_size="1G", out=lambda line: None)
     assert elapsed < 5
     assert sorted(pid for pid, comm in processes_in(lab._namespaces("node1")).items() if comm == "sshd") == sshd_before
-    assert tree_sha256(lab, "node1", f"/{dataset}") == before
+    assert lab.tree_digest("node1", f"/{dataset}") == before
 
 
 # ---- failures ----------------------------------------------------------------------------------------------------
@@ -137,7 +131,7 @@ def test_kill_makes_node_unreachable_and_revive_brings_its_data_back(lab, datase
     finally:
         lab.revive("node2")
     assert lab.ssh("node2", ["hostname"]).stdout.strip() == "node2"
-    assert tree_sha256(lab, "node2", f"/{dataset}") == before
+    assert lab.tree_digest("node2", f"/{dataset}") == before
     assert f"{dataset}@s1" in datasets(lab, "node2")
 
 
@@ -167,7 +161,7 @@ def test_fill_makes_zfs_recv_fail_with_out_of_space_and_unfill_undoes_it(lab, da
     finally:
         lab.unfill("node2")
     lab.exec("node2", ["zfs", "recv", dataset], input=stream, text=False)
-    assert tree_sha256(lab, "node2", f"/{dataset}") == before
+    assert lab.tree_digest("node2", f"/{dataset}") == before
 
 
 # ---- down --------------------------------------------------------------------------------------------------------
