@@ -1,0 +1,261 @@
+# Copyright (c) 2026, storage.replication developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Declarative convergence for the modules: turn the desired nodes, storages, guests and jobs into changes of a
+ClusterConfig, using the model's own change methods (each validates the whole result).
+
+Every ``apply_*`` function edits the configuration it is given and returns ``(names, warnings)``: the keys of
+the objects the task manages (for the diff and the result) and what the user should hear without a change.
+Items are plain dicts as Ansible validated them (every option present, None when not given).
+
+The inventory says where a guest starts; the cluster says where it is now. A guest's owner is therefore only
+set when the guest is created, and a job whose direction a migration or failover reversed is recognised
+instead of being created again (``_pair_reversed``).
+"""
+
+from __future__ import annotations
+
+from ansible_collections.storage.replication.plugins.module_utils.config import ConfigError, Guest, Job, Node, Storage
+from ansible_collections.storage.replication.plugins.module_utils.schedule import ScheduleError, interval_warnings
+
+ABSENT = "absent"
+
+
+def _prefixed(what, exc):
+    """The same ConfigError, every problem prefixed with the item the user wrote (unless it names it already)."""
+    return ConfigError([problem if problem.startswith(what) else "%s: %s" % (what, problem)
+                        for problem in exc.problems])
+
+
+def _absent(item):
+    return item.get("state") == ABSENT
+
+
+def _purge(table, wanted, remove):
+    """Remove every key of ``table`` not in ``wanted``; returns the removed keys."""
+    removed = [key for key in list(table) if key not in wanted]
+    for key in removed:
+        remove(key)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Nodes and storages
+
+def apply_nodes(cfg, items, purge=False):
+    names = []
+    for item in items:
+        name = item["name"]
+        names.append(name)
+        try:
+            if _absent(item):
+                if name in cfg.nodes:
+                    cfg.remove_node(name)
+                continue
+            old = cfg.nodes.get(name)
+            host_key = item.get("host_key")
+            if host_key is None:
+                host_key = old.host_key if old else ""
+            cfg.set_node(Node(name=name, address=item["address"] or (old.address if old else ""),
+                              host_key=" ".join(host_key.split()[:2]), port=item.get("port") or 22))
+        except ConfigError as exc:
+            raise _prefixed("node '%s'" % name, exc) from None
+    if purge:
+        names += _purge(cfg.nodes, names, cfg.remove_node)
+    return names, []
+
+
+def apply_storages(cfg, items, purge=False):
+    names = []
+    for item in items:
+        storage_id = item["id"]
+        names.append(storage_id)
+        try:
+            if _absent(item):
+                if storage_id in cfg.storages:
+                    cfg.remove_storage(storage_id)
+                continue
+            cfg.set_storage(Storage(id=storage_id, type=item.get("type") or "zfspool", pool=item["pool"]))
+        except ConfigError as exc:
+            raise _prefixed("storage '%s'" % storage_id, exc) from None
+    if purge:
+        names += _purge(cfg.storages, names, cfg.remove_storage)
+    return names, []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Guests
+
+def apply_guests(cfg, items, purge=False):
+    names, warnings = [], []
+    for item in items:
+        guest_id = item["id"]
+        names.append(guest_id)
+        try:
+            if _absent(item):
+                if guest_id in cfg.guests:
+                    cfg.remove_guest(guest_id)
+                continue
+            warnings += _set_guest(cfg, item)
+        except ConfigError as exc:
+            raise _prefixed("guest '%s'" % guest_id, exc) from None
+    if purge:
+        names += _purge(cfg.guests, names, cfg.remove_guest)
+    return names, warnings
+
+
+def _set_guest(cfg, item):
+    """Create or update a guest; the owner comes from the item only when the guest is new."""
+    old = cfg.guests.get(item["id"])
+    if old is None and not item.get("node"):
+        raise ConfigError("a new guest needs the node it starts on (node); known nodes: %s"
+                          % (", ".join(sorted(cfg.nodes)) or "none"))
+    owner = old.node if old is not None else item["node"]
+    cfg.set_guest(Guest(id=item["id"], type=item["type"], node=owner, volumes=list(item.get("volumes") or []),
+                        hooks={name: list(argv) for name, argv in (item.get("hooks") or {}).items()}))
+    if old is not None and item.get("node") and item["node"] != owner:
+        return ["guest '%s' runs on '%s' now (moved by a migration or failover); the inventory's node '%s' is only "
+                "where it starts, so it was left where it is" % (item["id"], owner, item["node"])]
+    return []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Jobs
+
+JOB_FIELDS = ("schedule", "rate", "comment", "disable", "remove_job")
+
+
+def job_fields(item):
+    """The job options an item asks for: omitted options are pvesr's defaults (no rate, default schedule, ...)."""
+    return {"schedule": item.get("schedule"), "rate": item.get("rate"), "comment": item.get("comment") or None,
+            "disable": item.get("enabled") is False, "remove_job": None}
+
+
+def describe_item(item):
+    if item.get("id"):
+        return "job '%s'" % item["id"]
+    return "job of guest '%s' to '%s'" % (item.get("guest"), item.get("target"))
+
+
+def apply_jobs(cfg, items, purge=False, keep=False, force=False):
+    """Converge the jobs of ``items``; with ``purge`` every other job is removed too (as by state=absent)."""
+    _check_duplicates(items)
+    matches = _pair_reversed(cfg, items, [_match(cfg, item) for item in items])
+    names, warnings = [], []
+    for item, job_id in zip(items, matches):
+        try:
+            names.append(_apply_job(cfg, item, job_id, keep, force, warnings))
+        except ConfigError as exc:
+            raise _prefixed(describe_item(item), exc) from None
+    if purge:
+        for job_id in [j for j in cfg.jobs if j not in names]:
+            _remove_job(cfg, job_id, keep, force)
+            names.append(job_id)
+    return [n for n in names if n], warnings
+
+
+def _check_duplicates(items):
+    seen = {}
+    for number, item in enumerate(items, 1):
+        key = item.get("id") or (item.get("guest"), item.get("target"))
+        if key in seen:
+            raise ConfigError("jobs %d and %d are both %s; keep one job per guest and target"
+                              % (seen[key], number, describe_item(item)))
+        seen[key] = number
+
+
+def _match(cfg, item):
+    """The ID of the existing job the item means, or None (a new job, or a reversed one: see _pair_reversed)."""
+    if item.get("id"):
+        return item["id"] if item["id"] in cfg.jobs else None
+    job = cfg.job_for_target(item["guest"], item["target"])
+    return job.id if job else None
+
+
+def _pair_reversed(cfg, items, matches):
+    """An item whose target now owns the guest means the job a migration reversed (pvesr switches the target to
+    the old owner): pair it with the guest's one job no other item claims, if there is exactly one."""
+    claimed = {m for m in matches if m}
+    paired = list(matches)
+    for number, (item, match) in enumerate(zip(items, matches)):
+        guest = cfg.guests.get(item.get("guest") or _guest_of(item.get("id")))
+        if match or guest is None or item.get("target") != guest.node or _absent(item):
+            continue
+        others = [j.id for j in cfg.jobs_of_guest(guest.id) if j.id not in claimed]
+        if len(others) == 1:
+            paired[number] = others[0]
+            claimed.add(others[0])
+    return paired
+
+
+def _guest_of(job_id):
+    try:
+        return int(str(job_id).split("-")[0])
+    except ValueError:
+        return None
+
+
+def _apply_job(cfg, item, job_id, keep, force, warnings):
+    """Create, update or remove the job of one item; returns its ID (None if nothing is managed)."""
+    guest_id = item.get("guest")
+    if item.get("id") and guest_id is not None and _guest_of(item["id"]) != guest_id:
+        raise ConfigError("the ID '%s' belongs to guest '%s', not '%s'; fix the ID or the guest"
+                          % (item["id"], _guest_of(item["id"]), guest_id))
+    if _absent(item):
+        wanted = job_id or item.get("id")
+        if wanted:
+            _remove_job(cfg, wanted, keep, force)
+        return wanted
+    fields = job_fields(item)
+    warnings += _schedule_warnings(fields["schedule"])
+    if job_id is None:
+        return _create_job(cfg, item, fields, warnings)
+    job = cfg.jobs[job_id]
+    if item.get("target") and item["target"] != job.target:
+        if item["target"] != cfg.guests[job.guest].node:
+            raise ConfigError("replication job '%s' targets '%s'; a job's target cannot change: remove the job "
+                              "(state=absent) and create one to '%s'" % (job_id, job.target, item["target"]))
+        warnings.append("replication job '%s' replicates to '%s' now: guest '%d' moved to '%s' (the inventory's "
+                        "target), which reversed the direction; left as it is" % (job_id, job.target, job.guest, item["target"]))
+    cfg.update_job(job_id, **fields)
+    return job_id
+
+
+def _create_job(cfg, item, fields, warnings):
+    guest_id = item.get("guest") or _guest_of(item.get("id"))
+    guest = cfg.guests.get(guest_id)
+    if guest is not None and item.get("target") == guest.node and not item.get("id"):
+        warnings.append("guest '%s' runs on '%s', the target of %s (moved by a migration or failover); no job was "
+                        "created" % (guest_id, guest.node, describe_item(item)))
+        return None
+    if not item.get("target"):
+        raise ConfigError("a new job needs its target node (target)")
+    job_id = item.get("id") or "%d-%d" % (guest_id, cfg.next_jobnum(guest_id))
+    return cfg.add_job(Job(id=job_id, target=item["target"], **fields)).id
+
+
+def _remove_job(cfg, job_id, keep, force):
+    """pvesr delete: mark for removal (the runner cleans up and drops it), or with ``force`` drop it now."""
+    if force:
+        cfg.remove_job(job_id, missing_ok=True)
+        return
+    mode = "local" if keep else "full"
+    if job_id in cfg.jobs and cfg.jobs[job_id].remove_job != mode:
+        cfg.mark_job_for_removal(job_id, mode)
+
+
+def _schedule_warnings(schedule):
+    if schedule is None:
+        return []
+    try:
+        return interval_warnings(schedule)
+    except ScheduleError:
+        return []  # the validation of the job reports it, naming the job
+
+
+def job_view(job, cfg):
+    """A job as the modules return it."""
+    guest = cfg.guests.get(job.guest)
+    return {"id": job.id, "guest": job.guest, "jobnum": job.jobnum, "target": job.target,
+            "source": guest.node if guest else job.source, "schedule": job.schedule, "rate": job.rate,
+            "comment": job.comment, "enabled": not job.disable, "remove_job": job.remove_job}

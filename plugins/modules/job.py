@@ -1,0 +1,250 @@
+#!/usr/bin/python
+# Copyright (c) 2026, storage.replication developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: job
+short_description: Manage replication jobs of the cluster, one or the whole set
+version_added: 0.1.0
+description:
+  - Creates, changes and removes replication jobs C(<guest>-<n>) in the cluster configuration, the equivalent of
+    Proxmox VE's C(pvesr create-local-job), C(pvesr update) and C(pvesr delete).
+  - A job replicates one guest's volumes from the node that owns the guest to one target node, on a schedule.
+  - As in the Proxmox GUI, the ID need not be written by hand. Given O(guest) and O(target), the module finds that
+    pair's job, or creates C(<guest>-<next free number>).
+  - With O(jobs), one task converges a whole set of jobs; with O(purge=true), every job not in the set is removed.
+  - A guest that a migration or failover moved to the node an item names as target keeps its reversed
+    replication direction. The job that now replicates back to the old owner stands for that item; it is not
+    undone and no new job is created.
+options:
+  id:
+    description:
+      - The job ID, C(<guest>-<jobnum>), for example V(100-0).
+      - Without it, O(guest) and O(target) find the job, or name a new one with the guest's next free job number.
+    type: str
+  guest:
+    description:
+      - The guest ID the job replicates. Required unless O(id) is given.
+    type: int
+  target:
+    description:
+      - The node the guest is replicated to. It must not be the node that owns the guest.
+      - A job's target cannot change; remove the job and create a new one instead.
+      - Required to create a job.
+    type: str
+  schedule:
+    description:
+      - When the job runs, as a pvesr calendar event (V(*/15), V(mon..fri 22:00)) or a cron expression.
+      - Omitted means pvesr's default V(*/15), every 15 minutes.
+      - A schedule more frequent than once a minute, or rarer than once a week, is accepted with a warning.
+    type: str
+  rate:
+    description:
+      - Bandwidth limit of the transfer in MB/s (at least V(1)). Omitted means no limit.
+    type: float
+  comment:
+    description:
+      - A free-form comment stored with the job.
+    type: str
+  enabled:
+    description:
+      - Whether the runner runs the job. A disabled job keeps its snapshots and state.
+    type: bool
+    default: true
+  state:
+    description:
+      - V(present) creates or updates the job.
+      - V(absent) marks the job for removal as C(pvesr delete) does. The runner on the owner node then deletes
+        the job's snapshots, and with O(keep=false) the replicated volumes on the target, and drops the job.
+        With O(force=true) the job is dropped at once, without any cleanup.
+    type: str
+    choices: [present, absent]
+    default: present
+  keep:
+    description:
+      - With O(state=absent), keep the replicated volumes on the target (C(pvesr delete --keep)).
+      - Also applies to the jobs that O(purge) removes.
+    type: bool
+    default: false
+  force:
+    description:
+      - With O(state=absent), drop the job from the configuration at once, without cleaning up snapshots or
+        volumes (C(pvesr delete --force)). Also applies to the jobs that O(purge) removes.
+    type: bool
+    default: false
+  jobs:
+    description:
+      - The set of jobs to converge in one task, instead of O(id), O(guest), O(target) and their options.
+      - Each item takes the same options as a single job.
+    type: list
+    elements: dict
+    suboptions:
+      id:
+        description: The job ID, as O(id).
+        type: str
+      guest:
+        description: The guest ID, as O(guest). Required unless the item has an O(jobs[].id).
+        type: int
+      target:
+        description: The target node, as O(target).
+        type: str
+      schedule:
+        description: The schedule, as O(schedule).
+        type: str
+      rate:
+        description: The bandwidth limit in MB/s, as O(rate).
+        type: float
+      comment:
+        description: A comment, as O(comment).
+        type: str
+      enabled:
+        description: Whether the job runs, as O(enabled).
+        type: bool
+        default: true
+      state:
+        description: V(present) or V(absent), as O(state).
+        type: str
+        choices: [present, absent]
+        default: present
+  purge:
+    description:
+      - With O(jobs), remove (as with O(state=absent)) every job of the cluster that is not in O(jobs).
+    type: bool
+    default: false
+extends_documentation_fragment:
+  - storage.replication.attributes
+  - storage.replication.cluster
+seealso:
+  - module: storage.replication.guest
+  - module: storage.replication.job_info
+  - module: storage.replication.run
+author:
+  - storage.replication developers
+"""
+
+EXAMPLES = r"""
+- name: Replicate guest 100 to node2 every 15 minutes, at most 50 MB/s
+  storage.replication.job:
+    guest: 100
+    target: node2
+    rate: 50
+  run_once: true
+  vars:
+    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
+
+- name: Replicate guest 200 to node3 nightly, disabled for now
+  storage.replication.job:
+    guest: 200
+    target: node3
+    schedule: "22:30"
+    comment: nightly copy
+    enabled: false
+  run_once: true
+  vars:
+    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
+
+- name: Remove job 100-1 but keep the replica on its target
+  storage.replication.job:
+    id: 100-1
+    state: absent
+    keep: true
+  run_once: true
+  vars:
+    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
+
+- name: Converge every job of the cluster from the inventory, removing the others
+  storage.replication.job:
+    jobs: "{{ replication_jobs }}"
+    purge: true
+  run_once: true
+  vars:
+    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
+"""
+
+RETURN = r"""
+job:
+  description: The job after the change (absent after a forced removal).
+  returned: success, with a single job
+  type: dict
+  sample: {"id": "100-0", "guest": 100, "jobnum": 0, "target": "node2", "source": "node1", "schedule": "*/15",
+           "rate": 50.0, "comment": null, "enabled": true, "remove_job": null}
+jobs:
+  description: The jobs the task manages after the change, in the order of the configuration.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"id": "100-0", "guest": 100, "jobnum": 0, "target": "node2", "source": "node1", "schedule": null,
+            "rate": null, "comment": null, "enabled": true, "remove_job": "full"}]
+generation:
+  description: The generation of the cluster configuration in force after the task (in check mode, the one it would have).
+  returned: success
+  type: int
+  sample: 7
+push:
+  description: What happened on each node, C(written), C(unchanged), C(skipped) (unreachable, with O(allow_unreachable)) or C(failed).
+  returned: success
+  type: dict
+  sample: {"node1": {"status": "written", "detail": "this node"}, "node2": {"status": "written", "detail": ""}}
+problems:
+  description: Every problem found in the resulting configuration, when the change was refused.
+  returned: failure
+  type: list
+  elements: str
+  sample: ["job of guest '100' to 'node1': Source and target must not be identical (guest '100' runs on 'node1'); choose another target"]
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+from ansible_collections.storage.replication.plugins.module_utils._converge import apply_jobs, describe_item, job_view
+from ansible_collections.storage.replication.plugins.module_utils._module import ItemsTask, cluster_argument_spec, list_spec
+
+ITEM_OPTIONS = {
+    "id": {"type": "str"},
+    "guest": {"type": "int"},
+    "target": {"type": "str"},
+    "schedule": {"type": "str"},
+    "rate": {"type": "float"},
+    "comment": {"type": "str"},
+    "enabled": {"type": "bool", "default": True},
+    "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
+}
+
+
+def argument_spec():
+    options = dict(ITEM_OPTIONS, keep={"type": "bool", "default": False}, force={"type": "bool", "default": False},
+                   jobs=list_spec(ITEM_OPTIONS), purge={"type": "bool", "default": False})
+    return cluster_argument_spec(options)
+
+
+def sections(cfg, names):
+    """The pvesr sections of the named jobs, as replication.cfg shows them."""
+    return configmod.format_replication_cfg(cfg.jobs[n] for n in cfg.jobs if n in names)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=argument_spec(),
+        mutually_exclusive=[("jobs", "id"), ("jobs", "guest"), ("jobs", "target")],
+        required_one_of=[("jobs", "id", "guest")],
+        supports_check_mode=True,
+    )
+    params = module.params
+    if params["keep"] and params["force"]:
+        module.fail_json(msg="keep conflicts with force: a forced removal cleans up nothing, so there is nothing to keep; "
+                             "use one of them")
+    if params["purge"] and params["jobs"] is None:
+        module.fail_json(msg="purge needs jobs: the whole set of jobs to keep")
+    task = ItemsTask(module, "jobs", "job", "jobs", ITEM_OPTIONS, apply_jobs, job_view, diff_text=sections)
+    for number, item in enumerate(task.items, 1):
+        if not item.get("id") and item.get("guest") is None:
+            module.fail_json(msg="jobs[%d]: give the job's id, or its guest and target" % number)
+    what = "the jobs" if params["jobs"] is not None else describe_item(task.items[0])
+    task.run(what, purge=params["purge"], keep=params["keep"], force=params["force"])
+
+
+if __name__ == "__main__":
+    main()
