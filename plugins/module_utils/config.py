@@ -303,6 +303,19 @@ class ClusterConfig:
         old_node = self._existing("guest", self.guests, guest_id).node
         self._apply(lambda cfg: _switch_owner(cfg, int(guest_id), old_node, new_node))
 
+    def fix_stolen_guests(self, node):
+        """pvesr's stolen-guest fix-up, for the runner of ``node``: a guest of ``node`` whose jobs still name
+        another source was moved without ``move_guest`` (hand edit, HA-style recovery); switch its jobs'
+        direction as ``move_guest`` would have. Returns the fixed guest IDs."""
+        stolen = {j.guest: j.source for j in self.jobs_on_node(node) if j.source and j.source != node}
+
+        def switch_all(cfg):
+            for guest, old_node in stolen.items():
+                _switch_owner(cfg, guest, old_node, node)
+        if stolen:
+            self._apply(switch_all)
+        return sorted(stolen)
+
     # -- helpers of the changes ------------------------------------------------------------------------------
 
     def _apply(self, change):

@@ -276,6 +276,17 @@ def test_move_guest_switches_direction_like_pvesr():
         "guest '100': its owner changes from 'node2' to 'node3'; use move_guest so that its replication jobs switch direction")
 
 
+def test_a_stolen_guest_gets_its_jobs_switched_like_pvesr():
+    cfg = with_jobs()
+    cfg.guests[100].node = "node2"  # moved behind the model's back: job 100-0 now points at its own owner
+    assert "replication job '100-0': Source and target must not be identical (guest '100' runs on 'node2');" \
+        " change the job's target or remove the job" in cfg.problems()
+    assert cfg.fix_stolen_guests("node1") == []
+    assert cfg.fix_stolen_guests("node2") == [100]
+    assert [(j.id, j.target, j.source) for j in cfg.jobs_of_guest(100)] == [("100-0", "node1", "node2"), ("100-1", "node3", "node2")]
+    assert cfg.problems() == [] and cfg.fix_stolen_guests("node2") == []
+
+
 def test_guests_nodes_storages_changes():
     cfg = with_jobs()
     assert problem_of(lambda: cfg.remove_guest(100)) == "There is a replication job '100-0' for guest '100' - Please remove that first."
