@@ -19,6 +19,7 @@ import sys
 import time
 
 from ansible_collections.storage.replication.plugins.module_utils.schedule import (
+    DEFAULT_SCHEDULE as DEFAULT_SCHEDULE_TEXT,
     ScheduleError,
     interval_warnings,
     parse,
@@ -194,6 +195,438 @@ def serve(args):
     if receiver.main() != 0:
         sys.exit(EXIT_FAILED)
     return Output(None, "")
+
+
+
+# ---------------------------------------------------------------------------------------------------------
+# pvesr's job commands: the cluster-wide changes (cluster.change_cluster), reading, status, the runner
+# ---------------------------------------------------------------------------------------------------------
+
+TRUE_WORDS = ("1", "yes", "true", "on")
+FALSE_WORDS = ("0", "no", "false", "off")
+REMOVAL_NOTE = "Replication job removal is a background task and will take some time."
+
+
+def boolean(text):
+    """An argparse type: pvesr's boolean values (1/0, yes/no, true/false, on/off)."""
+    if text.lower() in TRUE_WORDS:
+        return True
+    if text.lower() in FALSE_WORDS:
+        return False
+    raise argparse.ArgumentTypeError("'%s' is not a boolean; use 1 or 0" % text)
+
+
+def _flag(parser, name, help_text):
+    """``--name`` alone means 1; pvesr's ``--name 1``/``--name 0`` work too."""
+    parser.add_argument(name, nargs="?", const=True, default=False, type=boolean, metavar="0|1", help=help_text)
+
+
+def job_id(text):
+    """An argparse type: a replication job ID in pvesr's canonical form."""
+    from ansible_collections.storage.replication.plugins.module_utils.config import job_id_error  # pylint: disable=import-outside-toplevel
+    error = job_id_error(text)
+    if error:
+        raise argparse.ArgumentTypeError(error)
+    return text
+
+
+def rate(text):
+    """An argparse type: a rate limit in MB/s (a number >= 1)."""
+    from ansible_collections.storage.replication.plugins.module_utils.config import rate_error  # pylint: disable=import-outside-toplevel
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("rate '%s' must be a number of MB/s, e.g. 10 or 2.5" % text) from None
+    error = rate_error(value)
+    if error:
+        raise argparse.ArgumentTypeError(error)
+    return int(value) if value.is_integer() else value
+
+
+def _engine():
+    """The engine modules, imported when a job command runs (schedule-analyze and serve stay light)."""
+    from ansible_collections.storage.replication.plugins.module_utils import cluster, config, runner, state  # pylint: disable=import-outside-toplevel
+    return cluster, config, runner, state
+
+
+def _one_line(exc):
+    problems = getattr(exc, "problems", None) or str(exc).split("\n")
+    return "; ".join(p for p in problems if p)
+
+
+def _paths():
+    return _engine()[2].Paths.from_environment()
+
+
+def _load_config():
+    _cluster, config, _runner, _state = _engine()
+    try:
+        return config.load(_paths().confdir)
+    except config.ConfigError as exc:
+        raise CliError(_one_line(exc)) from None
+
+
+def _existing_job(cfg, wanted):
+    if wanted not in cfg.jobs:
+        raise UsageError("no such job '%s' - 'storage-replication list' shows the jobs" % wanted)
+    return cfg.jobs[wanted]
+
+
+def _schedule_warnings(schedule):
+    if schedule is None:
+        return []
+    try:
+        return interval_warnings(schedule)
+    except ScheduleError:
+        return []  # the change itself reports an invalid schedule
+
+
+def _apply(args, change, done, warnings=()):
+    """Run a cluster-wide change; ``done(outcome)`` is the text for people. ConfigError is bad input (exit 2)."""
+    cluster, config, _runner, state = _engine()
+    paths = _paths()
+    try:
+        outcome = cluster.change_cluster(change, paths.confdir, paths.statedir, force=args.force)
+    except config.ConfigError as exc:
+        raise UsageError(_one_line(exc)) from None
+    except (cluster.ClusterError, state.LockError) as exc:
+        raise CliError(_one_line(exc)) from None
+    data = dict(outcome.as_dict(), job=args.id)
+    if not outcome.changed:
+        return Output(data, "replication job '%s': nothing to change" % args.id, warnings)
+    reached = sorted(name for name, (status, _detail) in outcome.nodes.items() if status in (cluster.WRITTEN, cluster.UNCHANGED))
+    text = "%s; cluster configuration generation %d is on %s" % (done, outcome.generation, ", ".join(reached) or "this node")
+    return Output(data, text, list(warnings) + outcome.warnings)
+
+
+def _force_argument(parser):
+    _flag(parser, "--force", "change the nodes that can be reached even if some cannot (they adopt the change when back)")
+
+
+def _job_option_arguments(parser):
+    parser.add_argument("--schedule", metavar="SCHEDULE", help="when to replicate (pvesr calendar event, default '*/15')")
+    parser.add_argument("--rate", type=rate, metavar="MBPS", help="rate limit in MB/s (default: unlimited)")
+    parser.add_argument("--comment", metavar="TEXT", help="a description")
+    parser.add_argument("--disable", nargs="?", const=True, default=None, type=boolean, metavar="0|1", help="disable the job")
+
+
+def _create_arguments(parser):
+    parser.add_argument("id", type=job_id, metavar="ID", help="the job ID, <guest>-<jobnum>, e.g. 100-0")
+    parser.add_argument("target", metavar="TARGET", help="the node to replicate to")
+    _job_option_arguments(parser)
+    _force_argument(parser)
+
+
+@subcommand("create-local-job", "Create a replication job on every node.", _create_arguments)
+def create_local_job(args):
+    config = _engine()[1]
+    job = config.Job(id=args.id, target=args.target, schedule=args.schedule, rate=args.rate, comment=args.comment,
+                     disable=bool(args.disable))
+    return _apply(args, lambda cfg: cfg.add_job(job), "replication job '%s' to '%s' created" % (args.id, args.target),
+                  _schedule_warnings(args.schedule))
+
+
+def _update_arguments(parser):
+    parser.add_argument("id", type=job_id, metavar="ID", help="the job ID")
+    _job_option_arguments(parser)
+    parser.add_argument("--delete", metavar="LIST", help="options to reset to their default, e.g. 'rate,comment'")
+    _force_argument(parser)
+
+
+@subcommand("update", "Change options of a replication job on every node.", _update_arguments)
+def update(args):
+    changes = {key: getattr(args, key) for key in ("schedule", "rate", "comment", "disable") if getattr(args, key) is not None}
+    delete = [key.strip() for key in (args.delete or "").replace(";", ",").split(",") if key.strip()]
+    both = sorted(set(changes) & set(delete))
+    if both:
+        raise UsageError("option '%s' is both set and deleted; do one or the other" % both[0])
+    if not changes and not delete:
+        raise UsageError("update: nothing to change; give --schedule, --rate, --comment, --disable or --delete")
+    return _apply(args, lambda cfg: cfg.update_job(args.id, delete=delete, **changes),
+                  "replication job '%s' updated" % args.id, _schedule_warnings(changes.get("schedule")))
+
+
+def _id_and_force_arguments(parser):
+    parser.add_argument("id", type=job_id, metavar="ID", help="the job ID")
+    _force_argument(parser)
+
+
+@subcommand("enable", "Enable a replication job on every node.", _id_and_force_arguments)
+def enable(args):
+    return _apply(args, lambda cfg: cfg.update_job(args.id, disable=False), "replication job '%s' enabled" % args.id)
+
+
+@subcommand("disable", "Disable a replication job on every node.", _id_and_force_arguments)
+def disable(args):
+    return _apply(args, lambda cfg: cfg.update_job(args.id, disable=True), "replication job '%s' disabled" % args.id)
+
+
+def _delete_arguments(parser):
+    parser.add_argument("id", type=job_id, metavar="ID", help="the job ID")
+    _flag(parser, "--keep", "keep the replicated data on the target (remove the job's snapshots on this side only)")
+    _flag(parser, "--force", "remove the job from the configuration now, without any cleanup, even if nodes are unreachable")
+
+
+@subcommand("delete", "Mark a replication job for removal (the runner cleans up), or remove it at once with --force.",
+            _delete_arguments)
+def delete(args):
+    if args.keep and args.force:
+        raise UsageError("parameter '--keep' conflicts with parameter '--force': --force removes the job at once without "
+                         "any cleanup, so there is nothing to keep")
+    if args.force:
+        return _apply(args, lambda cfg: cfg.remove_job(args.id, missing_ok=True),
+                      "replication job '%s' removed (no cleanup of snapshots or replicas)" % args.id)
+    output = _apply(args, lambda cfg: cfg.mark_job_for_removal(args.id, "local" if args.keep else "full"),
+                    "replication job '%s' marked for removal" % args.id)
+    output.text += "\n" + REMOVAL_NOTE
+    return output
+
+
+def _job_dict(job):
+    data = {"id": job.id, "guest": job.guest, "jobnum": job.jobnum, "type": job.type, "target": job.target}
+    for key in ("schedule", "rate", "comment", "remove_job", "source"):
+        if getattr(job, key) is not None:
+            data[key] = getattr(job, key)
+    if job.disable:
+        data["disable"] = 1
+    return data
+
+
+def _sorted_jobs(jobs):
+    return sorted(jobs, key=lambda j: (j.guest, j.jobnum))
+
+
+@subcommand("list", "List the replication jobs of the cluster.", _no_arguments)
+def list_jobs(args):
+    del args
+    config = _engine()[1]
+    jobs = _sorted_jobs(_load_config().jobs.values())
+    lines = ["%-20s %-20s %10s %5s %8s" % ("JobID", "Target", "Schedule", "Rate", "Enabled")]
+    for job in jobs:
+        lines.append("%-20s %-20s %10s %5s %8s" % (job.id, job.target_id, job.schedule or DEFAULT_SCHEDULE_TEXT,
+                                                   config.format_number(job.rate) if job.rate else "-",
+                                                   "no" if job.disable else "yes"))
+    return Output([_job_dict(job) for job in jobs], "\n".join(lines))
+
+
+def _id_argument(parser):
+    parser.add_argument("id", type=job_id, metavar="ID", help="the job ID")
+
+
+@subcommand("read", "Show the configuration of one replication job (JSON, as pvesr).", _id_argument)
+def read(args):
+    import hashlib  # pylint: disable=import-outside-toplevel
+    config = _engine()[1]
+    cfg = _load_config()
+    data = _job_dict(_existing_job(cfg, args.id))
+    data["digest"] = hashlib.sha1(config.format_replication_cfg(cfg.jobs.values()).encode("utf-8")).hexdigest()
+    return Output(data, json.dumps(data, indent=4, sort_keys=True))
+
+
+def _status_arguments(parser):
+    parser.add_argument("--guest", type=bounded_int(100, 999999999), metavar="ID", help="only the jobs of this guest")
+
+
+def _status_time(epoch):
+    return time.strftime("%Y-%m-%d_%H:%M:%S", time.localtime(epoch)) if epoch else "-"
+
+
+def _next_sync_text(epoch, now):
+    if epoch is None or epoch == 0:
+        return "-"
+    return "pending" if epoch <= now else _status_time(epoch)
+
+
+@subcommand("status", "Show the state of the replication jobs this node runs.", _status_arguments)
+def status(args):
+    _cluster, _config, runner, state = _engine()
+    paths = _paths()
+    now = int(time.time())
+    try:
+        report = runner.job_report(_load_config(), state.StateFile(paths.statedir).read(), state.read_local_node(paths.statedir), now)
+    except state.StateError as exc:
+        raise CliError(str(exc)) from None
+    report = [job for job in report if args.guest is None or job["guest"] == args.guest]
+    form = "%-10s %-10s %-20s %20s %20s %10s %10s %s"
+    lines = [form % ("JobID", "Enabled", "Target", "LastSync", "NextSync", "Duration", "FailCount", "State")]
+    for job in report:
+        lines.append(form % (job["id"], "Yes" if job["enabled"] else "No", "local/" + job["target"], _status_time(job["last_sync"]),
+                             _next_sync_text(job["next_sync"], now), job["duration"] if job["duration"] is not None else "-",
+                             job["fail_count"], job["state"].replace("\n", " ")))
+    return Output(report, "\n".join(lines))
+
+
+@subcommand("schedule-now", "Make a job due at the next run of the runner.", _id_argument)
+def schedule_now(args):
+    _cluster, _config, _runner, state = _engine()
+    paths = _paths()
+    cfg = _load_config()
+    job = _existing_job(cfg, args.id)
+    node = state.read_local_node(paths.statedir)
+    owner = cfg.guests[job.guest].node if job.guest in cfg.guests else None
+    if owner != node:
+        raise UsageError("job '%s' runs on node '%s' (the owner of guest %d), not on '%s': run schedule-now there"
+                         % (args.id, owner, job.guest, node))
+    state_file = state.StateFile(paths.statedir)
+    if job.target_id in state_file.read().get(str(job.guest), {}):
+        state_file.schedule_now(job)  # pvesr: only an existing entry; a job that never ran is due anyway
+    return Output({"job": args.id, "due": "next run"}, "replication job '%s' is due at the next run" % args.id)
+
+
+def _run_arguments(parser):
+    parser.add_argument("--id", type=job_id, metavar="ID", help="run only this job, now, whatever its schedule")
+    _flag(parser, "--verbose", "print the job log while it runs")
+    _flag(parser, "--mail", "send failure and recovery notifications (the timer's runs do)")
+
+
+def _run_text(result):
+    lines = []
+    for job in result["jobs"]:
+        if job.get("skipped"):
+            lines.append("%s: skipped - %s" % (job["job"], job["error"]))
+        elif job["ok"]:
+            lines.append("%s: OK (%d bytes in %.1f s)" % (job["job"], job.get("bytes") or 0, job.get("seconds") or 0))
+        else:
+            lines.append("%s: failed - %s" % (job["job"], (job["error"] or "").split("\n")[0]))
+    return "\n".join(lines)
+
+
+@subcommand("run", "Run the due replication jobs of this node (what the timer starts every minute).", _run_arguments)
+def run(args):
+    _cluster, config, runner, _state = _engine()
+    if args.id and args.mail:
+        raise UsageError("Mail and id are mutually exclusive! (--mail is for the scheduled runs; --id runs one job now)")
+    paths = _paths()
+    try:
+        settings = runner.load_settings(paths.settings_file)
+        result = runner.run(paths, settings, job_id=args.id, notify=args.mail, echo=print if args.verbose else None)
+    except runner.RunnerBusy as exc:
+        if args.id:
+            raise CliError(str(exc)) from None
+        return Output({"busy": str(exc), "jobs": []}, "", [str(exc)])
+    except runner.RunnerRefused as exc:
+        raise CliError(str(exc)) from None
+    except config.ConfigError as exc:
+        raise CliError(_one_line(exc)) from None
+    failed = [job for job in result["jobs"] if not job["ok"] and not job.get("skipped")]
+    refused = (result.get("peer_check") or {}).get("error")
+    if (args.id and failed) or refused:
+        for warning in result["warnings"]:
+            print("%s: warning: %s" % (PROG, warning), file=sys.stderr)
+        raise CliError(refused or "job '%s' failed: %s" % (args.id, _one_line(failed[0]["error"])))
+    return Output(result, _run_text(result), result["warnings"])
+
+
+def _prepare_arguments(parser):
+    parser.add_argument("id", type=job_id, metavar="ID", help="the job ID")
+    parser.add_argument("volumes", nargs="*", metavar="VOLID", help="the volumes the job replicates")
+    parser.add_argument("--scan", metavar="STORAGES", default="", help="more storage IDs to scan for stale volumes (comma-separated)")
+    _flag(parser, "--force", "allow an empty volume list (job removal)")
+    parser.add_argument("--last_sync", "--last-sync", type=bounded_int(0, 2 ** 62), default=0, metavar="EPOCH",
+                        help="the job's last sync time; 0 keeps all snapshots, 1 removes all of the job's")
+    parser.add_argument("--parent_snapname", "--parent-snapname", metavar="NAME", help="a snapshot to keep")
+
+
+def _receiver_call(operation, cfg, request):
+    """Run receiver operation ``operation`` (prepare, finalize) on this node, as a peer would over SSH."""
+    from ansible_collections.storage.replication.plugins.module_utils import receiver  # pylint: disable=import-outside-toplevel
+    config = _engine()[1]
+    paths = _paths()
+    local = receiver.Receiver(paths.confdir, paths.statedir)
+    try:
+        reply = receiver.CONTROL_OPERATIONS[operation](local, dict(request, generation=cfg.generation))
+    except receiver.Refused as exc:
+        raise CliError(str(exc)) from None
+    except (receiver.ZfsError, config.ConfigError, OSError) as exc:
+        raise CliError(_one_line(exc)) from None
+    finally:
+        for line in local.log:
+            print(line, file=sys.stderr)
+    return reply
+
+
+@subcommand("prepare-local-job", "Internal (target side): remove stale replication snapshots and volumes; print what remains.",
+            _prepare_arguments)
+def prepare_local_job(args):
+    cfg = _load_config()
+    request = {"job": args.id, "guest": int(args.id.split("-")[0]), "volumes": args.volumes,
+               "scan": [s for s in args.scan.split(",") if s], "last_sync": args.last_sync, "force": bool(args.force),
+               "source": _owner_or_self(cfg, args.id)}
+    if args.parent_snapname:
+        request["parent_snapname"] = args.parent_snapname
+    reply = _receiver_call("prepare", cfg, request)
+    return Output(reply["volumes"], json.dumps(reply["volumes"], sort_keys=True))
+
+
+def _owner_or_self(cfg, wanted):
+    guest = cfg.guests.get(int(wanted.split("-")[0]))
+    if guest is not None:
+        return guest.node
+    return _engine()[3].read_local_node(_paths().statedir)
+
+
+def _finalize_arguments(parser):
+    parser.add_argument("id", type=job_id, metavar="ID", help="the job ID")
+    parser.add_argument("volumes", nargs="*", metavar="VOLID", help="the volumes the job replicated")
+    parser.add_argument("--last_sync", "--last-sync", type=bounded_int(0, 2 ** 62), default=0, metavar="EPOCH",
+                        help="the sync to keep; the job's other replication snapshots are removed")
+
+
+@subcommand("finalize-local-job", "Internal (target side): keep only the job's newest replication snapshot.", _finalize_arguments)
+def finalize_local_job(args):
+    import dataclasses  # pylint: disable=import-outside-toplevel
+    if not args.volumes:
+        raise UsageError("no volumes specified")
+    cfg = _load_config()
+    guest = cfg.guests.get(int(args.id.split("-")[0]))
+    if guest is None:
+        raise UsageError("no such guest '%s'" % args.id.split("-")[0])
+    if args.last_sync < 2:
+        return Output({}, "")  # pvesr: last_sync 0 removes nothing (a stolen guest keeps its snapshots)
+    request = {"job": args.id, "guest": guest.id, "volumes": args.volumes, "last_sync": args.last_sync,
+               "guest_definition": dataclasses.asdict(guest), "source": guest.node}
+    _receiver_call("finalize", cfg, request)
+    return Output({}, "")
+
+
+def _set_state_arguments(parser):
+    parser.add_argument("vmid", type=bounded_int(100, 999999999), metavar="VMID", help="the guest ID")
+    parser.add_argument("state", metavar="STATE", help="the guest's job states as JSON: {\"local/<target>\": {...}}")
+
+
+@subcommand("set-state", "Internal (migration): replace the job state of a guest on this node.", _set_state_arguments)
+def set_state(args):
+    state = _engine()[3]
+    try:
+        states = json.loads(args.state)
+    except ValueError as exc:
+        raise UsageError("set-state: STATE is not valid JSON (%s)" % exc) from None
+    if not isinstance(states, dict) or not all(isinstance(k, str) and k.startswith("local/") and isinstance(v, dict)
+                                               for k, v in states.items()):
+        raise UsageError("set-state: STATE must be a JSON object {\"local/<target>\": {<job state>}, ...}")
+    state.StateFile(_paths().statedir).set_guest_states(args.vmid, states)
+    return Output({"guest": args.vmid, "targets": sorted(states)}, "")
+
+
+def _log_arguments(parser):
+    parser.add_argument("id", type=job_id, metavar="ID", help="the job ID")
+    parser.add_argument("--runs", type=bounded_int(1, 1000), default=1, metavar="N", help="how many of the last runs (default 1)")
+
+
+@subcommand("log", "Show the log of a job's last run(s), oldest first.", _log_arguments)
+def log(args):
+    runner = _engine()[2]
+    runs = runner.read_logs(_paths().logdir, args.id, args.runs)
+    if not runs and args.id not in _load_config().jobs:
+        raise UsageError("no such job '%s' and no logs of it - 'storage-replication list' shows the jobs" % args.id)
+    data = [{"run": -age, "lines": lines} for age, lines in runs]
+    if not runs:
+        return Output(data, "no content (job '%s' has not run on this node yet)" % args.id)
+    if len(runs) == 1:
+        return Output(data, "\n".join(runs[0][1]))
+    text = "\n".join("--- run %d (%s)\n%s" % (-age, "latest" if age == 0 else "%d before the latest" % age, "\n".join(lines))
+                     for age, lines in runs)
+    return Output(data, text)
 
 
 if __name__ == "__main__":

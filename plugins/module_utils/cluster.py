@@ -106,7 +106,13 @@ def _on_every_peer(peers, work):
 def _catching(work, node):
     try:
         return work(node)
-    except (TransportError, RemoteError, configmod.ConfigError) as exc:
+    except TransportError as exc:
+        if not exc.unreachable:
+            return exc
+        # transport's own message speaks of replication targets; here any peer is meant.
+        cause = str(exc.__cause__ or "").replace("[Errno None] ", "") or "no answer"
+        return TransportError("unreachable at %s port %d (%s)" % (node.address, node.port, cause), True)
+    except (RemoteError, configmod.ConfigError) as exc:
         return exc
 
 
@@ -228,12 +234,12 @@ def _push(channels, cfg, local_node, outcome):
     files = cfg.content()
     request = {"source": local_node, "generation": cfg.generation, "files": files}
 
-    def push(node_name):
-        reply = channels[node_name].call(SET_CONFIG, request, timeout=PEER_TIMEOUT)
+    def push(channel):
+        reply = channel.call(SET_CONFIG, request, timeout=PEER_TIMEOUT)
         return WRITTEN if reply.get("written") else UNCHANGED
 
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(channels)))) as pool:
-        futures = {name: pool.submit(_catching, push, name) for name in channels}
+        futures = {name: pool.submit(_catching, push, channel) for name, channel in channels.items()}
     for name, future in futures.items():
         status = future.result()
         outcome.nodes[name] = (FAILED, _describe(status)) if isinstance(status, Exception) else (status, "")
