@@ -70,16 +70,22 @@ def fsync_dir(path):
         os.close(fd)
 
 
-def write_synced(path, data, mode=0o644):
-    """Write ``data`` (str or bytes) to a new file ``path`` and fsync it (no rename: the caller commits)."""
+def _write_all(fd, data, mode):
+    """Write ``data`` (str or bytes) to ``fd``, set ``mode`` and fsync."""
     if isinstance(data, str):
         data = data.encode("utf-8")
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fchmod(fd, mode)
+    os.fsync(fd)
+
+
+def write_synced(path, data, mode=0o644):
+    """Write ``data`` to a new file ``path`` and fsync it (no rename: the caller commits)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        _write_all(fd, data, mode)
     finally:
         os.close(fd)
 
@@ -88,10 +94,11 @@ def atomic_write(path, data, mode=0o644):
     """Replace ``path`` with ``data`` atomically: temporary file in the same directory, fsync, rename, fsync dir."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".tmp-", dir=directory)
-    os.close(fd)
-    os.unlink(tmp)
     try:
-        write_synced(tmp, data, mode)
+        try:
+            _write_all(fd, data, mode)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
