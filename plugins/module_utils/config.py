@@ -24,6 +24,7 @@ import binascii
 import contextlib
 import copy
 import dataclasses
+import functools
 import ipaddress
 import json
 import math
@@ -601,6 +602,7 @@ def job_option_problems(job):
         yield "disable must be true or false"
 
 
+@functools.lru_cache(maxsize=256)  # jobs share few distinct schedules; parsing is the cost of a load
 def schedule_error(text):
     """pvesr's message for an invalid schedule, or None."""
     if not isinstance(text, str):
