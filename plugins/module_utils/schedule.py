@@ -18,6 +18,7 @@ Everything here uses the standard library only at import time: the engine runs o
 
 from __future__ import annotations
 
+import bisect
 import datetime
 import functools
 import os
@@ -133,24 +134,25 @@ def _values_following(items, value):
 class FieldValues:
     """The allowed values of one field, with lookup tables built once so that the search is cheap."""
 
-    __slots__ = ("field", "items", "_allowed", "_following")
+    __slots__ = ("field", "items", "allowed", "next_allowed")
 
     def __init__(self, field, items):
         self.field = field
         self.items = items
         small = field.bound if field is not YEAR else 0  # years are checked rarely: no 2200-entry tables
-        self._allowed = tuple(any(_item_contains(item, v) for item in items) for v in range(small))
-        self._following = tuple(_values_following(items, v) for v in range(small))
+        # allowed[v]: whether v matches; next_allowed[v]: the smallest allowed value above v (or None)
+        self.allowed = tuple(any(_item_contains(item, v) for item in items) for v in range(small))
+        self.next_allowed = tuple(_values_following(items, v) for v in range(small))
 
     def contains(self, value):
-        if value < len(self._allowed):
-            return self._allowed[value]
+        if value < len(self.allowed):
+            return self.allowed[value]
         return any(_item_contains(item, value) for item in self.items)
 
     def following(self, value):
         """The smallest allowed value above ``value`` (possibly beyond the field, see _item_following)."""
-        if value < len(self._following):
-            return self._following[value]
+        if value < len(self.next_allowed):
+            return self.next_allowed[value]
         return _values_following(self.items, value)
 
     def format(self):
@@ -532,15 +534,12 @@ def _zone_from_setting(setting):
                             % setting) from None
 
 
-def _fields(epoch, zone):
-    """Epoch -> (year, month, day, hour, minute, second, weekday with Monday = 0) in ``zone``."""
-    if zone is None:
-        days, seconds = divmod(epoch, 86400)
-        date = datetime.date.fromordinal(days + _EPOCH_ORDINAL)
-        hour, seconds = divmod(seconds, 3600)
-        return (date.year, date.month, date.day, hour, seconds // 60, seconds % 60, date.weekday())
-    local = datetime.datetime.fromtimestamp(epoch, zone)
-    return (local.year, local.month, local.day, local.hour, local.minute, local.second, local.weekday())
+def _utc_fields(seconds):
+    """Seconds since 1970 -> (year, month, day, hour, minute, second, weekday with Monday = 0), no zone."""
+    days, seconds = divmod(seconds, 86400)
+    date = datetime.date.fromordinal(days + _EPOCH_ORDINAL)
+    hour, seconds = divmod(seconds, 3600)
+    return (date.year, date.month, date.day, hour, seconds // 60, seconds % 60, date.weekday())
 
 
 def _wall_seconds(year, month, day, hour, minute, second):
@@ -551,27 +550,86 @@ def _wall_seconds(year, month, day, hour, minute, second):
     return days * 86400 + hour * 3600 + minute * 60 + second
 
 
-_NAIVE_EPOCH = datetime.datetime(1970, 1, 1)
+class _ZoneClock:
+    """Converts between epoch seconds and wall-clock seconds of one zone with integer arithmetic.
+
+    Asking zoneinfo through datetime objects costs microseconds per call, and the search converts several
+    times per next_event; so the zone's UTC offsets are probed once per chunk of 2**25 seconds (about 388
+    days: one probe a week, then a bisection to the second of each change) and looked up with bisect.
+    Assumes at most one offset change per week, true of the zones in use since 1970.
+    """
+
+    CHUNK_BITS = 25
+    PROBE_STEP = 7 * 86400
+
+    def __init__(self, zone):
+        self.zone = zone
+        self._chunks = {}  # chunk number -> (change epochs, offsets from each change on)
+
+    def _probe(self, epoch):
+        return int(datetime.datetime.fromtimestamp(epoch, self.zone).utcoffset().total_seconds())
+
+    def _chunk(self, number):
+        begin, end = number << self.CHUNK_BITS, (number + 1) << self.CHUNK_BITS
+        changes, offsets = [begin], [self._probe(begin)]
+        for probe in range(begin + self.PROBE_STEP, end + self.PROBE_STEP, self.PROBE_STEP):
+            offset = self._probe(probe)
+            if offset != offsets[-1]:
+                low, high = probe - self.PROBE_STEP, probe  # the offset changes in (low, high]
+                while high - low > 1:
+                    middle = (low + high) // 2
+                    low, high = (middle, high) if self._probe(middle) == offsets[-1] else (low, middle)
+                changes.append(high)
+                offsets.append(offset)
+        return changes, offsets
+
+    def offset(self, epoch):
+        number = epoch >> self.CHUNK_BITS
+        chunk = self._chunks.get(number)
+        if chunk is None:
+            chunk = self._chunks[number] = self._chunk(number)
+        changes, offsets = chunk
+        return offsets[bisect.bisect_right(changes, epoch) - 1]
+
+    def fields(self, epoch):
+        return _utc_fields(epoch + self.offset(epoch))
+
+    def epoch(self, wall, floor):
+        """The epoch of a wall-clock time, as mktime() with tm_isdst = -1 and Python's fold=0 resolve it
+        (as CPython's datetime._mktime does it): in a spring-forward gap the later candidate (the time
+        moves forward by the gap); of an ambiguous autumn time the first occurrence, unless that is before
+        ``floor`` (the search start): then the second, so that the search never goes back in time."""
+        guess = wall - self.offset(wall - self.offset(wall))
+        offsets = {self.offset(guess - 86400), self.offset(guess), self.offset(guess + 86400)}
+        if len(offsets) == 1:
+            return guess  # no change of offset nearby: the common case
+        candidates = sorted(wall - offset for offset in offsets)
+        solutions = [epoch for epoch in candidates if epoch + self.offset(epoch) == wall]
+        if not solutions:
+            return candidates[-1]  # in a gap
+        later = [epoch for epoch in solutions if epoch >= floor]
+        return later[0] if later else solutions[0]
 
 
-def _normalized(zone, floor, year, month, day, hour, minute, second):
+@functools.lru_cache(maxsize=64)
+def _clock(zone):
+    """None (UTC: plain arithmetic) or the cached _ZoneClock of a zone."""
+    return None if zone is None else _ZoneClock(zone)
+
+
+def _normalized(clock, floor, year, month, day, hour, minute, second):
     """Carry overflowing fields and re-read them through the zone, as pvesr's mktime() round trip does.
 
-    A local time in a spring-forward gap moves forward by the gap; an ambiguous autumn time means its first
-    occurrence (Python's fold=0), unless that lies before ``floor`` (the search start): then the second one,
-    so that the result is never in the past.  Returns (epoch, fields) or None beyond the year 9999.
+    Returns (epoch, fields) or None beyond the year 9999.
     """
     try:
         wall = _wall_seconds(year, month, day, hour, minute, second)
     except (ValueError, OverflowError):
         return None
-    if zone is None:
-        return wall, _fields(wall, None)
-    local = (_NAIVE_EPOCH + datetime.timedelta(seconds=wall)).replace(tzinfo=zone)
-    epoch = int(local.timestamp())
-    if epoch < floor:
-        epoch = max(epoch, int(local.replace(fold=1).timestamp()))
-    return epoch, _fields(epoch, zone)
+    if clock is None:
+        return wall, _utc_fields(wall)
+    epoch = clock.epoch(wall, floor)
+    return epoch, clock.fields(epoch)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -584,9 +642,18 @@ class Schedule:
 
     kind = None
 
-    def __init__(self, text, normalized):
+    def __init__(self, text):
         self.text = text
-        self.normalized = normalized
+        self._normalized = None
+
+    @property
+    def normalized(self):
+        if self._normalized is None:  # computed on demand: the runner parses many schedules and prints few
+            self._normalized = self._format()
+        return self._normalized
+
+    def _format(self):
+        raise NotImplementedError
 
     def next_event(self, after, tz=None):
         """The first event strictly after the epoch second ``after`` in time zone ``tz`` (IANA name; None = the
@@ -627,7 +694,7 @@ class CalendarEvent(Schedule):
         self._weekday_steps = None if self.weekdays is None else _weekday_steps(self.weekdays)
         self.years, self.months, self.days = years, months, days
         self.hours, self.minutes, self.seconds = hours, minutes, seconds
-        super().__init__(text, self._format())
+        super().__init__(text)
 
     def _format(self):
         """The systemd-style canonical form, e.g. 'Mon..Fri *-*-* 08..17:00/15:00'."""
@@ -642,11 +709,16 @@ class CalendarEvent(Schedule):
         return self.seconds is None or sum(self.seconds.contains(s) for s in range(60)) > 1
 
     def next_event(self, after, tz=None):
-        zone = None if self.utc else _zone(tz)
+        clock = None if self.utc else _clock(_zone(tz))
         floor = int(after) + 1
-        epoch, now = floor, _fields(floor, zone)
-        years, months, days, weekday_steps = self.years, self.months, self.days, self._weekday_steps
-        hours, minutes, seconds = self.hours, self.minutes, self.seconds
+        epoch, now = floor, (_utc_fields(floor) if clock is None else clock.fields(floor))
+        years, weekday_steps = self.years, self._weekday_steps
+        # the lookup tables of the other fields, None for a wildcard (local names: this loop is the hot path)
+        months, next_month = _tables(self.months)
+        days, next_day = _tables(self.days)
+        hours, next_hour = _tables(self.hours)
+        minutes, next_minute = _tables(self.minutes)
+        seconds, next_second = _tables(self.seconds)
         for _step in range(MAX_SEARCH_STEPS):
             year, month, day, hour, minute, second, weekday = now
             if years is not None and not years.contains(year):
@@ -654,30 +726,34 @@ class CalendarEvent(Schedule):
                 if following is None:
                     return None
                 moved = (following, 1, 1, 0, 0, 0)
-            elif months is not None and not months.contains(month):
-                following = months.following(month)
+            elif months is not None and not months[month]:
+                following = next_month[month]
                 moved = (year, following, 1, 0, 0, 0) if following is not None else (year + 1, 1, 1, 0, 0, 0)
-            elif days is not None and not days.contains(day):
-                following = days.following(day)
+            elif days is not None and not days[day]:
+                following = next_day[day]
                 moved = (year, month, following, 0, 0, 0) if following is not None else (year, month + 1, 1, 0, 0, 0)
             elif weekday_steps is not None and weekday_steps[weekday]:
                 moved = (year, month, day + weekday_steps[weekday], 0, 0, 0)
-            elif hours is not None and not hours.contains(hour):
-                following = hours.following(hour)
+            elif hours is not None and not hours[hour]:
+                following = next_hour[hour]
                 moved = (year, month, day, following, 0, 0) if following is not None else (year, month, day + 1, 0, 0, 0)
-            elif minutes is not None and not minutes.contains(minute):
-                following = minutes.following(minute)
+            elif minutes is not None and not minutes[minute]:
+                following = next_minute[minute]
                 moved = (year, month, day, hour, following, 0) if following is not None else (year, month, day, hour + 1, 0, 0)
-            elif seconds is not None and not seconds.contains(second):
-                following = seconds.following(second)
+            elif seconds is not None and not seconds[second]:
+                following = next_second[second]
                 moved = (year, month, day, hour, minute, following) if following is not None else (year, month, day, hour, minute + 1, 0)
             else:
                 return epoch
-            normalized = _normalized(zone, floor, *moved)
+            normalized = _normalized(clock, floor, *moved)
             if normalized is None:
                 return None
             epoch, now = normalized
         return None
+
+
+def _tables(values):
+    return (None, None) if values is None else (values.allowed, values.next_allowed)
 
 
 def _weekday_steps(weekdays):
@@ -723,11 +799,15 @@ class CronExpression(Schedule):
             croniter(expression)
         except (ValueError, KeyError, TypeError) as exc:
             raise ScheduleError("invalid cron expression '%s': %s (fields: minute hour day-of-month month day-of-week)" % (text, exc)) from None
-        super().__init__(text, expression)
+        super().__init__(text)
+        self.expression = expression
+
+    def _format(self):
+        return self.expression
 
     def next_event(self, after, tz=None):
         start = datetime.datetime.fromtimestamp(int(after), time_zone(tz))
-        return int(_croniter_class()(self.normalized, start).get_next(float))
+        return int(_croniter_class()(self.expression, start).get_next(float))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -401,3 +401,28 @@ def test_warning_checks_accept_a_parsed_schedule_and_default_to_now():
 def test_field_tables_are_shared_between_schedules():
     assert parse("mon 8:*/15").minutes is parse("tue 9:0/15").minutes
     assert schedmod.parse("*/15").minutes.contains(45) and not schedmod.parse("*/15").minutes.contains(44)
+
+
+# --- the zone clock against zoneinfo ------------------------------------------------------------------
+
+@pytest.mark.parametrize("tz", [VIENNA, NEW_YORK, "Australia/Lord_Howe", "Asia/Kathmandu", "America/Sao_Paulo", "Europe/Dublin",
+                                "Pacific/Apia", "Asia/Tokyo"])
+def test_zone_clock_agrees_with_zoneinfo(tz):
+    """The clock's integer arithmetic gives zoneinfo's fields for epochs and zoneinfo's fold=0 reading of wall
+    times, also next to every transition (Lord Howe moves by 30 minutes, Dublin has negative DST, Apia
+    skipped a whole day in 2011)."""
+    zone = zoneinfo.ZoneInfo(tz)
+    clock = schedmod._ZoneClock(zone)
+    rng = __import__("random").Random(tz)
+    epochs = [rng.randrange(0, 4102444800) for _ in range(300)]
+    transitions = [e for e in range(1293840000, 1956528000, 3600 * 6)
+                   if zone.utcoffset(datetime.datetime.fromtimestamp(e, zone)) != zone.utcoffset(datetime.datetime.fromtimestamp(e + 3600 * 6, zone))]
+    epochs += [e + delta for e in transitions for delta in range(-3 * 3600, 9 * 3600, 600)]
+    for moment in epochs:
+        expected = datetime.datetime.fromtimestamp(moment, zone)
+        assert clock.fields(moment) == (expected.year, expected.month, expected.day, expected.hour, expected.minute,
+                                        expected.second, expected.weekday()), moment
+        wall = schedmod._wall_seconds(expected.year, expected.month, expected.day, expected.hour, expected.minute, expected.second)
+        naive = datetime.datetime(1970, 1, 1) + datetime.timedelta(seconds=wall)
+        assert clock.epoch(wall, floor=0) == int(naive.replace(tzinfo=zone).timestamp()), moment
+        assert clock.epoch(wall, floor=moment) == moment  # never before the floor: the second occurrence if need be
