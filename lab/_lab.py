@@ -441,8 +441,8 @@ class Lab:
         socket_path = self.private_path(node, "/run/zfs") / "zfs_socket"
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()
-        spawn_detached(self._enter(node) + ["zfs-fuse", "--no-daemon", "--no-kstat-mount",
-                                            "--pidfile", "/run/zfs/zfs-fuse.pid"], self.node_dir(node) / "zfs-fuse.log")
+        spawn_detached(self._enter(node) + ["zfs-fuse", "--no-daemon", "--no-kstat-mount"],
+                       self.node_dir(node) / "zfs-fuse.log")
         wait_until(socket_path.exists, 15, f"zfs-fuse of {node} to open {socket_path}")
         wait_until(lambda: self.exec(node, ["zpool", "list"], check=False).returncode == 0, 15,
                    f"zfs-fuse of {node} to answer")

@@ -6,13 +6,15 @@
 `lab` yields a lab.Lab that is up (3 nodes, 1G pools). Its name is $SR_LAB_NAME (default srtest). Under
 pytest-xdist every worker uses the same lab: the workers register in a small file, and the last one to finish
 takes the lab down. SR_LAB_KEEP=1 leaves the lab up after the tests (to look around: python -m lab status
---name srtest). Tests that break a node (kill, partition, fill) must repair it before they return.
+--name srtest). `module_lab` is a lab of the test module's own, for tests that break nodes (kill, partition,
+fill): they repair the node before they return, and other modules never see the broken node.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 
@@ -38,16 +40,39 @@ def _registered_users(name: str):
             path.unlink()
 
 
-@pytest.fixture(scope="session")
-def lab():
-    """A lab of 3 real nodes, up for the whole session."""
-    name = os.environ.get("SR_LAB_NAME", "srtest")
-    session_lab = Lab(name)
+@contextlib.contextmanager
+def shared_lab(name: str, nodes: int = 3, pool_size: str = "1G"):
+    """A lab that is up while any pytest process (xdist worker) is inside this block; the last one out takes it
+    down, unless SR_LAB_KEEP=1."""
+    the_lab = Lab(name)
     with _registered_users(name) as users:
         users.add(os.getpid())
-        session_lab.up(nodes=3, pool_size="1G")
-    yield session_lab
-    with _registered_users(name) as users:
-        users.discard(os.getpid())
-        if not users and os.environ.get("SR_LAB_KEEP") != "1":
-            session_lab.down()
+        the_lab.up(nodes=nodes, pool_size=pool_size)
+    try:
+        yield the_lab
+    finally:
+        with _registered_users(name) as users:
+            users.discard(os.getpid())
+            if not users and os.environ.get("SR_LAB_KEEP") != "1":
+                the_lab.down()
+
+
+def session_lab_name() -> str:
+    return os.environ.get("SR_LAB_NAME", "srtest")
+
+
+@pytest.fixture(scope="session")
+def lab():
+    """A lab of 3 real nodes, up for the whole session, shared by all tests (and xdist workers)."""
+    with shared_lab(session_lab_name()) as session_lab:
+        yield session_lab
+
+
+@pytest.fixture(scope="module")
+def module_lab(request):
+    """A lab of 3 real nodes for one test module alone: for tests that break nodes (kill, partition, fill) and
+    must not disturb the others. Under xdist, tests of one module may still run side by side: let each break a
+    different node."""
+    module = hashlib.sha256(request.module.__name__.encode()).hexdigest()[:6]
+    with shared_lab(f"{session_lab_name()[:12]}-m{module}") as own_lab:
+        yield own_lab

@@ -48,6 +48,12 @@ def write_random(lab, node, dataset, mib=4):
     return lab.tree_digest(node, f"/{dataset}")
 
 
+def daemon_pids(lab, node):
+    """The node's sshd listener (from its pid file) and zfs-fuse daemon."""
+    sshd = (lab.private_path(node, "/run/sshd") / "sshd.pid").read_text(encoding="utf-8").strip()
+    return sshd, [pid for pid, comm in processes_in(lab._namespaces(node)).items() if comm == "zfs-fuse"]
+
+
 def datasets(lab, node):
     return lab.exec(node, ["zfs", "list", "-H", "-o", "name", "-t", "all"]).stdout.split()
 
@@ -112,56 +118,62 @@ def test_inventory_and_ssh_config_pin_host_keys(lab):
 
 def test_up_again_is_harmless(lab, dataset):
     before = write_random(lab, "node1", dataset)
-    sshd_before = sorted(pid for pid, comm in processes_in(lab._namespaces("node1")).items() if comm == "sshd")
+    daemons_before = daemon_pids(lab, "node1")
     elapsed = lab.up(nodes=3, pool_size="1G", out=lambda line: None)
     assert elapsed < 5
-    assert sorted(pid for pid, comm in processes_in(lab._namespaces("node1")).items() if comm == "sshd") == sshd_before
+    assert daemon_pids(lab, "node1") == daemons_before
     assert lab.tree_digest("node1", f"/{dataset}") == before
 
 
 # ---- failures ----------------------------------------------------------------------------------------------------
 
-def test_kill_makes_node_unreachable_and_revive_brings_its_data_back(lab, dataset):
-    before = write_random(lab, "node2", dataset)
+def test_kill_makes_node_unreachable_and_revive_brings_its_data_back(module_lab):
+    lab, dataset = module_lab, "rpool/data/killed"
+    before = write_random(lab, "node1", dataset)
     try:
-        assert lab.kill("node2") >= 2
-        assert processes_in(lab._namespaces("node2")) == {}
-        assert lab.ssh("node2", ["true"], check=False).returncode == 255
-        assert lab.status()["nodes"]["node2"]["zfs"] is False
+        assert lab.kill("node1") >= 2
+        assert processes_in(lab._namespaces("node1")) == {}
+        assert lab.ssh("node1", ["true"], check=False).returncode == 255
+        assert lab.status()["nodes"]["node1"]["zfs"] is False
     finally:
-        lab.revive("node2")
-    assert lab.ssh("node2", ["hostname"]).stdout.strip() == "node2"
-    assert lab.tree_digest("node2", f"/{dataset}") == before
-    assert f"{dataset}@s1" in datasets(lab, "node2")
+        lab.revive("node1")
+    assert lab.ssh("node1", ["hostname"]).stdout.strip() == "node1"
+    assert lab.tree_digest("node1", f"/{dataset}") == before
+    assert f"{dataset}@s1" in datasets(lab, "node1")
+    lab.destroy_dataset("node1", dataset)
 
 
-def test_partition_blocks_traffic_and_heal_restores_it(lab):
-    connect = ["python3", "-c", CONNECT, lab.address("node3"), "22"]
+def test_partition_blocks_traffic_and_heal_restores_it(module_lab):
+    lab = module_lab
+    connect = ["python3", "-c", CONNECT, lab.address("node2"), "22"]
     assert lab.exec("node1", connect, check=False).returncode == 0
-    lab.partition("node3")
+    lab.partition("node2")
     try:
         assert lab.exec("node1", connect, check=False).returncode != 0
-        assert lab.ssh("node3", ["true"], check=False, timeout=30).returncode == 255
-        assert lab.status()["nodes"]["node3"]["link"] == "down"
+        assert lab.ssh("node2", ["true"], check=False, timeout=30).returncode == 255
+        assert lab.status()["nodes"]["node2"]["link"] == "down"
     finally:
-        lab.heal("node3")
+        lab.heal("node2")
     assert lab.exec("node1", connect, check=False).returncode == 0
-    assert lab.ssh("node3", ["hostname"]).stdout.strip() == "node3"
+    assert lab.ssh("node2", ["hostname"]).stdout.strip() == "node2"
 
 
-def test_fill_makes_zfs_recv_fail_with_out_of_space_and_unfill_undoes_it(lab, dataset):
-    before = write_random(lab, "node1", dataset)
-    stream = lab.exec("node1", ["zfs", "send", f"{dataset}@s1"], text=False).stdout
-    lab.fill("node2")
+def test_fill_makes_zfs_recv_fail_with_out_of_space_and_unfill_undoes_it(module_lab):
+    lab, dataset = module_lab, "rpool/data/filled"
+    before = write_random(lab, "node3", dataset)
+    stream = lab.exec("node3", ["zfs", "send", f"{dataset}@s1"], text=False).stdout
+    lab.destroy_dataset("node3", dataset)
+    lab.fill("node3")
     try:
-        failed = lab.exec("node2", ["zfs", "recv", dataset], input=stream, text=False, check=False)
+        failed = lab.exec("node3", ["zfs", "recv", dataset], input=stream, text=False, check=False)
         assert failed.returncode != 0
         assert b"out of space" in failed.stderr
-        assert dataset not in datasets(lab, "node2")
+        assert dataset not in datasets(lab, "node3")
     finally:
-        lab.unfill("node2")
-    lab.exec("node2", ["zfs", "recv", dataset], input=stream, text=False)
-    assert lab.tree_digest("node2", f"/{dataset}") == before
+        lab.unfill("node3")
+    lab.exec("node3", ["zfs", "recv", dataset], input=stream, text=False)
+    assert lab.tree_digest("node3", f"/{dataset}") == before
+    lab.destroy_dataset("node3", dataset)
 
 
 # ---- down --------------------------------------------------------------------------------------------------------
