@@ -215,18 +215,27 @@ def select_bases(job_id, volumes, local, remote, last_sync):
 
 
 def run_hook(ctx, name):
-    argv = ctx.guest.hook(name)
+    return run_guest_hook(ctx.guest, name) is not None
+
+
+def run_guest_hook(guest, name, allowed_codes=(0,)):
+    """Run the guest's hook ``name`` (argv, no shell); None if it has none, else its exit code.
+
+    ReplicationError if it cannot run, times out, or exits with a code not in ``allowed_codes`` (the status
+    hook allows 3, "not running", as LSB init scripts say).
+    """
+    argv = guest.hook(name)
     if not argv:
-        return False
+        return None
     try:
         proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=HOOK_TIMEOUT,
                               check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ReplicationError("%s hook of guest %d (%s) failed: %s" % (name, ctx.guest.id, argv[0], exc)) from exc
-    if proc.returncode != 0:
+        raise ReplicationError("%s hook of guest %d (%s) failed: %s" % (name, guest.id, argv[0], exc)) from exc
+    if proc.returncode not in allowed_codes:
         raise ReplicationError("%s hook of guest %d (%s) failed with exit code %d: %s" % (
-            name, ctx.guest.id, " ".join(argv), proc.returncode, proc.stdout.decode("utf-8", "replace").strip()))
-    return True
+            name, guest.id, " ".join(argv), proc.returncode, proc.stdout.decode("utf-8", "replace").strip()))
+    return proc.returncode
 
 
 def take_snapshots(ctx, datasets, snap):
