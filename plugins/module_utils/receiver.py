@@ -26,6 +26,7 @@ import time
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils.cluster import serve_get_config, serve_set_config
+from ansible_collections.storage.replication.plugins.module_utils.migrate import serve_set_state
 from ansible_collections.storage.replication.plugins.module_utils.state import (
     DEFAULT_STATEDIR, atomic_write, read_local_node)
 from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs, ZfsError, recv_argv
@@ -433,6 +434,8 @@ CONTROL_OPERATIONS = {
     # Cluster-wide configuration changes (cluster.py): generation query and push.
     "get-config": serve_get_config,
     "set-config": serve_set_config,
+    # Migration (migrate.py): the new owner receives the guest's job states (pvesr set-state).
+    "set-state": serve_set_state,
 }
 
 
