@@ -122,6 +122,7 @@ def plan_failover(cfg, local_node, failed_node, views, guests=None, to=None, for
         warnings.append("guest %d cannot be recovered: %s" % (item["guest"], item["reason"]))
     return {"failed_node": failed_node, "coordinator": local_node, "generation": cfg.generation, "quorum": votes,
             "forced_quorum": bool(force_quorum and not votes["quorate"]), "guests": items,
+            "moves": [{"id": item["guest"], "node": item["to"]} for item in items],
             "unrecoverable": unrecoverable, "warnings": warnings}
 
 
@@ -336,3 +337,34 @@ def set_guest_running(guest_id, running, confdir=configmod.DEFAULT_CONFDIR, stat
     if not check_mode:
         run_guest_hook(guest, hook)
     return {"changed": True, "running": running}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# For the modules
+
+def engine_errors():
+    """The exceptions by which the engine refuses or reports a failure (each with a message for the operator)."""
+    # pylint: disable=import-outside-toplevel
+    from ansible_collections.storage.replication.plugins.module_utils.cluster import ClusterError
+    from ansible_collections.storage.replication.plugins.module_utils.migrate import MigrationError
+    from ansible_collections.storage.replication.plugins.module_utils.replicate import ReplicationError
+    from ansible_collections.storage.replication.plugins.module_utils.state import LockError, StateError
+    from ansible_collections.storage.replication.plugins.module_utils.transport import RemoteError, TransportError
+    from ansible_collections.storage.replication.plugins.module_utils.zfs import ZfsError
+    return (FailoverError, MigrationError, ClusterError, configmod.ConfigError, ReplicationError, LockError, StateError,
+            RemoteError, TransportError, ZfsError, OSError)
+
+
+def run_module_step(module, step):
+    """Run ``step()`` and exit the module with its result dict, or fail with the engine's one-line message."""
+    try:
+        result = step()
+    except ImportError as exc:
+        module.fail_json(msg="the engine needs %s, which this Python lacks: run the task with "
+                             "ansible_python_interpreter=/opt/storage-replication/venv/bin/python (installed by the "
+                             "storage.replication.runner role)" % exc.name)
+    except engine_errors() as exc:  # pylint: disable=catching-non-exception
+        module.fail_json(msg=str(exc), node=read_local_node())
+    for warning in result.pop("warnings", None) or ():
+        module.warn(warning)
+    module.exit_json(**result)

@@ -1,0 +1,131 @@
+#!/usr/bin/python
+# Copyright (c) 2026, storage.replication developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: failover_plan
+short_description: Plan the recovery of a failed node's guests (quorum, destinations, recovery points)
+version_added: 0.1.0
+description:
+  - Run on one surviving node. It first adopts a newer cluster configuration if a peer holds one, then asks every
+    node of the cluster configuration, over the nodes' replication trust, for its generation and the replicas it
+    holds.
+  - Refuses when the failed node answers (a node that is up is never failed over), when fewer than a majority of
+    the configuration's nodes answer (unless O(force_quorum=true), which is accepted with a loud warning), and
+    when an argument names an unknown guest or node.
+  - For each guest owned by the failed node (or each of O(guests)) it chooses the surviving node with the newest
+    complete replica, or O(to), and reports the recovery point (the start time of that replica) and the window of
+    writes lost since.
+  - Read-only; the failover playbook runs M(storage.replication.replica_promote),
+    M(storage.replication.guest_takeover) and M(storage.replication.guest_service) with the plan.
+options:
+  failed_node:
+    description: The node that failed, as the cluster configuration names it.
+    type: str
+    required: true
+  guests:
+    description: Recover only these guests of the failed node (default all of its guests).
+    type: list
+    elements: int
+  to:
+    description: Recover every guest on this node instead of the node with the newest replica; it must hold a complete replica.
+    type: str
+  force_quorum:
+    description:
+      - Go on although fewer than a majority of the nodes answer (the equivalent of C(pvecm expected 1)). Make no other
+        cluster change until the missing nodes are back.
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    support: full
+    details: This module only reads; it runs the same way in check mode.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+requirements:
+  - The runner installed by the C(storage.replication.runner) role; use its interpreter.
+seealso:
+  - module: storage.replication.replica_promote
+  - module: storage.replication.guest_takeover
+  - module: storage.replication.guest_service
+author:
+  - storage.replication developers
+"""
+
+EXAMPLES = r"""
+- name: Plan the failover of node1's guests
+  storage.replication.failover_plan:
+    failed_node: node1
+  register: plan
+  vars:
+    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
+"""
+
+RETURN = r"""
+guests:
+  description: One entry per guest that can be recovered.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"guest": 100, "type": "service", "from": "node1", "to": "node2", "job": "100-0", "recovery_point": 1767225600,
+            "recovery_point_text": "2026-01-01 00:00:00 UTC", "lost_writes_window": 42, "replicas": {"node2": 1767225600},
+            "volumes": ["local-zfs:subvol-100-disk-0"], "jobs_after": {"100-0": "node2 -> node1"}}]
+unrecoverable:
+  description: Guests no surviving node holds a complete replica of, each with a RV(unrecoverable[].reason).
+  returned: success
+  type: list
+  elements: dict
+quorum:
+  description: The nodes of the configuration, those that answered, how many are needed, and whether that is a majority.
+  returned: success
+  type: dict
+  sample: {"nodes": 3, "reachable": ["node2", "node3"], "needed": 2, "quorate": true}
+forced_quorum:
+  description: True when the plan goes on without quorum because of O(force_quorum).
+  returned: success
+  type: bool
+failed_node:
+  description: The failed node.
+  returned: success
+  type: str
+coordinator:
+  description: The node that made the plan.
+  returned: success
+  type: str
+generation:
+  description: The cluster configuration generation the plan is based on.
+  returned: success
+  type: int
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.storage.replication.plugins.module_utils import cluster, config as configmod, failover
+
+
+def plan(params):
+    cluster.catch_up()
+    cfg = configmod.load()
+    views = failover.survey(cfg)
+    result = failover.plan_failover(cfg, cluster.read_local_node(), params["failed_node"], views, params["guests"],
+                                    params["to"], params["force_quorum"])
+    result["changed"] = False
+    return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={"failed_node": {"type": "str", "required": True}, "guests": {"type": "list", "elements": "int"},
+                       "to": {"type": "str"}, "force_quorum": {"type": "bool", "default": False}},
+        supports_check_mode=True,
+    )
+    failover.run_module_step(module, lambda: plan(module.params))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+#!/usr/bin/python
+# Copyright (c) 2026, storage.replication developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: guest_takeover
+short_description: Make guests owned by new nodes and reverse their replication direction, on every node at once
+version_added: 0.1.0
+description:
+  - What moving C(/etc/pve/nodes/A/qemu-server/100.conf) to node B does in Proxmox, plus pvesr's direction switch,
+    as one cluster-wide change pushed with the next generation to every node.
+  - For each guest the job that targeted the new owner now targets the old owner; every job's source is the new
+    owner.
+  - In a failover use O(allow_unreachable=true): the failed node is left behind, and when it comes back its runner
+    sees the newer generation, adopts it, and acts on nothing it lost.
+  - Does not move data; run M(storage.replication.replica_promote) on the new owner first.
+options:
+  guests:
+    description: The guests and their new owners.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      id:
+        description: The guest ID.
+        type: int
+        required: true
+      node:
+        description: Its new owner.
+        type: str
+        required: true
+extends_documentation_fragment:
+  - storage.replication.attributes
+  - storage.replication.cluster
+seealso:
+  - module: storage.replication.failover_plan
+  - module: storage.replication.guest_service
+author:
+  - storage.replication developers
+"""
+
+EXAMPLES = r"""
+- name: Guest 100 is owned by node2 now (node1 is down)
+  storage.replication.guest_takeover:
+    guests: [{id: 100, node: node2}]
+    allow_unreachable: true
+  run_once: true
+  vars:
+    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
+"""
+
+RETURN = r"""
+moved:
+  description: The guests whose owner changed, with the old and the new owner.
+  returned: success
+  type: dict
+  sample: {"100": {"from": "node1", "to": "node2"}}
+generation:
+  description: The generation of the cluster configuration in force after the task (in check mode, the one it would have).
+  returned: success
+  type: int
+push:
+  description: What happened on each node, C(written), C(unchanged), C(skipped) (unreachable) or C(failed).
+  returned: success
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.storage.replication.plugins.module_utils import failover
+from ansible_collections.storage.replication.plugins.module_utils._module import cluster_argument_spec, json_diff
+
+
+def owners(cfg, guests):
+    return {str(g): {"node": cfg.guests[g].node, "jobs": {j.id: "%s -> %s" % (j.source, j.target) for j in cfg.jobs_of_guest(g)}}
+            for g in sorted(guests) if g in cfg.guests}
+
+
+def take_over(module):
+    moves = {item["id"]: item["node"] for item in module.params["guests"]}
+    outcome = failover.take_over(moves, module.params["allow_unreachable"], check_mode=module.check_mode)
+    summary = outcome.as_dict()
+    result = {"changed": outcome.changed, "moved": {str(g): m for g, m in (outcome.result or {}).items()},
+              "generation": summary["generation"], "push": summary["nodes"], "warnings": outcome.warnings}
+    if module._diff:  # pylint: disable=protected-access
+        result["diff"] = json_diff(owners(outcome.before, moves), owners(outcome.after, moves), "guest owners")
+    return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=cluster_argument_spec({"guests": {"type": "list", "elements": "dict", "required": True, "options": {
+            "id": {"type": "int", "required": True}, "node": {"type": "str", "required": True}}}}),
+        supports_check_mode=True,
+    )
+    failover.run_module_step(module, lambda: take_over(module))
+
+
+if __name__ == "__main__":
+    main()

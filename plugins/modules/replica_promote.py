@@ -1,0 +1,76 @@
+#!/usr/bin/python
+# Copyright (c) 2026, storage.replication developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: replica_promote
+short_description: Bring a guest's replica on this node to its last replication snapshot, before the node takes the guest over
+version_added: 0.1.0
+description:
+  - Run on the node that is to own the guest, while it does not own it yet (a failover's destination).
+  - For each volume of the guest it finds the newest replication snapshot. Anything written on the replica since is
+    first copied aside as a C(<volume>-diverged-<time>) dataset, then the volume is rolled back to that snapshot.
+    Normally a replica is not written and nothing changes.
+  - Refuses when a volume is missing, holds no replication snapshot, has other snapshots newer than it (a rollback
+    would destroy them), or when the volumes are at different replication snapshots.
+  - On a node that already owns the guest it changes nothing (its volumes are live data).
+options:
+  guest:
+    description: The guest ID.
+    type: int
+    required: true
+attributes:
+  check_mode:
+    support: full
+    details: Reports whether data would be kept aside and rolled back, and changes nothing.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+requirements:
+  - The runner installed by the C(storage.replication.runner) role; use its interpreter.
+seealso:
+  - module: storage.replication.failover_plan
+author:
+  - storage.replication developers
+"""
+
+EXAMPLES = r"""
+- name: Bring the replica of guest 100 to its last replication snapshot
+  storage.replication.replica_promote:
+    guest: 100
+  vars:
+    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
+"""
+
+RETURN = r"""
+volumes:
+  description: Per volume, the replication snapshot it is at, whether data was written since, and the dataset it was kept in.
+  returned: success
+  type: dict
+  sample: {"local-zfs:subvol-100-disk-0": {"snapshot": "__replicate_100-0_1767225600__", "written": false, "kept": null}}
+recovery_point:
+  description: The start time (epoch seconds) of the replication snapshot the guest starts from.
+  returned: success
+  type: int
+owner:
+  description: True when this node already owns the guest (nothing was touched).
+  returned: success
+  type: bool
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.storage.replication.plugins.module_utils import failover
+
+
+def main():
+    module = AnsibleModule(argument_spec={"guest": {"type": "int", "required": True}}, supports_check_mode=True)
+    failover.run_module_step(module, lambda: failover.promote_replica(module.params["guest"], check_mode=module.check_mode))
+
+
+if __name__ == "__main__":
+    main()
