@@ -238,9 +238,13 @@ class Lab:
 
     # ---- up ----------------------------------------------------------------------------------------------------
 
-    def up(self, nodes: int = 3, pool_size: str = "1G", out=print) -> float:
-        """Bring the lab up (or repair it); returns the seconds it took."""
+    def up(self, nodes=None, pool_size=None, out=print) -> float:
+        """Bring the lab up (or repair it); returns the seconds it took. nodes and pool_size default to what an
+        existing lab has, else 3 and 1G."""
         started = time.monotonic()
+        existing = self._load() or {"nodes": {}, "pool_size": "1G"}
+        nodes = nodes if nodes is not None else (len(existing["nodes"]) or 3)
+        pool_size = pool_size if pool_size is not None else existing["pool_size"]
         if not 1 <= int(nodes) <= MAX_NODES:
             raise LabError(f"--nodes {nodes}: a lab has 1 to {MAX_NODES} nodes")
         parse_size(pool_size)
