@@ -93,6 +93,11 @@ def build_parser():
     return parser
 
 
+def say(text, stream=None):
+    """Write one line for the user (stdout unless told otherwise); the command's only way to print."""
+    (stream or sys.stdout).write(text + "\n")
+
+
 def main(argv=None):
     """Run the command line ``argv`` (default: sys.argv[1:]); returns the exit code."""
     try:
@@ -101,14 +106,14 @@ def main(argv=None):
     except SystemExit as exc:  # --help and --version end argparse this way
         return exc.code if isinstance(exc.code, int) else 0
     except CliError as exc:
-        print("%s: error: %s" % (PROG, exc), file=sys.stderr)
+        say("%s: error: %s" % (PROG, exc), sys.stderr)
         return exc.exit_code
     for warning in output.warnings:
-        print("%s: warning: %s" % (PROG, warning), file=sys.stderr)
+        say("%s: warning: %s" % (PROG, warning), sys.stderr)
     if args.output_format == "json":
-        print(json.dumps(output.data, indent=2))
+        say(json.dumps(output.data, indent=2))
     elif output.text:
-        print(output.text)
+        say(output.text)
     return 0
 
 
@@ -193,9 +198,8 @@ def serve(args):
     del args
     from ansible_collections.storage.replication.plugins.module_utils import receiver  # pylint: disable=import-outside-toplevel
     if receiver.main() != 0:
-        sys.exit(EXIT_FAILED)
+        raise SystemExit(EXIT_FAILED)
     return Output(None, "")
-
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -512,7 +516,7 @@ def run(args):
     refused = (result.get("peer_check") or {}).get("error")
     if (args.id and failed) or refused:
         for warning in result["warnings"]:
-            print("%s: warning: %s" % (PROG, warning), file=sys.stderr)
+            say("%s: warning: %s" % (PROG, warning), sys.stderr)
         raise CliError(refused or "job '%s' failed: %s" % (args.id, _one_line(failed[0]["error"])))
     return Output(result, _run_text(result), result["warnings"])
 
@@ -541,7 +545,7 @@ def _receiver_call(operation, cfg, request):
         raise CliError(_one_line(exc)) from None
     finally:
         for line in local.log:
-            print(line, file=sys.stderr)
+            say(line, sys.stderr)
     return reply
 
 
@@ -630,4 +634,4 @@ def log(args):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())
