@@ -43,7 +43,8 @@ POOL_MOUNTPOINT = "/rpool"
 DATASET = "rpool/data"
 FILLER = "rpool/lab-fill"
 DISK_DIR = "/var/lib/zfs"  # inside the node: the pool's backing file lives with the node's private ZFS state
-NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+NODE_ENV = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "USER=root",
+            "LOGNAME=root", "SHELL=/bin/sh", "LANG=C.UTF-8")
 
 # command -> Debian package that provides it
 REQUIRED_COMMANDS = {
@@ -211,7 +212,9 @@ class Lab:
     def exec_argv(self, node: str, argv: list) -> list:
         """The argv that runs argv inside the node's namespaces (for pipelines: Popen it yourself)."""
         self._node(node)
-        return self._enter(node) + ["env", f"PATH={NODE_PATH}"] + [str(a) for a in argv]
+        # A clean root environment, as a login on the node would have: nothing of the controller's (PYTHONPATH,
+        # ANSIBLE_*) leaks into the node.
+        return self._enter(node) + ["env", "-i", *NODE_ENV] + [str(a) for a in argv]
 
     def ssh_argv(self, node: str, argv: list) -> list:
         """The argv that runs argv on the node through its real sshd, as the controller. ssh hands the remote
@@ -445,7 +448,7 @@ class Lab:
         socket_path = self.private_path(node, "/run/zfs") / "zfs_socket"
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()
-        spawn_detached(self._enter(node) + ["zfs-fuse", "--no-daemon", "--no-kstat-mount"],
+        spawn_detached(self.exec_argv(node, ["zfs-fuse", "--no-daemon", "--no-kstat-mount"]),
                        self.node_dir(node) / "zfs-fuse.log")
         wait_until(socket_path.exists, 15, f"zfs-fuse of {node} to open {socket_path}")
         wait_until(lambda: self.exec(node, ["zpool", "list"], check=False).returncode == 0, 15,
@@ -475,7 +478,7 @@ class Lab:
             return
         with contextlib.suppress(FileNotFoundError):
             (self.private_path(node, "/run/sshd") / "sshd.pid").unlink()
-        spawn_detached(self._enter(node) + ["/usr/sbin/sshd", "-D", "-e"], self.node_dir(node) / "sshd.log")
+        spawn_detached(self.exec_argv(node, ["/usr/sbin/sshd", "-D", "-e"]), self.node_dir(node) / "sshd.log")
         wait_until(lambda: tcp_open(address, 22), 15, f"sshd of {node} to listen on {address}:22")
 
     # ---- controller access -------------------------------------------------------------------------------------
