@@ -270,9 +270,11 @@ class Lab:
         """Load or create lab.json (written before anything else, so that `down` finds a half-built lab)."""
         meta = self._load()
         if meta is None:
-            subnet = self._choose_subnet()
-            meta = {"name": self.name, "state": "creating", "subnet": str(subnet), "bridge": self._bridge,
-                    "host_address": str(subnet[1]), "pool_size": pool_size, "nodes": {}}
+            with flocked(self.root):  # two new labs must not pick the same subnet
+                subnet = self._choose_subnet()
+                meta = {"name": self.name, "state": "creating", "subnet": str(subnet), "bridge": self._bridge,
+                        "host_address": str(subnet[1]), "pool_size": pool_size, "nodes": {}}
+                self._save(meta)
         elif meta["pool_size"] != pool_size:
             raise LabError(f"lab {self.name} exists with pool size {meta['pool_size']}, not {pool_size}: "
                            f"run `python -m lab down --name {self.name}` first")
