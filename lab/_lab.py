@@ -292,6 +292,8 @@ class Lab:
         """10.x.y.0/24 from a hash of the name, moved on past subnets other labs or the host already use."""
         used = set()
         for other in self.root.glob("*/lab.json"):
+            # another lab being created or removed right now may have no readable lab.json: its subnet is
+            # then still on the host's bridge, which the `ip addr` below sees
             with contextlib.suppress(OSError, ValueError, KeyError):
                 used.add(ipaddress.ip_network(json.loads(other.read_text(encoding="utf-8"))["subnet"]))
         for line in run(["ip", "-4", "-o", "addr", "show"]).stdout.splitlines():
@@ -584,8 +586,10 @@ class Lab:
 
     def _leftover_nodes(self) -> set:
         """Nodes of this lab found on the machine, whatever lab.json says (it may be missing after a crash)."""
-        meta = self._load() or {"nodes": {}}
-        found = set(meta["nodes"])
+        try:
+            found = set((self._load() or {"nodes": {}})["nodes"])
+        except LabError:  # a damaged lab.json: `down` still finds the nodes on the machine
+            found = set()
         prefix = f"srlab-{self.name}-"
         if os.path.isdir("/run/netns"):
             found.update(n[len(prefix):] for n in os.listdir("/run/netns") if n.startswith(prefix))
