@@ -779,9 +779,9 @@ def _format_weekdays(weekdays):
     return ",".join(parts)
 
 
-def _croniter_class():
+def _croniter_module():
     try:
-        from croniter import croniter  # pylint: disable=import-outside-toplevel
+        import croniter  # pylint: disable=import-outside-toplevel
     except ImportError:
         raise ScheduleError(CRONITER_HINT) from None
     return croniter
@@ -794,9 +794,8 @@ class CronExpression(Schedule):
 
     def __init__(self, text):
         expression = CRON_KEYWORDS.get(text, " ".join(text.split()))
-        croniter = _croniter_class()
         try:
-            croniter(expression)
+            _croniter_module().croniter(expression)
         except (ValueError, KeyError, TypeError) as exc:
             raise ScheduleError("invalid cron expression '%s': %s (fields: minute hour day-of-month month day-of-week)" % (text, exc)) from None
         super().__init__(text)
@@ -807,7 +806,11 @@ class CronExpression(Schedule):
 
     def next_event(self, after, tz=None):
         start = datetime.datetime.fromtimestamp(int(after), time_zone(tz))
-        return int(_croniter_class()(self.expression, start).get_next(float))
+        croniter = _croniter_module()
+        try:
+            return int(croniter.croniter(self.expression, start).get_next(float))
+        except croniter.CroniterBadDateError:
+            return None  # e.g. '0 0 30 2 *': croniter finds no such date
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -354,6 +354,11 @@ def test_cron_is_evaluated_in_the_zone_and_strictly_after():
     assert parse("0 * * * *").next_event(on_the_hour, UTC) == on_the_hour + 3600
 
 
+def test_cron_expression_that_never_matches_has_no_event():
+    assert parse("0 0 30 2 *").next_event(epoch(START), UTC) is None
+    assert "never fires again" in interval_warnings("0 0 30 2 *", now=NOW, tz=UTC)[0]
+
+
 def test_bad_cron_expression():
     with pytest.raises(ScheduleError, match="invalid cron expression '61 \\* \\* \\* \\*'"):
         parse("61 * * * *")
