@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 apt_packages=(zfs-fuse openssh-server openssh-client iproute2 procps psmisc util-linux
-              python3 python3-venv systemd coreutils e2fsprogs)
+              python3 python3-venv systemd coreutils e2fsprogs
+              qemu-system-x86 debootstrap)  # the OpenZFS tier's guests (openzfs/)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
