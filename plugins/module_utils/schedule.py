@@ -432,6 +432,8 @@ _KEYWORDS = {
 }
 
 
+# The runner and `status` evaluate thousands of jobs that share a few schedules; calendar events are immutable.
+@functools.lru_cache(maxsize=1024)
 def _parse_calendar(text):
     """Parse the trimmed text of a calendar event into the CalendarEvent it describes."""
     body, utc = text, False
