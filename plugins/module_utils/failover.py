@@ -120,10 +120,25 @@ def plan_failover(cfg, local_node, failed_node, views, guests=None, to=None, for
         (items if item["to"] else unrecoverable).append(item)
     for item in unrecoverable:
         warnings.append("guest %d cannot be recovered: %s" % (item["guest"], item["reason"]))
-    return {"failed_node": failed_node, "coordinator": local_node, "generation": cfg.generation, "quorum": votes,
+    return {"summary": plan_summary(votes, force_quorum, items, unrecoverable),"failed_node": failed_node, "coordinator": local_node, "generation": cfg.generation, "quorum": votes,
             "forced_quorum": bool(force_quorum and not votes["quorate"]), "guests": items,
             "moves": [{"id": item["guest"], "node": item["to"]} for item in items],
             "unrecoverable": unrecoverable, "warnings": warnings}
+
+
+def plan_summary(votes, force_quorum, items, unrecoverable):
+    """The plan in lines for people (the playbook prints them)."""
+    lines = ["quorum: %d of %d nodes answer (%s), %d needed%s" % (
+        len(votes["reachable"]), votes["nodes"], ", ".join(votes["reachable"]), votes["needed"],
+        " - NO QUORUM, FORCED" if force_quorum and not votes["quorate"] else "")]
+    for item in items:
+        lines.append("guest %d: %s -> %s, from the replica of %s (job %s); the writes of the last %d s on %s are lost; "
+                     "jobs after: %s" % (item["guest"], item["from"], item["to"], item["recovery_point_text"], item["job"],
+                                         item["lost_writes_window"], item["from"],
+                                         ", ".join("%s %s" % pair for pair in sorted(item["jobs_after"].items())) or "none"))
+    for item in unrecoverable:
+        lines.append("guest %d: NOT recoverable - %s" % (item["guest"], item["reason"]))
+    return lines
 
 
 def _check_failed_node(cfg, local_node, failed_node, views):
