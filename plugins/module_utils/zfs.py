@@ -7,6 +7,12 @@ Works on zfs-fuse 0.7 (pool version 23: no `zfs version`, no `list -p`, no `writ
 property, one snapshot per `zfs snapshot` call) and on OpenZFS 2.x (`zfs version`,
 `written@<snap>`, multi-dataset atomic snapshots, resumable and compressed streams).
 Every command runs with LC_ALL=C and fails with a ZfsError carrying argv, rc and stderr.
+
+What the node's ZFS can do is detected once (`Features`): on OpenZFS the engine receives with
+`-s` and resumes from `receive_resume_token`, keeps a bookmark of every synced snapshot as a
+fallback incremental base, holds the snapshots the next incremental needs, sends `-c` where the
+data is compressed and `-w` (raw) for encrypted datasets.  On zfs-fuse the same calls take the
+older paths (no token, no bookmark, no hold, plain streams).
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ C_LOCALE_ENV = {"LC_ALL": "C", "LANG": "C"}
 
 # `zfs destroy` can answer "dataset is busy" for a moment after a receive on zfs-fuse.
 BUSY_RETRY_SECONDS = 10.0
+
+# The user hold the engine puts on the snapshots the next incremental needs (OpenZFS).
+HOLD_TAG = "storage-replication"
+# What `zfs get` prints for an unset receive_resume_token.
+NO_TOKEN = ("-", "")
 
 # dmu_replay_record: every record of a send stream starts with this 312-byte header.
 DRR_HEADER_SIZE = 312
@@ -47,6 +58,10 @@ class ZfsError(Exception):
     @property
     def missing(self):
         return "does not exist" in self.stderr
+
+    @property
+    def no_such_hold(self):
+        return "no such tag" in self.stderr
 
 
 def run_command(argv, input_bytes=None, check=True):
@@ -172,8 +187,14 @@ def _skip(stream, size):
 
 # ---------------------------------------------------------------- argv builders
 
-def send_argv(dataset, snapshot, base=None, replicate=True, properties=True, intermediates=True, compressed=False):
-    """`zfs send` of dataset@snapshot, full or incremental from base (-I keeps intermediate snapshots)."""
+def send_argv(dataset, snapshot, base=None, replicate=True, properties=True, intermediates=True, compressed=False,
+              raw=False):
+    """`zfs send` of dataset@snapshot, full or incremental from base (-I keeps intermediate snapshots).
+
+    A base starting with '#' is a bookmark: only `-i` can start from one, and not in a replication stream.
+    """
+    bookmark = bool(base) and base.startswith("#")
+    replicate = replicate and not bookmark
     argv = [ZFS, "send"]
     if replicate:
         argv.append("-R")
@@ -181,21 +202,47 @@ def send_argv(dataset, snapshot, base=None, replicate=True, properties=True, int
         argv.append("-p")
     if compressed:
         argv.append("-c")
+    if raw:
+        argv.append("-w")
     if base:
-        argv += ["-I" if intermediates else "-i", "%s@%s" % (dataset, base)]
+        flag = "-I" if intermediates and not bookmark else "-i"
+        argv += [flag, "%s%s" % (dataset, base) if bookmark else "%s@%s" % (dataset, base)]
     argv.append("%s@%s" % (dataset, snapshot))
     return argv
 
 
-def recv_argv(dataset, force=True, resumable=False):
-    """`zfs recv` into dataset; -F rolls back to the base (callers check for divergence first)."""
+def resume_send_argv(token):
+    """`zfs send -t`: the rest of an interrupted stream (the token carries the snapshot, offset and flags)."""
+    return [ZFS, "send", "-t", token]
+
+
+def recv_argv(dataset, force=True, resumable=False, exclude=()):
+    """`zfs recv` into dataset; -F rolls back to the base (callers check for divergence first).
+
+    resumable (-s) keeps an interrupted receive's state and a receive_resume_token; exclude (-x) lets the
+    received dataset inherit those properties from its new parent instead of taking the stream's.
+    """
     argv = [ZFS, "recv"]
     if force:
         argv.append("-F")
     if resumable:
         argv.append("-s")
+    for prop in exclude:
+        argv += ["-x", prop]
     argv.append(dataset)
     return argv
+
+
+def parse_resume_info(text):
+    """(toname, toguid) from `zfs send -nvP -t <token>` output ('toname = pool/ds@snap', 'toguid = 0x1f...')."""
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition(" = ")
+        if sep and key in ("toname", "toguid"):
+            fields[key] = value.strip()
+    if "toname" not in fields or "toguid" not in fields:
+        raise ValueError("no toname/toguid in the resume token's description")
+    return fields["toname"], int(fields["toguid"], 0)
 
 
 def snapshot_argv(names):
@@ -214,7 +261,12 @@ SNAPSHOT_PROPERTIES = ("type", "guid", "createtxg", "creation")
 
 
 class Features:
-    """What the local ZFS can do, detected by probing rather than assumed from a version."""
+    """What the local ZFS can do: `zfs version` answers on OpenZFS (0.8 and later) and not on zfs-fuse.
+
+    Every OpenZFS that has `zfs version` has all of the features below (resumable receive and `send -c`
+    came in 0.7, raw sends and `recv -x` in 0.8, bookmarks and holds long before); zfs-fuse 0.7 has none
+    of them that the engine uses (it has holds, but its test clean-up and tools expect none).
+    """
 
     def __init__(self, openzfs_version=None):
         self.openzfs_version = openzfs_version
@@ -223,21 +275,20 @@ class Features:
     def openzfs(self):
         return self.openzfs_version is not None
 
-    # zfs-fuse lacks all of these; OpenZFS 2.x has them.
     multi_snapshot = openzfs
     written_property = openzfs
     resumable_receive = openzfs
     compressed_send = openzfs
-    holds = True
+    raw_send = openzfs
+    receive_exclude = openzfs
+    bookmarks = openzfs
+    holds = openzfs
 
     def as_dict(self):
-        return {
-            "implementation": "openzfs" if self.openzfs else "zfs-fuse",
-            "version": self.openzfs_version,
-            "multi_snapshot": self.multi_snapshot,
-            "written_property": self.written_property,
-            "resumable_receive": self.resumable_receive,
-        }
+        names = ("multi_snapshot", "written_property", "resumable_receive", "compressed_send", "raw_send",
+                 "receive_exclude", "bookmarks", "holds")
+        return dict({"implementation": "openzfs" if self.openzfs else "zfs-fuse", "version": self.openzfs_version},
+                    **{name: getattr(self, name) for name in names})
 
 
 def parse_version(text):
@@ -301,7 +352,12 @@ class Zfs:
             raise
 
     def destroy(self, name, recursive=False):
-        """Destroy a dataset or snapshot (retrying briefly while zfs-fuse reports it busy)."""
+        """Destroy a dataset, snapshot or bookmark (retrying briefly while zfs-fuse reports it busy).
+
+        The engine's own holds go first: a snapshot is only destroyed here when the engine no longer needs it.
+        """
+        if self.features.holds and "#" not in name:
+            self.release_holds(name, recursive)
         self.run_while_busy([ZFS, "destroy"] + (["-r"] if recursive else []) + [name])
 
     def rename(self, old, new):
@@ -329,6 +385,83 @@ class Zfs:
 
     def release(self, tag, snapshot):
         self.run([ZFS, "release", tag, snapshot], None, True)
+
+    def keep_for_next_sync(self, snapshot):
+        """Hold the snapshot the next incremental starts from (OpenZFS), so that nobody destroys it by accident."""
+        if self.features.holds:
+            rc, _out, err = self.run([ZFS, "hold", HOLD_TAG, snapshot], None, False)
+            if rc != 0 and "tag already exists" not in err:
+                raise ZfsError([ZFS, "hold", HOLD_TAG, snapshot], rc, err)
+
+    def release_holds(self, name, recursive=False):
+        """Release the engine's hold on snapshot name, or with recursive on every held snapshot under dataset name."""
+        if "@" in name:
+            held = [name]
+        elif recursive:
+            rc, out, _err = self.run([ZFS, "get", "-Hp", "-r", "-t", "snapshot", "-o", "name,value", "userrefs", name],
+                                     None, False)
+            held = [line.split("\t")[0] for line in out.splitlines() if rc == 0 and line.split("\t")[-1] not in ("0", "-")]
+        else:
+            return
+        for snapshot in held:
+            rc, _out, err = self.run([ZFS, "release", HOLD_TAG, snapshot], None, False)
+            error = ZfsError([ZFS, "release", HOLD_TAG, snapshot], rc, err)
+            if rc != 0 and not (error.no_such_hold or error.missing):
+                raise error
+
+    def holds(self, snapshot):
+        """The hold tags on a snapshot."""
+        _rc, out, _err = self.run([ZFS, "holds", "-H", snapshot], None, True)
+        return sorted(line.split("\t")[1].strip() for line in out.splitlines() if line.strip())
+
+    # ------------------------------------------------------------ OpenZFS stream features
+
+    def send_options(self, dataset):
+        """{"compressed", "raw"} for send_argv: raw for encrypted datasets (the data stays encrypted on the wire
+        and on the target, which needs no key), -c where the data is stored compressed (sent as stored)."""
+        if not self.features.compressed_send:
+            return {"compressed": False, "raw": False}
+        props = self.get(["compression", "encryption"], [dataset])[dataset]
+        raw = self.features.raw_send and props.get("encryption", "off") not in ("off", "-")
+        return {"compressed": not raw and props.get("compression", "off") not in ("off", "-"), "raw": raw}
+
+    def resume_tokens(self, parent):
+        """{dataset: receive_resume_token} of parent's direct children holding an interrupted receive."""
+        if not self.features.resumable_receive:
+            return {}
+        found = self.get(["receive_resume_token"], [parent], 1)
+        return {name: props["receive_resume_token"] for name, props in found.items()
+                if name.rpartition("/")[0] == parent and "@" not in name
+                and props.get("receive_resume_token", "-") not in NO_TOKEN}
+
+    def resume_target(self, token):
+        """(snapshot, guid) the token continues; ZfsError if this node cannot resume it (the snapshot is gone)."""
+        argv = [ZFS, "send", "-nvP", "-t", token]
+        _rc, out, err = self.run(argv, None, True)
+        try:
+            return parse_resume_info(out + "\n" + err)
+        except ValueError as exc:
+            raise ZfsError(argv, 0, "unreadable resume token: %s" % exc) from exc
+
+    def abort_resume(self, dataset):
+        """`zfs recv -A`: drop an interrupted receive's saved state (for a first receive, the partial dataset)."""
+        self.run([ZFS, "recv", "-A", dataset], None, True)
+
+    def bookmark(self, dataset, snapshot):
+        """dataset#snapshot, a bookmark of dataset@snapshot (OpenZFS): a base for `send -i` after the snapshot is gone."""
+        self.run([ZFS, "bookmark", "%s@%s" % (dataset, snapshot), "%s#%s" % (dataset, snapshot)], None, True)
+
+    def bookmarks(self, dataset):
+        """{name: {guid, createtxg, creation}} of dataset's bookmarks, oldest first ({} without bookmark support)."""
+        if not self.features.bookmarks:
+            return {}
+        _rc, out, _err = self.run([ZFS, "list", "-H", "-p", "-t", "bookmark", "-d", "1", "-o",
+                                   "name,guid,createtxg,creation", dataset], None, True)
+        marks = {}
+        for line in out.splitlines():
+            name, guid, createtxg, creation = line.split("\t")
+            marks[name.partition("#")[2]] = {"guid": guid, "createtxg": int(createtxg), "creation": int(creation)}
+        return dict(sorted(marks.items(), key=lambda item: item[1]["createtxg"]))
 
     def written_since(self, dataset, snapshot):
         """True if file data was written to dataset after dataset@snapshot (later snapshots are the caller's check).
