@@ -126,6 +126,22 @@ def _settings_problems(data):
 # ---------------------------------------------------------------------------------------------------------------
 # Per-job figures: shared by `status` and the metrics file
 
+_NEXT_SYNC_MEMO = {}
+_NEXT_SYNC_MEMO_SIZE = 65536
+
+
+def memo_next_sync(job, jobstate):
+    """state.next_sync, remembered by the values it reads (schedule, removal mark, last_try, fail_count, waiting
+    for target): a run computes it for the due check and again for the metrics, and jobs share values."""
+    key = (job.schedule, job.remove_job, int(jobstate.get("last_try", 0)), int(jobstate.get("fail_count", 0)),
+           bool(jobstate.get("waiting_for_target")))
+    if key not in _NEXT_SYNC_MEMO:
+        if len(_NEXT_SYNC_MEMO) >= _NEXT_SYNC_MEMO_SIZE:
+            _NEXT_SYNC_MEMO.clear()
+        _NEXT_SYNC_MEMO[key] = next_sync(job, jobstate)
+    return _NEXT_SYNC_MEMO[key]
+
+
 def job_report(cfg, state, node, now):
     """One dict per job this node runs or shows in ``status`` (pvesr: its guests' jobs, disabled ones included,
     not those targeting this node unless marked for removal), ordered by guest and job number."""
@@ -135,7 +151,7 @@ def job_report(cfg, state, node, now):
 
 def _job_figures(job, jobstate, now):
     running = job_is_running(jobstate)
-    due = None if job.disable and not job.remove_job else next_sync(job, jobstate)
+    due = None if job.disable and not job.remove_job else memo_next_sync(job, jobstate)
     last_sync = int(jobstate.get("last_sync", 0))
     figures = {
         "id": job.id, "guest": job.guest, "jobnum": job.jobnum, "target": job.target, "source": job.source,
@@ -183,12 +199,12 @@ def _sample(value):
 def format_metrics(report, node, generation, tick):
     """The textfile-collector text for ``report`` (job_report) of ``node``; ``tick`` = the runner's last tick."""
     lines = []
+    node_value = _label_value(node)
+    labels = ['job="%s",guest="%d",target="%s",node="%s"' % (job["id"], job["guest"], _label_value(job["target"]), node_value)
+              for job in report]  # job IDs are digits and '-'; node names are validated host names
     for name, help_text, figure, convert in _JOB_METRICS:
         lines += ["# HELP %s %s" % (name, help_text), "# TYPE %s gauge" % name]
-        for job in report:
-            labels = 'job="%s",guest="%d",target="%s",node="%s"' % (
-                _label_value(job["id"]), job["guest"], _label_value(job["target"]), _label_value(node))
-            lines.append("%s{%s} %s" % (name, labels, _sample(convert(job[figure]))))
+        lines += ["%s{%s} %s" % (name, label, _sample(convert(job[figure]))) for label, job in zip(labels, report)]
     node_label = 'node="%s"' % _label_value(node)
     lines += ["# HELP storage_replication_runner_last_tick_timestamp_seconds When the runner last ran on this node.",
               "# TYPE storage_replication_runner_last_tick_timestamp_seconds gauge",
@@ -340,7 +356,7 @@ def due_in_order(jobs, state, iteration, now):
     keyed = []
     for job in jobs:
         jobstate = job_state_in(state, job)
-        when = next_sync(job, jobstate)
+        when = memo_next_sync(job, jobstate)
         if jobstate["last_iteration"] < iteration and when != 0 and now >= when:
             keyed.append((job_order_key(job, jobstate, when), job))
     return [job for _key, job in sorted(keyed, key=lambda item: item[0])]
@@ -408,27 +424,29 @@ class Runner:
         return None
 
     def _run_due(self):
-        self._purge_old_states()
-        due = self._due_jobs(set(), set())
+        state = self.state.read()
+        self._purge_old_states(state)
+        due = self._due_jobs(set(), set(), state)
         if not self._check_peers(force=bool(due)):
             return
-        self._run_parallel()
+        if due:
+            self._run_parallel()
 
     # -- scheduling ---------------------------------------------------------------------------------------------
 
-    def _purge_old_states(self):
+    def _purge_old_states(self, state):
         """pvesr purge_old_states, but only written when something is to be dropped (idle runs stay read-only)."""
         keep = {(str(j.guest), j.target_id) for j in self.cfg.jobs_on_node(self.node)}
-        state = self.state.read()
         if any((guest, target) not in keep for guest, targets in state.items() for target in targets):
             self.state.purge_old_states(self.cfg, self.node)
 
-    def _due_jobs(self, started, busy_guests):
+    def _due_jobs(self, started, busy_guests, state=None):
         """The due jobs in pvesr's order, at most one per guest, skipping jobs already started in this run and
         guests with a running job."""
         candidates = [j for j in jobs_to_run(self.cfg, self.node) if j.id not in started and j.guest not in busy_guests]
         due, guests = [], set()
-        for job in due_in_order(candidates, self.state.read(), self.iteration, self.now()):
+        state = self.state.read() if state is None else state
+        for job in due_in_order(candidates, state, self.iteration, self.now()):
             if job.guest not in guests:
                 guests.add(job.guest)
                 due.append(job)
