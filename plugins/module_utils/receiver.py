@@ -216,6 +216,8 @@ class Receiver:
         found = self.scan_job_volumes(job, scan, wanted)
         remaining = {}
         for volume, (dataset, snaps) in sorted(found.items()):
+            if volume in wanted and last_sync > 1:
+                snaps = self.drop_unfinished_replica(job, volume, dataset, snaps, replication_snapshot(job, last_sync))
             deleted = prune_job_snapshots(self.zfs, self.say, job, volume, dataset, snaps, last_sync, parent)
             if volume in wanted:
                 remaining[volume] = {s: {"id": i["guid"], "timestamp": i["creation"]} for s, i in snaps.items()
@@ -225,7 +227,43 @@ class Receiver:
                 self.zfs.destroy(dataset, recursive=True)
         if force and not volumes and last_sync == 1:
             self.forget_guest(guest, job)
-        return {"volumes": remaining}
+        tokens = self.resume_tokens(wanted)
+        for volume in tokens:
+            if not remaining.get(volume):  # an interrupted first receive: no replica yet, only its saved state
+                remaining.pop(volume, None)
+        return {"volumes": remaining, "resume_tokens": tokens, "features": self.zfs.features.as_dict()}
+
+    def resume_tokens(self, wanted):
+        """{volume: receive_resume_token} of the wanted volumes holding an interrupted receive (OpenZFS)."""
+        tokens = {}
+        for pool in sorted({d.rpartition("/")[0] for d in wanted.values()}):
+            for dataset, token in self.zfs.resume_tokens(pool).items():
+                tokens.update({v: token for v, d in wanted.items() if d == dataset})
+        return tokens
+
+    def abort_resume(self, request):
+        """Drop the saved state of an interrupted receive the source cannot resume (`zfs recv -A`)."""
+        check_request_keys(request, ("job", "guest", "volume", "reason", "generation", "source"))
+        _job, guest = check_job(request)
+        self.check_caller(request, guest)
+        volume = check(request.get("volume"), VOLUME_RE, "volume")
+        dataset = self.dataset(volume)
+        self.zfs.abort_resume(dataset)
+        self.say("cleared stale resume token on '%s' (%s): %s" % (volume, dataset, str(request.get("reason"))[:200]))
+        return {}
+
+    def drop_unfinished_replica(self, job, volume, dataset, snaps, last_snap):
+        """Roll back to the last_sync snapshot a replica that received a newer snapshot of this job the source
+        never recorded (a run that failed after the data arrived), so the next receive does not mistake that data
+        for local changes.  Data written here after it is left alone: the receive keeps it aside."""
+        if last_snap not in snaps:
+            return snaps
+        newer = [s for s, i in snaps.items() if i["createtxg"] > snaps[last_snap]["createtxg"]]
+        if not newer or not all(is_job_snapshot(s, job) for s in newer) or self.zfs.written_since(dataset, newer[-1]):
+            return snaps
+        self.say("roll back %s to %s, dropping the unfinished replica %s" % (volume, last_snap, ", ".join(newer)))
+        self.zfs.rollback(dataset, last_snap)
+        return {s: i for s, i in snaps.items() if s not in newer}
 
     def scan_job_volumes(self, job, scan, wanted):
         """{volume: (dataset, snapshots)} of the wanted volumes present here and of every volume carrying
@@ -246,7 +284,8 @@ class Receiver:
     # ------------------------------------------------------------ receive
 
     def receive(self, arguments, stdin_fd):
-        args = parse_arguments(arguments, ("job", "guest", "volume", "snapshot", "base", "generation", "source"))
+        args = parse_arguments(arguments, ("job", "guest", "volume", "snapshot", "base", "generation", "source", "resume",
+                                           "raw"))
         request = {"job": args.get("job"), "guest": _int_or_none(args.get("guest")),
                    "generation": _int_or_none(args.get("generation")), "source": args.get("source")}
         job, guest = check_job(request)
@@ -261,24 +300,36 @@ class Receiver:
             check(base, SNAPSHOT_RE, "base snapshot")
         dataset = self.dataset(volume)
         kept = []
-        if base:
+        if args.get("resume") == "1":  # the rest of an interrupted stream: it goes where the first part went
+            received = self.feed_zfs_recv(recv_argv(dataset, force=False, resumable=True), stdin_fd, volume)
+        elif base:
             kept = self.protect_diverged(volume, dataset, base)
-            received = self.feed_zfs_recv(recv_argv(dataset), stdin_fd, volume)
+            received = self.feed_zfs_recv(self.recv_argv(dataset, True, args.get("raw") == "1"), stdin_fd, volume)
         else:
-            received = self.receive_full(volume, dataset, stdin_fd)
+            received = self.receive_full(volume, dataset, stdin_fd, args.get("raw") == "1")
         self.say("successfully imported '%s'" % volume)
         return {"bytes": received, "kept": kept}
 
-    def receive_full(self, volume, dataset, stdin_fd):
-        """A full stream creates the dataset; if the receive fails, what it created is destroyed again."""
+    def recv_argv(self, dataset, force, raw):
+        """Resumable where ZFS can (-s); a non-raw stream's dataset inherits encryption from its parent on this node
+        (-x encryption), as pvesr receives."""
+        features = self.zfs.features
+        exclude = ("encryption",) if features.receive_exclude and not raw else ()
+        return recv_argv(dataset, force=force, resumable=features.resumable_receive, exclude=exclude)
+
+    def receive_full(self, volume, dataset, stdin_fd, raw=False):
+        """A full stream creates the dataset; if the receive fails, what it created is destroyed again, unless ZFS
+        saved it for a resume (OpenZFS: the next run continues from its receive_resume_token)."""
         if self.zfs.exists(dataset):
             raise Refused("volume '%s' already exists on node '%s' (dataset '%s') - it holds no common snapshot with "
                           "the source; remove it from node '%s' if it is not needed, then the next run sends it in "
                           "full" % (volume, self.node, dataset, self.node), "volume-exists")
         try:
-            return self.feed_zfs_recv(recv_argv(dataset, force=False), stdin_fd, volume)
+            return self.feed_zfs_recv(self.recv_argv(dataset, False, raw), stdin_fd, volume)
         except Refused:
-            if self.zfs.exists(dataset):  # it did not exist before this receive: only partial data of ours
+            if self.resume_tokens({volume: dataset}):
+                self.say("kept the interrupted receive of '%s': the next run resumes it" % volume)
+            elif self.zfs.exists(dataset):  # it did not exist before this receive: only partial data of ours
                 self.zfs.destroy(dataset, recursive=True)
             raise
 
@@ -343,6 +394,7 @@ class Receiver:
             if keep not in snaps:
                 self.say("expected snapshot %s not present for %s, not removing others" % (keep, volume))
                 continue
+            self.zfs.keep_for_next_sync("%s@%s" % (dataset, keep))
             for snap in snaps:
                 if is_job_snapshot(snap, job) and snap != keep:
                     self.say("delete stale replication snapshot '%s' on %s" % (snap, volume))
@@ -431,6 +483,8 @@ CONTROL_OPERATIONS = {
     "prepare": Receiver.prepare,
     "finalize": Receiver.finalize,
     "list": Receiver.list_replicas,
+    # OpenZFS: drop an interrupted receive the source cannot resume.
+    "abort-resume": Receiver.abort_resume,
     # Cluster-wide configuration changes (cluster.py): generation query and push.
     "get-config": serve_get_config,
     "set-config": serve_set_config,

@@ -265,11 +265,21 @@ def send_volumes(ctx, target, datasets, bases, snap):
         for volume, dataset in datasets.items():
             sent.append(send_volume(ctx, target, known_hosts, volume, dataset, bases[volume], snap))
     except (TransportError, RemoteError, ZfsError):
-        for volume, dataset in datasets.items():
-            ctx.log("delete previous replication snapshot '%s' on %s" % (snap, volume))
-            ctx.zfs.destroy("%s@%s" % (dataset, snap))
+        drop_snapshot(ctx, datasets, snap)
         raise
     return sent
+
+
+def drop_snapshot(ctx, datasets, snap):
+    """Delete a replication snapshot on every volume that has it; a failure is only logged (the next run's
+    prepare removes it as stale)."""
+    for volume, dataset in datasets.items():
+        ctx.log("delete previous replication snapshot '%s' on %s" % (snap, volume))
+        try:
+            ctx.zfs.destroy("%s@%s" % (dataset, snap))
+        except ZfsError as exc:
+            if not exc.missing:
+                ctx.log("delete previous replication snapshot error: %s" % exc)
 
 
 def send_volume(ctx, target, known_hosts, volume, dataset, base, snap):
@@ -301,13 +311,7 @@ def send_volume(ctx, target, known_hosts, volume, dataset, base, snap):
 
 
 def drop_previous_snapshot(ctx, datasets, local, previous):
-    for volume, dataset in datasets.items():
-        if previous in local.get(volume, {}):
-            ctx.log("delete previous replication snapshot '%s' on %s" % (previous, volume))
-            try:
-                ctx.zfs.destroy("%s@%s" % (dataset, previous))
-            except ZfsError as exc:
-                ctx.log("delete previous replication snapshot error: %s" % exc)
+    drop_snapshot(ctx, {v: d for v, d in datasets.items() if previous in local.get(v, {})}, previous)
 
 
 def finalize_remote(ctx, channel, volumes, start):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import socket
 import subprocess
 import threading
@@ -318,21 +319,16 @@ def _collect(ssh, send):
 
 
 def _stream_outcome(node_name, address, send, ssh, ssh_out, ssh_err, send_err, seconds):
-    reply = None
-    for line in reversed(ssh_out.strip().splitlines()):
-        try:
-            reply = json.loads(line)
-            break
-        except ValueError:
-            continue
-    if isinstance(reply, dict) and not reply.get("ok", False):
-        raise RemoteError(node_name, "receive", reply)
-    if send.returncode != 0:
+    """The cause of a failed stream, in order: zfs send itself, the receiver's answer, then ssh."""
+    reply = _last_json_line(ssh_out)
+    if send.returncode not in (0, -signal.SIGPIPE):
         raise TransportError("'%s' failed on this node (%s)%s - the previous replica on '%s' is unchanged; the next "
                              "run retries" % (" ".join(send.args), _exit_text(send.returncode),
                                               (": " + send_err.strip().splitlines()[-1]) if send_err.strip() else "",
                                               node_name))
-    if not isinstance(reply, dict):
+    if isinstance(reply, dict) and not reply.get("ok", False):
+        raise RemoteError(node_name, "receive", reply)
+    if not isinstance(reply, dict) or send.returncode != 0:
         explained = explain_ssh_failure(node_name, address, ssh_err)
         if explained:
             raise TransportError(explained, explained.startswith("target node '%s' (" % node_name))
@@ -341,6 +337,15 @@ def _stream_outcome(node_name, address, send, ssh, ssh_out, ssh_err, send_err, s
                                  node_name, _exit_text(ssh.returncode),
                                  (": " + ssh_err.strip().splitlines()[-1]) if ssh_err.strip() else ""))
     return StreamResult(reply, seconds, send.returncode, send_err)
+
+
+def _last_json_line(text):
+    for line in reversed(text.strip().splitlines()):
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue
+    return None
 
 
 def _exit_text(code):
