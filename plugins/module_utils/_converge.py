@@ -209,7 +209,7 @@ def _apply_job(cfg, item, job_id, keep, force, warnings):
     fields = job_fields(item)
     warnings += _schedule_warnings(fields["schedule"])
     if job_id is None:
-        return _create_job(cfg, item, fields, warnings)
+        return _create_job(cfg, item, fields)
     job = cfg.jobs[job_id]
     if item.get("target") and item["target"] != job.target:
         if item["target"] != cfg.guests[job.guest].node:
@@ -221,13 +221,8 @@ def _apply_job(cfg, item, job_id, keep, force, warnings):
     return job_id
 
 
-def _create_job(cfg, item, fields, warnings):
+def _create_job(cfg, item, fields):
     guest_id = item.get("guest") or _guest_of(item.get("id"))
-    guest = cfg.guests.get(guest_id)
-    if guest is not None and item.get("target") == guest.node and not item.get("id"):
-        warnings.append("guest '%s' runs on '%s', the target of %s (moved by a migration or failover); no job was "
-                        "created" % (guest_id, guest.node, describe_item(item)))
-        return None
     if not item.get("target"):
         raise ConfigError("a new job needs its target node (target)")
     job_id = item.get("id") or "%d-%d" % (guest_id, cfg.next_jobnum(guest_id))
