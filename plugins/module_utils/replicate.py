@@ -24,7 +24,8 @@ from ansible_collections.storage.replication.plugins.module_utils.state import (
     DEFAULT_STATEDIR, LockError, StateError, StateFile, guest_lock, read_local_node)
 from ansible_collections.storage.replication.plugins.module_utils.transport import (
     ControlChannel, RemoteError, TransportError, ssh_argv, stream, write_known_hosts)
-from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs, ZfsError, send_argv
+from ansible_collections.storage.replication.plugins.module_utils.zfs import (
+    Zfs, ZfsError, resume_send_argv, send_argv, split_snapshot)
 
 DEFAULT_LOGDIR = "/var/log/storage-replication"
 SERVE_PATH = "/opt/storage-replication/bin/storage-replication"
@@ -71,6 +72,8 @@ class Context:
         self.log = log
         self.zfs = zfs
         self.key = key
+        # Both ends receive resumably (OpenZFS): a failed send keeps its snapshot for the next run to resume.
+        self.resumable = False
 
     def request(self, **fields):
         return dict(fields, job=self.job.id, guest=self.job.guest, generation=self.cfg.generation, source=self.node)
@@ -106,10 +109,10 @@ def run_job(cfg, job_id, node=None, statedir=DEFAULT_STATEDIR, logdir=DEFAULT_LO
         finally:
             log.close()
         sent = sum(v["bytes"] for v in volumes)
-        state.record_job_end(job, start, time.monotonic() - began, error, bytes_sent=sent,
-                             target_unreachable=unreachable)
-    return {"job": job_id, "ok": error is None, "error": error, "start": start, "volumes": volumes,
-            "bytes": sent, "log": log.lines}
+        duration = time.monotonic() - began
+        state.record_job_end(job, start, duration, error, bytes_sent=sent, target_unreachable=unreachable)
+    return {"job": job_id, "ok": error is None, "error": error, "start": start, "duration": round(duration, 3),
+            "volumes": volumes, "bytes": sent, "log": log.lines}
 
 
 def _start_time(last_sync, now):
@@ -145,15 +148,22 @@ def replicate(ctx, state, start):
     target = ctx.cfg.nodes[job.target]
     with ControlChannel(target.name, target.address, target.host_key, key=ctx.key or _node_key(), port=target.port) \
             as channel:
-        local = prepare_local(ctx, datasets, last_sync)
-        remote = call(ctx, channel, "prepare", "remote_prepare_local_job",
-                      volumes=volumes, scan=storeid_list, last_sync=last_sync)["volumes"]
-        bases = select_bases(job.id, volumes, local, remote, last_sync)
+        # The target first: an interrupted transfer it holds is resumed before this node prunes the snapshot it needs.
+        prepared = call(ctx, channel, "prepare", "remote_prepare_local_job",
+                        volumes=volumes, scan=storeid_list, last_sync=last_sync)
+        remote = prepared["volumes"]
+        ctx.resumable = ctx.zfs.features.resumable_receive and prepared.get("features", {}).get("resumable_receive")
+        resumed, sent = resume_transfers(ctx, channel, target, datasets, prepared.get("resume_tokens", {}), remote)
+        local = prepare_local(ctx, datasets, last_sync, keep=resumed)
+        bases = base_references(local, dict(select_bases(job.id, volumes, local, remote, last_sync), **resumed))
         state.set_fields(job, storeid_list=sorted({v.partition(":")[0] for v in volumes}))
         snap = replication_snapshot(job.id, start)
         take_snapshots(ctx, datasets, snap)
-        sent = send_volumes(ctx, target, datasets, bases, snap)
+        sent += send_volumes(ctx, target, datasets, bases, snap)
         state.record_sync_end(job, start)
+        mark_synced(ctx, datasets, snap)
+        for volume, resumed_snap in resumed.items():
+            drop_snapshot(ctx, {volume: datasets[volume]}, resumed_snap)
         drop_previous_snapshot(ctx, datasets, local, replication_snapshot(job.id, last_sync))
         finalize_remote(ctx, channel, volumes, start)
     return sent
@@ -177,8 +187,10 @@ def call(ctx, channel, operation, prefix, **fields):
     return reply
 
 
-def prepare_local(ctx, datasets, last_sync):
-    """Source-side prepare: drop stale snapshots of this job; returns {volume: {snap: info}}."""
+def prepare_local(ctx, datasets, last_sync, keep=None):
+    """Source-side prepare: drop stale snapshots of this job (but those in keep, {volume: snap}); returns
+    {volume: {snap: info}}, with the job's bookmarks whose snapshot is gone marked {"bookmark": True}."""
+    keep = keep or {}
     result = {}
     for volume, dataset in datasets.items():
         try:
@@ -186,8 +198,11 @@ def prepare_local(ctx, datasets, last_sync):
         except ZfsError as exc:
             raise ReplicationError("volume '%s' (dataset '%s') is not available on this node: %s - fix the guest's "
                                    "volume list or create the dataset" % (volume, dataset, exc.stderr)) from exc
-        deleted = prune_job_snapshots(ctx.zfs, ctx.log, ctx.job.id, volume, dataset, snaps, last_sync, None)
+        deleted = prune_job_snapshots(ctx.zfs, ctx.log, ctx.job.id, volume, dataset, snaps, last_sync, keep.get(volume))
         result[volume] = {s: i for s, i in snaps.items() if s not in deleted}
+        for name, info in ctx.zfs.bookmarks(dataset).items():
+            if is_job_snapshot(name, ctx.job.id) and name not in result[volume]:
+                result[volume][name] = dict(info, bookmark=True)
     return result
 
 
@@ -258,14 +273,16 @@ def send_volumes(ctx, target, datasets, bases, snap):
     rate = ctx.job.rate
     ctx.log("using secure transmission, rate limit: %s" % ("%s MByte/s" % configmod.format_number(rate) if rate
                                                           else "none"))
-    known_hosts = write_known_hosts(os.path.join(ctx.statedir, "known_hosts"),
-                                    [(n.name, n.host_key) for n in ctx.cfg.nodes.values()])
+    known_hosts = known_hosts_file(ctx)
     sent = []
     try:
         for volume, dataset in datasets.items():
             sent.append(send_volume(ctx, target, known_hosts, volume, dataset, bases[volume], snap))
     except (TransportError, RemoteError, ZfsError):
-        drop_snapshot(ctx, datasets, snap)
+        if ctx.resumable:
+            ctx.log("keeping snapshot '%s': the target saved the interrupted receive, the next run resumes it" % snap)
+        else:
+            drop_snapshot(ctx, datasets, snap)
         raise
     return sent
 
@@ -290,28 +307,104 @@ def send_volume(ctx, target, known_hosts, volume, dataset, base, snap):
     rate_bps = int(1000000 * ctx.job.rate) if ctx.job.rate else None
     if rate_bps:
         ctx.log("using a bandwidth limit of %d bytes per second for transferring '%s'" % (rate_bps, volume))
-    arguments = ["receive", "job=%s" % ctx.job.id, "guest=%d" % ctx.job.guest, "volume=%s" % volume,
-                 "snapshot=%s" % snap, "generation=%d" % ctx.cfg.generation, "source=%s" % ctx.node]
-    if base:
-        arguments.append("base=%s" % base)
-    command = ssh_argv(target.name, target.address, known_hosts, arguments, key=ctx.key or _node_key(),
-                       port=target.port)
-    try:
-        result = stream(send_argv(dataset, snap, base), command, target.name, target.address, rate_bps)
-    except RemoteError as exc:
-        for line in exc.reply.get("log", []):
-            ctx.log(line)
-        raise
-    for line in result.reply.get("log", []):
-        ctx.log(line)
+    options = ctx.zfs.send_options(dataset)
+    if options["raw"] or options["compressed"]:
+        ctx.log("sending '%s' %s" % (volume, "raw (encrypted on the wire and on the target)" if options["raw"]
+                                     else "compressed as stored (-c)"))
+    extra = ["base=%s" % base.lstrip("#")] if base else []
+    result = stream_to_target(ctx, target, known_hosts, send_argv(dataset, snap, base, **options), volume, snap,
+                              extra + (["raw=1"] if options["raw"] else []), rate_bps)
     ctx.log("volume '%s': sent %d bytes in %.1f s (%.1f MB/s)" % (
         volume, result.bytes, result.seconds, result.bytes / max(result.seconds, 1e-6) / 1e6))
     return {"volume": volume, "mode": "incremental" if base else "full", "base": base, "bytes": result.bytes,
             "seconds": round(result.seconds, 3), "kept": result.reply.get("kept", [])}
 
 
+def stream_to_target(ctx, target, known_hosts, send_command, volume, snap, extra, rate_bps=None):
+    """Pipe send_command into the target's `receive` of volume@snap; the receiver's log lines go into the run log."""
+    arguments = ["receive", "job=%s" % ctx.job.id, "guest=%d" % ctx.job.guest, "volume=%s" % volume,
+                 "snapshot=%s" % snap, "generation=%d" % ctx.cfg.generation, "source=%s" % ctx.node] + list(extra)
+    command = ssh_argv(target.name, target.address, known_hosts, arguments, key=ctx.key or _node_key(),
+                       port=target.port)
+    try:
+        result = stream(send_command, command, target.name, target.address, rate_bps)
+    except RemoteError as exc:
+        for line in exc.reply.get("log", []):
+            ctx.log(line)
+        raise
+    for line in result.reply.get("log", []):
+        ctx.log(line)
+    return result
+
+
 def drop_previous_snapshot(ctx, datasets, local, previous):
-    drop_snapshot(ctx, {v: d for v, d in datasets.items() if previous in local.get(v, {})}, previous)
+    drop_snapshot(ctx, {v: d for v, d in datasets.items()
+                        if previous in local.get(v, {}) and not local[v][previous].get("bookmark")}, previous)
+
+
+# ---------------------------------------------------------------- OpenZFS: resume, bookmarks, holds
+
+def resume_transfers(ctx, channel, target, datasets, tokens, remote):
+    """Finish the transfers the target saved when they were interrupted (receive_resume_token), from where they
+    stopped; clear the tokens this node cannot resume (`zfs recv -A` on the target) and say why.
+
+    Returns ({volume: snapshot now common to both}, [results of the resumed streams]); `remote` is updated.
+    """
+    resumed, sent = {}, []
+    for volume, token in sorted(tokens.items()):
+        if volume not in datasets:
+            continue
+        snap, guid, reason = resumable_snapshot(ctx, datasets[volume], token)
+        if reason:
+            ctx.log("clear stale resume token on '%s': %s" % (volume, reason))
+            call(ctx, channel, "abort-resume", "remote_abort_resume", volume=volume, reason=reason)
+            continue
+        ctx.log("resume the interrupted transfer of '%s' (%s) from its receive resume token" % (volume, snap))
+        result = stream_to_target(ctx, target, known_hosts_file(ctx), resume_send_argv(token), volume, snap,
+                                  ["resume=1"], int(1000000 * ctx.job.rate) if ctx.job.rate else None)
+        ctx.log("volume '%s': resumed, sent %d more bytes in %.1f s" % (volume, result.bytes, result.seconds))
+        remote.setdefault(volume, {})[snap] = {"id": str(guid)}
+        resumed[volume] = snap
+        sent.append({"volume": volume, "mode": "resume", "base": None, "bytes": result.bytes,
+                     "seconds": round(result.seconds, 3), "kept": []})
+    return resumed, sent
+
+
+def resumable_snapshot(ctx, dataset, token):
+    """(snapshot, guid, None) if this node can resume the token, else (None, None, why not)."""
+    try:
+        full, guid = ctx.zfs.resume_target(token)
+    except ZfsError as exc:
+        return None, None, exc.stderr.splitlines()[-1] if exc.stderr else str(exc)
+    token_dataset, snap = split_snapshot(full)
+    if token_dataset != dataset or not is_job_snapshot(snap or "", ctx.job.id):
+        return None, None, "the token continues '%s', not a snapshot of job %s" % (full, ctx.job.id)
+    return snap, guid, None
+
+
+def base_references(local, bases):
+    """A base whose snapshot is gone but whose bookmark is here is sent from the bookmark ('#name')."""
+    return {volume: ("#" + base if base and local[volume].get(base, {}).get("bookmark") else base)
+            for volume, base in bases.items()}
+
+
+def mark_synced(ctx, datasets, snap):
+    """After a sync (OpenZFS): hold the new base so that nobody destroys it by accident, and bookmark it so that
+    the next run can still send incrementally if it is destroyed anyway; older bookmarks of the job go."""
+    for dataset in datasets.values():
+        ctx.zfs.keep_for_next_sync("%s@%s" % (dataset, snap))
+        if not ctx.zfs.features.bookmarks:
+            continue
+        ctx.zfs.bookmark(dataset, snap)
+        for name in ctx.zfs.bookmarks(dataset):
+            if is_job_snapshot(name, ctx.job.id) and name != snap:
+                ctx.zfs.destroy("%s#%s" % (dataset, name))
+
+
+def known_hosts_file(ctx):
+    """The peers' host keys from the cluster configuration, for OpenSSH's data streams."""
+    return write_known_hosts(os.path.join(ctx.statedir, "known_hosts"),
+                             [(n.name, n.host_key) for n in ctx.cfg.nodes.values()])
 
 
 def finalize_remote(ctx, channel, volumes, start):
