@@ -1,0 +1,267 @@
+# Copyright (c) 2026, storage.replication developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Unit tests of the runner: order, parallelism, guest exclusion, lock, notifications, logs, metrics, settings.
+
+The replication itself is replaced by a function that records its calls in the real state file (the lab tests in
+tests/integration/test_runner.py run real jobs)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import threading
+import time
+
+import pytest
+
+from ansible_collections.storage.replication.plugins.module_utils import config as C
+from ansible_collections.storage.replication.plugins.module_utils import runner as R
+from ansible_collections.storage.replication.plugins.module_utils.state import StateFile, runner_lock
+
+KEY = "ssh-ed25519 " + base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + bytes(range(32))).decode()
+NOW = 1767225600  # 2026-01-01 00:00:00 UTC
+
+
+def test_notification_cadence_is_pvesr_s():
+    assert [n for n in range(0, 2000) if R.should_notify(n)] == [1, 2, 3, 48, 96, 192, 384, 768, 1536]
+
+
+def make_config(guests=(100,), jobs_per_guest=1):
+    cfg = C.ClusterConfig(generation=1)
+    for number, name in enumerate(("node1", "node2", "node3"), 1):
+        cfg.nodes[name] = C.Node(name, "10.0.0.%d" % number, KEY)
+    cfg.storages["local-zfs"] = C.Storage("local-zfs")
+    for guest in guests:
+        cfg.guests[guest] = C.Guest(guest, "vm", "node1", ["local-zfs:vm-%d-disk-0" % guest])
+        for jobnum in range(jobs_per_guest):
+            cfg.jobs["%d-%d" % (guest, jobnum)] = C.Job("%d-%d" % (guest, jobnum), ("node2", "node3")[jobnum], source="node1")
+    return cfg
+
+
+def jobstate(last_iteration=0, last_try=0, fail_count=0):
+    return {"last_iteration": last_iteration, "last_try": last_try, "last_sync": last_try, "fail_count": fail_count}
+
+
+def test_due_jobs_come_in_pvesr_order():
+    cfg = make_config(guests=(300, 100, 200), jobs_per_guest=2)
+    state = {
+        "100": {"local/node2": jobstate(10, NOW - 3600), "local/node3": jobstate(0, NOW - 3600)},
+        "200": {"local/node2": jobstate(0, NOW - 7200), "local/node3": jobstate(NOW, NOW - 7200)},  # ran in this iteration
+        "300": {"local/node2": jobstate(0, NOW), "local/node3": jobstate(0, NOW - 600, fail_count=4)},  # ran now; back-off 30 min
+    }
+    due = R.due_in_order(list(cfg.jobs.values()), state, NOW, NOW)
+    # last_iteration first, then next_sync (*/15 after last_try), then guest, then job ID
+    assert [j.id for j in due] == ["200-0", "100-1", "100-0"]
+
+
+def test_job_report_and_metrics(tmp_path):
+    cfg = make_config(guests=(100, 200))
+    cfg.jobs["200-0"].disable = True
+    state = {"100": {"local/node2": dict(jobstate(NOW - 300, NOW - 300), duration=2.5, bytes_sent=1048576)},
+             "200": {"local/node2": dict(jobstate(NOW - 60, NOW - 60, fail_count=2), last_sync=0, error="target down")}}
+    report = R.job_report(cfg, state, "node1", NOW)
+    assert [(j["id"], j["enabled"], j["lag"], j["state"], j["next_sync"]) for j in report] == [
+        ("100-0", True, 300, "OK", NOW), ("200-0", False, None, "target down", None)]
+    text = R.format_metrics(report, "node1", 7, NOW)
+    expected = [
+        'storage_replication_job_last_sync_timestamp_seconds{job="100-0",guest="100",target="node2",node="node1"} %d' % (NOW - 300),
+        'storage_replication_job_lag_seconds{job="100-0",guest="100",target="node2",node="node1"} 300',
+        'storage_replication_job_lag_seconds{job="200-0",guest="200",target="node2",node="node1"} +Inf',
+        'storage_replication_job_last_duration_seconds{job="100-0",guest="100",target="node2",node="node1"} 2.5',
+        'storage_replication_job_last_bytes_sent{job="100-0",guest="100",target="node2",node="node1"} 1048576',
+        'storage_replication_job_fail_count{job="200-0",guest="200",target="node2",node="node1"} 2',
+        'storage_replication_job_next_sync_timestamp_seconds{job="100-0",guest="100",target="node2",node="node1"} %d' % NOW,
+        'storage_replication_job_enabled{job="200-0",guest="200",target="node2",node="node1"} 0',
+        'storage_replication_runner_last_tick_timestamp_seconds{node="node1"} %d' % NOW,
+        'storage_replication_config_generation{node="node1"} 7',
+    ]
+    lines = text.splitlines()
+    assert [line for line in expected if line not in lines] == []
+    assert sum(1 for line in lines if not line.startswith("#")) == 7 * 2 + 2
+
+
+def test_logs_keep_the_last_n_runs(tmp_path):
+    for run in range(1, 6):
+        R.rotate_logs(str(tmp_path), "100-0", 3)
+        (tmp_path / "100-0.log").write_text("run %d\n" % run)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["100-0.log", "100-0.log.1", "100-0.log.2"]
+    assert R.read_logs(str(tmp_path), "100-0", 10) == [(2, ["run 3"]), (1, ["run 4"]), (0, ["run 5"])]
+    R.rotate_logs(str(tmp_path), "100-0", 1)  # a smaller setting drops the older runs
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"max_parallel": 0}, "'max_parallel' must be a whole number >= 1, not 0"),
+    ({"notify_command": "mail -s x root"}, "'notify_command' must be an argv list"),
+    ({"metrics_file": "relative.prom"}, "'metrics_file' must be an absolute path or null"),
+    ({"paralel": 2}, "unknown setting 'paralel'; the settings are: log_runs, max_parallel"),
+])
+def test_bad_settings_are_named(tmp_path, settings, message):
+    path = tmp_path / "runner.json"
+    path.write_text(json.dumps(settings))
+    with pytest.raises(R.SettingsError, match="%s: %s" % (path, _escape(message))):
+        R.load_settings(str(path))
+
+
+def _escape(text):
+    import re  # pylint: disable=import-outside-toplevel
+    return re.escape(text)
+
+
+def test_missing_settings_file_means_defaults(tmp_path):
+    assert R.load_settings(str(tmp_path / "none.json")) == R.DEFAULT_SETTINGS
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run, with a fake replication
+
+class Node:
+    """A node's directories with config, settings and a fake run_job that records into the real state file."""
+
+    def __init__(self, tmp_path, cfg, settings=None, durations=None, failing=()):
+        self.paths = R.Paths(str(tmp_path / "conf"), str(tmp_path / "state"), str(tmp_path / "log"))
+        (tmp_path / "state").mkdir()
+        (tmp_path / "state" / "local-node").write_text("node1\n")
+        C.save(cfg, self.paths.confdir)
+        self.settings = dict(R.DEFAULT_SETTINGS, metrics_file=str(tmp_path / "metrics.prom"), **(settings or {}))
+        self.durations = durations or {}
+        self.failing = set(failing)
+        self.lock = threading.Lock()
+        self.active, self.events, self.overlaps = {}, [], []
+        self.peer_checks = 0
+
+    def run_job(self, cfg, job_id, node, statedir, logdir, confdir, echo):
+        del node, logdir, confdir, echo
+        job = cfg.jobs[job_id]
+        state = StateFile(statedir)
+        start = int(time.time())
+        state.record_job_start(job, start)
+        with self.lock:
+            if job.guest in self.active.values():
+                self.overlaps.append(job_id)
+            self.active[job_id] = job.guest
+            self.events.append(("start", job_id, time.monotonic()))
+        time.sleep(self.durations.get(job_id, 0.05))
+        with self.lock:
+            del self.active[job_id]
+            self.events.append(("end", job_id, time.monotonic()))
+        error = "target node2 is down" if job_id in self.failing else None
+        state.record_job_end(job, start, 0.1, error, bytes_sent=4096)
+        return {"job": job_id, "ok": error is None, "error": error, "start": start, "bytes": 4096}
+
+    def catch_up(self, confdir, statedir):
+        del confdir, statedir
+        self.peer_checks += 1
+        return type("Found", (), {"adopted": None, "source": None, "unreachable": {}, "generation": 1})()
+
+    def run(self, job_id=None, notify=False):
+        return R.Runner(self.paths, self.settings, notify=notify, run_job=self.run_job, catch_up=self.catch_up).run(job_id)
+
+    def finished(self, job_id):
+        return next(t for kind, j, t in self.events if kind == "end" and j == job_id)
+
+    def started(self, job_id):
+        return next(t for kind, j, t in self.events if kind == "start" and j == job_id)
+
+
+def test_a_long_job_does_not_hold_back_the_others(tmp_path):
+    cfg = make_config(guests=(100, 200, 300, 400, 500, 600))
+    node = Node(tmp_path, cfg, {"max_parallel": 4}, durations={"100-0": 1.0})
+    result = node.run()
+    assert sorted(j["job"] for j in result["jobs"]) == sorted(cfg.jobs)
+    assert all(node.finished(j) < node.finished("100-0") for j in cfg.jobs if j != "100-0")
+    assert node.peer_checks == 1
+
+
+def test_max_parallel_one_runs_jobs_one_after_another_in_order(tmp_path):
+    cfg = make_config(guests=(300, 100, 200))
+    node = Node(tmp_path, cfg, {"max_parallel": 1})
+    node.run()
+    starts = [j for kind, j, _t in node.events if kind == "start"]
+    assert starts == ["100-0", "200-0", "300-0"]
+    for earlier, later in zip(starts, starts[1:]):
+        assert node.finished(earlier) <= node.started(later)
+
+
+def test_two_jobs_of_one_guest_never_run_at_once(tmp_path):
+    cfg = make_config(guests=(100, 200), jobs_per_guest=2)
+    node = Node(tmp_path, cfg, {"max_parallel": 4}, durations={"100-0": 0.3, "100-1": 0.3})
+    result = node.run()
+    assert sorted(j["job"] for j in result["jobs"]) == ["100-0", "100-1", "200-0", "200-1"]
+    assert node.overlaps == []
+    assert node.finished("100-0") <= node.started("100-1")
+
+
+def test_an_idle_run_runs_nothing_and_asks_no_peer(tmp_path):
+    cfg = make_config(guests=(100,))
+    node = Node(tmp_path, cfg)
+    node.run()
+    assert [j for kind, j, _t in node.events if kind == "start"] == ["100-0"] and node.peer_checks == 1
+    second = node.run()  # the job ran in this quarter hour; the peers were asked less than 10 minutes ago
+    assert second["jobs"] == [] and node.peer_checks == 1
+    metrics = (tmp_path / "metrics.prom").read_text()
+    assert 'storage_replication_runner_last_tick_timestamp_seconds{node="node1"} %d' % second["iteration"] in metrics
+
+
+def test_a_second_runner_exits_at_once(tmp_path):
+    node = Node(tmp_path, make_config())
+    with runner_lock(node.paths.statedir):
+        began = time.monotonic()
+        with pytest.raises(R.RunnerBusy, match="another 'storage-replication run' is active"):
+            node.run()
+        assert time.monotonic() - began < 1
+    assert node.events == []
+
+
+def test_run_single_job_checks_pvesr_preconditions(tmp_path):
+    cfg = make_config(guests=(100,))
+    cfg.guests[200] = C.Guest(200, "vm", "node2", ["local-zfs:vm-200-disk-0"])
+    cfg.jobs["200-0"] = C.Job("200-0", "node1", source="node2")
+    cfg.jobs["100-1"] = C.Job("100-1", "node3", source="node1", disable=True)
+    node = Node(tmp_path, cfg)
+    for job_id, message in (("100-9", "no such job '100-9'"), ("100-1", "job '100-1' is disabled"),
+                            ("200-0", "guest '200' is not on local node - it runs on 'node2'")):
+        with pytest.raises(R.RunnerRefused, match=message):
+            node.run(job_id)
+    assert node.events == []
+    assert [j["job"] for j in node.run("100-0")["jobs"]] == ["100-0"]
+
+
+def notify_script(tmp_path):
+    out = tmp_path / "messages.jsonl"
+    script = tmp_path / "notify.py"
+    script.write_text("import sys\nwith open(%r, 'a') as f:\n    f.write(sys.stdin.read().strip() + '\\n')\n" % str(out))
+    return [sys.executable, str(script)], out
+
+
+def test_failure_notifications_follow_the_cadence_and_recovery_is_reported(tmp_path):
+    command, out = notify_script(tmp_path)
+    node = Node(tmp_path, make_config(), {"notify_command": command}, failing={"100-0"})
+    state = StateFile(node.paths.statedir)
+    job = C.load(node.paths.confdir).jobs["100-0"]
+    notified = []
+    for fail_count in range(0, 50):
+        state.set_fields(job, last_try=0, last_iteration=0, fail_count=fail_count)
+        if fail_count == 49:
+            node.failing.clear()
+        result = node.run(notify=True)
+        notified += [fail_count + 1 for j in result["jobs"] if j["notified"] == "failure"]
+    messages = [json.loads(line) for line in out.read_text().splitlines()]
+    assert notified == [1, 2, 3, 48]
+    assert [m["event"] for m in messages] == ["failure"] * 4 + ["recovered"]
+    first = messages[0]
+    assert first["subject"] == "Replication Job: '100-0' failed"
+    assert (first["job-id"], first["job-target"], first["failure-count"], first["error"]) == ("100-0", "node2", 1, "target node2 is down")
+    assert 290 <= first["next-sync"] - first["timestamp"] <= 300  # back-off after the first failure: 5 minutes
+    assert "Next sync try: " in first["body"] and "never" not in first["body"].split("Next sync try: ")[1]
+    assert "reported at failure counts 48, 96, 192" in messages[2]["body"]
+    assert messages[4]["previous-failure-count"] == 49 and messages[4]["failure-count"] == 0
+
+
+def test_without_mail_no_notification_is_sent(tmp_path):
+    command, out = notify_script(tmp_path)
+    node = Node(tmp_path, make_config(), {"notify_command": command}, failing={"100-0"})
+    result = node.run(notify=False)
+    assert result["jobs"][0]["ok"] is False and not out.exists()
