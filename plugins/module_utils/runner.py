@@ -7,7 +7,9 @@ Once a minute the timer starts ``run``. It takes the node's runner lock (a secon
 drops state of jobs this node no longer runs, and picks due jobs in pvesr's order (last_iteration, next_sync,
 guest, job ID). Unlike pvesr, which runs a node's jobs one after another, jobs of different guests run in
 parallel, up to ``max_parallel`` (default 4) at a time, so one long initial sync does not hold back every other
-job; two jobs of one guest never run at once (here, and across processes by the guest lock).
+job; two jobs of one guest never run at once (here, and across processes by the guest lock). While a long job
+runs, the runner keeps scheduling: every RECHECK_SECONDS it starts jobs that became due, and every minute it
+begins a new iteration, as the next timer tick would (the timer starts no second runner meanwhile).
 
 Before it acts, the runner makes sure no peer holds a newer cluster configuration (DESIGN.md, safety rule 2):
 when jobs are due, or at least every ``peer_check_interval`` seconds, it asks its peers for their generation and
@@ -45,6 +47,10 @@ DEFAULT_LOGDIR = "/var/log/storage-replication"
 SETTINGS_FILE = "runner.json"
 PEER_CHECK_FILE = "peer-check.json"
 NOTIFY_TIMEOUT = 30
+# While jobs run, the runner looks for newly due jobs this often, and starts a new iteration once a minute
+# (what the next timer tick would do; the timer starts no second runner while this one is busy).
+RECHECK_SECONDS = 10
+TICK_SECONDS = 60
 
 DEFAULT_SETTINGS = {
     "max_parallel": 4,
@@ -462,10 +468,12 @@ class Runner:
                     running[pool.submit(self._execute, job, self._prefixed_echo(job))] = job
                 if not running:
                     return
-                finished, _pending = wait(list(running), return_when=FIRST_COMPLETED)
+                finished, _pending = wait(list(running), timeout=RECHECK_SECONDS, return_when=FIRST_COMPLETED)
                 for future in finished:
                     running.pop(future)
                     future.result()
+                if self.now() - self.iteration >= TICK_SECONDS:
+                    self.iteration, started = int(self.now()), {j.id for j in running.values()}
                 # Jobs may have been changed while they ran (pvesr re-reads the configuration before every pick).
                 self.cfg = configmod.load(self.paths.confdir)
 
