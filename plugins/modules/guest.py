@@ -41,8 +41,8 @@ options:
   hooks:
     description:
       - Commands run around replication and failover, as argv lists (never shell strings), by name
-        V(start), V(stop), V(status), V(freeze), V(thaw). For example
-        C({"freeze": ["/usr/sbin/fsfreeze", "-f", "/srv"], "thaw": ["/usr/sbin/fsfreeze", "-u", "/srv"]}).
+        V(start), V(stop), V(status), V(freeze), V(thaw).
+      - 'For example C({"freeze": ["/usr/sbin/fsfreeze", "-f", "/srv"], "thaw": ["/usr/sbin/fsfreeze", "-u", "/srv"]}).'
     type: dict
     default: {}
   state:

@@ -10,8 +10,8 @@ module: node
 short_description: Manage the member nodes of the replication cluster
 version_added: 0.1.0
 description:
-  - Records the nodes of the cluster in its configuration: each node's name, the address its peers reach it at,
-    and its SSH host key, which peers pin (host keys are always verified).
+  - Records the nodes of the cluster in its configuration, with each node's name, the address its peers reach it
+    at, and its SSH host key, which peers pin (host keys are always verified).
   - The C(storage.replication.runner) role records every node's C(runner_node) and the list C(runner_cluster_nodes)
     as facts; the site playbook passes them to O(nodes).
   - With O(nodes), one task converges the membership; with O(purge=true), nodes not listed are removed.
