@@ -155,7 +155,7 @@ def replicate(ctx, state, start):
         ctx.resumable = ctx.zfs.features.resumable_receive and prepared.get("features", {}).get("resumable_receive")
         resumed, sent = resume_transfers(ctx, channel, target, datasets, prepared.get("resume_tokens", {}), remote)
         local = prepare_local(ctx, datasets, last_sync, keep=resumed)
-        bases = base_references(local, dict(select_bases(job.id, volumes, local, remote, last_sync), **resumed))
+        bases = base_references(local, {**select_bases(job.id, volumes, local, remote, last_sync), **resumed})
         state.set_fields(job, storeid_list=sorted({v.partition(":")[0] for v in volumes}))
         snap = replication_snapshot(job.id, start)
         take_snapshots(ctx, datasets, snap)
@@ -391,14 +391,16 @@ def base_references(local, bases):
 def mark_synced(ctx, datasets, snap):
     """After a sync (OpenZFS): hold the new base so that nobody destroys it by accident, and bookmark it so that
     the next run can still send incrementally if it is destroyed anyway; older bookmarks of the job go."""
-    for dataset in datasets.values():
-        ctx.zfs.keep_for_next_sync("%s@%s" % (dataset, snap))
-        if not ctx.zfs.features.bookmarks:
-            continue
-        ctx.zfs.bookmark(dataset, snap)
-        for name in ctx.zfs.bookmarks(dataset):
-            if is_job_snapshot(name, ctx.job.id) and name != snap:
-                ctx.zfs.destroy("%s#%s" % (dataset, name))
+    for volume, dataset in datasets.items():
+        try:
+            ctx.zfs.keep_for_next_sync("%s@%s" % (dataset, snap))
+            if ctx.zfs.features.bookmarks:
+                ctx.zfs.bookmark(dataset, snap)
+                for name in ctx.zfs.bookmarks(dataset):
+                    if is_job_snapshot(name, ctx.job.id) and name != snap:
+                        ctx.zfs.destroy("%s#%s" % (dataset, name))
+        except ZfsError as exc:  # the sync itself succeeded; the next run falls back to the snapshot or a full send
+            ctx.log("hold or bookmark of '%s' on %s failed: %s" % (snap, volume, exc))
 
 
 def known_hosts_file(ctx):
