@@ -5,7 +5,7 @@ export PYTHONPATH := $(CURDIR)/build/collections:$(CURDIR)
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/build/collections
 LAB_ARGS ?=
 
-.PHONY: deps demo test units integration sanity bench lab-up lab-down lab-status clean
+.PHONY: deps demo test units integration sanity bench lab-up lab-down lab-status clean openzfs-image test-openzfs bench-openzfs
 
 deps:
 	@tools/bootstrap.sh
@@ -39,3 +39,14 @@ lab-status: deps
 
 clean: lab-down
 	rm -rf build
+
+# The OpenZFS tier (openzfs/): QEMU guests with the OpenZFS kernel module. `make test` includes its tests
+# where the machine can run them (and says why not where it cannot).
+openzfs-image: deps
+	$(PY) -m openzfs image
+
+test-openzfs: deps
+	$(PY) -m pytest tests/openzfs
+
+bench-openzfs: deps
+	$(PY) benchmarks/bench_openzfs_peers.py
