@@ -120,7 +120,8 @@ def plan_failover(cfg, local_node, failed_node, views, guests=None, to=None, for
         (items if item["to"] else unrecoverable).append(item)
     for item in unrecoverable:
         warnings.append("guest %d cannot be recovered: %s" % (item["guest"], item["reason"]))
-    return {"summary": plan_summary(votes, force_quorum, items, unrecoverable),"failed_node": failed_node, "coordinator": local_node, "generation": cfg.generation, "quorum": votes,
+    return {"summary": plan_summary(votes, force_quorum, items, unrecoverable), "failed_node": failed_node,
+            "coordinator": local_node, "generation": cfg.generation, "quorum": votes,
             "forced_quorum": bool(force_quorum and not votes["quorate"]), "guests": items,
             "moves": [{"id": item["guest"], "node": item["to"]} for item in items],
             "unrecoverable": unrecoverable, "warnings": warnings}

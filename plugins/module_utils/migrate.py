@@ -134,7 +134,7 @@ def serve_set_state(receiver, request):
     states = request.get("states")
     if not isinstance(states, dict) or not all(isinstance(k, str) and k.startswith("local/") and isinstance(v, dict)
                                                for k, v in states.items()):
-        raise Refused("set-state: states must be a JSON object {\"local/<target>\": {<job state>}}: refused",
+        raise Refused("set-state: states must be a JSON object of job states by 'local/<target>': refused",
                       "invalid-argument")
     StateFile(receiver.statedir).set_guest_states(guest, states)
     return {"guest": guest, "targets": sorted(states)}

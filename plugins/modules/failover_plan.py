@@ -42,11 +42,14 @@ options:
 attributes:
   check_mode:
     support: full
-    details: This module only reads; it runs the same way in check mode.
+    description: This module only reads; it runs the same way in check mode.
   diff_mode:
     support: none
+    description: Nothing to show as a diff.
   platform:
+    support: full
     platforms: posix
+    description: Runs on a replication node prepared by the C(storage.replication.runner) role.
 requirements:
   - The runner installed by the C(storage.replication.runner) role; use its interpreter.
 seealso:
@@ -76,7 +79,7 @@ guests:
             "recovery_point_text": "2026-01-01 00:00:00 UTC", "lost_writes_window": 42, "replicas": {"node2": 1767225600},
             "volumes": ["local-zfs:subvol-100-disk-0"], "jobs_after": {"100-0": "node2 -> node1"}}]
 unrecoverable:
-  description: Guests no surviving node holds a complete replica of, each with a RV(unrecoverable[].reason).
+  description: Guests no surviving node holds a complete replica of, each with the reason.
   returned: success
   type: list
   elements: dict
@@ -97,6 +100,17 @@ coordinator:
   description: The node that made the plan.
   returned: success
   type: str
+summary:
+  description: The plan in lines for people (quorum, then one line per guest).
+  returned: success
+  type: list
+  elements: str
+moves:
+  description: The new owner of each guest that can be recovered, in the form M(storage.replication.guest_takeover) takes.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"id": 100, "node": "node2"}]
 generation:
   description: The cluster configuration generation the plan is based on.
   returned: success

@@ -30,11 +30,14 @@ options:
 attributes:
   check_mode:
     support: full
-    details: Checks everything, the other nodes included, and returns the plan; stops and sends nothing.
+    description: Checks everything, the other nodes included, and returns the plan; stops and sends nothing.
   diff_mode:
     support: none
+    description: Nothing to show as a diff.
   platform:
+    support: full
     platforms: posix
+    description: Runs on a replication node prepared by the C(storage.replication.runner) role.
 requirements:
   - The runner installed by the C(storage.replication.runner) role; use its interpreter.
 seealso:

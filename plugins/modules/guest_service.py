@@ -28,11 +28,14 @@ options:
 attributes:
   check_mode:
     support: full
-    details: Reports whether the hook would run, and runs only the status hook.
+    description: Reports whether the hook would run, and runs only the status hook.
   diff_mode:
     support: none
+    description: Nothing to show as a diff.
   platform:
+    support: full
     platforms: posix
+    description: Runs on a replication node prepared by the C(storage.replication.runner) role.
 requirements:
   - The runner installed by the C(storage.replication.runner) role; use its interpreter.
 seealso:

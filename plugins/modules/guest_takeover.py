@@ -14,8 +14,8 @@ description:
     as one cluster-wide change pushed with the next generation to every node.
   - For each guest the job that targeted the new owner now targets the old owner; every job's source is the new
     owner.
-  - In a failover use O(allow_unreachable=true): the failed node is left behind, and when it comes back its runner
-    sees the newer generation, adopts it, and acts on nothing it lost.
+  - In a failover, O(allow_unreachable=true) leaves the failed node behind; when it comes back its runner sees the
+    newer generation, adopts it, and acts on nothing it lost.
   - Does not move data; run M(storage.replication.replica_promote) on the new owner first.
 options:
   guests:

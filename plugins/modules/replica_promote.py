@@ -25,11 +25,14 @@ options:
 attributes:
   check_mode:
     support: full
-    details: Reports whether data would be kept aside and rolled back, and changes nothing.
+    description: Reports whether data would be kept aside and rolled back, and changes nothing.
   diff_mode:
     support: none
+    description: Nothing to show as a diff.
   platform:
+    support: full
     platforms: posix
+    description: Runs on a replication node prepared by the C(storage.replication.runner) role.
 requirements:
   - The runner installed by the C(storage.replication.runner) role; use its interpreter.
 seealso:
