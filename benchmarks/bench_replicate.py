@@ -1,0 +1,153 @@
+# Copyright (c) 2026, storage.replication developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Replication speed on the lab: the engine against the raw `zfs send | ssh | zfs recv` pipeline.
+
+Brings up its own lab `srbench` (2 nodes, 4G pools), fills a volume with 1 GiB of random data, then measures, on
+the same nodes and data:
+  raw       zfs send -R vol@s | ssh node2 zfs recv   (OpenSSH defaults, as an operator would type it)
+  engine    a full run of job 900-0 (everything: prepare, snapshot, stream, finalize)
+  delta     an incremental run after 10 MiB were overwritten: bytes vs `zfs send -i` of the same change
+  idle      an incremental run with nothing changed: the fixed overhead per run
+Prints a table and writes build/bench/bench_replicate.json.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "build" / "collections"), str(ROOT), str(ROOT / "tests" / "integration")]
+
+import cluster_setup as cs  # noqa: E402  pylint: disable=wrong-import-position
+from ansible_collections.storage.replication.plugins.module_utils import config as configmod  # noqa: E402
+from lab import Lab  # noqa: E402
+
+LAB_NAME = "srbench"
+VOLUME = "vm-900-disk-0"
+JOB = "900-0"
+SIZE_MIB = 1024
+DELTA_MIB = 10
+OUT = ROOT / "build" / "bench" / "bench_replicate.json"
+
+
+def raw_trust(lab, cfg):
+    """An unrestricted key from node1 to node2 for the raw pipeline (the engine's key may only run `serve`)."""
+    lab.exec("node1", ["sh", "-c", "test -f /root/.ssh/bench_raw || ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/bench_raw"])
+    public = lab.exec("node1", ["cat", "/root/.ssh/bench_raw.pub"]).stdout
+    lab.exec("node2", ["sh", "-c", "cat >> /root/.ssh/authorized_keys"], input=public)
+    known_hosts = lab.private_path("node1", "/var/lib/storage-replication") / "bench_known_hosts"
+    known_hosts.write_text("node2 %s\n" % cfg.nodes["node2"].host_key)
+
+
+def raw_pipeline(lab, snap):
+    """zfs send | ssh | zfs recv from node1 to node2 (OpenSSH defaults); returns (bytes, seconds)."""
+    target = "rpool/bench-raw"
+    cs.destroy(lab, "node2", target)
+    ssh = ["ssh", "-i", "/root/.ssh/bench_raw", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+           "-o", "UserKnownHostsFile=/var/lib/storage-replication/bench_known_hosts", "-o", "HostKeyAlias=node2",
+           "root@%s" % lab.address("node2"), "--", "zfs", "recv", target]
+    started = time.monotonic()
+    send = subprocess.Popen(lab.exec_argv("node1", ["zfs", "send", "-R", "%s@%s" % (cs.dataset(VOLUME), snap)]),
+                            stdout=subprocess.PIPE)
+    recv = subprocess.run(lab.exec_argv("node1", ssh), stdin=send.stdout, capture_output=True, check=False)
+    send.stdout.close()
+    send.wait()
+    seconds = time.monotonic() - started
+    if send.returncode or recv.returncode:
+        raise SystemExit("raw pipeline failed: %s" % recv.stderr.decode())
+    cs.destroy(lab, "node2", target)
+    return stream_bytes(lab, None, snap), seconds
+
+
+def stream_bytes(lab, base, snap):
+    """Bytes of `zfs send -R snap` (base None) or `zfs send -i base snap` on node1."""
+    argv = ["zfs", "send"] + (["-i", "%s@%s" % (cs.dataset(VOLUME), base)] if base else ["-R"])
+    send = subprocess.Popen(lab.exec_argv("node1", argv + ["%s@%s" % (cs.dataset(VOLUME), snap)]),
+                            stdout=subprocess.PIPE)
+    size = 0
+    for block in iter(lambda: send.stdout.read(1 << 20), b""):
+        size += len(block)
+    send.wait()
+    return size
+
+
+def run(lab):
+    result = cs.run_job(lab, "node1", JOB, timeout=900)
+    if not result["ok"]:
+        raise SystemExit("engine run failed: %s" % result["error"])
+    stream_seconds = sum(v["seconds"] for v in result["volumes"])
+    return result, stream_seconds
+
+
+def main():
+    lab = Lab(LAB_NAME)
+    lab.up(nodes=2, pool_size="4G")
+    try:
+        cfg = cs.setup(lab)
+        cs.destroy(lab, "node1", cs.dataset(VOLUME))
+        cs.destroy(lab, "node2", cs.dataset(VOLUME))
+        cs.create_volume(lab, "node1", VOLUME)
+        cs.write_random(lab, "node1", VOLUME, "data.bin", SIZE_MIB)
+        cfg.guests[900] = configmod.Guest(id=900, type="vm", node="node1", volumes=["%s:%s" % (cs.STORAGE, VOLUME)])
+        cfg.jobs[JOB] = configmod.Job(id=JOB, target="node2")
+        cfg.generation += 1
+        cs.write_config(lab, cfg)
+
+        cs.zfs(lab, "node1", "snapshot", "%s@raw" % cs.dataset(VOLUME))
+        raw_trust(lab, cfg)
+        # read the data once so that neither contender gets a colder cache than the other
+        subprocess.run(lab.exec_argv("node1", ["zfs", "send", "%s@raw" % cs.dataset(VOLUME)]),
+                       stdout=subprocess.DEVNULL, check=True)
+        raw_bytes, raw_seconds = raw_pipeline(lab, "raw")
+        cs.zfs(lab, "node1", "destroy", "%s@raw" % cs.dataset(VOLUME))
+
+        full, full_stream = run(lab)
+        base = "__replicate_%s_%d__" % (JOB, full["start"])
+
+        cs.write_random(lab, "node1", VOLUME, "data.bin", DELTA_MIB, offset_mb=100)
+        cs.zfs(lab, "node1", "snapshot", "%s@probe" % cs.dataset(VOLUME))
+        expected = stream_bytes(lab, base, "probe")
+        cs.zfs(lab, "node1", "destroy", "%s@probe" % cs.dataset(VOLUME))
+        delta, delta_stream = run(lab)
+        idle, idle_stream = run(lab)
+        assert cs.tree_checksum(lab, "node2", VOLUME, "__replicate_%s_%d__" % (JOB, idle["start"])) == \
+            cs.tree_checksum(lab, "node1", VOLUME, "__replicate_%s_%d__" % (JOB, idle["start"]))
+    finally:
+        lab.down()
+
+    raw_rate = raw_bytes / raw_seconds
+    full_rate = full["bytes"] / full["duration"]
+    figures = {
+        "full_sync_ratio": round(full_rate / raw_rate, 3),
+        "incremental_bytes_ratio": round(delta["bytes"] / expected, 4),
+        "incremental_overhead_s": round(max(delta["duration"] - delta_stream, idle["duration"] - idle_stream), 3),
+        "raw_pipeline_bytes": raw_bytes, "raw_pipeline_s": round(raw_seconds, 3),
+        "raw_pipeline_MBps": round(raw_rate / 1e6, 1),
+        "engine_full_bytes": full["bytes"], "engine_full_run_s": full["duration"],
+        "engine_full_stream_s": round(full_stream, 3), "engine_full_MBps": round(full_rate / 1e6, 1),
+        "engine_incremental_bytes": delta["bytes"], "zfs_send_i_bytes": expected,
+        "engine_incremental_run_s": delta["duration"], "engine_idle_run_s": idle["duration"],
+    }
+    rows = [
+        ("full sync 1 GiB: raw zfs send | ssh | zfs recv", "%.1f MB/s (%.1f s)" % (raw_rate / 1e6, raw_seconds)),
+        ("full sync 1 GiB: engine run", "%.1f MB/s (%.1f s)" % (full_rate / 1e6, full["duration"])),
+        ("full_sync_ratio (target >= 0.9)", "%.3f" % figures["full_sync_ratio"]),
+        ("incremental 10 MiB: engine bytes / zfs send -i", "%d / %d" % (delta["bytes"], expected)),
+        ("incremental_bytes_ratio (target within 5%)", "%.4f" % figures["incremental_bytes_ratio"]),
+        ("incremental_overhead_s (target < 1 s)", "%.3f" % figures["incremental_overhead_s"]),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, value in rows:
+        print("%-*s  %s" % (width, name, value))
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
