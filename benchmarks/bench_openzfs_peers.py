@@ -1,0 +1,236 @@
+# Copyright (c) 2026, storage.replication developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Our engine and its peers side by side on OpenZFS: two QEMU guests of the OpenZFS tier, one link.
+
+Every tool replicates its own copy of the same data from node1 to node2 over the tier's link (10.99.0.0/24):
+- full:  a 1 GiB filesystem (random data, incompressible) sent in full;
+- incr:  10 MiB of it overwritten, then sent incrementally;
+- cycle: 20 small filesystems, one change each, all replicated once (each tool's one command or run).
+Tools: the raw pipeline `zfs send | ssh | zfs recv` (the reference), ours (`storage-replication run`, installed
+by playbooks/site.yml), syncoid (Debian's sanoid package, its defaults), zfs_autobackup and bzfs (PyPI).
+Wall time is measured on node1 around each tool's command; bytes are what node2 received on the link.
+
+Prints one table and writes build/bench/bench_openzfs_peers.json with openzfs_full_ratio_vs_raw,
+openzfs_incr_ratio_vs_raw, openzfs_cycle_ratio_vs_raw and, per tool, <tool>_full_s, <tool>_incr_s, <tool>_cycle_s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from openzfs._tier import Tier  # noqa: E402  pylint: disable=wrong-import-position
+
+OUT = ROOT / "build" / "bench"
+TIER_NAME = os.environ.get("SR_OPENZFS_BENCH_NAME", "ozbench")
+TARGET = "10.99.0.2"
+FULL_MIB = int(os.environ.get("SR_BENCH_FULL_MIB", "1024"))
+INCR_MIB = 10
+CYCLE = 20
+TOOLS = ("raw", "ours", "syncoid", "zfs_autobackup", "bzfs")
+OUR_FULL_GUEST, OUR_CYCLE_GUEST = 900, 910
+RUNNER = "storage-replication"
+
+
+def src(tool, name):
+    """The tool's own source dataset on node1 (ours: the storage's volume naming)."""
+    if tool == "ours":
+        guest = OUR_FULL_GUEST if name == "full" else OUR_CYCLE_GUEST + int(name.rpartition("-")[2])
+        return "rpool/data/subvol-%d-disk-0" % guest
+    return "rpool/%s/%s" % (tool, name)
+
+
+class Bench:
+    def __init__(self, tier):
+        self.tier = tier
+
+    def sh(self, node, script, timeout=3600):
+        return self.tier.sh(node, script, timeout=timeout).stdout
+
+    def rx(self):
+        return int(self.sh("node2", "cat /sys/class/net/eth1/statistics/rx_bytes"))
+
+    def measure(self, script):
+        """(seconds on node1, bytes node2 received) of one shell script run on node1."""
+        before = self.rx()
+        seconds = float(self.sh("node1", "s=$(date +%%s.%%N); %s; e=$(date +%%s.%%N); awk \"BEGIN {print $e - $s}\"" % script))
+        return seconds, self.rx() - before
+
+    # ------------------------------------------------------------ set-up
+
+    def prepare(self):
+        for node in ("node1", "node2"):
+            self.sh(node, "zpool create -f -O compression=lz4 -O atime=off rpool /dev/vdb && zfs create rpool/data")
+        self.trust_node2_for_peers()
+        self.install_our_runner()
+        self.sh("node1", "head -c %dM /dev/urandom > /var/tmp/master.bin" % FULL_MIB)
+        for tool in TOOLS:
+            if tool != "ours":
+                self.sh("node1", "zfs create rpool/%s && zfs create rpool/%s/cycle" % (tool, tool))
+                self.sh("node2", "zfs create rpool/%s-dst" % tool)
+            self.sh("node1", "zfs create %s && cp /var/tmp/master.bin /%s/data.bin" % (src(tool, "full"), src(tool, "full")))
+            for index in range(CYCLE):
+                dataset = src(tool, "cycle/small-%d" % index) if tool != "ours" else src(tool, "small-%d" % index)
+                self.sh("node1", "zfs create %s && head -c 1M /var/tmp/master.bin > /%s/small.bin" % (dataset, dataset))
+        self.sh("node1", "zfs set autobackup:bench=true rpool/zfs_autobackup/full && sync")
+
+    def trust_node2_for_peers(self):
+        """The peers need a root shell on node2: a key of node1's own, node2's host key pinned (never unchecked)."""
+        self.sh("node1", "test -f /root/.ssh/peers_key || ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/peers_key")
+        public = self.sh("node1", "cat /root/.ssh/peers_key.pub").strip()
+        self.tier.exec("node2", ["sh", "-c", "cat >> /root/.ssh/authorized_keys"], input=public + "\n")
+        config = ("Host %s\n  IdentityFile /root/.ssh/peers_key\n  StrictHostKeyChecking yes\n  BatchMode yes\n"
+                  "  Ciphers aes128-gcm@openssh.com,chacha20-poly1305@openssh.com\n" % TARGET)
+        self.tier.put("node1", "/root/.ssh/config", config.encode(), "0600")
+        known = "%s %s\n" % (TARGET, self.tier.host_key("node2"))
+        self.tier.put("node1", "/root/.ssh/known_hosts", known.encode(), "0600")
+
+    def install_our_runner(self):
+        guests = [{"id": OUR_FULL_GUEST, "type": "ct", "node": "node1", "volumes": ["local-zfs:subvol-%d-disk-0" % OUR_FULL_GUEST]}]
+        guests += [{"id": OUR_CYCLE_GUEST + i, "type": "ct", "node": "node1",
+                    "volumes": ["local-zfs:subvol-%d-disk-0" % (OUR_CYCLE_GUEST + i)]} for i in range(CYCLE)]
+        jobs = [{"id": "%d-0" % g["id"], "guest": g["id"], "target": "node2", "schedule": "*/15"} for g in guests]
+        inventory = self.tier.write_inventory({
+            "replication_storages": [{"id": "local-zfs", "pool": "rpool/data"}], "replication_guests": guests,
+            "replication_jobs": jobs, "runner_timer_enabled": False})
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(ROOT / "build" / "collections"), ANSIBLE_NOCOLOR="1")
+        playbook = [str(pathlib.Path(sys.executable).with_name("ansible-playbook")), "-i", str(inventory),
+                    str(ROOT / "playbooks" / "site.yml")]
+        proc = subprocess.run(playbook, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=1800, check=False)
+        if proc.returncode != 0:
+            raise SystemExit("site.yml failed on the benchmark tier:\n" + proc.stdout[-3000:])
+
+    # ------------------------------------------------------------ what each tool runs
+
+    def command(self, tool, phase, step):
+        """The shell text (fixed names only) one tool runs on node1 for phase full|incr|cycle; step 1 or 2."""
+        if tool == "raw":
+            return self.raw_command(phase, step)
+        if tool == "ours":
+            if phase == "cycle":
+                return "%s run >/dev/null" % RUNNER
+            return "%s run --id %d-0 >/dev/null" % (RUNNER, OUR_FULL_GUEST)
+        dataset = src(tool, "cycle" if phase == "cycle" else "full")
+        remote = "root@%s:rpool/%s-dst/%s" % (TARGET, tool, "cycle" if phase == "cycle" else "full")
+        if tool == "syncoid":
+            return "syncoid -q %s %s %s" % ("-r" if phase == "cycle" else "", dataset, remote)
+        if tool == "zfs_autobackup":
+            return ("zfs-autobackup --ssh-target root@%s --no-progress --strip-path 2 %s rpool/zfs_autobackup-dst >/dev/null"
+                    % (TARGET, "benchcycle" if phase == "cycle" else "bench"))
+        return ("zfs snapshot %s %s@bzfs_%s_%d && bzfs %s %s %s >/dev/null"
+                % ("-r" if phase == "cycle" else "", dataset, phase, step, "--recursive" if phase == "cycle" else "",
+                   dataset, remote))
+
+    @staticmethod
+    def raw_command(phase, step):
+        if phase == "cycle":
+            return ("zfs snapshot -r rpool/raw/cycle@raw_%d && for i in $(seq 0 %d); do zfs send -i @raw_%d "
+                    "rpool/raw/cycle/small-$i@raw_%d | ssh %s zfs recv -F rpool/raw-dst/cycle/small-$i; done"
+                    % (step, CYCLE - 1, step - 1, step, TARGET))
+        base = "" if step == 1 else "-i @raw_%d " % (step - 1)
+        return ("zfs snapshot rpool/raw/full@raw_%d && zfs send %srpool/raw/full@raw_%d | ssh %s zfs recv -F "
+                "rpool/raw-dst/full" % (step, base, step, TARGET))
+
+    def seed_cycle_targets(self):
+        """The cycle measures incrementals: every tool first replicates its 20 small datasets once (not timed)."""
+        self.sh("node1", "zfs snapshot -r rpool/raw/cycle@raw_1 && zfs send -R rpool/raw/cycle@raw_1 | ssh %s "
+                "zfs recv -F rpool/raw-dst/cycle" % TARGET)
+        self.sh("node1", "zfs set autobackup:benchcycle=true rpool/zfs_autobackup/cycle")
+        for tool in TOOLS[1:]:
+            self.sh("node1", self.command(tool, "cycle", 1))
+
+    def change(self, tool, phase):
+        if phase == "incr":
+            path = "/%s/data.bin" % src(tool, "full")
+            self.sh("node1", "dd if=/dev/urandom of=%s bs=1M count=%d seek=100 conv=notrunc,fsync status=none"
+                    % (path, INCR_MIB))
+            return
+        for index in range(CYCLE):
+            dataset = src(tool, "small-%d" % index) if tool == "ours" else src(tool, "cycle/small-%d" % index)
+            self.sh("node1", "head -c 65536 /dev/urandom >> /%s/small.bin" % dataset)
+        if tool == "ours":
+            for index in range(CYCLE):
+                self.sh("node1", "%s schedule-now %d-0 >/dev/null" % (RUNNER, OUR_CYCLE_GUEST + index))
+        self.sh("node1", "sync")
+
+    # ------------------------------------------------------------ the run
+
+    def run(self):
+        figures = {tool: {} for tool in TOOLS}
+        for tool in TOOLS:
+            figures[tool]["full"] = self.measure(self.command(tool, "full", 1))
+            print("  %-15s full  %6.1f s" % (tool, figures[tool]["full"][0]), flush=True)
+        for tool in TOOLS:
+            self.change(tool, "incr")
+            figures[tool]["incr"] = self.measure(self.command(tool, "incr", 2))
+        self.seed_cycle_targets()
+        for tool in TOOLS:
+            self.change(tool, "cycle")
+            figures[tool]["cycle"] = self.measure(self.command(tool, "cycle", 2))
+        self.verify()
+        return figures
+
+    def verify(self):
+        """Every tool's replica of the full dataset holds the source's data (sha256 of the file)."""
+        targets = {"raw": "rpool/raw-dst/full", "ours": src("ours", "full"), "syncoid": "rpool/syncoid-dst/full",
+                   "zfs_autobackup": "rpool/zfs_autobackup-dst/full", "bzfs": "rpool/bzfs-dst/full"}
+        for tool, target in targets.items():
+            want = self.sh("node1", "sha256sum < /%s/data.bin" % src(tool, "full")).split()[0]
+            mountpoint = self.sh("node2", "zfs get -H -o value mountpoint %s" % shlex.quote(target)).strip()
+            got = self.sh("node2", "sha256sum < %s/data.bin" % shlex.quote(mountpoint)).split()[0]
+            if got != want:
+                raise SystemExit("%s's replica differs from its source" % tool)
+
+
+def table(figures):
+    raw = figures["raw"]
+    lines = ["%-15s %10s %10s %7s   %10s %10s %7s   %10s %10s %7s" % (
+        "tool", "full s", "full MiB", "x raw", "incr s", "incr MiB", "x raw", "cycle s", "cycle MiB", "x raw")]
+    for tool, phases in figures.items():
+        cells = []
+        for phase in ("full", "incr", "cycle"):
+            seconds, sent = phases[phase]
+            cells += ["%10.1f" % seconds, "%10.1f" % (sent / 1048576.0), "%7.2f" % (seconds / raw[phase][0])]
+        lines.append("%-15s %s %s %s   %s %s %s   %s %s %s" % ((tool,) + tuple(cells)))
+    return "\n".join(lines)
+
+
+def main():
+    tier = Tier(TIER_NAME)
+    started = time.monotonic()
+    tier.up(nodes=2, memory="2048M", pool_disk="16G")
+    try:
+        bench = Bench(tier)
+        bench.prepare()
+        version = tier.exec("node1", ["zfs", "version"]).stdout.split()[0]
+        figures = bench.run()
+    finally:
+        if os.environ.get("SR_OPENZFS_KEEP") != "1":
+            tier.down()
+    print("OpenZFS peers benchmark (%s, 2 QEMU guests, link 10.99.0.0/24; %d MiB full, %d MiB incremental, "
+          "%d small datasets; ratios are wall time / raw zfs send | ssh | zfs recv):" % (version, FULL_MIB, INCR_MIB, CYCLE))
+    print(table(figures))
+    result = {"openzfs_%s_ratio_vs_raw" % phase: round(figures["ours"][phase][0] / figures["raw"][phase][0], 3)
+              for phase in ("full", "incr", "cycle")}
+    for tool, phases in figures.items():
+        for phase, (seconds, sent) in phases.items():
+            result["%s_%s_s" % (tool, phase)] = round(seconds, 2)
+            result["%s_%s_bytes" % (tool, phase)] = sent
+    result["openzfs_bench_wall_s"] = round(time.monotonic() - started, 1)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "bench_openzfs_peers.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

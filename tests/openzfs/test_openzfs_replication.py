@@ -1,0 +1,258 @@
+# Copyright (c) 2026, storage.replication developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The engine on OpenZFS 2.x: QEMU guests with the kernel module, replicating over their own network.
+
+Full and incremental runs of zvols (vm-<id>-disk-<n>) and filesystems (subvol-<id>-disk-<n>) to one and two
+targets; transfers interrupted by a kill and by a link going down, resumed from the receive resume token with
+about one full stream's bytes in total; a stale token cleared and reported; a bookmark as the incremental base
+once the base snapshot is gone; holds on exactly the snapshots the next incremental needs; compressed and raw
+sends; a non-raw stream inheriting the target's encryption as pvesr receives it.  Data is compared by sha256.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from oz_cluster import ENC_POOL, ENGINE, KEY_FILE, POOL
+
+MiB = 1 << 20
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %d s waiting for %s" % (timeout, what))
+        time.sleep(0.5)
+
+
+def assert_ok(result):
+    assert result["ok"], "job %s failed: %s\n%s" % (result["job"], result["error"], "\n".join(result.get("log", [])))
+    return result
+
+
+def modes(result):
+    return [v["mode"] for v in result["volumes"]]
+
+
+def stream_size(cluster, node, snapshot):
+    """Bytes of a full replication stream of snapshot (`zfs send -nvP -R`)."""
+    out = cluster.zfs(node, "send", "-nvP", "-R", snapshot).stdout
+    return int([line for line in out.splitlines() if line.startswith("size")][-1].split()[-1])
+
+
+# ---------------------------------------------------------------- feature detection
+
+def test_feature_detection_finds_openzfs_and_all_its_features(cluster):
+    code = "import json; from %s.zfs import Zfs; print(json.dumps(Zfs().features.as_dict()))" % ENGINE
+    features = json.loads(cluster.engine_python("node1", code))
+    version = cluster.zfs("node1", "version").stdout.splitlines()[0]
+    assert features.pop("implementation") == "openzfs"
+    assert "zfs-" + features.pop("version") == version
+    assert features == dict.fromkeys(features, True) and len(features) == 8
+
+
+# ---------------------------------------------------------------- end to end
+
+def test_zvols_full_then_incremental_to_every_target(cluster):
+    names = ["vm-100-disk-0", "vm-100-disk-1"]
+    for name in names:
+        cluster.create_zvol("node1", name, "64M", 24)
+    targets = [("100-0", "node2"), ("100-1", "node3")][:len(cluster.nodes) - 1]
+    for job, target in targets:
+        result = assert_ok(cluster.run_job(job))
+        assert modes(result) == ["full", "full"]
+        for name in names:
+            assert cluster.zvol_checksum(target, name) == cluster.zvol_checksum("node1", name)
+    cluster.write_zvol("node1", names[0], 2, offset_mb=40)
+    for job, target in targets:
+        result = assert_ok(cluster.run_job(job))
+        assert modes(result) == ["incremental", "incremental"]
+        sent = {v["volume"]: v["bytes"] for v in result["volumes"]}
+        assert 2 * MiB < sent["local-zfs:" + names[0]] < 3 * MiB and sent["local-zfs:" + names[1]] < MiB // 4
+        for name in names:
+            assert cluster.zvol_checksum(target, name) == cluster.zvol_checksum("node1", name)
+            last = "__replicate_%s_%d__" % (job, cluster.job_state(job)["last_sync"])
+            assert [s for s in cluster.snapshots(target, "%s/%s" % (POOL, name)) if s.startswith("__replicate_")] == [last]
+            assert last in cluster.snapshots("node1", "%s/%s" % (POOL, name))
+            assert last in cluster.bookmarks("node1", "%s/%s" % (POOL, name))
+    cluster.assert_no_orphaned_holds()
+
+
+def test_filesystem_incremental_after_reading_the_replica_keeps_nothing_aside(cluster):
+    dataset = "%s/subvol-200-disk-0" % POOL
+    cluster.zfs("node1", "create", dataset)
+    cluster.write_file("node1", dataset, "a.bin", 8)
+    assert modes(assert_ok(cluster.run_job("200-0"))) == ["full"]
+    assert cluster.tree_checksum("node2", dataset) == cluster.tree_checksum("node1", dataset)  # reads: atime
+    cluster.write_file("node1", dataset, "b.bin", 1)
+    result = assert_ok(cluster.run_job("200-0"))
+    assert modes(result) == ["incremental"] and result["volumes"][0]["kept"] == []
+    assert cluster.tree_checksum("node2", dataset) == cluster.tree_checksum("node1", dataset)
+    assert not [d for d in cluster.zfs("node2", "list", "-H", "-o", "name", "-r", POOL).stdout.split() if "-diverged-" in d]
+    cluster.assert_no_orphaned_holds()
+
+
+# ---------------------------------------------------------------- resumable receive
+
+def interrupt_mid_stream(cluster, job, volume_dataset, after_bytes, interrupt):
+    """Start the job with the CLI, call interrupt() once the target received after_bytes; returns rx before."""
+    rx_before = cluster.link_rx_bytes("node2")
+    with subprocess.Popen(cluster.run_job_argv(job), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
+        wait_for(lambda: cluster.link_rx_bytes("node2") - rx_before > after_bytes, 300, "the transfer to get going")
+        interrupt()
+        _out, err = run.communicate(timeout=300)
+    assert run.returncode != 0, "the interrupted run succeeded"
+    assert job in err
+    wait_for(lambda: cluster.resume_token("node2", volume_dataset), 120, "the target to save a resume token")
+    return rx_before
+
+
+def kill_zfs_send(cluster, dataset):
+    pids = cluster.sh("node1", "pgrep -f '^zfs send .*%s@' || true" % dataset).stdout.split()
+    assert pids, "no zfs send of %s running" % dataset
+    cluster.tier.exec("node1", ["kill", "-9"] + pids)
+
+
+def check_resumed(cluster, job, dataset, rx_before, kept_snapshot, checksum):
+    full = stream_size(cluster, "node1", "%s@%s" % (dataset, kept_snapshot))
+    result = assert_ok(cluster.run_job(job))
+    assert modes(result) == ["resume", "incremental"]
+    assert "resume the interrupted transfer of" in cluster.log(job)
+    total = cluster.link_rx_bytes("node2") - rx_before
+    assert 0.9 * full < total < 1.1 * full, "sent %d bytes in total for a %d-byte stream" % (total, full)
+    assert cluster.resume_token("node2", dataset) is None
+    assert checksum("node2") == checksum("node1")
+    cluster.assert_no_orphaned_holds()
+
+
+def test_killed_transfer_resumes_from_the_token(cluster):
+    name, dataset = "vm-300-disk-0", "%s/vm-300-disk-0" % POOL
+    cluster.create_zvol("node1", name, "256M", 96)
+    rx_before = interrupt_mid_stream(cluster, "300-0", dataset, 40 * MiB, lambda: kill_zfs_send(cluster, dataset))
+    kept = [s for s in cluster.snapshots("node1", dataset) if s.startswith("__replicate_300-0_")]
+    assert len(kept) == 1, "the source keeps the interrupted run's snapshot: %s" % kept
+    check_resumed(cluster, "300-0", dataset, rx_before, kept[0], lambda node: cluster.zvol_checksum(node, name))
+
+
+def test_transfer_cut_by_link_down_resumes_from_the_token(cluster):
+    name, dataset = "vm-310-disk-0", "%s/vm-310-disk-0" % POOL
+    cluster.create_zvol("node1", name, "256M", 96)
+    try:
+        rx_before = interrupt_mid_stream(cluster, "310-0", dataset, 40 * MiB, lambda: cluster.tier.partition("node2"))
+    finally:
+        cluster.tier.heal("node2")
+    kept = [s for s in cluster.snapshots("node1", dataset) if s.startswith("__replicate_310-0_")]
+    assert len(kept) == 1
+    check_resumed(cluster, "310-0", dataset, rx_before, kept[0], lambda node: cluster.zvol_checksum(node, name))
+
+
+def test_stale_token_is_cleared_and_reported(cluster):
+    dataset = "%s/subvol-320-disk-0" % POOL
+    cluster.zfs("node1", "create", dataset)
+    cluster.write_file("node1", dataset, "big.bin", 96)
+    interrupt_mid_stream(cluster, "320-0", dataset, 40 * MiB, lambda: kill_zfs_send(cluster, dataset))
+    for snap in cluster.snapshots("node1", dataset):  # the snapshot the token continues is lost on the source
+        cluster.zfs("node1", "destroy", "%s@%s" % (dataset, snap))
+    result = assert_ok(cluster.run_job("320-0"))
+    assert modes(result) == ["full"]
+    log = cluster.log("320-0")
+    assert "clear stale resume token on 'local-zfs:subvol-320-disk-0'" in log
+    assert "cleared stale resume token on 'local-zfs:subvol-320-disk-0'" in log  # the target's own line
+    assert cluster.resume_token("node2", dataset) is None
+    assert cluster.tree_checksum("node2", dataset) == cluster.tree_checksum("node1", dataset)
+    cluster.assert_no_orphaned_holds()
+
+
+# ---------------------------------------------------------------- bookmarks and holds
+
+def test_bookmark_is_the_incremental_base_once_the_snapshot_is_gone(cluster):
+    dataset = "%s/subvol-400-disk-0" % POOL
+    cluster.zfs("node1", "create", dataset)
+    cluster.write_file("node1", dataset, "a.bin", 8)
+    assert_ok(cluster.run_job("400-0"))
+    base = "%s@__replicate_400-0_%d__" % (dataset, cluster.job_state("400-0")["last_sync"])
+    refused = cluster.zfs("node1", "destroy", base, check=False)
+    assert refused.returncode != 0 and "busy" in refused.stderr, "the engine's hold protects the base snapshot"
+    cluster.zfs("node1", "release", "storage-replication", base)
+    cluster.zfs("node1", "destroy", base)
+    cluster.write_file("node1", dataset, "b.bin", 1)
+    result = assert_ok(cluster.run_job("400-0"))
+    assert modes(result) == ["incremental"] and result["volumes"][0]["base"].startswith("#__replicate_400-0_")
+    assert result["bytes"] < 2 * MiB
+    assert cluster.tree_checksum("node2", dataset) == cluster.tree_checksum("node1", dataset)
+    cluster.assert_no_orphaned_holds()
+
+
+def test_target_unreachable_then_back_leaves_only_the_needed_holds(cluster):
+    dataset = "%s/subvol-700-disk-0" % POOL
+    cluster.zfs("node1", "create", dataset)
+    cluster.write_file("node1", dataset, "a.bin", 4)
+    assert_ok(cluster.run_job("700-0"))
+    cluster.write_file("node1", dataset, "b.bin", 1)
+    cluster.tier.partition("node2")
+    try:
+        failed = cluster.run_job("700-0")
+    finally:
+        cluster.tier.heal("node2")
+    assert not failed["ok"] and "node2" in failed["error"] and "unreachable" in failed["error"]
+    cluster.assert_no_orphaned_holds()
+    result = assert_ok(cluster.run_job("700-0"))
+    assert modes(result) == ["incremental"]
+    assert cluster.tree_checksum("node2", dataset) == cluster.tree_checksum("node1", dataset)
+    cluster.assert_no_orphaned_holds()
+
+
+# ---------------------------------------------------------------- compressed, raw, encryption
+
+def test_compressible_data_goes_compressed_as_stored(cluster):
+    dataset = "%s/subvol-600-disk-0" % POOL
+    cluster.zfs("node1", "create", dataset)
+    cluster.sh("node1", "yes 'storage replication on OpenZFS' | head -c 33554432 > /%s/text" % dataset)
+    result = assert_ok(cluster.run_job("600-0"))
+    assert "compressed as stored (-c)" in cluster.log("600-0")
+    assert result["bytes"] < 8 * MiB, "32 MiB of text sent as %d bytes" % result["bytes"]
+    assert cluster.tree_checksum("node2", dataset) == cluster.tree_checksum("node1", dataset)
+
+
+def test_encrypted_dataset_is_sent_raw_and_stays_encrypted_on_the_target(cluster):
+    dataset = "%s/subvol-500-disk-0" % ENC_POOL
+    cluster.zfs("node1", "create", "-o", "encryption=on", "-o", "keyformat=passphrase", "-o",
+                "keylocation=file://" + KEY_FILE, dataset)
+    cluster.write_file("node1", dataset, "secret.bin", 4)
+    assert modes(assert_ok(cluster.run_job("500-0"))) == ["full"]
+    cluster.write_file("node1", dataset, "more.bin", 1)
+    assert modes(assert_ok(cluster.run_job("500-0"))) == ["incremental"]
+    assert "raw (encrypted on the wire and on the target)" in cluster.log("500-0")
+    props = cluster.zfs("node2", "get", "-H", "-o", "value", "encryption,keystatus,encryptionroot", dataset).stdout.split()
+    assert props == ["aes-256-gcm", "unavailable", dataset], "the replica is encrypted with the source's key only"
+    key = cluster.tier.exec("node1", ["cat", KEY_FILE]).stdout
+    cluster.tier.put("node2", "/root/key-500", key.encode(), "0600")
+    cluster.zfs("node2", "load-key", "-L", "file:///root/key-500", dataset)
+    cluster.zfs("node2", "mount", dataset)
+    assert cluster.tree_checksum("node2", dataset) == cluster.tree_checksum("node1", dataset)
+
+
+def test_plain_dataset_inherits_the_targets_encryption_as_pvesr_receives(cluster):
+    dataset = "%s/subvol-510-disk-0" % ENC_POOL
+    cluster.zfs("node1", "create", dataset)
+    cluster.write_file("node1", dataset, "a.bin", 2)
+    assert_ok(cluster.run_job("510-0"))
+    props = cluster.zfs("node2", "get", "-H", "-o", "value", "encryption,keystatus,encryptionroot", dataset).stdout.split()
+    assert props == ["aes-256-gcm", "available", ENC_POOL]
+    assert cluster.tree_checksum("node2", dataset) == cluster.tree_checksum("node1", dataset)
+
+
+@pytest.mark.parametrize("node", ["node1", "node2"])
+def test_no_engine_hold_is_left_on_a_snapshot_the_engine_no_longer_needs(cluster, node):
+    held = cluster.holds(node)
+    assert all(tags == ["storage-replication"] and "@__replicate_" in snap for snap, tags in held.items())
+    cluster.assert_no_orphaned_holds()
