@@ -1,0 +1,144 @@
+# Copyright (c) 2026, storage.replication developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The storage-replication CLI on the lab: the issue's commands, run on one node, take effect on every node;
+bad input changes nothing anywhere; an unreachable node refuses the change unless --force, and catches up."""
+
+from __future__ import annotations
+
+import cluster_setup as cs
+import pytest
+
+from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+
+
+def sr(lab, node, *argv, check=True):
+    """Run the CLI on ``node`` (inside its namespaces, as an operator logged in there)."""
+    proc = lab.exec(node, [cs.LAUNCHER] + list(argv), check=False, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError("%s on %s failed (%d): %s%s" % (argv, node, proc.returncode, proc.stdout, proc.stderr))
+    return proc
+
+
+def node_config(lab, node):
+    return configmod.load(str(lab.private_path(node, "/etc/storage-replication")))
+
+
+def configs(lab):
+    """{node: (generation, replication.cfg text, cluster.json text)}"""
+    result = {}
+    for node in lab.nodes:
+        cfg = node_config(lab, node)
+        content = cfg.content()
+        result[node] = (cfg.generation, content[configmod.JOBS_FILE], content[configmod.MODEL_FILE])
+    return result
+
+
+def assert_same_everywhere(lab):
+    found = configs(lab)
+    assert len(set(found.values())) == 1, found
+    return found[lab.nodes[0]]
+
+
+@pytest.fixture(scope="module", name="cluster")
+def cluster_fixture(lab):
+    cfg = cs.setup(lab)
+    cfg.guests[100] = configmod.Guest(100, "vm", "node1", ["%s:vm-100-disk-0" % cs.STORAGE])
+    cs.write_config(lab, cfg)
+    cs.create_volume(lab, "node1", "vm-100-disk-0")
+    yield lab
+    for node in lab.nodes:
+        lab.heal(node)
+
+
+def test_the_issue_commands_take_effect_on_every_node(cluster):
+    lab = cluster
+    generation = assert_same_everywhere(lab)[0]
+    proc = sr(lab, "node1", "create-local-job", "100-0", "node2", "--schedule", "*/5", "--rate", "10")
+    assert "generation %d is on node1, node2, node3" % (generation + 1) in proc.stdout and proc.stderr == ""
+    gen, jobs, _model = assert_same_everywhere(lab)
+    assert gen == generation + 1
+    assert jobs == "local: 100-0\n\ttarget node2\n\trate 10\n\tschedule */5\n\tsource node1\n\n"
+
+    sr(lab, "node2", "disable", "100-0")
+    gen, jobs, _model = assert_same_everywhere(lab)
+    assert gen == generation + 2 and "\tdisable\n" in jobs
+    sr(lab, "node3", "enable", "100-0")
+    gen, jobs, _model = assert_same_everywhere(lab)
+    assert gen == generation + 3 and "disable" not in jobs
+
+    sr(lab, "node2", "update", "100-0", "--schedule", "*/00")
+    gen, jobs, _model = assert_same_everywhere(lab)
+    assert gen == generation + 4 and "\tschedule */00\n" in jobs
+    listing = sr(lab, "node3", "list").stdout.splitlines()
+    assert listing == ["%-20s %-20s %10s %5s %8s" % row for row in (("JobID", "Target", "Schedule", "Rate", "Enabled"),
+                                                                    ("100-0", "local/node2", "*/00", "10", "yes"))]
+    unchanged = sr(lab, "node1", "update", "100-0", "--schedule", "*/00")
+    assert "nothing to change" in unchanged.stdout and assert_same_everywhere(lab)[0] == gen
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["create-local-job", "100-1", "node2"], "replication job for guest '100' to target 'local/node2' already exists"),
+    (["create-local-job", "100-1", "node1"], "Source and target must not be identical"),
+    (["create-local-job", "100-1", "node3", "--schedule", "every day"], "invalid schedule 'every day'"),
+    (["create-local-job", "100-1", "node3", "--rate", "0"], "rate '0.0' is below the minimum of 1"),
+    (["create-local-job", "100-1", "node9"], "Target 'node9' does not exist"),
+    (["update", "100-7", "--rate", "5"], "replication job '100-7' does not exist"),
+    (["update", "100-0", "--schedule", "25:61"], "invalid schedule '25:61'"),
+    (["delete", "100-0", "--keep", "--force"], "parameter '--keep' conflicts with parameter '--force'"),
+    (["run", "--id", "100-0", "--mail"], "Mail and id are mutually exclusive"),
+    (["read", "100-9"], "no such job '100-9'"),
+    (["enable", "100-x"], "invalid replication job id '100-x'"),
+])
+def test_bad_input_is_one_line_and_changes_nothing(cluster, argv, message):
+    lab = cluster
+    if "100-0" not in node_config(lab, "node1").jobs:
+        sr(lab, "node1", "create-local-job", "100-0", "node2")
+    before = configs(lab)
+    proc = sr(lab, "node2", *argv, check=False)
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert message in proc.stderr
+    assert configs(lab) == before
+
+
+def test_an_unreachable_node_refuses_the_change_until_forced_then_catches_up(cluster):
+    lab = cluster
+    if "100-0" not in node_config(lab, "node1").jobs:
+        sr(lab, "node1", "create-local-job", "100-0", "node2")
+    before = assert_same_everywhere(lab)
+    lab.partition("node3")
+    try:
+        refused = sr(lab, "node1", "update", "100-0", "--rate", "20", check=False)
+        assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
+        assert "nothing was changed: node 'node3': unreachable at %s" % lab.address("node3") in refused.stderr
+        assert "use --force" in refused.stderr
+        assert configs(lab) == {node: before for node in lab.nodes}
+
+        forced = sr(lab, "node1", "update", "100-0", "--rate", "20", "--force")
+        assert "node 'node3' did not get generation %d" % (before[0] + 1) in forced.stderr
+        found = configs(lab)
+        assert found["node1"] == found["node2"] and found["node1"][0] == before[0] + 1 and "\trate 20\n" in found["node1"][1]
+        assert found["node3"] == before
+    finally:
+        lab.heal("node3")
+    # node3 owns no guest; its runner still asks its peers (the first run of the interval) and adopts.
+    sr(lab, "node3", "run")
+    assert assert_same_everywhere(lab)[0] == before[0] + 1
+
+
+def test_a_newer_node_refuses_a_change_from_an_outdated_one(cluster):
+    lab = cluster
+    newest = node_config(lab, "node1")
+    stale = node_config(lab, "node1")
+    stale.generation -= 1
+    path = lab.private_path("node2", "/etc/storage-replication")
+    # node2 goes back one generation (as if it had missed the last change), then tries to change something.
+    (path / "current").unlink()
+    configmod.save(stale, str(path))
+    assert node_config(lab, "node2").generation == newest.generation - 1
+    proc = sr(lab, "node2", "update", "100-0", "--comment", "from node2", check=False)
+    assert proc.returncode == 1
+    assert "holds cluster configuration generation %d, newer than this node's" % newest.generation in proc.stderr
+    assert "this node has now adopted generation %d" % newest.generation in proc.stderr
+    assert assert_same_everywhere(lab)[0] == newest.generation
