@@ -39,7 +39,7 @@ notes:
     targets, a target that owns the guest, unknown storages or nodes) and only then pushes it with the next
     generation to every node over the nodes' SSH trust. If a node cannot be reached or holds a newer
     configuration, nothing is written anywhere.
-  - The result reports RV(changed) only when the cluster configuration changed.
+  - The result reports C(changed) only when the cluster configuration changed.
 """
 
     # Read-only modules.
@@ -48,10 +48,10 @@ options: {}
 attributes:
   check_mode:
     support: full
-    details: This module only reads; it runs the same way in check mode.
+    description: This module only reads; it runs the same way in check mode.
   diff_mode:
     support: N/A
-    details: This module only reads.
+    description: This module only reads.
   platform:
     support: full
     platforms: posix

@@ -94,7 +94,7 @@ seealso:
   - module: storage.replication.job
   - module: storage.replication.storage
 author:
-  - storage.replication developers
+  - storage.replication developers (@storage-replication)
 """
 
 EXAMPLES = r"""
@@ -131,7 +131,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 guest:
-  description: The guest after the change (null after a removal); RV(guest.node) is its current owner.
+  description: The guest after the change (null after a removal); its C(node) is the current owner.
   returned: success, with a single guest
   type: dict
   sample: {"id": 100, "type": "vm", "node": "node1", "volumes": ["local-zfs:vm-100-disk-0"], "hooks": {}}

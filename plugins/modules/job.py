@@ -122,7 +122,7 @@ seealso:
   - module: storage.replication.job_info
   - module: storage.replication.run
 author:
-  - storage.replication developers
+  - storage.replication developers (@storage-replication)
 """
 
 EXAMPLES = r"""

@@ -39,7 +39,7 @@ seealso:
   - module: storage.replication.job
   - module: storage.replication.run
 author:
-  - storage.replication developers
+  - storage.replication developers (@storage-replication)
 """
 
 EXAMPLES = r"""
@@ -83,27 +83,27 @@ jobs:
   type: list
   elements: dict
   contains:
-    id: {description: The job ID., type: str, sample: 100-0}
-    guest: {description: The guest ID., type: int, sample: 100}
-    jobnum: {description: The job number., type: int, sample: 0}
-    source: {description: The node the job replicates from (the guest's owner)., type: str, sample: node1}
-    target: {description: The node the job replicates to., type: str, sample: node2}
-    schedule: {description: The schedule (the default V(*/15) when none is set)., type: str, sample: "*/15"}
-    rate: {description: The rate limit in MB/s, or null., type: float, sample: 50}
-    comment: {description: The comment, or null., type: str, sample: offsite}
-    enabled: {description: Whether the job runs., type: bool, sample: true}
-    remove_job: {description: V(full) or V(local) when the job is marked for removal, else null., type: str, sample: null}
-    last_sync: {description: Start time (epoch) of the last successful sync; 0 for never., type: int, sample: 1767225600}
-    last_try: {description: Start time (epoch) of the last attempt; 0 for never., type: int, sample: 1767225600}
-    next_sync: {description: When the job is due next (epoch); 0 or null when it is not scheduled., type: int, sample: 1767226500}
-    lag: {description: Seconds since the last successful sync (the recovery point), null before the first one., type: int, sample: 312}
-    duration: {description: Seconds the last attempt took., type: float, sample: 3.4}
-    fail_count: {description: Consecutive failed attempts., type: int, sample: 0}
-    error: {description: The last error, or null., type: str, sample: null}
-    bytes_sent: {description: Bytes sent by the last attempt., type: int, sample: 1048576}
+    id: {description: "The job ID.", type: str, sample: 100-0}
+    guest: {description: "The guest ID.", type: int, sample: 100}
+    jobnum: {description: "The job number.", type: int, sample: 0}
+    source: {description: "The node the job replicates from (the guest's owner).", type: str, sample: node1}
+    target: {description: "The node the job replicates to.", type: str, sample: node2}
+    schedule: {description: "The schedule (the default V(*/15) when none is set).", type: str, sample: "*/15"}
+    rate: {description: "The rate limit in MB/s, or null.", type: float, sample: 50}
+    comment: {description: "The comment, or null.", type: str, sample: offsite}
+    enabled: {description: "Whether the job runs.", type: bool, sample: true}
+    remove_job: {description: "V(full) or V(local) when the job is marked for removal, else null.", type: str, sample: null}
+    last_sync: {description: "Start time (epoch) of the last successful sync; 0 for never.", type: int, sample: 1767225600}
+    last_try: {description: "Start time (epoch) of the last attempt; 0 for never.", type: int, sample: 1767225600}
+    next_sync: {description: "When the job is due next (epoch); 0 or null when it is not scheduled.", type: int, sample: 1767226500}
+    lag: {description: "Seconds since the last successful sync (the recovery point), null before the first one.", type: int, sample: 312}
+    duration: {description: "Seconds the last attempt took.", type: float, sample: 3.4}
+    fail_count: {description: "Consecutive failed attempts.", type: int, sample: 0}
+    error: {description: "The last error, or null.", type: str, sample: null}
+    bytes_sent: {description: "Bytes sent by the last attempt.", type: int, sample: 1048576}
     status: {description: "One word: ok, running, error, waiting for target, disabled, removal pending.", type: str, sample: ok}
-    state: {description: pvesr's State column, C(OK), C(SYNCING) or the error., type: str, sample: OK}
-    pid: {description: The process running the job now, or null., type: int, sample: null}
+    state: {description: "pvesr's State column, C(OK), C(SYNCING) or the error.", type: str, sample: OK}
+    pid: {description: "The process running the job now, or null.", type: int, sample: null}
 elsewhere:
   description: Matching jobs that another node runs (the owner of their guest), by job ID; their status is there.
   returned: always

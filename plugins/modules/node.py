@@ -77,7 +77,7 @@ extends_documentation_fragment:
 seealso:
   - module: storage.replication.guest
 author:
-  - storage.replication developers
+  - storage.replication developers (@storage-replication)
 """
 
 EXAMPLES = r"""

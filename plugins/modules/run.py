@@ -34,10 +34,10 @@ options:
 attributes:
   check_mode:
     support: full
-    details: Reports whether the job would run (or be scheduled) and runs nothing.
+    description: Reports whether the job would run (or be scheduled) and runs nothing.
   diff_mode:
     support: none
-    details: Running a job changes data, not configuration.
+    description: Running a job changes data, not configuration.
   platform:
     support: full
     platforms: posix
@@ -54,7 +54,7 @@ seealso:
   - module: storage.replication.job_info
   - module: storage.replication.job
 author:
-  - storage.replication developers
+  - storage.replication developers (@storage-replication)
 """
 
 EXAMPLES = r"""
