@@ -190,7 +190,7 @@ def _pair_reversed(cfg, items, matches):
 
 def _guest_of(job_id):
     try:
-        return int(str(job_id).split("-")[0])
+        return int(str(job_id).split("-", maxsplit=1)[0])
     except ValueError:
         return None
 

@@ -12,36 +12,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
 from lab import Lab
+from lab.site_tour import VOLUMES, site_vars, write_data
 
-from ansible_runner import REPO, run_playbook
+from ansible_runner import run_playbook
 
 CONFDIR = "/etc/storage-replication"
-EXAMPLE_INVENTORY = REPO / "docs" / "examples" / "inventory.yml"
-WHEELHOUSE = REPO / "build" / "wheelhouse"
 PYTHON = "/opt/storage-replication/venv/bin/python"
-VOLUMES = {"vm-100-disk-0": 6, "subvol-200-disk-0": 3}  # name -> MiB of random data
-
-
-def example_vars():
-    """The replication_* variables of the README's example inventory (the demo's guests 100 and 200)."""
-    data = yaml.safe_load(EXAMPLE_INVENTORY.read_text())["all"]["children"]["replication_nodes"]["vars"]
-    return {key: value for key, value in data.items() if key.startswith("replication_")}
-
-
-def ensure_wheelhouse():
-    """The nodes have no index: the role installs the runner's pins from wheels downloaded here once."""
-    if not list(WHEELHOUSE.glob("paramiko-*.whl")):
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(WHEELHOUSE), "-r",
-                        str(REPO / "requirements" / "node.txt")], check=True, timeout=600)
-    return str(WHEELHOUSE)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +40,7 @@ class Site:
 
     def __init__(self, lab):
         self.lab = lab
-        self.vars = dict(example_vars(), runner_pip_wheelhouse=ensure_wheelhouse())
+        self.vars = site_vars()
 
     def play(self, overrides=None, **kwargs):
         """site.yml with the example inventory's variables (``overrides`` replace some)."""
@@ -103,15 +84,7 @@ def site(site_lab):
 
 
 def checksum(lab, node, dataset):
-    script = ("import hashlib,os,sys\nh=hashlib.sha256()\nfor d,ds,fs in sorted(os.walk(sys.argv[1])):\n ds.sort()\n"
-              " for f in sorted(fs):\n  p=os.path.join(d,f);h.update(p[len(sys.argv[1]):].encode());"
-              "h.update(open(p,'rb').read())\nprint(h.hexdigest())")
-    return lab.exec(node, ["python3", "-c", script, "/" + dataset]).stdout.strip()
-
-
-def write_data(lab, name, mib, seek=0):
-    lab.exec("node1", ["dd", "if=/dev/urandom", "of=/rpool/data/%s/data.bin" % name, "bs=1M", "count=%d" % mib,
-                       "seek=%d" % seek, "conv=notrunc", "status=none"], timeout=300)
+    return lab.tree_digest(node, "/" + dataset)
 
 
 # ---------------------------------------------------------------------------------------------------------------

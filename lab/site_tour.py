@@ -1,0 +1,81 @@
+# Copyright (c) 2026, storage.replication developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The site tour of `make demo`: site.yml with the example inventory, replication driven where the timer would
+fire, `storage-replication status` on each node, then a change and its incremental sync.
+
+``example_vars`` and ``ensure_wheelhouse`` are shared with tests/integration/test_site.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_INVENTORY = REPO / "docs" / "examples" / "inventory.yml"
+WHEELHOUSE = REPO / "build" / "wheelhouse"
+VOLUMES = {"vm-100-disk-0": 6, "subvol-200-disk-0": 3}  # the example guests' volumes -> MiB of random data
+
+
+def example_vars():
+    """The replication_* variables of the example inventory (guests 100 vm and 200 ct, both starting on node1)."""
+    data = yaml.safe_load(EXAMPLE_INVENTORY.read_text(encoding="utf-8"))["all"]["children"]["replication_nodes"]["vars"]
+    return {key: value for key, value in data.items() if key.startswith("replication_")}
+
+
+def ensure_wheelhouse():
+    """The lab's nodes have no package index: the role installs the runner's pins from wheels downloaded once."""
+    if not list(WHEELHOUSE.glob("paramiko-*.whl")):
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(WHEELHOUSE), "-r",
+                        str(REPO / "requirements" / "node.txt")], check=True, timeout=600)
+    return str(WHEELHOUSE)
+
+
+def site_vars():
+    return dict(example_vars(), runner_pip_wheelhouse=ensure_wheelhouse())
+
+
+def write_data(lab, name, mib, seek=0):
+    """``mib`` MiB of random data into data.bin of the volume on node1, at ``seek`` MiB."""
+    lab.exec("node1", ["dd", "if=/dev/urandom", "of=/rpool/data/%s/data.bin" % name, "bs=1M", "count=%d" % mib,
+                       "seek=%d" % seek, "conv=notrunc", "status=none"], timeout=300)
+
+
+def site_tour(lab, step, show, check, first_step):
+    """Returns the number of the next step."""
+    sys.path.insert(0, str(REPO / "tests" / "integration"))
+    from ansible_runner import run_playbook  # pylint: disable=import-outside-toplevel,import-error
+
+    step(first_step, "ansible-playbook playbooks/site.yml: the runner role, then nodes, storages, guests and jobs "
+                     "from docs/examples/inventory.yml")
+    run = run_playbook(lab.inventory_path, "playbooks/site.yml", extra_vars=site_vars(), timeout=1800)
+    show("changed tasks on node1: %s" % ", ".join(run.changed_tasks("node1")[-4:]))
+    check(run.rc == 0 and not run.failures(), "site.yml converged (%d changes)" % run.changed_count())
+    show(lab.exec("node2", ["cat", "/etc/storage-replication/replication.cfg"]).stdout)
+
+    step(first_step + 1, "Guests 100 and 200 get data on node1; 'storage-replication run' there, as the timer would")
+    for name, mib in VOLUMES.items():
+        lab.exec("node1", ["zfs", "create", "-p", "rpool/data/" + name])
+        write_data(lab, name, mib)
+    show(lab.exec("node1", ["storage-replication", "run"], timeout=600).stdout)
+    source = lab.tree_digest("node1", "/rpool/data/vm-100-disk-0")
+    for target in ("node2", "node3"):
+        check(lab.tree_digest(target, "/rpool/data/vm-100-disk-0") == source, "%s holds guest 100's data (sha256)" % target)
+
+    step(first_step + 2, "storage-replication status on each node (state is per node: node1 runs the jobs)")
+    for node in lab.nodes:
+        show("%s:\n%s" % (node, lab.exec(node, ["storage-replication", "status"]).stdout))
+
+    step(first_step + 3, "A change on node1 (1 MiB rewritten) and its incremental sync")
+    write_data(lab, "vm-100-disk-0", 1, seek=2)
+    show(lab.exec("node1", ["storage-replication", "run", "--id", "100-0"], timeout=600).stdout)
+    log = lab.exec("node1", ["cat", "/var/log/storage-replication/100-0.log"]).stdout
+    show("\n".join(line for line in log.splitlines() if "sync" in line))
+    check("incremental sync 'local-zfs:vm-100-disk-0'" in log, "only the delta was sent")
+    check(lab.tree_digest("node2", "/rpool/data/vm-100-disk-0") == lab.tree_digest("node1", "/rpool/data/vm-100-disk-0"),
+          "node2 matches node1 again (sha256)")
+    return first_step + 4
