@@ -112,7 +112,7 @@ def _set_guest(cfg, item):
                           % (", ".join(sorted(cfg.nodes)) or "none"))
     owner = old.node if old is not None else item["node"]
     cfg.set_guest(Guest(id=item["id"], type=item["type"], node=owner, volumes=list(item.get("volumes") or []),
-                        hooks={name: list(argv) for name, argv in (item.get("hooks") or {}).items()}))
+                        hooks={name: list(argv) if isinstance(argv, list) else argv for name, argv in (item.get("hooks") or {}).items()}))
     if old is not None and item.get("node") and item["node"] != owner:
         return ["guest '%s' runs on '%s' now (moved by a migration or failover); the inventory's node '%s' is only "
                 "where it starts, so it was left where it is" % (item["id"], owner, item["node"])]
