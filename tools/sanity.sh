@@ -8,10 +8,12 @@ cd "$(dirname "$0")/.."
 venv=$(cd "$1" && pwd); shift
 python="$venv/bin/python"
 version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-stage="${TMPDIR:-/tmp}/storage-replication-sanity/$(basename "$venv" | tr -d .)/ansible_collections/storage/replication"
-rm -rf "$stage"
+# A private staging dir per run, so that concurrent runs (two cores, several venvs) never collide.
+work=$(mktemp -d "${TMPDIR:-/tmp}/storage-replication-sanity.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+stage="$work/ansible_collections/storage/replication"
 mkdir -p "$stage"
 git ls-files --cached --others --exclude-standard -z | xargs -0 -I{} sh -c 'test -e "{}" && printf "%s\0" "{}"' \
     | tar --null -T - -cf - | tar -xf - -C "$stage"
 cd "$stage"
-exec "$venv/bin/ansible-test" sanity --venv --python "$version" --color no "$@"
+"$venv/bin/ansible-test" sanity --venv --python "$version" --color no "$@"
