@@ -8,8 +8,9 @@ drops state of jobs this node no longer runs, and picks due jobs in pvesr's orde
 guest, job ID). Unlike pvesr, which runs a node's jobs one after another, jobs of different guests run in
 parallel, up to ``max_parallel`` (default 4) at a time, so one long initial sync does not hold back every other
 job; two jobs of one guest never run at once (here, and across processes by the guest lock). While a long job
-runs, the runner keeps scheduling: every RECHECK_SECONDS it starts jobs that became due, and every minute it
-begins a new iteration, as the next timer tick would (the timer starts no second runner meanwhile).
+runs, the runner keeps scheduling: every RECHECK_SECONDS it starts jobs that became due, and while a job has been
+running for a minute or more it begins a new iteration every minute, as the next timer tick would (the timer
+starts no second runner meanwhile); without such a long job a run ends when its iteration is done.
 
 Before it acts, the runner makes sure no peer holds a newer cluster configuration (DESIGN.md, safety rule 2):
 when jobs are due, or at least every ``peer_check_interval`` seconds, it asks its peers for their generation and
@@ -460,11 +461,12 @@ class Runner:
 
     def _run_parallel(self):
         limit = self.settings["max_parallel"]
-        started, running = set(), {}
+        started, running, since = set(), {}, {}
         with ThreadPoolExecutor(max_workers=limit) as pool:
             while True:
                 for job in self._due_jobs(started, {j.guest for j in running.values()})[:limit - len(running)]:
                     started.add(job.id)
+                    since[job.id] = self.now()
                     running[pool.submit(self._execute, job, self._prefixed_echo(job))] = job
                 if not running:
                     return
@@ -472,8 +474,10 @@ class Runner:
                 for future in finished:
                     running.pop(future)
                     future.result()
-                if self.now() - self.iteration >= TICK_SECONDS:
-                    self.iteration, started = int(self.now()), {j.id for j in running.values()}
+                # A job running for a minute or more holds this runner (and the timer) up: act as the next tick.
+                if any(self.now() - since[j.id] >= TICK_SECONDS for j in running.values()):
+                    if self.now() - self.iteration >= TICK_SECONDS:
+                        self.iteration, started = int(self.now()), {j.id for j in running.values()}
                 # Jobs may have been changed while they ran (pvesr re-reads the configuration before every pick).
                 self.cfg = configmod.load(self.paths.confdir)
 

@@ -1,0 +1,142 @@
+# Copyright (c) 2026, storage.replication developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The runner on the lab: a long initial sync does not delay other guests' syncs past their schedule; failure
+notifications with pvesr's cadence and a recovery notification; the metrics file matches the state."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import cluster_setup as cs
+import pytest
+
+from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+
+SMALL = (501, 502, 503, 504, 505)
+BIG = 500
+# The issue's 1 GiB would not fit the lab's 1G pools; the same shape, shorter: 150 MiB at 2 MB/s, about 78 s,
+# so that the long initial sync always spans a minute boundary at which the small jobs are due again.
+BIG_MIB, BIG_RATE = 150, 2
+NOTIFIED = 601
+METRICS = "/var/lib/storage-replication/metrics.prom"
+NOTIFY_LOG = "/var/log/storage-replication/notify.jsonl"
+NOTIFY_SCRIPT = "/opt/storage-replication/notify.py"
+
+
+def sr(lab, node, *argv, check=True, timeout=180):
+    proc = lab.exec(node, [cs.LAUNCHER] + list(argv), check=False, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError("%s on %s failed (%d): %s%s" % (argv, node, proc.returncode, proc.stdout, proc.stderr))
+    return proc
+
+
+def write_on(lab, node, path, text):
+    lab.exec(node, ["sh", "-c", 'cat > "$1"', "sh", path], input=text)
+
+
+@pytest.fixture(scope="module", name="cluster")
+def cluster_fixture(lab):
+    keys = {node: cs.install_node(lab, node) for node in lab.nodes}
+    for node in lab.nodes:
+        cs.trust_peers(lab, node, keys)
+    cfg = cs.base_config(lab)
+    existing = [configmod.load(str(lab.private_path(n, "/etc/storage-replication"))).generation for n in lab.nodes]
+    cfg.generation = max(existing) + 1
+    for guest in (BIG,) + SMALL + (NOTIFIED,):
+        cfg.guests[guest] = configmod.Guest(guest, "vm", "node1", ["%s:vm-%d-disk-0" % (cs.STORAGE, guest)])
+        cs.create_volume(lab, "node1", "vm-%d-disk-0" % guest)
+    cs.write_config(lab, cfg)
+    write_on(lab, "node1", NOTIFY_SCRIPT, "import sys\nwith open(%r, 'a') as f:\n    f.write(sys.stdin.read().strip() + '\\n')\n" % NOTIFY_LOG)
+    write_on(lab, "node1", "/etc/storage-replication/runner.json", json.dumps({
+        "max_parallel": 4, "metrics_file": METRICS, "notify_command": [str(cs.PYTHON), NOTIFY_SCRIPT]}))
+    yield lab
+    lab.revive("node3")
+
+
+def state_of(lab, guest, target="node2"):
+    return cs.local_state(lab, "node1").get(str(guest), {}).get("local/" + target, {})
+
+
+def test_a_long_initial_sync_does_not_delay_other_guests(cluster):
+    lab = cluster
+    for guest in SMALL:
+        cs.write_random(lab, "node1", "vm-%d-disk-0" % guest, "data", 1)
+        sr(lab, "node1", "create-local-job", "%d-0" % guest, "node2", "--schedule", "minutely")
+    sr(lab, "node1", "run")  # the small guests' initial syncs, in parallel
+    assert all(state_of(lab, g).get("last_sync") and not state_of(lab, g).get("fail_count") for g in SMALL)
+    for guest in SMALL:
+        cs.write_random(lab, "node1", "vm-%d-disk-0" % guest, "more", 1)
+    cs.write_random(lab, "node1", "vm-%d-disk-0" % BIG, "data", BIG_MIB)
+    sr(lab, "node1", "create-local-job", "%d-0" % BIG, "node2", "--rate", str(BIG_RATE))
+
+    started = time.time()
+    boundary = (int(started) // 60 + 1) * 60  # the small jobs are due again at the next minute
+    runner = subprocess.run(lab.exec_argv("node1", [cs.LAUNCHER, "run", "--output-format", "json"]), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, timeout=600, check=False, text=True)
+    assert runner.returncode == 0, runner.stderr
+    big = state_of(lab, BIG)
+    assert big["fail_count"] == 0 and big["duration"] > 60, big  # it was a long sync, and it succeeded
+    big_end = big["last_sync"] + big["duration"]
+    for guest in SMALL:
+        small = state_of(lab, guest)
+        # ran at the minute boundary (within the runner's 10 s recheck), while the big sync was still going
+        assert boundary <= small["last_sync"] <= boundary + 15 and small["last_sync"] + small["duration"] < big_end, (guest, small)
+        assert cs.tree_checksum(lab, "node1", "vm-%d-disk-0" % guest, "__replicate_%d-0_%d__" % (guest, small["last_sync"])) == \
+            cs.tree_checksum(lab, "node2", "vm-%d-disk-0" % guest, "__replicate_%d-0_%d__" % (guest, small["last_sync"]))
+    snap = "__replicate_%d-0_%d__" % (BIG, big["last_sync"])
+    assert cs.tree_checksum(lab, "node1", "vm-%d-disk-0" % BIG, snap) == cs.tree_checksum(lab, "node2", "vm-%d-disk-0" % BIG, snap)
+    ran = [job["job"] for job in json.loads(runner.stdout)["jobs"]]
+    assert ran.count("%d-0" % BIG) == 1 and all(ran.count("%d-0" % g) >= 1 for g in SMALL)
+
+
+def notifications(lab):
+    path = lab.private_path("node1", "/var/log/storage-replication") / "notify.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def failing_run(lab, job_id):
+    sr(lab, "node1", "schedule-now", job_id)
+    return sr(lab, "node1", "run", "--mail")
+
+
+def test_notifications_follow_pvesr_cadence_and_report_recovery(cluster):
+    lab = cluster
+    job_id = "%d-0" % NOTIFIED
+    cs.write_random(lab, "node1", "vm-%d-disk-0" % NOTIFIED, "data", 1)
+    sr(lab, "node1", "create-local-job", job_id, "node3", "--schedule", "daily")
+    lab.kill("node3")
+    for _attempt in range(4):
+        failing_run(lab, job_id)
+    assert state_of(lab, NOTIFIED, "node3")["fail_count"] == 4
+    messages = notifications(lab)
+    assert [(m["event"], m["failure-count"]) for m in messages] == [("failure", 1), ("failure", 2), ("failure", 3)]
+    assert messages[0]["job-target"] == "node3" and "node3" in messages[0]["error"]
+    assert messages[0]["next-sync"] > messages[0]["timestamp"] and "Next sync try: 20" in messages[0]["body"]
+
+    entry = dict(state_of(lab, NOTIFIED, "node3"), fail_count=46)
+    sr(lab, "node1", "set-state", str(NOTIFIED), json.dumps({"local/node3": entry}))
+    failing_run(lab, job_id)  # 47: silent
+    failing_run(lab, job_id)  # 48: reported
+    assert [m["failure-count"] for m in notifications(lab)] == [1, 2, 3, 48]
+
+    lab.revive("node3")
+    failing_run(lab, job_id)
+    recovered = notifications(lab)[-1]
+    assert recovered["event"] == "recovered" and recovered["previous-failure-count"] == 48
+    assert state_of(lab, NOTIFIED, "node3")["fail_count"] == 0
+
+    metrics = (lab.private_path("node1", "/var/lib/storage-replication") / "metrics.prom").read_text().splitlines()
+    state = state_of(lab, NOTIFIED, "node3")
+    labels = 'job="%s",guest="%d",target="node3",node="node1"' % (job_id, NOTIFIED)
+    assert "storage_replication_job_last_sync_timestamp_seconds{%s} %d" % (labels, state["last_sync"]) in metrics
+    assert "storage_replication_job_fail_count{%s} 0" % labels in metrics
+    assert "storage_replication_job_last_bytes_sent{%s} %d" % (labels, state["bytes_sent"]) in metrics
+    assert "storage_replication_job_enabled{%s} 1" % labels in metrics
+    status = json.loads(sr(lab, "node1", "status", "--guest", str(NOTIFIED), "--output-format", "json").stdout)
+    assert [(j["id"], j["last_sync"], j["fail_count"], j["bytes_sent"]) for j in status] == [
+        (job_id, state["last_sync"], 0, state["bytes_sent"])]
+    log = sr(lab, "node1", "log", job_id, "--runs", "3").stdout
+    assert log.count("start replication job") == 3 and "end replication job\n" in log + "\n"
