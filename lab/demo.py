@@ -162,6 +162,10 @@ def main(argv=None) -> int:
         ansible_ping(lab)
         own_pools(lab)
         send_node1_to_node2(lab)
+        from lab.site_tour import site_tour  # site.yml, replication, status per node, an incremental sync (issue 6)
+        next_step = site_tour(lab, step, show, check, first_step=5)
+        from lab.failover_tour import failover_tour  # the failover tour (issue 7)
+        failover_tour(lab, step, show, check, first_step=next_step)
     except (LabError, DemoFailed) as exc:
         print(f"\ndemo: FAILED: {exc}", file=sys.stderr)
         return 1

@@ -133,7 +133,7 @@ def plan_summary(votes, force_quorum, items, unrecoverable):
         len(votes["reachable"]), votes["nodes"], ", ".join(votes["reachable"]), votes["needed"],
         " - NO QUORUM, FORCED" if force_quorum and not votes["quorate"] else "")]
     for item in items:
-        lines.append("guest %d: %s -> %s, from the replica of %s (job %s); the writes of the last %d s on %s are lost; "
+        lines.append("guest %d: %s -> %s, from the replica of %s (job %s, %d s old): writes on %s after it are lost; "
                      "jobs after: %s" % (item["guest"], item["from"], item["to"], item["recovery_point_text"], item["job"],
                                          item["lost_writes_window"], item["from"],
                                          ", ".join("%s %s" % pair for pair in sorted(item["jobs_after"].items())) or "none"))
