@@ -138,7 +138,7 @@ def _pushed_config(reply, node_name):
 
 
 def _describe(exc):
-    return str(exc).split("\n")[0]
+    return str(exc).split("\n", maxsplit=1)[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------
