@@ -110,7 +110,8 @@ def _catching(work, node):
         if not exc.unreachable:
             return exc
         # transport's own message speaks of replication targets; here any peer is meant.
-        cause = str(exc.__cause__ or "").replace("[Errno None] ", "") or "no answer"
+        cause = exc.__cause__
+        cause = (str(cause).replace("[Errno None] ", "") or type(cause).__name__) if cause is not None else "no answer"
         return TransportError("unreachable at %s port %d (%s)" % (node.address, node.port, cause), True)
     except (RemoteError, configmod.ConfigError) as exc:
         return exc
