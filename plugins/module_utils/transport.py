@@ -223,15 +223,12 @@ class TokenBucket:
         self.last = clock()
 
     def take(self, amount):
-        """Block until `amount` bytes may pass."""
-        while True:
-            now = self.clock()
-            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-            self.last = now
-            if self.tokens >= amount:
-                self.tokens -= amount
-                return
-            self.sleep((amount - self.tokens) / self.rate)
+        """Account for `amount` bytes, sleeping off any debt: the average is exact, a burst at most `burst`."""
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate) - amount
+        self.last = now
+        if self.tokens < 0:
+            self.sleep(-self.tokens / self.rate)
 
 
 def pump(source_fd, sink_fd, bucket, chunk=PUMP_CHUNK):

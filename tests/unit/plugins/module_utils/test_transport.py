@@ -1,0 +1,77 @@
+# Copyright (c) 2026, storage.replication developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Unit tests of the transport layer: the rate limiter's exactness, ssh argv, failure messages, reply parsing."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.storage.replication.plugins.module_utils.transport import (
+    PUMP_CHUNK, RemoteError, TokenBucket, explain_ssh_failure, known_hosts_text, parse_reply, ssh_argv)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+@pytest.mark.parametrize("rate", [1_000_000, 10_000_000, 123_456_789])
+def test_token_bucket_average_and_bursts(rate):
+    """30 s of a limited transfer average within 5% of the limit and never exceed 2x in any 1-s window."""
+    clock = FakeClock()
+    bucket = TokenBucket(rate, clock=clock, sleep=clock.sleep)
+    chunk = min(PUMP_CHUNK, int(bucket.burst))
+    passed = []  # (time, bytes)
+    start = clock()
+    while clock() - start < 30:
+        bucket.take(chunk)
+        passed.append((clock(), chunk))
+    elapsed = passed[-1][0] - start
+    average = sum(b for _t, b in passed) / elapsed
+    assert abs(average - rate) / rate < 0.05
+    end, window = 0, 0
+    for t0, first in passed:  # every 1-s window starting at a chunk (sliding, two pointers)
+        while end < len(passed) and passed[end][0] < t0 + 1.0:
+            window += passed[end][1]
+            end += 1
+        assert window <= 2 * rate
+        window -= first
+
+
+def test_ssh_argv_pins_host_key_and_never_disables_checking():
+    argv = ssh_argv("node2", "10.0.0.2", "/var/lib/storage-replication/known_hosts", ["receive", "job=100-0"])
+    assert "StrictHostKeyChecking=yes" in argv and "HostKeyAlias=node2" in argv and "BatchMode=yes" in argv
+    assert "UserKnownHostsFile=/var/lib/storage-replication/known_hosts" in argv
+    assert not any("StrictHostKeyChecking=no" in a for a in argv)
+    assert argv[-4:] == ["root@10.0.0.2", "--", "receive", "job=100-0"]
+
+
+def test_known_hosts_text_keys_by_node_name():
+    assert known_hosts_text([("node1", "ssh-ed25519 AAAA "), ("node2", "")]) == "node1 ssh-ed25519 AAAA\n"
+
+
+@pytest.mark.parametrize("stderr, expected", [
+    ("Host key verification failed.\n", "host key of target node 'node2' does not match"),
+    ("root@10.0.0.2: Permission denied (publickey).\n", "refused this node's SSH key"),
+    ("ssh: connect to host 10.0.0.2 port 22: Connection refused\n", "is unreachable"),
+    ("ssh: connect to host 10.0.0.2 port 22: Connection timed out\n", "check that the node is up"),
+    ("something else\n", None),
+])
+def test_ssh_failures_name_cause_and_fix(stderr, expected):
+    message = explain_ssh_failure("node2", "10.0.0.2", stderr)
+    assert (message is None) if expected is None else (expected in message)
+
+
+def test_parse_reply():
+    assert parse_reply("node2", "prepare", b'noise\n{"ok": true, "volumes": {}}\n', b"", 0)["volumes"] == {}
+    with pytest.raises(RemoteError, match="guest 100 is owned"):
+        parse_reply("node2", "prepare", b'{"ok": false, "error": "guest 100 is owned by node2"}\n', b"", 1)
+    with pytest.raises(RemoteError, match=r"gave no valid reply \(exit code 127\): sh: command not found"):
+        parse_reply("node2", "prepare", b"", b"sh: command not found\n", 127)
