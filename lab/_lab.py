@@ -38,6 +38,9 @@ PRIVATE_PATHS = tuple(dict.fromkeys(os.path.realpath(p) for p in (
     # The pool's mount point too: zfs creates dataset mount points below it, sometimes before the pool's own
     # FUSE mount is there, and they must not land in a directory that the other nodes see.
     "/rpool")))
+# Root's shell start files, replaced per node by the distribution's defaults: the machine's own (pyenv, cargo)
+# make every SSH login into a node wait on locks in directories all nodes share.
+PRIVATE_FILES = ("/root/.bashrc", "/root/.profile")
 POOL = "rpool"
 POOL_MOUNTPOINT = "/rpool"
 DATASET = "rpool/data"
@@ -375,6 +378,9 @@ class Lab:
         etc_zfs = self.private_path(node, "/etc/zfs")
         if not (etc_zfs / "zfsrc").exists() and os.path.isdir("/etc/zfs"):
             shutil.copytree("/etc/zfs", etc_zfs, dirs_exist_ok=True)
+        for path in PRIVATE_FILES:
+            skeleton = Path("/etc/skel") / Path(path).name
+            write_file(self.private_path(node, path), skeleton.read_text(encoding="utf-8") if skeleton.exists() else "")
         self._prepare_etc_ssh(node)
         authorized = self.private_path(node, "/root/.ssh") / "authorized_keys"
         if not authorized.exists():
@@ -418,6 +424,9 @@ class Lab:
         for path in PRIVATE_PATHS:
             run(enter_mnt + ["mount", "--bind", self.private_path(node, path), path], where=node)
         run(enter_mnt + ["mount", "--bind", self.hosts_path, "/etc/hosts"], where=node)
+        for path in PRIVATE_FILES:
+            if os.path.exists(path):
+                run(enter_mnt + ["mount", "--bind", self.private_path(node, path), path], where=node)
         # Hide all labs' directories (controller key, other nodes' disks) from the node.
         run(enter_mnt + ["mount", "-t", "tmpfs", "-o", "ro,mode=0755,size=64k", "storage-replication-lab-hidden",
                          self.root], where=node)
