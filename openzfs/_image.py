@@ -15,6 +15,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def build(target: Path, log) -> None:
     log("openzfs: building the guest image %s (recipe changed or first build; about 5 minutes)" % target.name)
     started = time.monotonic()
     argv = ["nice", "-n", "10", str(REPO / "openzfs" / "image" / "build.sh"), str(work)]
-    proc = subprocess.run(argv, check=False)
+    proc = subprocess.run(argv, env=dict(os.environ, PYTHON=sys.executable), check=False)
     if proc.returncode != 0 or not is_built(work):
         raise ImageError("building the OpenZFS guest image failed (exit code %d) - see the logs in %s" % (
             proc.returncode, work))

@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # Copyright (c) 2026, storage.replication developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
@@ -116,10 +116,15 @@ step peers-and-runner
 logged apt-peers apt_in_chroot sanoid pv mbuffer lzop libcapture-tiny-perl libconfig-inifiles-perl
 install -D -m 644 "$HERE/peers.txt" "$ROOT/opt/peers/requirements.txt"
 install -D -m 644 "$REPO/requirements/node.txt" "$ROOT/opt/storage-replication/requirements.txt"
-logged venv-peers in_chroot sh -c 'python3 -m venv /opt/peers/venv &&
-    /opt/peers/venv/bin/pip install -q --disable-pip-version-check -r /opt/peers/requirements.txt'
-logged venv-runner in_chroot sh -c 'python3 -m venv /opt/storage-replication/venv &&
-    /opt/storage-replication/venv/bin/pip install -q --disable-pip-version-check -r /opt/storage-replication/requirements.txt'
+# The host downloads (its pip knows this machine's index and certificates); the guest installs offline.
+# Same Python minor version on both sides (Debian 12: 3.11), so the host's wheels fit.
+mkdir -p "$ROOT/var/tmp/wheels"
+logged pip-download "${PYTHON:-python3}" -m pip download -q -d "$ROOT/var/tmp/wheels" \
+    -r "$HERE/peers.txt" -r "$REPO/requirements/node.txt"
+offline_install='python3 -m venv "$1" && "$1/bin/pip" install -q --no-index --find-links /var/tmp/wheels -r "$2"'
+logged venv-peers in_chroot sh -c "$offline_install" sh /opt/peers/venv /opt/peers/requirements.txt
+logged venv-runner in_chroot sh -c "$offline_install" sh /opt/storage-replication/venv /opt/storage-replication/requirements.txt
+rm -rf "$ROOT/var/tmp/wheels"
 for tool in zfs-autobackup bzfs; do ln -sf "/opt/peers/venv/bin/$tool" "$ROOT/usr/local/bin/$tool"; done
 
 step configure
