@@ -34,7 +34,10 @@ from ansible_collections.storage.replication.plugins.module_utils.transport impo
 
 GET_CONFIG = "get-config"
 SET_CONFIG = "set-config"
-PEER_TIMEOUT = 10
+# A node that does not complete the SSH handshake in this time counts as unreachable; once connected, an
+# operation (which may fsync a generation) gets longer, so that a busy peer is not mistaken for a dead one.
+PEER_CONNECT_TIMEOUT = 15
+PEER_CALL_TIMEOUT = 60
 CONFIG_FILES = (configmod.JOBS_FILE, configmod.MODEL_FILE)
 
 # What happened on each node, as reported in ClusterChange.nodes.
@@ -90,7 +93,7 @@ def _peers(cfg, local_node, extra=None):
 
 
 def _connect(node, key, connect):
-    channel = connect(node.name, node.address, node.host_key, key=key, port=node.port, timeout=PEER_TIMEOUT)
+    channel = connect(node.name, node.address, node.host_key, key=key, port=node.port, timeout=PEER_CONNECT_TIMEOUT)
     return channel.connect()
 
 
@@ -119,7 +122,7 @@ def _catching(work, node):
 
 def _ask_generation(channel, cfg, local_node, content=False):
     reply = channel.call(GET_CONFIG, {"source": local_node, "generation": cfg.generation, "content": content},
-                         timeout=PEER_TIMEOUT)
+                         timeout=PEER_CALL_TIMEOUT)
     generation = reply.get("generation")
     if isinstance(generation, bool) or not isinstance(generation, int):
         raise configmod.ConfigError("node '%s' answered get-config without a generation" % channel.node_name)
@@ -236,7 +239,7 @@ def _push(channels, cfg, local_node, outcome):
     request = {"source": local_node, "generation": cfg.generation, "files": files}
 
     def push(channel):
-        reply = channel.call(SET_CONFIG, request, timeout=PEER_TIMEOUT)
+        reply = channel.call(SET_CONFIG, request, timeout=PEER_CALL_TIMEOUT)
         return WRITTEN if reply.get("written") else UNCHANGED
 
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(channels)))) as pool:
