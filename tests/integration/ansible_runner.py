@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -70,10 +71,12 @@ class PlaybookRun:
             raise AssertionError("ansible-playbook failed\n" + self.describe())
 
 
-def ansible_environment(results_file: str) -> dict:
+def ansible_environment(results_file: str, collections_path=None) -> dict:
+    """ansible-playbook's environment: the collection (the repository's, or a copy under collections_path), the
+    results callback writing to results_file, pipelining (one SSH round trip per task)."""
     env = dict(os.environ)
     env.update({
-        "ANSIBLE_COLLECTIONS_PATH": str(REPO / "build" / "collections"),
+        "ANSIBLE_COLLECTIONS_PATH": str(collections_path or REPO / "build" / "collections"),
         "ANSIBLE_CALLBACK_PLUGINS": str(CALLBACK_DIR),
         "ANSIBLE_CALLBACKS_ENABLED": "record_results",
         "ANSIBLE_NOCOLOR": "1",
@@ -85,8 +88,11 @@ def ansible_environment(results_file: str) -> dict:
 
 
 def run_playbook(inventory, playbook, *, check: bool = False, diff: bool = False, extra_vars: dict | None = None,
-                 limit: str | None = None, timeout: float = 900) -> PlaybookRun:
-    """ansible-playbook PLAYBOOK (a path, relative to the repository root or absolute) against INVENTORY."""
+                 limit: str | None = None, timeout: float = 900, collections_path=None) -> PlaybookRun:
+    """ansible-playbook PLAYBOOK (a path, relative to the repository root or absolute) against INVENTORY.
+
+    collections_path: a directory holding ansible_collections/storage/replication (see snapshot_collection)
+    instead of the repository itself."""
     argv = [str(ANSIBLE_PLAYBOOK), "-i", str(inventory), str(REPO / playbook)]
     if check:
         argv.append("--check")
@@ -99,7 +105,22 @@ def run_playbook(inventory, playbook, *, check: bool = False, diff: bool = False
     with tempfile.TemporaryDirectory(prefix="sr-ansible-") as tmp:
         results_file = os.path.join(tmp, "results.json")
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                              env=ansible_environment(results_file), check=False)
+                              env=ansible_environment(results_file, collections_path), check=False)
         recorded = json.loads(Path(results_file).read_text(encoding="utf-8")) if os.path.exists(results_file) else {}
     return PlaybookRun(argv=argv, rc=proc.returncode, stdout=proc.stdout, stderr=proc.stderr,
                        results=recorded.get("results", []), stats=recorded.get("stats", {}))
+
+
+def snapshot_collection(directory) -> Path:
+    """A copy of the collection's Ansible content under directory/ansible_collections/storage/replication; returns
+    the collections path to pass to run_playbook. Runs compared for idempotence then see the same engine even while
+    the working tree changes under them."""
+    target = Path(directory) / "ansible_collections" / "storage" / "replication"
+    target.mkdir(parents=True)
+    for name in ("galaxy.yml", "meta", "plugins", "roles", "playbooks"):
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, target / name)
+    return Path(directory)
