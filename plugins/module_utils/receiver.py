@@ -17,6 +17,7 @@ sync is copied aside before a receive would roll it back.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -25,8 +26,6 @@ import sys
 import time
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
-from ansible_collections.storage.replication.plugins.module_utils.cluster import serve_get_config, serve_set_config
-from ansible_collections.storage.replication.plugins.module_utils.migrate import serve_set_state
 from ansible_collections.storage.replication.plugins.module_utils.state import (
     DEFAULT_STATEDIR, atomic_write, read_local_node)
 from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs, ZfsError, recv_argv
@@ -479,6 +478,15 @@ def copy_stream(source_fd, sink_fd):
 
 # ---------------------------------------------------------------- entry point
 
+def lazy_operation(module, function):
+    """An operation implemented in another engine module, imported only when called: every SSH session starts a
+    new process, and the data path (receive) should not pay for importing what it does not use."""
+    def operation(receiver, request):
+        engine = importlib.import_module("ansible_collections.storage.replication.plugins.module_utils." + module)
+        return getattr(engine, function)(receiver, request)
+    return operation
+
+
 CONTROL_OPERATIONS = {
     "prepare": Receiver.prepare,
     "finalize": Receiver.finalize,
@@ -486,10 +494,12 @@ CONTROL_OPERATIONS = {
     # OpenZFS: drop an interrupted receive the source cannot resume.
     "abort-resume": Receiver.abort_resume,
     # Cluster-wide configuration changes (cluster.py): generation query and push.
-    "get-config": serve_get_config,
-    "set-config": serve_set_config,
+    "get-config": lazy_operation("cluster", "serve_get_config"),
+    "set-config": lazy_operation("cluster", "serve_set_config"),
     # Migration (migrate.py): the new owner receives the guest's job states (pvesr set-state).
-    "set-state": serve_set_state,
+    "set-state": lazy_operation("migrate", "serve_set_state"),
+    # Migration to a node without a replica: the copy is complete there, the one-off copy job's traces go.
+    "drop-migration-copy": lazy_operation("migrate", "serve_drop_copy"),
 }
 
 
