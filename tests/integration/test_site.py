@@ -19,7 +19,7 @@ import yaml
 from lab import Lab
 from lab.site_tour import VOLUMES, replica_digests, site_vars, write_data
 
-from ansible_runner import run_playbook
+from ansible_runner import run_playbook, snapshot_collection
 
 CONFDIR = "/etc/storage-replication"
 PYTHON = "/opt/storage-replication/venv/bin/python"
@@ -39,14 +39,16 @@ def site_lab():
 class Site:
     """Runs playbooks against the lab with the example inventory's variables (overridable per run)."""
 
-    def __init__(self, lab):
+    def __init__(self, lab, collections):
         self.lab = lab
         self.vars = site_vars()
+        self.collections = collections  # a snapshot: the runs compared see the same code while the tree changes
 
     def play(self, overrides=None, **kwargs):
         """site.yml with the example inventory's variables (``overrides`` replace some)."""
         extra = dict(self.vars, **(overrides or {}))
-        return run_playbook(self.lab.inventory_path, "playbooks/site.yml", extra_vars=extra, timeout=1800, **kwargs)
+        return run_playbook(self.lab.inventory_path, "playbooks/site.yml", extra_vars=extra, timeout=1800,
+                            collections_path=self.collections, **kwargs)
 
     def converge(self, overrides=None, **kwargs):
         """Only site.yml's configuration play (--tags replication_config, through ANSIBLE_RUN_TAGS)."""
@@ -62,7 +64,7 @@ class Site:
                  "vars": {"ansible_python_interpreter": PYTHON}, "tasks": tasks}]
         path = tmp_path / "play.yml"
         path.write_text(yaml.safe_dump(play, sort_keys=False))
-        return run_playbook(self.lab.inventory_path, str(path), timeout=900, **kwargs)
+        return run_playbook(self.lab.inventory_path, str(path), timeout=900, collections_path=self.collections, **kwargs)
 
     def config_files(self):
         """{node: text of replication.cfg + cluster.json} (empty strings where there is none)."""
@@ -80,8 +82,8 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(site_lab):
-    return Site(site_lab)
+def site(site_lab, tmp_path_factory):
+    return Site(site_lab, snapshot_collection(tmp_path_factory.mktemp("collection")))
 
 
 def assert_replica(lab, target, job_id, name="vm-100-disk-0"):
