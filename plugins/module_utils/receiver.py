@@ -443,8 +443,10 @@ def _int_or_none(text):
 
 
 def explain_recv_failure(node, volume, argv, rc, stderr):
-    detail = stderr.strip().splitlines()[-1] if stderr.strip() else ("killed by signal %d" % -rc if rc < 0 else
-                                                                      "exit code %s" % rc)
+    if stderr.strip():
+        detail = stderr.strip().splitlines()[-1]
+    else:
+        detail = "killed by signal %d" % -rc if rc < 0 else "exit code %s" % rc
     if "out of space" in stderr or "No space left" in stderr:
         return ("the pool on node '%s' is full: cannot receive volume '%s' (%s) - free space on that pool or enlarge "
                 "it; the previous replica is intact and the next run resumes from it" % (node, volume, detail))
@@ -549,4 +551,4 @@ def main(argv=None, environ=None, stdin=None, stdout=None, receiver=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    raise SystemExit(main(sys.argv[1:]))

@@ -271,8 +271,8 @@ def take_snapshots(ctx, datasets, snap):
 
 def send_volumes(ctx, target, datasets, bases, snap):
     rate = ctx.job.rate
-    ctx.log("using secure transmission, rate limit: %s" % ("%s MByte/s" % configmod.format_number(rate) if rate
-                                                          else "none"))
+    limit = "%s MByte/s" % configmod.format_number(rate) if rate else "none"
+    ctx.log("using secure transmission, rate limit: %s" % limit)
     known_hosts = known_hosts_file(ctx)
     sent = []
     try:
@@ -446,4 +446,4 @@ def main(argv):
 
 if __name__ == "__main__":
     import sys as _sys
-    _sys.exit(main(_sys.argv[1:]))
+    raise SystemExit(main(_sys.argv[1:]))
