@@ -282,7 +282,7 @@ class Receiver:
 
     # ------------------------------------------------------------ receive
 
-    def receive(self, arguments, stdin_fd):
+    def receive(self, arguments, stdin):
         args = parse_arguments(arguments, ("job", "guest", "volume", "snapshot", "base", "generation", "source", "resume",
                                            "raw"))
         request = {"job": args.get("job"), "guest": _int_or_none(args.get("guest")),
@@ -300,12 +300,12 @@ class Receiver:
         dataset = self.dataset(volume)
         kept = []
         if args.get("resume") == "1":  # the rest of an interrupted stream: it goes where the first part went
-            received = self.feed_zfs_recv(recv_argv(dataset, force=False, resumable=True), stdin_fd, volume)
+            received = self.feed_zfs_recv(recv_argv(dataset, force=False, resumable=True), stdin, volume)
         elif base:
             kept = self.protect_diverged(volume, dataset, base)
-            received = self.feed_zfs_recv(self.recv_argv(dataset, True, args.get("raw") == "1"), stdin_fd, volume)
+            received = self.feed_zfs_recv(self.recv_argv(dataset, True, args.get("raw") == "1"), stdin, volume)
         else:
-            received = self.receive_full(volume, dataset, stdin_fd, args.get("raw") == "1")
+            received = self.receive_full(volume, dataset, stdin, args.get("raw") == "1")
         self.say("successfully imported '%s'" % volume)
         return {"bytes": received, "kept": kept}
 
@@ -316,7 +316,7 @@ class Receiver:
         exclude = ("encryption",) if features.receive_exclude and not raw else ()
         return recv_argv(dataset, force=force, resumable=features.resumable_receive, exclude=exclude)
 
-    def receive_full(self, volume, dataset, stdin_fd, raw=False):
+    def receive_full(self, volume, dataset, stdin, raw=False):
         """A full stream creates the dataset; if the receive fails, what it created is destroyed again, unless ZFS
         saved it for a resume (OpenZFS: the next run continues from its receive_resume_token)."""
         if self.zfs.exists(dataset):
@@ -324,7 +324,7 @@ class Receiver:
                           "the source; remove it from node '%s' if it is not needed, then the next run sends it in "
                           "full" % (volume, self.node, dataset, self.node), "volume-exists")
         try:
-            return self.feed_zfs_recv(self.recv_argv(dataset, False, raw), stdin_fd, volume)
+            return self.feed_zfs_recv(self.recv_argv(dataset, False, raw), stdin, volume)
         except Refused:
             if self.resume_tokens({volume: dataset}):
                 self.say("kept the interrupted receive of '%s': the next run resumes it" % volume)
@@ -362,12 +362,12 @@ class Receiver:
                  "replicating over it (destroy that dataset when it is no longer needed)" % (volume, self.node, copy))
         return copy
 
-    def feed_zfs_recv(self, argv, stdin_fd, volume):
-        """Run zfs recv fed from stdin_fd, counting the bytes; Refused with a precise cause on failure."""
+    def feed_zfs_recv(self, argv, stdin, volume):
+        """Run zfs recv fed from stdin (a binary file), counting the bytes; Refused with a precise cause on failure."""
         env = dict(os.environ, LC_ALL="C")
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         try:
-            total = copy_stream(stdin_fd, proc.stdin.fileno())
+            total = copy_stream(stdin.fileno(), proc.stdin.fileno())
         except BrokenPipeError:
             total = None
         _out, err = proc.communicate()  # closes zfs recv's stdin: end of stream
@@ -522,7 +522,7 @@ def handle(command, receiver, stdin):
         raise Refused("no operation given: this key may only run the replication receiver", "invalid-operation")
     operation, arguments = tokens[0], tokens[1:]
     if operation == "receive":
-        return receiver.receive(arguments, stdin.fileno())
+        return receiver.receive(arguments, stdin)
     if operation not in CONTROL_OPERATIONS or arguments:
         raise Refused("operation %r is not allowed: this key may only run the replication receiver's operations "
                       "(%s)" % (command[:80], ", ".join(sorted(list(CONTROL_OPERATIONS) + ["receive"]))),

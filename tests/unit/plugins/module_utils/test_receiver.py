@@ -1,0 +1,108 @@
+# Copyright (c) 2026, storage.replication developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Unit tests of the receiver's gate: every argument validated, anything else refused, no ZFS command run for a
+refused request (the lab tests cover what the operations do)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+from ansible_collections.storage.replication.plugins.module_utils.receiver import Receiver, main
+
+
+class NoZfs:
+    """Any ZFS call from a refused request is a bug."""
+
+    def __getattr__(self, name):
+        raise AssertionError("ZFS touched by a refused request: %s" % name)
+
+
+@pytest.fixture
+def receiver(tmp_path):
+    cfg = configmod.ClusterConfig(generation=7)
+    for name, address in (("node1", "10.0.0.1"), ("node2", "10.0.0.2")):
+        cfg.nodes[name] = configmod.Node(name=name, address=address, host_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJiK4nz/cnY3cyAUYjpq4W13HzgqcR6J+KIvhTohaTcD")
+    cfg.storages["local-zfs"] = configmod.Storage(id="local-zfs", pool="rpool/data")
+    cfg.guests[100] = configmod.Guest(id=100, type="vm", node="node1", volumes=["local-zfs:vm-100-disk-0"])
+    cfg.guests[200] = configmod.Guest(id=200, type="vm", node="node2", volumes=["local-zfs:vm-200-disk-0"])
+    confdir = tmp_path / "etc"
+    confdir.mkdir()
+    configmod.save(cfg, str(confdir))
+    statedir = tmp_path / "lib"
+    statedir.mkdir()
+    (statedir / "local-node").write_text("node2\n")
+    return Receiver(confdir=str(confdir), statedir=str(statedir), zfs=NoZfs())
+
+
+def serve(receiver, command, request=None, raw=None):
+    out = io.StringIO()
+    stdin = io.BytesIO(raw if raw is not None else json.dumps(request or {}).encode())
+    code = main(environ={"SSH_ORIGINAL_COMMAND": command}, stdin=stdin, stdout=out, receiver=receiver)
+    reply = json.loads(out.getvalue())
+    assert (code == 0) == reply["ok"]
+    return reply
+
+
+def prepare_request(**changes):
+    request = {"job": "100-0", "guest": 100, "volumes": ["local-zfs:vm-100-disk-0"], "scan": [], "last_sync": 0,
+               "generation": 7, "source": "node1"}
+    request.update(changes)
+    return request
+
+
+@pytest.mark.parametrize("command", ["", "sh -c id", "zfs destroy rpool", "prepare --force", "PREPARE"])
+def test_only_the_engines_operations_are_allowed(receiver, command):
+    reply = serve(receiver, command)
+    assert not reply["ok"] and reply["reason"] == "invalid-operation"
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"job": "100-0; rm -rf /"}, "invalid job ID"),
+    ({"job": "99-0", "guest": 99}, "invalid job ID"),
+    ({"job": "101-0"}, "job '101-0' does not belong to guest 100"),
+    ({"volumes": ["local-zfs:../../etc"]}, "invalid volume"),
+    ({"volumes": "local-zfs:vm-100-disk-0"}, "invalid volume list"),
+    ({"scan": ["Local ZFS"]}, "invalid storage ID"),
+    ({"last_sync": -1}, "invalid last_sync"),
+    ({"last_sync": True}, "invalid last_sync"),
+    ({"source": "node1 node3"}, "invalid source node"),
+    ({"extra": 1}, "unknown request field(s) extra"),
+])
+def test_bad_arguments_are_refused_before_anything_runs(receiver, changes, message):
+    reply = serve(receiver, "prepare", prepare_request(**changes))
+    assert not reply["ok"] and message in reply["error"] and reply["reason"] == "invalid-argument"
+
+
+def test_not_json_is_refused(receiver):
+    reply = serve(receiver, "prepare", raw=b"{nope")
+    assert not reply["ok"] and "not valid JSON" in reply["error"]
+
+
+def test_older_generation_is_refused_with_ours(receiver):
+    reply = serve(receiver, "prepare", prepare_request(generation=6))
+    assert not reply["ok"] and reply["reason"] == "stale-generation" and reply["generation"] == 7
+    assert "node 'node1' sent cluster configuration generation 6, but node 'node2' has generation 7" in reply["error"]
+
+
+def test_guest_owned_here_is_refused(receiver):
+    reply = serve(receiver, "prepare", prepare_request(job="200-0", guest=200, volumes=["local-zfs:vm-200-disk-0"]))
+    assert not reply["ok"] and reply["reason"] == "owner"
+    assert "guest 200 is owned by node 'node2' (this node)" in reply["error"]
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ["job=100-0 guest=100 volume=local-zfs:vm-100-disk-0 snapshot=__replicate_100-1_5__ generation=7 source=node1",
+     "not a replication snapshot of job '100-0'"],
+    ["job=100-0 guest=100 volume=local-zfs:vm-100-disk-0 snapshot=x;id generation=7 source=node1", "invalid snapshot"],
+    ["job=100-0 guest=100 volume=/dev/sda snapshot=__replicate_100-0_5__ generation=7 source=node1", "invalid volume"],
+    ["job=100-0 guest=100 job=100-0", "invalid argument 'job=100-0'"],
+    ["job=100-0 guest=100 force=1", "invalid argument 'force=1'"],
+])
+def test_receive_arguments_are_checked(receiver, arguments, message):
+    reply = serve(receiver, "receive " + arguments, raw=b"")
+    assert not reply["ok"] and message in reply["error"]
