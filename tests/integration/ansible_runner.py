@@ -60,6 +60,13 @@ class PlaybookRun:
                 merged.update(record["result"].get("ansible_facts", {}))
         return merged
 
+    def slowest(self, count: int = 10) -> list:
+        """[(seconds, task)] of the slowest tasks (the longest host of each), slowest first."""
+        longest = {}
+        for record in self.results:
+            longest[record["task"]] = max(longest.get(record["task"], 0.0), record.get("seconds", 0.0))
+        return sorted(((seconds, task) for task, seconds in longest.items()), reverse=True)[:count]
+
     def describe(self) -> str:
         """What a failed assertion should show: the command, the failures and the tail of the output."""
         failed = "\n".join(f"  {r['host']}: {r['task']}: {r['result'].get('msg', r['result'])}" for r in self.failures())
