@@ -7,17 +7,23 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: guest_migrate
-short_description: Move a guest to the node that holds its replica, sending only the last delta
+short_description: Move a guest to another node; only the last delta crosses the network while it is stopped
 version_added: 0.1.0
 description:
-  - Run on the guest's owner. Checks first that every node answers and that the move is valid, then stops the
-    guest (its stop hook), runs its replication job to O(target) once more (only what changed since the last run
-    crosses the network), gives O(target) the guest's job state, and makes O(target) the owner with the
-    replication direction reversed (generation + 1 on every node).
+  - Run on the guest's owner. Checks first that every node answers and that the move is valid, then brings the
+    guest's data to O(target), gives O(target) the guest's job state, and makes O(target) the owner
+    (generation + 1 on every node).
+  - If O(target) holds a replica (a job targets it), the guest is stopped (its stop hook) and that job runs once
+    more, sending only what changed since its last run; the move reverses that job (it now targets this node).
+  - If O(target) holds no replica, every volume is first sent in full (a one-off job C(<guest>-999999999) that is
+    never written to the configuration) while the guest still runs, then the guest is stopped and only what
+    changed since crosses the network. The replication snapshots of the guest's jobs travel with the copy, so the
+    jobs keep their targets, start from O(target), and continue incrementally. The copy's own snapshots are
+    removed on both nodes; this node keeps its volumes.
   - Start the guest on O(target) afterwards with M(storage.replication.guest_service) (the migrate playbook does).
-  - Refused, with nothing changed, when O(target) already owns the guest, holds no replica (no job targets it),
-    when that job is marked for removal or disabled, or when a node does not answer. If the final sync or the
-    ownership change fails, the guest is started again on this node.
+  - Refused, with nothing changed, when O(target) already owns the guest, when the job to O(target) is marked for
+    removal or disabled, or when a node does not answer. If the data transfer or the ownership change fails, the
+    guest is started again on this node.
 options:
   guest:
     description: The guest ID.
@@ -30,7 +36,8 @@ options:
 attributes:
   check_mode:
     support: full
-    description: Checks everything, the other nodes included, and returns the plan; stops and sends nothing.
+    description: Checks everything, the other nodes included, and returns the plan (for a full copy with the size
+      it would send, about); stops and sends nothing.
   diff_mode:
     support: none
     description: Nothing to show as a diff.
@@ -58,12 +65,27 @@ EXAMPLES = r"""
 
 RETURN = r"""
 plan:
-  description: The guest, its source and target, the job that carries the final delta, and the jobs after the move.
+  description:
+    - The guest, its source and target, how the data goes (C(mode) V(delta) by the job to the target, or V(full copy)
+      by the one-off copy job), its volumes, and the jobs after the move.
   returned: success
   type: dict
-  sample: {"guest": 100, "source": "node1", "target": "node2", "job": "100-0", "jobs_after": {"100-0": "node2 -> node1"}}
+  sample: {"guest": 100, "source": "node1", "target": "node2", "mode": "delta", "job": "100-0",
+           "volumes": ["local-zfs:subvol-100-disk-0"], "jobs_after": {"100-0": "node2 -> node1"}}
+summary:
+  description: The plan in one line for people; for a full copy with the size it sends, about.
+  returned: success
+  type: str
+  sample: "guest 100: node1 -> node3; node 'node3' holds no replica: full copy of 1 volume(s), about 17 MB, while the
+    guest runs, then the last delta with it stopped; jobs after: 100-0 node3 -> node2"
+full_copy:
+  description: The full copy, sent while the guest ran (null in check mode and when the target held a replica).
+  returned: success
+  type: dict
+  sample: {"job": "100-999999999", "start": 1767225590, "bytes": 17123456, "volumes": [{"volume": "local-zfs:subvol-100-disk-0",
+           "mode": "full", "base": null, "bytes": 17123456, "seconds": 0.9}]}
 sync:
-  description: The final sync (null in check mode), with the bytes sent per volume.
+  description: The last delta, sent with the guest stopped (null in check mode), with the bytes sent per volume.
   returned: success
   type: dict
   sample: {"job": "100-0", "start": 1767225600, "bytes": 81234, "volumes": [{"volume": "local-zfs:subvol-100-disk-0",

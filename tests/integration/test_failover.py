@@ -24,6 +24,13 @@ from workload.guest import RUNNER_VENV, ServiceGuest, assert_continuous, config_
 
 pytestmark = pytest.mark.lab
 
+
+@pytest.fixture(scope="module")
+def lab(module_lab):
+    """This module kills nodes and rewrites the whole cluster configuration: a lab of its own, not the session's."""
+    return module_lab
+
+
 GUEST = 400
 JOB_TO_NODE2, JOB_TO_NODE3 = "%d-0" % GUEST, "%d-1" % GUEST
 SCHEDULE_SECONDS = 60  # schedule "*/1": every minute

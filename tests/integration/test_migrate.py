@@ -14,8 +14,15 @@ from workload.guest import ServiceGuest, assert_continuous, config_of, runs_of, 
 
 pytestmark = pytest.mark.lab
 
+
+@pytest.fixture(scope="module")
+def lab(module_lab):
+    """This module migrates rewrites the whole cluster configuration: a lab of its own, not the session's."""
+    return module_lab
+
+
 GUEST = 300
-MIGRATE_TASK = "Stop the guest, send the last delta, hand over the job state and the ownership (on the owner)"
+MIGRATE_TASK = "Copy the data, stop the guest, send the last delta, hand over the job state and the ownership (on the owner)"
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +104,75 @@ def test_migrate_there_and_back_sends_only_deltas(lab, service):
     assert_continuous(records)
     assert [run[0] for run in runs_of(records)] == ["node1", "node2", "node1"]
     print("migration figures: final delta %d and %d bytes, full send %d bytes" % (sync["bytes"], back["sync"]["bytes"], full))
+
+
+LONE_GUEST = 301  # one job, to node2; node3 holds no replica of it
+LONE_JOB, COPY_JOB = "%d-0" % LONE_GUEST, "%d-999999999" % LONE_GUEST
+
+
+@pytest.fixture(scope="module")
+def lone(lab, service):
+    cfg = config_of(lab, "node1")
+    guest = ServiceGuest(lab, LONE_GUEST)
+    guest.create("node1")
+    cfg.guests[LONE_GUEST] = guest.definition("node1")
+    cfg.jobs[LONE_JOB] = configmod.Job(id=LONE_JOB, target="node2", schedule="*/1")
+    cfg.generation += 1
+    cs.write_config(lab, cfg)
+    guest.start("node1")
+    result = cs.run_job(lab, "node1", LONE_JOB)
+    assert result["ok"] and result["volumes"][0]["mode"] == "full", result
+    yield guest
+    for node in lab.nodes:
+        guest.stop(node)
+
+
+def sha256_of(lab, node, path):
+    return lab.exec(node, ["sha256sum", path]).stdout.split()[0]
+
+
+def test_migrate_to_a_node_without_replica_copies_in_full_and_the_jobs_keep_their_targets(lab, lone):
+    before = {node: config_of(lab, node).generation for node in lab.nodes}
+    _run, dry = migrate(lab, lone, "node3", check=True)
+    assert dry["plan"]["mode"] == "full copy" and "node 'node3' holds no replica: full copy of 1 volume(s), about" in dry["summary"]
+    assert {node: config_of(lab, node).generation for node in lab.nodes} == before and not lone.datasets("node3")
+
+    lone.wait_records("node1", 10)
+    _run, moved = migrate(lab, lone, "node3")
+    assert [v["mode"] for v in moved["full_copy"]["volumes"]] == ["full"], moved
+    assert [v["mode"] for v in moved["sync"]["volumes"]] == ["incremental"], moved
+    assert moved["sync"]["bytes"] * 20 < moved["full_copy"]["bytes"], moved  # stopped only for the last delta
+    assert {node: config_of(lab, node).generation for node in lab.nodes} == {node: before["node1"] + 1 for node in lab.nodes}
+    for node in lab.nodes:
+        cfg = config_of(lab, node)
+        assert cfg.guests[LONE_GUEST].node == "node3" and COPY_JOB not in cfg.jobs
+        assert (cfg.jobs[LONE_JOB].source, cfg.jobs[LONE_JOB].target) == ("node3", "node2")
+    assert lone.running("node3") and not lone.running("node1")
+
+    # The data: node1's volume is as the guest left it; node3 has the same ballast and records, then its own.
+    source_records = lone.records("node1")
+    ballast = "/%s/ballast.bin" % cs.dataset(lone.name)
+    assert sha256_of(lab, "node3", ballast) == sha256_of(lab, "node1", ballast)
+    lone.wait_records("node3", 5)
+    records = lone.records("node3")
+    assert records[:len(source_records)] == source_records
+    assert_continuous(records)
+    assert [run[0] for run in runs_of(records)] == ["node1", "node3"]
+
+    # No trace of the copy: its snapshots, its replica record, its state entry.
+    for node in ("node1", "node3"):
+        assert not [s for s in cs.snapshots(lab, node, lone.name) if COPY_JOB in s], node
+    assert not (lab.private_path("node3", "/var/lib/storage-replication") / "guests" / ("%d.json" % LONE_GUEST)).exists()
+    assert list(cs.local_state(lab, "node1").get(str(LONE_GUEST), {})) == ["local/node2"]
+    assert list(cs.local_state(lab, "node3")[str(LONE_GUEST)]) == ["local/node2"]
+
+    # The job now runs from node3, incrementally: its snapshot travelled with the copy, guid and all.
+    node3_snaps, node2_snaps = cs.snapshots(lab, "node3", lone.name), cs.snapshots(lab, "node2", lone.name)
+    base = [s for s in node2_snaps if LONE_JOB in s]
+    assert len(base) == 1 and node3_snaps[base[0]] == node2_snaps[base[0]]
+    result = cs.run_job(lab, "node3", LONE_JOB)
+    assert result["ok"] and [(v["mode"], v["base"]) for v in result["volumes"]] == [("incremental", base[0])], result
+    assert result["bytes"] * 20 < moved["full_copy"]["bytes"]
+    print("no-replica migration figures: full copy %d bytes in %.1f s while running, last delta %d bytes, next run "
+          "from node3 %d bytes" % (moved["full_copy"]["bytes"], sum(v["seconds"] for v in moved["full_copy"]["volumes"]),
+                                   moved["sync"]["bytes"], result["bytes"]))

@@ -10,7 +10,8 @@ import pytest
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils.failover import (
     FailoverError, NodeView, newest_replica_snapshot, plan_failover, quorum, replica_snapshot_time)
-from ansible_collections.storage.replication.plugins.module_utils.migrate import MigrationError, plan_migration
+from ansible_collections.storage.replication.plugins.module_utils.migrate import (
+    MigrationError, copy_size, drop_job_snapshots, plan_migration, plan_summary)
 
 NOW = 1_800_000_000
 
@@ -132,9 +133,54 @@ def test_replication_snapshot_names():
 
 def test_migration_plan_reverses_the_job_to_the_target():
     cfg = cluster()
-    assert plan_migration(cfg, 100, "node2", "node1") == {
-        "guest": 100, "source": "node1", "target": "node2", "job": "100-0",
-        "jobs_after": {"100-0": "node2 -> node1", "100-1": "node2 -> node3"}}
+    plan = plan_migration(cfg, 100, "node2", "node1")
+    assert plan == {"guest": 100, "source": "node1", "target": "node2", "mode": "delta", "job": "100-0",
+                    "volumes": ["local-zfs:subvol-100-disk-0"], "jobs_after": {"100-0": "node2 -> node1", "100-1": "node2 -> node3"}}
+    assert plan_summary(plan) == ("guest 100: node1 -> node2; stop, then the last delta by job 100-0 (node 'node2' holds its "
+                                  "replica); jobs after: 100-0 node2 -> node1, 100-1 node2 -> node3")
+
+
+def test_migration_to_a_node_without_replica_is_a_full_copy_and_the_jobs_keep_their_targets():
+    cfg = cluster()
+    plan = plan_migration(cfg, 101, "node2", "node1")
+    assert (plan["mode"], plan["job"], plan["jobs_after"]) == ("full copy", "101-999999999", {"101-0": "node2 -> node3"})
+    assert plan_summary(plan, 17_300_000) == (
+        "guest 101: node1 -> node2; node 'node2' holds no replica: full copy of 1 volume(s), about 17 MB, while the guest runs, "
+        "then the last delta with it stopped; jobs after: 101-0 node2 -> node3")
+    assert "size unknown" in plan_summary(plan)
+    cfg.guests[300] = configmod.Guest(id=300, type="service", node="node1")  # no job at all: a plain move
+    assert plan_migration(cfg, 300, "node3", "node1")["jobs_after"] == {}
+    cfg.move_guest(101, "node2")  # what the migration's ownership move does
+    assert (cfg.jobs["101-0"].source, cfg.jobs["101-0"].target) == ("node2", "node3")
+
+
+def test_the_copy_size_is_the_space_the_volumes_and_their_snapshots_use():
+    class Zfs:
+        def get(self, properties, names):
+            assert properties == ("used",)
+            return {name: {"used": "1500000"} for name in names}
+    cfg = cluster()
+    cfg.guests[101].volumes.append("local-zfs:subvol-101-disk-1")
+    assert copy_size(cfg, 101, Zfs()) == 3_000_000
+
+
+def test_dropping_the_copy_job_touches_only_its_own_snapshots_and_bookmarks():
+    destroyed = []
+
+    class Zfs:
+        def snapshots(self, dataset):
+            return {"__replicate_101-999999999_5__": {}, "__replicate_101-0_4__": {}, "__replicate_101-99999999_3__": {}}
+
+        def bookmarks(self, dataset):
+            return {"__replicate_101-999999999_5__": {}, "__replicate_101-0_4__": {}}
+
+        def destroy(self, name):
+            destroyed.append(name)
+    said = []
+    drop_job_snapshots(Zfs(), "101-999999999", "rpool/data/subvol-101-disk-0", said.append)
+    assert destroyed == ["rpool/data/subvol-101-disk-0@__replicate_101-999999999_5__",
+                         "rpool/data/subvol-101-disk-0#__replicate_101-999999999_5__"]
+    assert len(said) == 2
 
 
 @pytest.mark.parametrize("guest, target, local, change, message", [
@@ -142,7 +188,9 @@ def test_migration_plan_reverses_the_job_to_the_target():
     (100, "node2", "node2", None, "guest 100 is owned by node 'node1', not by this node \\('node2'\\)"),
     (100, "node9", "node1", None, "target node 'node9' is not a node of the cluster configuration"),
     (999, "node2", "node1", None, "guest 999 is not in the cluster configuration"),
-    (101, "node2", "node1", None, "node 'node2' holds no replica of guest 101 \\(no replication job targets it\\)"),
+    (101, "node2", "node1", lambda cfg: (cfg.set_node(configmod.Node("node4", "10.0.0.4")),
+                                         cfg.add_job(configmod.Job(id="101-999999999", target="node4"))),
+     "replication job 101-999999999 exists, but its number is reserved for the full copy of a migration"),
     (100, "node2", "node1", lambda cfg: cfg.mark_job_for_removal("100-0"),
      "refusing to migrate replicated guest 100 whose replication job 100-0 is marked for removal"),
     (100, "node2", "node1", lambda cfg: cfg.update_job("100-0", disable=True), "replication job 100-0 .* is disabled"),
