@@ -8,9 +8,10 @@ drops state of jobs this node no longer runs, and picks due jobs in pvesr's orde
 guest, job ID). Unlike pvesr, which runs a node's jobs one after another, jobs of different guests run in
 parallel, up to ``max_parallel`` (default 4) at a time, so one long initial sync does not hold back every other
 job; two jobs of one guest never run at once (here, and across processes by the guest lock). While a long job
-runs, the runner keeps scheduling: every RECHECK_SECONDS it starts jobs that became due, and while a job has been
-running for a minute or more it begins a new iteration every minute, as the next timer tick would (the timer
-starts no second runner meanwhile); without such a long job a run ends when its iteration is done.
+runs, the runner keeps scheduling: it starts jobs as they become due (it wakes at the next job's due time, and at
+least every RECHECK_SECONDS for changed configuration or `schedule-now`), and while jobs still run a minute after
+the iteration began it begins a new one every minute, as the next timer tick would (the timer starts no second
+runner meanwhile); without such a long job a run ends when its iteration is done.
 
 Before it acts, the runner makes sure no peer holds a newer cluster configuration (DESIGN.md, safety rule 2):
 when jobs are due, or at least every ``peer_check_interval`` seconds, it asks its peers for their generation and
@@ -461,25 +462,37 @@ class Runner:
 
     def _run_parallel(self):
         limit = self.settings["max_parallel"]
-        started, running, since = set(), {}, {}
+        started, running = set(), {}
         with ThreadPoolExecutor(max_workers=limit) as pool:
             while True:
                 for job in self._due_jobs(started, {j.guest for j in running.values()})[:limit - len(running)]:
                     started.add(job.id)
-                    since[job.id] = self.now()
                     running[pool.submit(self._execute, job, self._prefixed_echo(job))] = job
                 if not running:
                     return
-                finished, _pending = wait(list(running), timeout=RECHECK_SECONDS, return_when=FIRST_COMPLETED)
+                finished, _pending = wait(list(running), timeout=self._seconds_until_due(started, running),
+                                          return_when=FIRST_COMPLETED)
                 for future in finished:
                     running.pop(future)
                     future.result()
-                # A job running for a minute or more holds this runner (and the timer) up: act as the next tick.
-                if any(self.now() - since[j.id] >= TICK_SECONDS for j in running.values()):
-                    if self.now() - self.iteration >= TICK_SECONDS:
-                        self.iteration, started = int(self.now()), {j.id for j in running.values()}
+                # A job still running a minute after this iteration began holds this runner up, and the timer's
+                # next tick found the lock taken: act as that tick (a new iteration: jobs may run again).
+                if running and self.now() - self.iteration >= TICK_SECONDS:
+                    self.iteration, started = int(self.now()), {j.id for j in running.values()}
                 # Jobs may have been changed while they ran (pvesr re-reads the configuration before every pick).
                 self.cfg = configmod.load(self.paths.confdir)
+
+    def _seconds_until_due(self, started, running):
+        """How long to wait for a running job before looking again: until the next waiting job becomes due (so a
+        job due in 3 s starts in 3 s, not at the next recheck), at most RECHECK_SECONDS (which also catches
+        configuration changes and `schedule-now`)."""
+        busy = {j.guest for j in running.values()}
+        state, now = self.state.read(), self.now()
+        waiting = [memo_next_sync(j, job_state_in(state, j)) for j in jobs_to_run(self.cfg, self.node)
+                   if j.id not in started and j.guest not in busy]
+        upcoming = [when - now for when in waiting if when > now]
+        # next_sync is a whole second: wake just after it, never a moment before (that would only spin).
+        return min([RECHECK_SECONDS] + [seconds + 0.05 for seconds in upcoming])
 
     def _prefixed_echo(self, job):
         if self.echo is None:

@@ -175,6 +175,21 @@ def test_a_long_job_does_not_hold_back_the_others(tmp_path):
     assert node.peer_checks == 1
 
 
+def test_a_job_that_becomes_due_during_a_long_job_starts_on_time(tmp_path):
+    cfg = make_config(guests=(100, 200))
+    now = int(time.time())
+    due = now + 2
+    cfg.jobs["200-0"].schedule = "*:*:%02d" % (due % 60)  # next event after last_try = now: `due`
+    node = Node(tmp_path, cfg, durations={"100-0": 3.5})
+    StateFile(node.paths.statedir).set_fields(cfg.jobs["200-0"], last_try=now, last_sync=now)
+    began = time.monotonic()
+    result = node.run()
+    assert sorted(j["job"] for j in result["jobs"]) == ["100-0", "200-0"]
+    # started at its due time (well before the 10 s recheck), while the long job was still running
+    assert node.started("200-0") - began <= due - now + 1 and node.finished("200-0") < node.finished("100-0")
+    assert StateFile(node.paths.statedir).read()["200"]["local/node2"]["last_try"] in (due, due + 1)
+
+
 def test_max_parallel_one_runs_jobs_one_after_another_in_order(tmp_path):
     cfg = make_config(guests=(300, 100, 200))
     node = Node(tmp_path, cfg, {"max_parallel": 1})
