@@ -146,9 +146,11 @@ ExecStart=/usr/local/sbin/guest-identity
 WantedBy=multi-user.target
 EOF
 in_chroot systemctl enable systemd-networkd.service guest-identity.service > /dev/null 2>&1
+# Pools are created fresh at every boot: nothing to import, mount or share, so none of the units that wait for
+# udev to settle. The module is loaded by the first zfs command (or an explicit modprobe), not during boot.
 in_chroot systemctl mask systemd-networkd-wait-online.service apt-daily.timer apt-daily-upgrade.timer \
-    e2scrub_reap.service zfs-zed.service > /dev/null 2>&1
-echo zfs > "$ROOT/etc/modules-load.d/zfs.conf"
+    e2scrub_reap.service zfs-zed.service zfs-load-module.service zfs-import-cache.service zfs-mount.service \
+    zfs-share.service zfs-volume-wait.service systemd-udev-settle.service > /dev/null 2>&1
 mkdir -p "$ROOT/etc/ssh/sshd_config.d"
 # ClientAlive: a session whose peer vanished (link down) ends within 30 s, as on production nodes, so that an
 # interrupted `zfs recv` exits and leaves its resume token instead of waiting forever.
