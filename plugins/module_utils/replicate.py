@@ -18,6 +18,7 @@ import subprocess
 import time
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+from ansible_collections.storage.replication.plugins.module_utils.cluster import ClusterError, change_cluster
 from ansible_collections.storage.replication.plugins.module_utils.receiver import (
     is_job_snapshot, prune_job_snapshots, replication_snapshot)
 from ansible_collections.storage.replication.plugins.module_utils.state import (
@@ -98,7 +99,7 @@ def run_job(cfg, job_id, node=None, statedir=DEFAULT_STATEDIR, logdir=DEFAULT_LO
         try:
             volumes = replicate(ctx, state, start)
             if job.remove_job:
-                _drop_job_from_config(confdir, job.id)
+                _drop_job_from_cluster(ctx, confdir)
             log("end replication job")
         except (ReplicationError, RemoteError, ZfsError, configmod.ConfigError, StateError, OSError) as exc:
             error = str(exc)
@@ -127,9 +128,17 @@ def _start_time(last_sync, now):
     return start
 
 
-def _drop_job_from_config(confdir, job_id):
-    with configmod.edit(confdir) as cfg:
-        cfg.remove_job(job_id, missing_ok=True)
+def _drop_job_from_cluster(ctx, confdir):
+    """The removal is done: drop the job from every node's configuration (pvesr: cluster-wide, through pmxcfs).
+    Forced: a node that is down now adopts the change when it catches up, and nothing is left to clean for it."""
+    try:
+        dropped = change_cluster(lambda cfg: cfg.remove_job(ctx.job.id, missing_ok=True), confdir, ctx.statedir, force=True,
+                                 key=ctx.key or _node_key())
+    except ClusterError as exc:
+        raise ReplicationError("job removal done, but dropping job '%s' from the cluster configuration failed: %s - the "
+                               "next run tries again" % (ctx.job.id, exc)) from None
+    for warning in dropped.warnings:
+        ctx.log(warning)
 
 
 def replicate(ctx, state, start):
