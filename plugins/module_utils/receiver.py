@@ -153,6 +153,9 @@ class Receiver:
             self._cfg = configmod.load(self.confdir)
         return self._cfg
 
+    def forget_config(self):
+        self._cfg = None
+
     def say(self, message):
         self.log.append(message)
 
@@ -525,26 +528,64 @@ def handle(command, receiver, stdin):
         return receiver.receive(arguments, stdin)
     if operation not in CONTROL_OPERATIONS or arguments:
         raise Refused("operation %r is not allowed: this key may only run the replication receiver's operations "
-                      "(%s)" % (command[:80], ", ".join(sorted(list(CONTROL_OPERATIONS) + ["receive"]))),
+                      "(%s)" % (command[:80], ", ".join(sorted(list(CONTROL_OPERATIONS) + ["receive", "session"]))),
                       "invalid-operation")
     return CONTROL_OPERATIONS[operation](receiver, read_request(stdin))
 
 
-def main(argv=None, environ=None, stdin=None, stdout=None, receiver=None):
-    """The `serve` entry point: one operation per SSH session."""
-    del argv
-    environ = os.environ if environ is None else environ
-    stdin = stdin or sys.stdin.buffer
-    stdout = stdout or sys.stdout
-    receiver = receiver or Receiver()
+def answer(receiver, work):
+    """Run work() -> reply dict and turn refusals and failures into the reply peers understand."""
+    receiver.log = []
     try:
-        reply = handle(environ.get("SSH_ORIGINAL_COMMAND", ""), receiver, stdin)
+        reply = work()
         reply.update({"ok": True})
     except Refused as exc:
         reply = dict(exc.extra, ok=False, error=str(exc), reason=exc.reason)
     except (ZfsError, configmod.ConfigError, OSError) as exc:
         reply = {"ok": False, "error": "node '%s': %s" % (receiver.node, exc), "reason": "error"}
+    finally:
+        receiver.forget_config()  # a session's next request (or a set-config) must see the file as it is now
     reply.update({"log": receiver.log, "node": receiver.node})
+    return reply
+
+
+def session(receiver, stdin, stdout):
+    """Several control operations in one process (one per JSON line: {"operation", "request"}), so that a run
+    pays for one process start on the target instead of one per operation.  Ends at end of input."""
+    while True:
+        line = stdin.readline(MAX_REQUEST + 1)
+        if not line:
+            return 0
+        reply = answer(receiver, lambda: session_request(receiver, line))
+        stdout.write(json.dumps(reply) + "\n")
+        stdout.flush()
+
+
+def session_request(receiver, line):
+    if len(line) > MAX_REQUEST:
+        raise Refused("request larger than %d bytes: refused" % MAX_REQUEST, "invalid-argument")
+    try:
+        message = json.loads(line.decode("utf-8"))
+    except ValueError as exc:
+        raise Refused("the request is not valid JSON (%s): refused" % exc, "invalid-argument") from exc
+    operation = message.get("operation") if isinstance(message, dict) else None
+    if operation not in CONTROL_OPERATIONS:
+        raise Refused("operation %r is not allowed in a session (%s)" % (
+            str(operation)[:80], ", ".join(sorted(CONTROL_OPERATIONS))), "invalid-operation")
+    return CONTROL_OPERATIONS[operation](receiver, message.get("request"))
+
+
+def main(argv=None, environ=None, stdin=None, stdout=None, receiver=None):
+    """The `serve` entry point: one operation, or a session of control operations, per SSH session."""
+    del argv
+    environ = os.environ if environ is None else environ
+    stdin = stdin or sys.stdin.buffer
+    stdout = stdout or sys.stdout
+    receiver = receiver or Receiver()
+    command = environ.get("SSH_ORIGINAL_COMMAND", "")
+    if command.strip() == "session":
+        return session(receiver, stdin, stdout)
+    reply = answer(receiver, lambda: handle(command, receiver, stdin))
     stdout.write(json.dumps(reply) + "\n")
     stdout.flush()
     return 0 if reply["ok"] else 1

@@ -120,6 +120,7 @@ class ControlChannel:
         self.port = port
         self.timeout = timeout
         self.client = None
+        self.session = None  # None: not opened yet; False: the peer has no sessions; else (channel, replies)
 
     def connect(self):
         import paramiko  # pylint: disable=import-outside-toplevel
@@ -152,26 +153,68 @@ class ControlChannel:
         return self
 
     def call(self, operation, request, timeout=600):
-        """Run a receiver operation; returns its JSON reply, raises RemoteError if it refused or failed."""
+        """Run a receiver operation; returns its JSON reply, raises RemoteError if it refused or failed.
+
+        Operations go through one `session` channel (one process on the peer for the whole run); a peer whose
+        receiver has no sessions gets one exec channel per operation."""
         if self.client is None:
             self.connect()
         try:
-            channel = self.client.get_transport().open_session(timeout=self.timeout)
-            channel.settimeout(timeout)
-            channel.exec_command(operation)
-            channel.sendall(json.dumps(request).encode("utf-8"))
-            channel.shutdown_write()
-            out = _read_all(channel.makefile("rb"))
-            err = _read_all(channel.makefile_stderr("rb"))
-            status = channel.recv_exit_status()
-            channel.close()
+            if self.session is not False:
+                reply = self._session_call(operation, request, timeout)
+                if reply is not None:
+                    return reply
+            return self._exec_call(operation, request, timeout)
         except (OSError, EOFError, socket.timeout) as exc:
             raise TransportError(unreachable_message(self.node_name, self.address,
                                                      "connection lost during '%s': %s" % (operation, exc)), True) from exc
+
+    def _session_call(self, operation, request, timeout):
+        """One request on the session channel; None if the peer does not know sessions."""
+        if self.session is None:
+            channel = self.client.get_transport().open_session(timeout=self.timeout)
+            channel.exec_command("session")
+            self.session = (channel, channel.makefile("rb"))
+        channel, replies = self.session
+        channel.settimeout(timeout)
+        channel.sendall((json.dumps({"operation": operation, "request": request}) + "\n").encode("utf-8"))
+        line = replies.readline(MAX_REPLY)
+        reply = _last_json_line(line.decode("utf-8", "replace"))
+        if isinstance(reply, dict) and reply.get("reason") == "invalid-operation" and "'session'" in reply.get("error", ""):
+            self._close_session()
+            self.session = False
+            return None
+        if not isinstance(reply, dict):
+            err = channel.makefile_stderr("rb").read(MAX_REPLY) if channel.exit_status_ready() else b""
+            self._close_session()
+            return parse_reply(self.node_name, operation, line, err, "closed")
+        if not reply.get("ok"):
+            raise RemoteError(self.node_name, operation, reply)
+        return reply
+
+    def _exec_call(self, operation, request, timeout):
+        channel = self.client.get_transport().open_session(timeout=self.timeout)
+        channel.settimeout(timeout)
+        channel.exec_command(operation)
+        channel.sendall(json.dumps(request).encode("utf-8"))
+        channel.shutdown_write()
+        out = _read_all(channel.makefile("rb"))
+        err = _read_all(channel.makefile_stderr("rb"))
+        status = channel.recv_exit_status()
+        channel.close()
         return parse_reply(self.node_name, operation, out, err, status)
+
+    def _close_session(self):
+        if self.session:
+            channel, _replies = self.session
+            channel.shutdown_write()
+            channel.close()
+        self.session = None
 
     def close(self):
         if self.client is not None:
+            if self.session:
+                self._close_session()
             self.client.close()
             self.client = None
 

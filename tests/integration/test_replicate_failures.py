@@ -80,29 +80,18 @@ class Replicated:
         return result
 
 
-def test_target_node_killed(cluster):
-    rep = Replicated(cluster, 110)
+@pytest.mark.parametrize("guest, break_it, repair", [(110, "kill", "revive"), (111, "partition", "heal")],
+                         ids=["node-killed", "link-down"])
+def test_target_unreachable(cluster, guest, break_it, repair):
+    rep = Replicated(cluster, guest)
     rep.change_source()
-    cluster.lab.kill("node2")
+    getattr(cluster.lab, break_it)("node2")
     try:
         result = cluster.run(rep.job_id)
     finally:
-        cluster.lab.revive("node2")
-    rep.assert_failed(result, "target node 'node2'", "is unreachable", "check that the node is up")
-    assert cs.local_state(cluster.lab, "node1")["110"]["local/node2"]["waiting_for_target"] is True
-    rep.assert_previous_replica_intact()
-    rep.assert_recovers_incrementally()
-
-
-def test_target_link_down(cluster):
-    rep = Replicated(cluster, 111)
-    rep.change_source()
-    cluster.lab.partition("node2")
-    try:
-        result = cluster.run(rep.job_id)
-    finally:
-        cluster.lab.heal("node2")
-    rep.assert_failed(result, "target node 'node2'", "is unreachable", "network path")
+        getattr(cluster.lab, repair)("node2")
+    rep.assert_failed(result, "target node 'node2'", "is unreachable", "check that the node is up", "network path")
+    assert cs.local_state(cluster.lab, "node1")[str(guest)]["local/node2"]["waiting_for_target"] is True
     rep.assert_previous_replica_intact()
     rep.assert_recovers_incrementally()
 

@@ -106,3 +106,17 @@ def test_guest_owned_here_is_refused(receiver):
 def test_receive_arguments_are_checked(receiver, arguments, message):
     reply = serve(receiver, "receive " + arguments, raw=b"")
     assert not reply["ok"] and message in reply["error"]
+
+
+def test_session_answers_each_request_in_turn(receiver):
+    lines = [{"operation": "list", "request": {"generation": 7, "source": "node1"}},
+             {"operation": "receive", "request": {}},
+             {"operation": "prepare", "request": prepare_request(generation=3)}]
+    stdin = io.BytesIO(b"".join((json.dumps(line) + "\n").encode() for line in lines) + b"not json\n")
+    out = io.StringIO()
+    assert main(environ={"SSH_ORIGINAL_COMMAND": "session"}, stdin=stdin, stdout=out, receiver=receiver) == 0
+    replies = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["ok"] for r in replies] == [True, False, False, False]
+    assert replies[0]["replicas"] == {}
+    assert replies[1]["reason"] == "invalid-operation"  # data streams never go through a session
+    assert replies[2]["reason"] == "stale-generation" and replies[3]["reason"] == "invalid-argument"
