@@ -57,7 +57,7 @@ seealso:
   - module: storage.replication.guest_takeover
   - module: storage.replication.guest_service
 author:
-  - storage.replication developers
+  - storage.replication developers (@storage-replication)
 """
 
 EXAMPLES = r"""

@@ -50,7 +50,7 @@ requirements:
 seealso:
   - module: storage.replication.guest_service
 author:
-  - storage.replication developers
+  - storage.replication developers (@storage-replication)
 """
 
 EXAMPLES = r"""

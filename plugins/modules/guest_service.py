@@ -42,7 +42,7 @@ seealso:
   - module: storage.replication.guest
   - module: storage.replication.guest_takeover
 author:
-  - storage.replication developers
+  - storage.replication developers (@storage-replication)
 """
 
 EXAMPLES = r"""

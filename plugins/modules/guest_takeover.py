@@ -39,7 +39,7 @@ seealso:
   - module: storage.replication.failover_plan
   - module: storage.replication.guest_service
 author:
-  - storage.replication developers
+  - storage.replication developers (@storage-replication)
 """
 
 EXAMPLES = r"""

@@ -38,7 +38,7 @@ requirements:
 seealso:
   - module: storage.replication.failover_plan
 author:
-  - storage.replication developers
+  - storage.replication developers (@storage-replication)
 """
 
 EXAMPLES = r"""
