@@ -8,7 +8,8 @@ the same nodes and data:
   raw       zfs send -R vol@s | ssh node2 zfs recv   (OpenSSH defaults, as an operator would type it)
   engine    a full run of job 900-0 (everything: prepare, snapshot, stream, finalize)
   delta     an incremental run after 10 MiB were overwritten: bytes vs `zfs send -i` of the same change
-  idle      an incremental run with nothing changed: the fixed overhead per run
+  idle      incremental runs with nothing changed, in a fresh process and again in the same process: the fixed
+            cost of a run
 Prints a table and writes build/bench/bench_replicate.json.
 """
 
@@ -76,12 +77,28 @@ def stream_bytes(lab, base, snap):
     return size
 
 
+RUN_TWICE = """
+import json
+from ansible_collections.storage.replication.plugins.module_utils import config, replicate
+print(json.dumps([replicate.run_job(config.load(), %r) for _ in range(2)]))
+""" % JOB
+
+
 def run(lab):
-    result = cs.run_job(lab, "node1", JOB, timeout=900)
+    """One run in a fresh process (what the CLI does for a single due job); returns (result, stream seconds)."""
+    return checked(cs.run_job(lab, "node1", JOB, timeout=900))
+
+
+def run_twice(lab):
+    """Two runs in one process: the second is warm (imports done), like the runner's later jobs in one tick."""
+    out = lab.exec("node1", ["env", "PYTHONPATH=" + cs.PYTHONPATH, str(cs.PYTHON), "-c", RUN_TWICE], timeout=900)
+    return [checked(result) for result in json.loads(out.stdout.strip().splitlines()[-1])]
+
+
+def checked(result):
     if not result["ok"]:
         raise SystemExit("engine run failed: %s" % result["error"])
-    stream_seconds = sum(v["seconds"] for v in result["volumes"])
-    return result, stream_seconds
+    return result, sum(v["seconds"] for v in result["volumes"])
 
 
 def main():
@@ -113,8 +130,8 @@ def main():
         cs.zfs(lab, "node1", "snapshot", "%s@probe" % cs.dataset(VOLUME))
         expected = stream_bytes(lab, base, "probe")
         cs.zfs(lab, "node1", "destroy", "%s@probe" % cs.dataset(VOLUME))
-        delta, delta_stream = run(lab)
-        idle, idle_stream = run(lab)
+        delta, _ = run(lab)
+        (idle_cold, _), (idle, _) = run_twice(lab)
         assert cs.tree_checksum(lab, "node2", VOLUME, "__replicate_%s_%d__" % (JOB, idle["start"])) == \
             cs.tree_checksum(lab, "node1", VOLUME, "__replicate_%s_%d__" % (JOB, idle["start"]))
     finally:
@@ -125,13 +142,17 @@ def main():
     figures = {
         "full_sync_ratio": round(full_rate / raw_rate, 3),
         "incremental_bytes_ratio": round(delta["bytes"] / expected, 4),
-        "incremental_overhead_s": round(max(delta["duration"] - delta_stream, idle["duration"] - idle_stream), 3),
+        # the fixed cost of a run = a whole incremental run with nothing changed (control connection, prepare,
+        # snapshot, ssh handshake and receiver start of the data stream, finalize); warm = a later run in the
+        # same process (the runner's later jobs in one tick), cold = a fresh process (imports paramiko etc.)
+        "incremental_overhead_s": idle["duration"],
+        "incremental_overhead_cold_s": idle_cold["duration"],
         "raw_pipeline_bytes": raw_bytes, "raw_pipeline_s": round(raw_seconds, 3),
         "raw_pipeline_MBps": round(raw_rate / 1e6, 1),
         "engine_full_bytes": full["bytes"], "engine_full_run_s": full["duration"],
         "engine_full_stream_s": round(full_stream, 3), "engine_full_MBps": round(full_rate / 1e6, 1),
         "engine_incremental_bytes": delta["bytes"], "zfs_send_i_bytes": expected,
-        "engine_incremental_run_s": delta["duration"], "engine_idle_run_s": idle["duration"],
+        "engine_incremental_run_s": delta["duration"],
     }
     rows = [
         ("full sync 1 GiB: raw zfs send | ssh | zfs recv", "%.1f MB/s (%.1f s)" % (raw_rate / 1e6, raw_seconds)),
@@ -139,7 +160,8 @@ def main():
         ("full_sync_ratio (target >= 0.9)", "%.3f" % figures["full_sync_ratio"]),
         ("incremental 10 MiB: engine bytes / zfs send -i", "%d / %d" % (delta["bytes"], expected)),
         ("incremental_bytes_ratio (target within 5%)", "%.4f" % figures["incremental_bytes_ratio"]),
-        ("incremental_overhead_s (target < 1 s)", "%.3f" % figures["incremental_overhead_s"]),
+        ("incremental_overhead_s (target < 1 s), warm process", "%.3f" % figures["incremental_overhead_s"]),
+        ("  same, fresh process (imports paramiko etc.)", "%.3f" % figures["incremental_overhead_cold_s"]),
     ]
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
