@@ -124,7 +124,8 @@ def test_units_are_installed_and_verified(role):
         service, timer = (role.read(node, unit) for unit in UNITS)
         assert service.startswith("#") and timer.startswith("#")  # ansible_managed
         assert "Type=oneshot\n" in service
-        assert "ExecStart=%s/bin/storage-replication run\n" % INSTALL_DIR in service
+        exec_start = [line for line in service.splitlines() if line.startswith("ExecStart=")]
+        assert exec_start == ["ExecStart=%s/bin/storage-replication run --mail" % INSTALL_DIR]
         assert "IOSchedulingClass=idle\n" in service and "Nice=10\n" in service and "TimeoutStartSec=12h\n" in service
         assert "OnCalendar=minutely\n" in timer and "Persistent=true\n" in timer and "AccuracySec=1s\n" in timer
 
