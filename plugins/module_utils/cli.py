@@ -290,7 +290,7 @@ def _apply(args, change, done, warnings=()):
     cluster, config, _runner, state = _engine()
     paths = _paths()
     try:
-        outcome = cluster.change_cluster(change, paths.confdir, paths.statedir, force=args.force)
+        outcome = cluster.change_cluster(change, paths.confdir, paths.statedir, force=args.allow_unreachable)
     except config.ConfigError as exc:
         raise UsageError(_one_line(exc)) from None
     except (cluster.ClusterError, state.LockError) as exc:
@@ -303,8 +303,12 @@ def _apply(args, change, done, warnings=()):
     return Output(data, text, list(warnings) + outcome.warnings)
 
 
+UNREACHABLE_HELP = "change the nodes that can be reached even if some cannot (they adopt the change when they are back)"
+
+
 def _force_argument(parser):
-    _flag(parser, "--force", "change the nodes that can be reached even if some cannot (they adopt the change when back)")
+    parser.add_argument("--allow-unreachable", "--force", dest="allow_unreachable", nargs="?", const=True, default=False,
+                        type=boolean, metavar="0|1", help=UNREACHABLE_HELP + "; --force is the same")
 
 
 def _job_option_arguments(parser):
@@ -368,16 +372,23 @@ def disable(args):
 def _delete_arguments(parser):
     parser.add_argument("id", type=job_id, metavar="ID", help="the job ID")
     _flag(parser, "--keep", "keep the replicated data on the target (remove the job's snapshots on this side only)")
-    _flag(parser, "--force", "remove the job from the configuration now, without any cleanup, even if nodes are unreachable")
+    # pvesr's --force, with pvesr's meaning. It also goes ahead when nodes are unreachable: whoever drops a job
+    # without cleanup is usually getting rid of a dead target. Marking for removal with an unrelated node down
+    # needs only --allow-unreachable, and keeps the cleanup.
+    _flag(parser, "--force", "remove the job from the configuration of every node now, WITHOUT any cleanup (the job's "
+          "snapshots and the replicas stay), even if some nodes are unreachable")
+    _flag(parser, "--allow-unreachable", "mark the job for removal although some nodes are unreachable (they adopt the "
+          "change when they are back); the cleanup still happens")
 
 
-@subcommand("delete", "Mark a replication job for removal (the runner cleans up), or remove it at once with --force.",
-            _delete_arguments)
+@subcommand("delete", "Mark a replication job for removal (the runner cleans up), or remove it at once with --force "
+            "(no cleanup).", _delete_arguments)
 def delete(args):
     if args.keep and args.force:
         raise UsageError("parameter '--keep' conflicts with parameter '--force': --force removes the job at once without "
                          "any cleanup, so there is nothing to keep")
     if args.force:
+        args.allow_unreachable = True
         return _apply(args, lambda cfg: cfg.remove_job(args.id, missing_ok=True),
                       "replication job '%s' removed (no cleanup of snapshots or replicas)" % args.id)
     output = _apply(args, lambda cfg: cfg.mark_job_for_removal(args.id, "local" if args.keep else "full"),

@@ -226,8 +226,9 @@ def _refuse_newer(answers, before, local_node, confdir):
 def _refuse_unreachable(answers, force, outcome):
     failed = {name: answer for name, answer in answers.items() if isinstance(answer, Exception)}
     if failed and not force:
-        raise ClusterError("nothing was changed: %s - bring the node(s) back, or use --force to change the other "
-                           "nodes now (the missing ones adopt the change when they are back)"
+        raise ClusterError("nothing was changed: %s - bring the node(s) back, or allow unreachable nodes (CLI "
+                           "--allow-unreachable, module option allow_unreachable) to change the other nodes now (the "
+                           "missing ones adopt the change when they are back)"
                            % "; ".join("node '%s': %s" % (name, _describe(exc)) for name, exc in sorted(failed.items())))
     for name, exc in failed.items():
         outcome.nodes[name] = (SKIPPED, _describe(exc))

@@ -112,7 +112,7 @@ def test_an_unreachable_node_refuses_the_change_until_forced_then_catches_up(clu
         refused = sr(lab, "node1", "update", "100-0", "--rate", "20", check=False)
         assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1
         assert "nothing was changed: node 'node3': unreachable at %s" % lab.address("node3") in refused.stderr
-        assert "use --force" in refused.stderr
+        assert "allow unreachable nodes (CLI --allow-unreachable" in refused.stderr
         assert configs(lab) == {node: before for node in lab.nodes}
 
         forced = sr(lab, "node1", "update", "100-0", "--rate", "20", "--force")
@@ -142,3 +142,36 @@ def test_a_newer_node_refuses_a_change_from_an_outdated_one(cluster):
     assert "holds cluster configuration generation %d, newer than this node's" % newest.generation in proc.stderr
     assert "this node has now adopted generation %d" % newest.generation in proc.stderr
     assert assert_same_everywhere(lab)[0] == newest.generation
+
+
+def test_delete_with_a_node_down_keeps_the_cleanup_and_the_removal_reaches_every_node(cluster):
+    lab = cluster
+    if "100-0" not in node_config(lab, "node1").jobs:
+        sr(lab, "node1", "create-local-job", "100-0", "node2")
+    sr(lab, "node1", "run", "--id", "100-0")  # a replica on node2, a job snapshot on node1
+    assert cs.exists(lab, "node2", cs.dataset("vm-100-disk-0")) and cs.snapshots(lab, "node1", "vm-100-disk-0")
+    before = assert_same_everywhere(lab)
+    lab.kill("node3")  # down: its peers are refused at once (a partition would cost a 15 s timeout per call)
+    try:
+        refused = sr(lab, "node2", "delete", "100-0", check=False)
+        assert refused.returncode == 1 and "--allow-unreachable" in refused.stderr and configs(lab)["node1"] == before
+        marked = sr(lab, "node2", "delete", "100-0", "--allow-unreachable")
+        assert "node 'node3' did not get generation %d" % (before[0] + 1) in marked.stderr
+        assert "\tremove_job full\n" in configs(lab)["node1"][1] and configs(lab)["node3"] == before
+        # the owner's runner cleans up (full: the replica too), then drops the job on every node it reaches
+        removal = sr(lab, "node1", "run", "--output-format", "json")
+        assert "100-0" not in node_config(lab, "node1").jobs and "100-0" not in node_config(lab, "node2").jobs, removal.stdout
+        assert node_config(lab, "node2").generation == before[0] + 2 and configs(lab)["node3"] == before
+        assert not cs.exists(lab, "node2", cs.dataset("vm-100-disk-0")) and cs.snapshots(lab, "node1", "vm-100-disk-0") == {}
+        assert "node 'node3' did not get generation %d" % (before[0] + 2) in cs.run_log(lab, "node1", "100-0")
+    finally:
+        lab.revive("node3")
+    # node3 asked its peers in an earlier test; let its runner ask at every run instead of every 600 s
+    settings = lab.private_path("node3", "/etc/storage-replication") / "runner.json"
+    settings.write_text('{"peer_check_interval": 0}\n')
+    try:
+        sr(lab, "node3", "run")  # catches up: the job is gone there too
+    finally:
+        settings.unlink()
+    generation, jobs, _model = assert_same_everywhere(lab)
+    assert generation == before[0] + 2 and "100-0" not in jobs

@@ -124,7 +124,7 @@ def test_an_unreachable_node_refuses_the_change_everywhere(peers):
     peers.down.add("node3")
     before = peers.files()
     with pytest.raises(cluster.ClusterError, match=r"nothing was changed: node 'node3': unreachable at 10.0.0.3 port 22 "
-                                                   r"\(Connection refused\) .* use --force"):
+                                                   r"\(Connection refused\) .* allow unreachable nodes \(CLI --allow-unreachable, module option allow_unreachable\)"):
         change(peers, add_job)
     assert peers.files() == before
     assert ("node2", cluster.SET_CONFIG) not in peers.calls
