@@ -131,6 +131,13 @@ class Guest:
         return self.hooks.get(name)
 
 
+@functools.lru_cache(maxsize=65536)
+def _id_number(job_id, index):
+    """Part ``index`` of a job ID as a number (0: guest, 1: jobnum); remembered, as the runner and `status` ask
+    for them many times per job."""
+    return int(job_id.split("-")[index])
+
+
 @dataclass
 class Job:
     """A replication job ``<guest>-<jobnum>`` as in pvesr's replication.cfg. ``schedule`` None means the default."""
@@ -147,11 +154,11 @@ class Job:
 
     @property
     def guest(self):
-        return int(self.id.split("-")[0])
+        return _id_number(self.id, 0)
 
     @property
     def jobnum(self):
-        return int(self.id.split("-")[1])
+        return _id_number(self.id, 1)
 
     @property
     def target_id(self):
