@@ -145,8 +145,17 @@ def migrate(guest_id, target, confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAUL
     runs = Runs(run_cfg, confdir, statedir, logdir, echo)
     full = runs.once(plan["job"], "the full copy") if plan["mode"] == FULL_COPY else None
     outcome, sync = _stop_sync_and_move(plan, runs, zfs, key, connect)
+    leftover = [_leftover_warning(cfg, plan)] if plan["mode"] == FULL_COPY else []
     return {"changed": True, "plan": plan, "summary": summary, "full_copy": full, "sync": sync,
-            "generation": outcome.generation, "push": outcome.as_dict()["nodes"], "warnings": outcome.warnings}
+            "generation": outcome.generation, "push": outcome.as_dict()["nodes"], "warnings": outcome.warnings + leftover}
+
+
+def _leftover_warning(cfg, plan):
+    """The old owner keeps its volumes (as a migration to a replica holder does); say that no job updates them."""
+    return ("node '%s' keeps its copy of guest %d's volumes (%s), which no job updates any more: destroy it once the "
+            "guest runs well on '%s' - a later migration back to '%s' can reuse it only while the two share a snapshot"
+            % (plan["source"], plan["guest"], ", ".join(cfg.guest_datasets(plan["guest"]).values()), plan["target"],
+               plan["source"]))
 
 
 def _check_cluster(guest_id, target, confdir, statedir):

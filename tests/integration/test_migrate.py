@@ -138,7 +138,8 @@ def test_migrate_to_a_node_without_replica_copies_in_full_and_the_jobs_keep_thei
     assert {node: config_of(lab, node).generation for node in lab.nodes} == before and not lone.datasets("node3")
 
     lone.wait_records("node1", 10)
-    _run, moved = migrate(lab, lone, "node3")
+    run, moved = migrate(lab, lone, "node3")
+    assert "node 'node1' keeps its copy of guest %d's volumes" % LONE_GUEST in " ".join((run.stdout + run.stderr).split())
     assert [v["mode"] for v in moved["full_copy"]["volumes"]] == ["full"], moved
     assert [v["mode"] for v in moved["sync"]["volumes"]] == ["incremental"], moved
     assert moved["sync"]["bytes"] * 20 < moved["full_copy"]["bytes"], moved  # stopped only for the last delta
@@ -173,6 +174,7 @@ def test_migrate_to_a_node_without_replica_copies_in_full_and_the_jobs_keep_thei
     result = cs.run_job(lab, "node3", LONE_JOB)
     assert result["ok"] and [(v["mode"], v["base"]) for v in result["volumes"]] == [("incremental", base[0])], result
     assert result["bytes"] * 20 < moved["full_copy"]["bytes"]
-    print("no-replica migration figures: full copy %d bytes in %.1f s while running, last delta %d bytes, next run "
-          "from node3 %d bytes" % (moved["full_copy"]["bytes"], sum(v["seconds"] for v in moved["full_copy"]["volumes"]),
-                                   moved["sync"]["bytes"], result["bytes"]))
+    downtime = records[len(source_records)]["time"] - source_records[-1]["time"]
+    print("no-replica migration figures: full copy %d bytes in %.1f s while running, last delta %d bytes, guest down "
+          "%.1f s, next run from node3 %d bytes" % (moved["full_copy"]["bytes"], sum(v["seconds"] for v in moved["full_copy"]["volumes"]),
+                                                    moved["sync"]["bytes"], downtime, result["bytes"]))
