@@ -179,3 +179,24 @@ def test_remove_job(cluster, mode):
     assert job_id not in node_cfg.jobs
     del cluster.cfg.jobs[job_id]
     cluster.cfg.generation = node_cfg.generation
+
+
+def test_freeze_and_thaw_hooks_surround_the_snapshot(cluster):
+    lab = cluster.lab
+    marks = "/var/log/storage-replication/hooks-105"
+    hooks = {"freeze": ["sh", "-c", "echo freeze >> %s" % marks], "thaw": ["sh", "-c", "echo thaw >> %s" % marks]}
+    cluster.guest(105, ["vm-105-disk-0", "vm-105-disk-1"], hooks=hooks)
+    cluster.job("105-0", "node2")
+    cluster.push()
+    cs.write_random(lab, "node1", "vm-105-disk-0", "a.bin", 1)
+    result = cluster.run("105-0")
+    assert result["ok"], result["error"]
+    lines = result["log"]
+    snap = "__replicate_105-0_%d__" % result["start"]
+    order = [lines.index("freeze guest filesystem"), lines.index("create snapshot '%s' on local-zfs:vm-105-disk-0" % snap),
+             lines.index("create snapshot '%s' on local-zfs:vm-105-disk-1" % snap), lines.index("thaw guest filesystem")]
+    assert order == sorted(order)
+    assert (lab.private_path("node1", "/var/log/storage-replication") / "hooks-105").read_text() == "freeze\nthaw\n"
+    # one snapshot name on both volumes, both replicated
+    for name in ("vm-105-disk-0", "vm-105-disk-1"):
+        assert cluster.assert_replica("node2", name) == snap
