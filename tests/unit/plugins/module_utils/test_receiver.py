@@ -25,8 +25,9 @@ class NoZfs:
 @pytest.fixture
 def receiver(tmp_path):
     cfg = configmod.ClusterConfig(generation=7)
+    host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJiK4nz/cnY3cyAUYjpq4W13HzgqcR6J+KIvhTohaTcD"
     for name, address in (("node1", "10.0.0.1"), ("node2", "10.0.0.2")):
-        cfg.nodes[name] = configmod.Node(name=name, address=address, host_key="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJiK4nz/cnY3cyAUYjpq4W13HzgqcR6J+KIvhTohaTcD")
+        cfg.nodes[name] = configmod.Node(name=name, address=address, host_key=host_key)
     cfg.storages["local-zfs"] = configmod.Storage(id="local-zfs", pool="rpool/data")
     cfg.guests[100] = configmod.Guest(id=100, type="vm", node="node1", volumes=["local-zfs:vm-100-disk-0"])
     cfg.guests[200] = configmod.Guest(id=200, type="vm", node="node2", volumes=["local-zfs:vm-200-disk-0"])
