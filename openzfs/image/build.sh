@@ -98,7 +98,7 @@ printf '#!/bin/sh\nexit 101\n' > "$ROOT/usr/sbin/policy-rc.d"   # no daemon star
 chmod +x "$ROOT/usr/sbin/policy-rc.d"
 mount_chroot
 logged apt-update in_chroot apt-get update -qq
-logged apt-base apt_in_chroot systemd-sysv udev kmod dbus iproute2 openssh-server python3 python3-venv procps
+logged apt-base apt_in_chroot systemd-sysv udev kmod dbus iproute2 openssh-server python3 python3-venv python3-packaging procps
 
 step kernel-and-zfs-tools
 logged apt-kernel apt_in_chroot linux-image-amd64 linux-headers-amd64 dkms zfsutils-linux

@@ -68,6 +68,9 @@ class OzCluster:
 
     def setup(self):
         for node in self.nodes:
+            # A tier kept up from an earlier session (SR_OPENZFS_KEEP=1) starts over: new pool, no job state.
+            self.tier.sh(node, "zpool destroy -f rpool 2>/dev/null || true; rm -rf /var/lib/storage-replication/guests "
+                               "/var/lib/storage-replication/replication-state.json /var/log/storage-replication/*.log")
             self.tier.sh(node, "zpool create -f -O compression=lz4 -O atime=on rpool /dev/vdb && zfs create %s" % POOL)
             # enc-zfs: plain on node1, an encrypted dataset on the other nodes (their own key).
             self.tier.sh(node, "echo 'passphrase-of-%s' > %s" % (node, KEY_FILE))
