@@ -137,12 +137,13 @@ class Tier:
 
     def up(self, nodes: int = 2, memory: str = "1536M", pool_disk: str = "4G", log=print) -> "Tier":
         """Boot the nodes (node1..nodeN) in parallel; returns once every one answers over ssh."""
-        running = [n for n, info in self._load()["nodes"].items() if alive(info.get("pid"))]
-        if running and len(running) == nodes:
-            return self
+        self.image = ensure_image(log)
+        current = self._load()
+        running = [n for n, info in current["nodes"].items() if alive(info.get("pid"))]
+        if len(running) == nodes and current.get("image") == str(self.image):
+            return self  # kept up from an earlier run, same image
         if running:
             self.down()
-        self.image = ensure_image(log)
         if self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True)
