@@ -130,6 +130,16 @@ def test_units_are_installed_and_verified(role):
         assert "OnCalendar=minutely\n" in timer and "Persistent=true\n" in timer and "AccuracySec=1s\n" in timer
 
 
+def test_runner_settings_are_written_and_accepted_by_the_runner(role):
+    for node in role.lab.nodes:
+        settings = json.loads(role.read(node, "/etc/storage-replication/runner.json"))
+        assert settings == {"max_parallel": 4, "log_runs": 10, "notify_command": None,
+                            "metrics_file": "/var/lib/prometheus/node-exporter/storage-replication.prom"}
+        # The runner itself reads them without complaint (an idle run: no jobs are configured yet).
+        idle = role.lab.exec(node, [INSTALL_DIR + "/bin/storage-replication", "run"], check=False)
+        assert idle.returncode == 0, idle.stderr
+
+
 def test_authorized_keys_let_peers_run_only_the_receiver(role):
     controller_key = role.lab.controller_key_path.with_suffix(".pub").read_text(encoding="utf-8").strip()
     public = {node: role.read(node, "/root/.ssh/id_ed25519.pub").split()[:2] for node in role.lab.nodes}
