@@ -383,9 +383,11 @@ class Runner:
         self.catch_up = catch_up
         self.state = StateFile(paths.statedir)
         self.node = read_local_node(paths.statedir)
-        self.iteration = int(now())
+        # Not rounded down to the second as pvesr's: jobs record their start second as last_iteration, and a run
+        # started in the same second as the previous one (`schedule-now X` right after a run) must still see X.
+        self.iteration = now()
         self.cfg = configmod.load(paths.confdir)
-        self.result = {"node": self.node, "iteration": self.iteration, "jobs": [], "warnings": [], "peer_check": None}
+        self.result = {"node": self.node, "iteration": int(self.iteration), "jobs": [], "warnings": [], "peer_check": None}
 
     # -- entry points -------------------------------------------------------------------------------------------
 
@@ -478,7 +480,7 @@ class Runner:
                 # A job still running a minute after this iteration began holds this runner up, and the timer's
                 # next tick found the lock taken: act as that tick (a new iteration: jobs may run again).
                 if running and self.now() - self.iteration >= TICK_SECONDS:
-                    self.iteration, started = int(self.now()), {j.id for j in running.values()}
+                    self.iteration, started = self.now(), {j.id for j in running.values()}
                 # Jobs may have been changed while they ran (pvesr re-reads the configuration before every pick).
                 self.cfg = configmod.load(self.paths.confdir)
 

@@ -131,12 +131,13 @@ class Node:
         self.lock = threading.Lock()
         self.active, self.events, self.overlaps = {}, [], []
         self.peer_checks = 0
+        self.clock = time.time
 
     def run_job(self, cfg, job_id, node, statedir, logdir, confdir, echo):
         del node, logdir, confdir, echo
         job = cfg.jobs[job_id]
         state = StateFile(statedir)
-        start = int(time.time())
+        start = int(self.clock())
         state.record_job_start(job, start)
         with self.lock:
             if job.guest in self.active.values():
@@ -157,7 +158,8 @@ class Node:
         return type("Found", (), {"adopted": None, "source": None, "unreachable": {}, "generation": 1})()
 
     def run(self, job_id=None, notify=False):
-        return R.Runner(self.paths, self.settings, notify=notify, run_job=self.run_job, catch_up=self.catch_up).run(job_id)
+        return R.Runner(self.paths, self.settings, notify=notify, now=self.clock, run_job=self.run_job,
+                        catch_up=self.catch_up).run(job_id)
 
     def finished(self, job_id):
         return next(t for kind, j, t in self.events if kind == "end" and j == job_id)
@@ -218,6 +220,15 @@ def test_an_idle_run_runs_nothing_and_asks_no_peer(tmp_path):
     assert second["jobs"] == [] and node.peer_checks == 1
     metrics = (tmp_path / "metrics.prom").read_text()
     assert 'storage_replication_runner_last_tick_timestamp_seconds{node="node1"} %d' % second["iteration"] in metrics
+
+
+def test_schedule_now_right_after_a_run_in_the_same_second_is_seen(tmp_path):
+    cfg = make_config(guests=(100,))
+    node = Node(tmp_path, cfg)
+    node.clock = lambda: NOW + 0.5
+    assert [j["job"] for j in node.run()["jobs"]] == ["100-0"]
+    StateFile(node.paths.statedir).schedule_now(cfg.jobs["100-0"])
+    assert [j["job"] for j in node.run()["jobs"]] == ["100-0"]  # pvesr's whole-second iteration would skip it
 
 
 def test_a_second_runner_exits_at_once(tmp_path):
