@@ -599,9 +599,10 @@ class Lab:
             found = set((self._load() or {"nodes": {}})["nodes"])
         except LabError:  # a damaged lab.json: `down` still finds the nodes on the machine
             found = set()
-        prefix = f"srlab-{self.name}-"
+        # Exactly srlab-<name>-node<N>: a plain prefix match would take lab "x-y"'s nodes for lab "x"'s.
+        own = re.compile(re.escape(f"srlab-{self.name}-") + r"(node[0-9]+)")
         if os.path.isdir("/run/netns"):
-            found.update(n[len(prefix):] for n in os.listdir("/run/netns") if n.startswith(prefix))
+            found.update(m.group(1) for m in map(own.fullmatch, os.listdir("/run/netns")) if m)
         if (self.dir / "ns").is_dir():
             found.update(f.split(".")[0] for f in os.listdir(self.dir / "ns"))
         return found
