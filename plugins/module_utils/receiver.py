@@ -38,6 +38,8 @@ SNAPSHOT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}$")
 MAX_REQUEST = 4 * 1024 * 1024
 DIVERGED_INFIX = "-diverged-"
 SPLICE_CHUNK = 1 << 20
+# The largest stream a session takes inline, after its request line (transport.INLINE_LIMIT on the sending side).
+MAX_INLINE_STREAM = 1 << 20
 
 
 class Refused(Exception):
@@ -233,7 +235,8 @@ class Receiver:
         for volume in tokens:
             if not remaining.get(volume):  # an interrupted first receive: no replica yet, only its saved state
                 remaining.pop(volume, None)
-        return {"volumes": remaining, "resume_tokens": tokens, "features": self.zfs.features.as_dict()}
+        return {"volumes": remaining, "resume_tokens": tokens, "features": self.zfs.features.as_dict(),
+                "inline_receive": True}
 
     def resume_tokens(self, wanted):
         """{volume: receive_resume_token} of the wanted volumes holding an interrupted receive (OpenZFS)."""
@@ -366,11 +369,13 @@ class Receiver:
         return copy
 
     def feed_zfs_recv(self, argv, stdin, volume):
-        """Run zfs recv fed from stdin (a binary file), counting the bytes; Refused with a precise cause on failure."""
+        """Run zfs recv fed from stdin (a binary file, or the whole stream as bytes when it came inline in a session),
+        counting the bytes; Refused with a precise cause on failure."""
         env = dict(os.environ, LC_ALL="C")
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         try:
-            total = copy_stream(stdin.fileno(), proc.stdin.fileno())
+            total = write_all(proc.stdin.fileno(), stdin) if isinstance(stdin, bytes) else \
+                copy_stream(stdin.fileno(), proc.stdin.fileno())
         except BrokenPipeError:
             total = None
         _out, err = proc.communicate()  # closes zfs recv's stdin: end of stream
@@ -475,10 +480,15 @@ def copy_stream(source_fd, sink_fd):
         data = os.read(source_fd, SPLICE_CHUNK)
         if not data:
             return total
-        view = memoryview(data)
-        while view:
-            view = view[os.write(sink_fd, view):]
-        total += len(data)
+        total += write_all(sink_fd, data)
+
+
+def write_all(fd, data):
+    """Write all of data (os.write may write less); returns its length."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    return len(data)
 
 
 # ---------------------------------------------------------------- entry point
@@ -550,18 +560,22 @@ def answer(receiver, work):
 
 
 def session(receiver, stdin, stdout):
-    """Several control operations in one process (one per JSON line: {"operation", "request"}), so that a run
-    pays for one process start on the target instead of one per operation.  Ends at end of input."""
+    """Several operations in one process (one per JSON line: {"operation", "request"}), so that a run pays for one
+    process start on the target instead of one per operation.  A `receive` request ({"arguments": [key=value, ...],
+    "bytes": n}) is followed by its whole stream of n bytes (a small one: MAX_INLINE_STREAM).  Ends at end of
+    input, or after a request whose stream cannot be framed."""
     while True:
         line = stdin.readline(MAX_REQUEST + 1)
         if not line:
             return 0
-        reply = answer(receiver, lambda: session_request(receiver, line))
+        reply = answer(receiver, lambda: session_request(receiver, line, stdin))
         stdout.write(json.dumps(reply) + "\n")
         stdout.flush()
+        if reply.get("reason") == "stream-framing":
+            return 1
 
 
-def session_request(receiver, line):
+def session_request(receiver, line, stdin):
     if len(line) > MAX_REQUEST:
         raise Refused("request larger than %d bytes: refused" % MAX_REQUEST, "invalid-argument")
     try:
@@ -569,10 +583,31 @@ def session_request(receiver, line):
     except ValueError as exc:
         raise Refused("the request is not valid JSON (%s): refused" % exc, "invalid-argument") from exc
     operation = message.get("operation") if isinstance(message, dict) else None
+    if operation == "receive":
+        return receive_inline(receiver, message.get("request"), stdin)
     if operation not in CONTROL_OPERATIONS:
         raise Refused("operation %r is not allowed in a session (%s)" % (
-            str(operation)[:80], ", ".join(sorted(CONTROL_OPERATIONS))), "invalid-operation")
+            str(operation)[:80], ", ".join(sorted(list(CONTROL_OPERATIONS) + ["receive"]))), "invalid-operation")
     return CONTROL_OPERATIONS[operation](receiver, message.get("request"))
+
+
+def receive_inline(receiver, request, stdin):
+    """`receive` of a small stream that follows the request in the session: read all of it, then receive it with
+    the checks of the OpenSSH data path.  A size that cannot be trusted ends the session (the bytes that follow
+    could not be told from the next request)."""
+    size = request.get("bytes") if isinstance(request, dict) else None
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_INLINE_STREAM:
+        raise Refused("invalid inline stream size %r (at most %d bytes): refused, session ended" % (
+            size, MAX_INLINE_STREAM), "stream-framing")
+    data = stdin.read(size)
+    if len(data) != size:
+        raise Refused("the inline stream ended after %d of %d bytes: refused, session ended" % (len(data), size),
+                      "stream-framing")
+    check_request_keys(request, ("arguments", "bytes"))
+    arguments = request.get("arguments")
+    if not isinstance(arguments, list) or not all(isinstance(a, str) for a in arguments):
+        raise Refused("invalid receive arguments %r: refused" % (arguments,), "invalid-argument")
+    return receiver.receive(arguments, data)
 
 
 def main(argv=None, environ=None, stdin=None, stdout=None, receiver=None):

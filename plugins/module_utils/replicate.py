@@ -75,6 +75,8 @@ class Context:
         self.key = key
         # Both ends receive resumably (OpenZFS): a failed send keeps its snapshot for the next run to resume.
         self.resumable = False
+        # The target's session takes small streams inline (ControlChannel.receive_inline), else None.
+        self.inline = None
 
     def request(self, **fields):
         return dict(fields, job=self.job.id, guest=self.job.guest, generation=self.cfg.generation, source=self.node)
@@ -162,6 +164,7 @@ def replicate(ctx, state, start):
                         volumes=volumes, scan=storeid_list, last_sync=last_sync)
         remote = prepared["volumes"]
         ctx.resumable = ctx.zfs.features.resumable_receive and prepared.get("features", {}).get("resumable_receive")
+        ctx.inline = channel.receive_inline if prepared.get("inline_receive") else None
         resumed, sent = resume_transfers(ctx, channel, target, datasets, prepared.get("resume_tokens", {}), remote)
         local = prepare_local(ctx, datasets, last_sync, keep=resumed)
         bases = base_references(local, {**select_bases(job.id, volumes, local, remote, last_sync), **resumed})
@@ -323,20 +326,23 @@ def send_volume(ctx, target, known_hosts, volume, dataset, base, snap):
     extra = ["base=%s" % base.lstrip("#")] if base else []
     result = stream_to_target(ctx, target, known_hosts, send_argv(dataset, snap, base, **options), volume, snap,
                               extra + (["raw=1"] if options["raw"] else []), rate_bps)
-    ctx.log("volume '%s': sent %d bytes in %.1f s (%.1f MB/s)" % (
-        volume, result.bytes, result.seconds, result.bytes / max(result.seconds, 1e-6) / 1e6))
+    ctx.log("volume '%s': sent %d bytes in %.1f s (%.1f MB/s%s)" % (
+        volume, result.bytes, result.seconds, result.bytes / max(result.seconds, 1e-6) / 1e6,
+        ", inline on the control connection" if result.inline else ""))
     return {"volume": volume, "mode": "incremental" if base else "full", "base": base, "bytes": result.bytes,
             "seconds": round(result.seconds, 3), "kept": result.reply.get("kept", [])}
 
 
 def stream_to_target(ctx, target, known_hosts, send_command, volume, snap, extra, rate_bps=None):
-    """Pipe send_command into the target's `receive` of volume@snap; the receiver's log lines go into the run log."""
-    arguments = ["receive", "job=%s" % ctx.job.id, "guest=%d" % ctx.job.guest, "volume=%s" % volume,
+    """Pipe send_command into the target's `receive` of volume@snap (a small stream inline on the control connection
+    where the target takes it); the receiver's log lines go into the run log."""
+    arguments = ["job=%s" % ctx.job.id, "guest=%d" % ctx.job.guest, "volume=%s" % volume,
                  "snapshot=%s" % snap, "generation=%d" % ctx.cfg.generation, "source=%s" % ctx.node] + list(extra)
-    command = ssh_argv(target.name, target.address, known_hosts, arguments, key=ctx.key or _node_key(),
+    command = ssh_argv(target.name, target.address, known_hosts, ["receive"] + arguments, key=ctx.key or _node_key(),
                        port=target.port)
+    inline = (lambda data: ctx.inline(arguments, data)) if ctx.inline else None
     try:
-        result = stream(send_command, command, target.name, target.address, rate_bps)
+        result = stream(send_command, command, target.name, target.address, rate_bps, inline=inline)
     except RemoteError as exc:
         for line in exc.reply.get("log", []):
             ctx.log(line)

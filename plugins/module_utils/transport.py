@@ -25,6 +25,7 @@ import subprocess
 import threading
 import time
 
+from ansible_collections.storage.replication.plugins.module_utils.receiver import copy_stream
 from ansible_collections.storage.replication.plugins.module_utils.state import atomic_write
 
 NODE_KEY = "/root/.ssh/id_ed25519"
@@ -33,6 +34,9 @@ CONNECT_TIMEOUT = 10
 DATA_CIPHERS = "aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.com"
 PUMP_CHUNK = 256 * 1024
 MAX_REPLY = 16 * 1024 * 1024
+# A stream up to this size (an incremental run with little or nothing changed) goes to the target over the control
+# connection that is already open: an OpenSSH handshake and a receiver process cost more than it (measured ~0.5 s).
+INLINE_LIMIT = 1024 * 1024
 
 
 class TransportError(Exception):
@@ -157,20 +161,33 @@ class ControlChannel:
 
         Operations go through one `session` channel (one process on the peer for the whole run); a peer whose
         receiver has no sessions gets one exec channel per operation."""
+        return self._call(operation, request, timeout)
+
+    def receive_inline(self, arguments, data, timeout=600):
+        """A whole small stream (`data`, at most INLINE_LIMIT bytes) into the peer's `receive` with `arguments`
+        (the key=value words of the OpenSSH data path), through the session: no new handshake, no new process.
+        Only for peers whose prepare reply says `inline_receive`."""
+        return self._call("receive", {"arguments": list(arguments), "bytes": len(data)}, timeout, payload=data)
+
+    def _call(self, operation, request, timeout, payload=None):
         if self.client is None:
             self.connect()
         try:
             if self.session is not False:
-                reply = self._session_call(operation, request, timeout)
+                reply = self._session_call(operation, request, timeout, payload)
                 if reply is not None:
                     return reply
+            if payload is not None:
+                raise TransportError("node '%s' has no receiver session for an inline stream - update the runner "
+                                     "there (re-run the site playbook)" % self.node_name)
             return self._exec_call(operation, request, timeout)
         except (OSError, EOFError, socket.timeout) as exc:
             raise TransportError(unreachable_message(self.node_name, self.address,
                                                      "connection lost during '%s': %s" % (operation, exc)), True) from exc
 
-    def _session_call(self, operation, request, timeout):
-        """One request on the session channel; None if the peer does not know sessions."""
+    def _session_call(self, operation, request, timeout, payload=None):
+        """One request (and its payload bytes, if any) on the session channel; None if the peer does not know
+        sessions."""
         if self.session is None:
             channel = self.client.get_transport().open_session(timeout=self.timeout)
             channel.exec_command("session")
@@ -178,6 +195,8 @@ class ControlChannel:
         channel, replies = self.session
         channel.settimeout(timeout)
         channel.sendall((json.dumps({"operation": operation, "request": request}) + "\n").encode("utf-8"))
+        if payload:
+            channel.sendall(payload)
         line = replies.readline(MAX_REPLY)
         reply = _last_json_line(line.decode("utf-8", "replace"))
         if isinstance(reply, dict) and reply.get("reason") == "invalid-operation" and "'session'" in reply.get("error", ""):
@@ -291,33 +310,42 @@ def pump(source_fd, sink_fd, bucket, chunk=PUMP_CHUNK):
 
 
 class StreamResult:
-    def __init__(self, reply, seconds, send_rc, send_err):
+    def __init__(self, reply, seconds, send_rc, send_err, inline=False):
         self.reply = reply
         self.seconds = seconds
         self.send_rc = send_rc
         self.send_err = send_err
+        self.inline = inline  # carried on the control connection, not by a new OpenSSH connection
 
     @property
     def bytes(self):
         return int(self.reply.get("bytes", 0))
 
 
-def stream(send_argv, ssh_command, node_name, address, rate_bps=None, on_start=None):
+def stream(send_argv, ssh_command, node_name, address, rate_bps=None, on_start=None, inline=None):
     """Run `send_argv | [rate pump] | ssh_command`; returns a StreamResult with the receiver's JSON reply.
 
-    Without a rate limit the two processes are joined by a pipe and Python stays out of the data path.
+    With `inline` (a function data -> reply, e.g. ControlChannel.receive_inline), the first INLINE_LIMIT + 1 bytes
+    are read first: a stream that ends within them goes through `inline` instead of a new OpenSSH connection; a
+    bigger one is spliced on into ssh after them.  Without a rate limit and without `inline` the two processes are
+    joined by a pipe and Python stays out of the data path.
     """
     env = dict(os.environ, LC_ALL="C")
     start = time.monotonic()
     send = subprocess.Popen(send_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    pump_thread = None
-    if rate_bps:
+    bucket = TokenBucket(rate_bps) if rate_bps else None
+    head = None
+    if inline is not None:
+        head = _read_head(send.stdout.fileno(), INLINE_LIMIT + 1)
+        if len(head) <= INLINE_LIMIT:
+            return _inline_stream(send, head, inline, bucket, node_name, start)
+    feeder = None
+    if head is not None or bucket is not None:
         read_fd, write_fd = os.pipe()
         ssh = subprocess.Popen(ssh_command, stdin=read_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         os.close(read_fd)
-        pump_thread = threading.Thread(target=_pump_and_close, args=(send.stdout, write_fd, TokenBucket(rate_bps)),
-                                       daemon=True)
-        pump_thread.start()
+        feeder = threading.Thread(target=_feed_and_close, args=(head or b"", send.stdout, write_fd, bucket), daemon=True)
+        feeder.start()
     else:
         ssh = subprocess.Popen(ssh_command, stdin=send.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env=env)
@@ -325,16 +353,49 @@ def stream(send_argv, ssh_command, node_name, address, rate_bps=None, on_start=N
     if on_start is not None:
         on_start(send, ssh)
     ssh_out, ssh_err, send_err = _collect(ssh, send)
-    if pump_thread is not None:
-        pump_thread.join()
+    if feeder is not None:
+        feeder.join()
     send.wait()
     seconds = time.monotonic() - start
     return _stream_outcome(node_name, address, send, ssh, ssh_out, ssh_err, send_err, seconds)
 
 
-def _pump_and_close(source, write_fd, bucket):
+def _read_head(fd, size):
+    """Up to `size` bytes from fd; fewer only at end of stream."""
+    chunks, have = [], 0
+    while have < size:
+        data = os.read(fd, size - have)
+        if not data:
+            break
+        chunks.append(data)
+        have += len(data)
+    return b"".join(chunks)
+
+
+def _inline_stream(send, data, inline, bucket, node_name, start):
+    """The whole stream is in `data`: once zfs send has ended well, hand it to `inline`."""
+    send.stdout.close()
+    send_err = send.stderr.read().decode("utf-8", "replace")
+    send.wait()
+    _check_send(send, send_err, node_name)
+    if bucket is not None:
+        bucket.take(len(data))
+    reply = inline(data)
+    return StreamResult(reply, time.monotonic() - start, send.returncode, send_err, inline=True)
+
+
+def _feed_and_close(head, source, write_fd, bucket):
+    """ssh's stdin: the bytes read ahead, then the rest of the stream (through the token bucket if limited)."""
     try:
-        pump(source.fileno(), write_fd, bucket)
+        if bucket is not None:
+            bucket.take(len(head))
+        view = memoryview(head)
+        while view:
+            view = view[os.write(write_fd, view):]
+        if bucket is not None:
+            pump(source.fileno(), write_fd, bucket)
+        else:
+            copy_stream(source.fileno(), write_fd)
     except BrokenPipeError:
         pass  # the receiver went away; its own exit status tells why
     finally:
@@ -361,11 +422,8 @@ def _collect(ssh, send):
 def _stream_outcome(node_name, address, send, ssh, ssh_out, ssh_err, send_err, seconds):
     """The cause of a failed stream, in order: zfs send itself, the receiver's answer, then ssh."""
     reply = _last_json_line(ssh_out)
-    if send.returncode not in (0, -signal.SIGPIPE):
-        raise TransportError("'%s' failed on this node (%s)%s - the previous replica on '%s' is unchanged; the next "
-                             "run retries" % (" ".join(send.args), _exit_text(send.returncode),
-                                              (": " + send_err.strip().splitlines()[-1]) if send_err.strip() else "",
-                                              node_name))
+    if send.returncode != -signal.SIGPIPE:
+        _check_send(send, send_err, node_name)
     if isinstance(reply, dict) and not reply.get("ok", False):
         raise RemoteError(node_name, "receive", reply)
     if not isinstance(reply, dict) or send.returncode != 0:
@@ -377,6 +435,14 @@ def _stream_outcome(node_name, address, send, ssh, ssh_out, ssh_err, send_err, s
                                  node_name, _exit_text(ssh.returncode),
                                  (": " + ssh_err.strip().splitlines()[-1]) if ssh_err.strip() else ""))
     return StreamResult(reply, seconds, send.returncode, send_err)
+
+
+def _check_send(send, send_err, node_name):
+    if send.returncode != 0:
+        raise TransportError("'%s' failed on this node (%s)%s - the previous replica on '%s' is unchanged; the next "
+                             "run retries" % (" ".join(send.args), _exit_text(send.returncode),
+                                              (": " + send_err.strip().splitlines()[-1]) if send_err.strip() else "",
+                                              node_name))
 
 
 def _last_json_line(text):

@@ -104,6 +104,17 @@ def test_full_then_incremental_sync(cluster):
     held = (lab.private_path("node2", "/var/lib/storage-replication") / "guests" / "100.json").read_text()
     assert '"source": "node1"' in held and '"last_sync": %d' % second["start"] in held
 
+    # a small delta goes inline on the control connection (no OpenSSH handshake, no second receiver process)
+    lab.exec("node1", ["dd", "if=/dev/urandom", "of=/%s/c.bin" % cs.dataset("vm-100-disk-0"), "bs=256K", "count=1",
+                       "status=none"])
+    third = cluster.run("100-0")
+    assert third["ok"], third["error"]
+    assert third["volumes"][0]["mode"] == "incremental" and 0.25 * 2 ** 20 < third["bytes"] < 2 ** 20
+    snap3 = cluster.assert_replica("node2", "vm-100-disk-0")
+    assert job_snapshots(lab, "node2", "vm-100-disk-0", "100-0") == [snap3]
+    assert "volume 'local-zfs:vm-100-disk-0': sent %d bytes" % third["bytes"] in cs.run_log(lab, "node1", "100-0")
+    assert "inline on the control connection" in cs.run_log(lab, "node1", "100-0")
+
 
 def test_several_targets_keep_each_others_bases(cluster):
     lab = cluster.lab

@@ -111,7 +111,7 @@ def test_receive_arguments_are_checked(receiver, arguments, message):
 
 def test_session_answers_each_request_in_turn(receiver):
     lines = [{"operation": "list", "request": {"generation": 7, "source": "node1"}},
-             {"operation": "receive", "request": {}},
+             {"operation": "destroy", "request": {}},
              {"operation": "prepare", "request": prepare_request(generation=3)}]
     stdin = io.BytesIO(b"".join((json.dumps(line) + "\n").encode() for line in lines) + b"not json\n")
     out = io.StringIO()
@@ -119,5 +119,37 @@ def test_session_answers_each_request_in_turn(receiver):
     replies = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [r["ok"] for r in replies] == [True, False, False, False]
     assert replies[0]["replicas"] == {}
-    assert replies[1]["reason"] == "invalid-operation"  # data streams never go through a session
+    assert replies[1]["reason"] == "invalid-operation"
     assert replies[2]["reason"] == "stale-generation" and replies[3]["reason"] == "invalid-argument"
+
+
+def session_lines(receiver, payload):
+    out = io.StringIO()
+    code = main(environ={"SSH_ORIGINAL_COMMAND": "session"}, stdin=io.BytesIO(payload), stdout=out, receiver=receiver)
+    return code, [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def request_line(operation, request):
+    return (json.dumps({"operation": operation, "request": request}) + "\n").encode()
+
+
+def test_refused_inline_stream_is_consumed_and_the_session_goes_on(receiver):
+    """The stream bytes after a refused receive are read, never taken for the next request."""
+    stream = b'{"operation": "destroy"}\n' + b"\0" * 100
+    arguments = ["job=100-0", "guest=100", "volume=local-zfs:vm-100-disk-0", "snapshot=__replicate_100-1_5__",
+                 "generation=7", "source=node1"]
+    code, replies = session_lines(receiver, request_line("receive", {"arguments": arguments, "bytes": len(stream)})
+                                  + stream + request_line("list", {"generation": 7, "source": "node1"}))
+    assert code == 0 and [r["ok"] for r in replies] == [False, True]
+    assert "not a replication snapshot of job '100-0'" in replies[0]["error"] and replies[1]["replicas"] == {}
+
+
+@pytest.mark.parametrize("request_fields, message", [
+    [{"arguments": []}, "invalid inline stream size None"],
+    [{"arguments": [], "bytes": 2 ** 21}, "invalid inline stream size 2097152 (at most 1048576 bytes)"],
+    [{"arguments": [], "bytes": 50}, "the inline stream ended after 10 of 50 bytes"],
+])
+def test_inline_stream_that_cannot_be_framed_ends_the_session(receiver, request_fields, message):
+    code, replies = session_lines(receiver, request_line("receive", request_fields) + b"x" * 10)
+    assert code == 1 and len(replies) == 1
+    assert replies[0]["reason"] == "stream-framing" and message in replies[0]["error"]

@@ -1,14 +1,37 @@
 # Copyright (c) 2026, storage.replication developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Unit tests of the transport layer: the rate limiter's exactness, ssh argv, failure messages, reply parsing."""
+"""Unit tests of the transport layer: the rate limiter's exactness, ssh argv, failure messages, reply parsing, the
+choice between an inline and an OpenSSH data stream (local processes stand in for zfs send and ssh)."""
 
 from __future__ import annotations
+
+import hashlib
+import sys
 
 import pytest
 
 from ansible_collections.storage.replication.plugins.module_utils.transport import (
-    PUMP_CHUNK, RemoteError, TokenBucket, explain_ssh_failure, known_hosts_text, parse_reply, ssh_argv)
+    INLINE_LIMIT, PUMP_CHUNK, RemoteError, TokenBucket, TransportError, explain_ssh_failure, known_hosts_text,
+    parse_reply, ssh_argv, stream)
+
+# stands in for `zfs send`: writes N deterministic bytes
+SEND = [sys.executable, "-c", "import sys; n = int(sys.argv[1]); sys.stdout.buffer.write(bytes(i % 251 for i in range(n)))"]
+# stands in for ssh + receive: answers with the count and digest of what it got, as the receiver answers
+RECEIVE = [sys.executable, "-c", "import hashlib, json, sys; d = sys.stdin.buffer.read(); "
+           "print(json.dumps({'ok': True, 'bytes': len(d), 'sha': hashlib.sha256(d).hexdigest()}))"]
+NEVER = [sys.executable, "-c", "raise SystemExit('ssh must not run')"]
+
+
+def expected(size):
+    return hashlib.sha256(bytes(i % 251 for i in range(size))).hexdigest()
+
+
+def inline_receiver(calls):
+    def receive(data):
+        calls.append(data)
+        return {"ok": True, "bytes": len(data), "sha": hashlib.sha256(data).hexdigest()}
+    return receive
 
 
 class FakeClock:
@@ -75,3 +98,35 @@ def test_parse_reply():
         parse_reply("node2", "prepare", b'{"ok": false, "error": "guest 100 is owned by node2"}\n', b"", 1)
     with pytest.raises(RemoteError, match=r"gave no valid reply \(exit code 127\): sh: command not found"):
         parse_reply("node2", "prepare", b"", b"sh: command not found\n", 127)
+
+
+@pytest.mark.parametrize("size", [0, 2292, INLINE_LIMIT])
+def test_small_stream_goes_inline_without_ssh(size):
+    calls = []
+    result = stream(SEND + [str(size)], NEVER, "node2", "10.0.0.2", inline=inline_receiver(calls))
+    assert result.inline and len(calls) == 1
+    assert result.bytes == size and result.reply["sha"] == expected(size)
+
+
+@pytest.mark.parametrize("rate", [None, 10 ** 9])
+def test_big_stream_goes_through_ssh_whole_and_in_order(rate):
+    calls = []
+    size = INLINE_LIMIT + 3 * PUMP_CHUNK + 17
+    result = stream(SEND + [str(size)], RECEIVE, "node2", "10.0.0.2", rate_bps=rate, inline=inline_receiver(calls))
+    assert not result.inline and calls == []
+    assert result.bytes == size and result.reply["sha"] == expected(size)
+
+
+def test_failed_send_is_not_received_inline():
+    calls = []
+    with pytest.raises(TransportError, match=r"failed on this node \(exit code 3\): no such snapshot"):
+        stream(["sh", "-c", "printf abc; echo no such snapshot >&2; exit 3"], NEVER, "node2", "10.0.0.2",
+               inline=inline_receiver(calls))
+    assert calls == []
+
+
+def test_refused_inline_receive_is_a_remote_error():
+    def refuse(data):
+        raise RemoteError("node2", "receive", {"ok": False, "error": "pool full (%d bytes)" % len(data)})
+    with pytest.raises(RemoteError, match=r"pool full \(10 bytes\)"):
+        stream(SEND + ["10"], NEVER, "node2", "10.0.0.2", inline=refuse)
