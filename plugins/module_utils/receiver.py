@@ -171,6 +171,8 @@ class Receiver:
                 "on an older configuration - node '%s' must adopt the newer configuration first (re-run the site "
                 "playbook)" % (source, generation, self.node, self.cfg.generation, source),
                 "stale-generation", generation=self.cfg.generation)
+        if generation > self.cfg.generation:
+            self.adopt_newer(source, generation)
         owner = self.cfg.guests.get(guest)
         if owner is not None and owner.node == self.node:
             raise Refused(
@@ -178,6 +180,26 @@ class Receiver:
                 "replicate into, roll back or delete its volumes here - check the guest's owner and the job's target"
                 % (guest, self.node, source), "owner")
         return source
+
+    def adopt_newer(self, source, generation):
+        """The caller holds a newer configuration: this node adopts it before judging the request (DESIGN rule 2).
+
+        A node that was down while a guest moved (failover) still believes it owns the guest; without this, the
+        new owner's first replication to it would be refused until its own runner happened to catch up."""
+        from ansible_collections.storage.replication.plugins.module_utils.cluster import (  # pylint: disable=import-outside-toplevel
+            ClusterError, catch_up)
+        try:
+            found = catch_up(self.confdir, self.statedir)
+        except ClusterError as exc:
+            raise Refused("node '%s' sent cluster configuration generation %d, newer than this node's %d, and "
+                          "adopting it failed: %s" % (source, generation, self.cfg.generation, exc), "stale-generation")
+        self.forget_config()
+        if found.adopted is not None:
+            self.say("adopted cluster configuration generation %d from node '%s'" % (found.adopted, found.source))
+        if self.cfg.generation < generation:
+            raise Refused("node '%s' sent cluster configuration generation %d, but node '%s' could only reach "
+                          "generation %d from its peers - run the site playbook or retry when the nodes answer"
+                          % (source, generation, self.node, self.cfg.generation), "stale-generation")
 
     def storage_pool(self, storage_id, required):
         storage = self.cfg.storages.get(storage_id)

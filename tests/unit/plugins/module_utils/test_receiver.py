@@ -153,3 +153,34 @@ def test_inline_stream_that_cannot_be_framed_ends_the_session(receiver, request_
     code, replies = session_lines(receiver, request_line("receive", request_fields) + b"x" * 10)
     assert code == 1 and len(replies) == 1
     assert replies[0]["reason"] == "stream-framing" and message in replies[0]["error"]
+
+
+def _peer_moved_guest_200_to_node1(receiver, generation):
+    """What cluster.catch_up would adopt from a peer: guest 200 now owned by node1 (a failover)."""
+    cfg = configmod.load(receiver.confdir)
+    cfg.guests[200].node = "node1"
+    cfg.generation = generation
+    configmod.save(cfg, receiver.confdir)
+
+
+def test_newer_caller_makes_this_node_adopt_before_judging(receiver, monkeypatch):
+    """node2 was down while guest 200 failed over to node1: node1's newer request is judged on the adopted config."""
+    from ansible_collections.storage.replication.plugins.module_utils import cluster
+
+    def catch_up(confdir, statedir):
+        _peer_moved_guest_200_to_node1(receiver, 8)
+        return cluster.CatchUp(7)
+    monkeypatch.setattr(cluster, "catch_up", catch_up)
+    request = prepare_request(job="200-0", guest=200, volumes=["local-zfs:vm-200-disk-0"], generation=8)
+    assert receiver.check_caller(request, 200) == "node1"  # not refused as the owner any more
+    assert receiver.cfg.generation == 8 and receiver.cfg.guests[200].node == "node1"
+
+
+def test_newer_caller_that_cannot_be_caught_up_with_is_refused(receiver, monkeypatch):
+    from ansible_collections.storage.replication.plugins.module_utils import cluster
+    monkeypatch.setattr(cluster, "catch_up", lambda confdir, statedir: cluster.CatchUp(7))
+    reply = serve(receiver, "prepare", prepare_request(job="200-0", guest=200, volumes=["local-zfs:vm-200-disk-0"],
+                                                       generation=9))
+    assert not reply["ok"] and reply["reason"] == "stale-generation"
+    assert "could only reach generation 7" in reply["error"]
+    assert configmod.load(receiver.confdir).guests[200].node == "node2"
