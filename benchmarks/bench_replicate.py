@@ -130,8 +130,8 @@ def main():
         cs.zfs(lab, "node1", "snapshot", "%s@probe" % cs.dataset(VOLUME))
         expected = stream_bytes(lab, base, "probe")
         cs.zfs(lab, "node1", "destroy", "%s@probe" % cs.dataset(VOLUME))
-        delta, _ = run(lab)
-        (idle_cold, _), (idle, _) = run_twice(lab)
+        delta, _seconds = run(lab)
+        (idle_cold, _cold_seconds), (idle, _warm_seconds) = run_twice(lab)
         assert cs.tree_checksum(lab, "node2", VOLUME, "__replicate_%s_%d__" % (JOB, idle["start"])) == \
             cs.tree_checksum(lab, "node1", VOLUME, "__replicate_%s_%d__" % (JOB, idle["start"]))
     finally:

@@ -121,7 +121,7 @@ def main():
         timed(cli + ["run"], env)  # the interval's first run: asks the peers for their generation
         peer_check_connections = counter.count
         before = counter.count
-        figures = {name: min(timed(cli + argv, env)[0] for _ in range(REPEAT))  # (wall, cpu) of the fastest
+        figures = {name: min(timed(cli + argv, env)[0] for _repeat in range(REPEAT))  # (wall, cpu) of the fastest
                    for name, argv in (("run", ["run", "--output-format", "json"]), ("status", ["status"]), ("list", ["list"]))}
         _seconds, result = timed(cli + ["run", "--output-format", "json"], env)
         ran = len(json.loads(result)["jobs"])
@@ -137,8 +137,8 @@ def main():
     # On a machine busier than its CPUs, a wall time mostly measures the wait for a CPU; the CPU time is what the
     # command costs, and what a quiet node's wall time comes close to.
     oversubscribed = load > os.cpu_count()
-    print("load average while measuring: %.1f (%d CPUs)%s" % (load, os.cpu_count(), "; oversubscribed: judged by CPU s"
-                                                                if oversubscribed else ""))
+    verdict = "; oversubscribed: judged by CPU s" if oversubscribed else ""
+    print("load average while measuring: %.1f (%d CPUs)%s" % (load, os.cpu_count(), verdict))
     print("jobs run: %d; ZFS/ssh commands issued by the measured runs: %d; SSH connections: %d "
           "(the interval's first run made %d: its peer generation check)" % (ran, len(stub_calls), connections, peer_check_connections))
     print("metrics file: %d job series per metric" % metrics.count("storage_replication_job_enabled{"))

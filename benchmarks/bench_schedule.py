@@ -49,7 +49,7 @@ def best_per_call(function, items):
     """Best of ROUNDS passes over items, in microseconds of this process's CPU time per item (the machine is
     shared: wall time would also count other processes)."""
     best = None
-    for _ in range(ROUNDS):
+    for _round in range(ROUNDS):
         begin = time.process_time()
         for item in items:
             function(item)

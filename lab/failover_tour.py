@@ -53,8 +53,8 @@ def failover_tour(lab, step, show, check, first_step):
     step(first_step + 1, "node1 dies (every process in its namespaces is killed, the workload too)")
     lab.kill("node1")
     killed = time.time()
-    show("last replica started at %s, node1 died %.1f s later" % (time.strftime("%H:%M:%S", time.localtime(replica["start"])),
-                                                                    killed - replica["start"]))
+    started = time.strftime("%H:%M:%S", time.localtime(replica["start"]))
+    show("last replica started at %s, node1 died %.1f s later" % (started, killed - replica["start"]))
 
     step(first_step + 2, "ansible-playbook playbooks/failover.yml -e failed_node=node1")
     run = run_playbook(lab.inventory_path, "playbooks/failover.yml", extra_vars={"failed_node": "node1"})

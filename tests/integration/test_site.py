@@ -151,9 +151,9 @@ def test_replication_happens_after_site(site):
 
 LADDERS = {
     "storage": [{"name": "Module", "storage.replication.storage": {"id": "tank-zfs", "pool": "rpool/tank"}, "run_once": True}],
-    "guest": [{"name": "Module", "storage.replication.guest": {"id": 300, "type": "service", "node": "node2",
-                                                             "volumes": ["local-zfs:subvol-300-disk-0"],
-                                                             "hooks": {"status": ["/bin/true"]}}, "run_once": True}],
+    "guest": [{"name": "Module", "storage.replication.guest": {
+        "id": 300, "type": "service", "node": "node2", "volumes": ["local-zfs:subvol-300-disk-0"],
+        "hooks": {"status": ["/bin/true"]}}, "run_once": True}],
     "job": [{"name": "Module", "storage.replication.job": {"guest": 200, "target": "node3", "schedule": "*/10"}, "run_once": True}],
     "node": [{"name": "Module", "storage.replication.node": {"name": "node4", "address": "192.0.2.44", "allow_unreachable": True},
               "run_once": True}],
@@ -190,8 +190,8 @@ def test_module_ladder(site, tmp_path, module):
 
 
 def test_job_diff_shows_before_and_after(site, tmp_path):
-    tasks = [{"name": "Module", "storage.replication.job": {"id": "200-1", "target": "node3", "schedule": "*/20",
-                                                           "rate": 5}, "run_once": True}]
+    tasks = [{"name": "Module", "storage.replication.job": {
+        "id": "200-1", "target": "node3", "schedule": "*/20", "rate": 5}, "run_once": True}]
     run = site.task(tmp_path, tasks, diff=True)
     run.assert_ok()
     assert " \ttarget node3\n-\tschedule */10\n+\trate 5\n+\tschedule */20\n \tsource node1\n" in run.stdout, run.stdout[-3000:]

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright (c) 2026, storage.replication developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
@@ -148,7 +147,7 @@ def read(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("command", choices=["start", "stop", "status", "read", "run"])
     parser.add_argument("--dir", help="the guest's dataset mount point")
     parser.add_argument("--pidfile", help="where the running recorder keeps its pid (outside the dataset)")

@@ -123,8 +123,9 @@ def test_an_invalid_change_writes_nothing_anywhere(peers):
 def test_an_unreachable_node_refuses_the_change_everywhere(peers):
     peers.down.add("node3")
     before = peers.files()
-    with pytest.raises(cluster.ClusterError, match=r"nothing was changed: node 'node3': unreachable at 10.0.0.3 port 22 "
-                                                   r"\(Connection refused\) .* allow unreachable nodes \(CLI --allow-unreachable, module option allow_unreachable\)"):
+    refusal = (r"nothing was changed: node 'node3': unreachable at 10.0.0.3 port 22 \(Connection refused\) .* "
+               r"allow unreachable nodes \(CLI --allow-unreachable, module option allow_unreachable\)")
+    with pytest.raises(cluster.ClusterError, match=refusal):
         change(peers, add_job)
     assert peers.files() == before
     assert ("node2", cluster.SET_CONFIG) not in peers.calls

@@ -419,7 +419,7 @@ def test_zone_clock_agrees_with_zoneinfo(tz):
     zone = zoneinfo.ZoneInfo(tz)
     clock = schedmod._ZoneClock(zone)
     rng = __import__("random").Random(tz)
-    epochs = [rng.randrange(0, 4102444800) for _ in range(300)]
+    epochs = [rng.randrange(0, 4102444800) for _index in range(300)]
     transitions = [e for e in range(1293840000, 1956528000, 3600 * 6)
                    if zone.utcoffset(datetime.datetime.fromtimestamp(e, zone)) != zone.utcoffset(datetime.datetime.fromtimestamp(e + 3600 * 6, zone))]
     epochs += [e + delta for e in transitions for delta in range(-3 * 3600, 9 * 3600, 600)]

@@ -78,7 +78,7 @@ def random_values(rng, field, wildcard_chance):
     if rng.random() < wildcard_chance:
         return None
     count = rng.choice([1, 1, 1, 2, 3])
-    return [random_item(rng, field, alone=count == 1) for _ in range(count)]
+    return [random_item(rng, field, alone=count == 1) for _index in range(count)]
 
 
 def random_spec(rng, with_seconds=True):
@@ -206,7 +206,7 @@ def systemd_runs(expressions, start, tz):
     assert result.returncode == 0, result.stderr
     blocks = []
     for line in result.stdout.splitlines():
-        key, _, value = line.strip().partition(": ")
+        key, _sep, value = line.strip().partition(": ")
         if key == "Normalized form":
             blocks.append([])
         elif (key == "Next elapse" or key.startswith("Iter. #")) and value != "never":
@@ -311,7 +311,7 @@ def test_generated_calendar_events_agree_with_croniter():
         tz = ("UTC", "Asia/Tokyo", "America/Sao_Paulo")[index % 3]
         start = local_epoch(STARTS[index % len(STARTS)], tz)
         cursor = croniter(cron, datetime.datetime.fromtimestamp(start, zoneinfo.ZoneInfo(tz)), day_or=False)
-        want = [int(cursor.get_next(float)) for _ in range(ITERATIONS)]
+        want = [int(cursor.get_next(float)) for _index in range(ITERATIONS)]
         got = parse(pvesr).events(start, ITERATIONS, tz)
         checked += 1
         if got != want:

@@ -77,8 +77,8 @@ def test_send_argv_raw_compressed_and_bookmark_base():
 
 
 def test_recv_argv_excludes_properties():
-    assert recv_argv("p/d", resumable=True, exclude=("encryption",)) == ["zfs", "recv", "-F", "-s", "-x", "encryption",
-                                                                          "p/d"]
+    expected = ["zfs", "recv", "-F", "-s", "-x", "encryption", "p/d"]
+    assert recv_argv("p/d", resumable=True, exclude=("encryption",)) == expected
 
 
 def test_resume_tokens_lists_only_children_with_a_token():

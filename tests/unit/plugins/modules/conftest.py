@@ -82,7 +82,7 @@ def node_cluster(tmp_path, monkeypatch):
 def run_module(capsys):
     """``run_module(main, args, check=False, diff=False)``: run a module's main(); returns its result dict."""
     def run(main, args, check=False, diff=False):
-        warnings._global_warnings.clear()  # pylint: disable=protected-access  (module warnings are process-global)
+        warnings._global_warnings.clear()  # pylint: disable=protected-access
         with patch_module_args(dict(args, _ansible_check_mode=check, _ansible_diff=diff)):
             with pytest.raises(SystemExit):
                 main()

@@ -11,7 +11,6 @@ from ansible_collections.storage.replication.plugins.module_utils import config 
 from ansible_collections.storage.replication.plugins.modules import job as job_module
 
 
-
 @pytest.fixture
 def run(run_module):
     return lambda args, **kwargs: run_module(job_module.main, args, **kwargs)
