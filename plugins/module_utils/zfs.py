@@ -466,12 +466,16 @@ class Zfs:
     def written_since(self, dataset, snapshot):
         """True if file data was written to dataset after dataset@snapshot (later snapshots are the caller's check).
 
-        OpenZFS: the `written@<snap>` property.  zfs-fuse has no such property: take a
-        temporary snapshot and look for data records in the incremental stream between the two.
+        OpenZFS: the `written@<snap>` property answers "nothing" at once; zfs-fuse has no such property.  Otherwise
+        take a temporary snapshot and look for data records in the incremental stream between the two.
         """
         if self.features.written_property:
             props = self.get(["written@" + snapshot], [dataset])
-            return int(props[dataset]["written@" + snapshot]) > 0
+            if int(props[dataset]["written@" + snapshot]) == 0:
+                return False
+            # Something was written, but reading files with atime=on writes too (metadata only): only data
+            # records in the delta count, as on zfs-fuse (found by the OpenZFS tier: a replica read once was
+            # kept aside as "modified").
         probe = "__replicate_probe_%d__" % os.getpid()
         self.run(snapshot_argv(["%s@%s" % (dataset, probe)]), None, True)
         try:
