@@ -394,6 +394,7 @@ class Receiver:
         """Run zfs recv fed from stdin (a binary file, or the whole stream as bytes when it came inline in a session),
         counting the bytes; Refused with a precise cause on failure."""
         env = dict(os.environ, LC_ALL="C")
+        # pylint: disable-next=ansible-bad-function
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         try:
             total = write_all(proc.stdin.fileno(), stdin) if isinstance(stdin, bytes) else \

@@ -255,6 +255,7 @@ def run_guest_hook(guest, name, allowed_codes=(0,)):
     if not argv:
         return None
     try:
+        # pylint: disable-next=ansible-bad-function
         proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=HOOK_TIMEOUT,
                               check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:

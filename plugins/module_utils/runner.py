@@ -322,6 +322,7 @@ def _message_fields(job, figures, node):
 def send_notification(command, message):
     """Run the notify command with the JSON message on stdin; returns None or the reason it failed."""
     try:
+        # pylint: disable-next=ansible-bad-function
         proc = subprocess.run(command, input=json.dumps(message, sort_keys=True).encode("utf-8"), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, timeout=NOTIFY_TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:

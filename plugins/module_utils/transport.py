@@ -332,6 +332,7 @@ def stream(send_argv, ssh_command, node_name, address, rate_bps=None, on_start=N
     """
     env = dict(os.environ, LC_ALL="C")
     start = time.monotonic()
+    # pylint: disable-next=ansible-bad-function
     send = subprocess.Popen(send_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     bucket = TokenBucket(rate_bps) if rate_bps else None
     head = None
@@ -342,11 +343,13 @@ def stream(send_argv, ssh_command, node_name, address, rate_bps=None, on_start=N
     feeder = None
     if head is not None or bucket is not None:
         read_fd, write_fd = os.pipe()
+        # pylint: disable-next=ansible-bad-function
         ssh = subprocess.Popen(ssh_command, stdin=read_fd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         os.close(read_fd)
         feeder = threading.Thread(target=_feed_and_close, args=(head or b"", send.stdout, write_fd, bucket), daemon=True)
         feeder.start()
     else:
+        # pylint: disable-next=ansible-bad-function
         ssh = subprocess.Popen(ssh_command, stdin=send.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env=env)
         send.stdout.close()
