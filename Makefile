@@ -13,8 +13,10 @@ deps:
 demo: deps
 	$(PY) -m lab.demo $(LAB_ARGS)
 
+# The OpenZFS tier (tests/openzfs) is not part of `make test` yet: under QEMU's software emulation on two
+# cores it takes far longer than the CI budget and is not yet proven end to end; `make test-openzfs` runs it.
 test: deps
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests/unit tests/integration tests/sanity
 
 units: deps
 	$(PY) -m pytest tests/unit
@@ -40,8 +42,7 @@ lab-status: deps
 clean: lab-down
 	rm -rf build
 
-# The OpenZFS tier (openzfs/): QEMU guests with the OpenZFS kernel module. `make test` includes its tests
-# where the machine can run them (and says why not where it cannot).
+# The OpenZFS tier (openzfs/): QEMU guests with the OpenZFS kernel module (see the note at `test`).
 openzfs-image: deps
 	$(PY) -m openzfs image
 
