@@ -32,7 +32,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from openzfs._image import ensure_image
+from openzfs._image import REPO, ensure_image
 
 TIER_ROOT = Path(os.environ.get("SR_OPENZFS_ROOT", "/var/tmp/storage-replication-openzfs"))
 LINK_PREFIX = "10.99.0."
@@ -89,6 +89,16 @@ def wait_until(predicate, timeout: float, what: str, on_timeout=None):
         time.sleep(POLL)
 
 
+def installation_fingerprint(group_vars: dict) -> str:
+    """sha256 of what site.yml installs and converges: the collection's content and the inventory variables."""
+    digest = hashlib.sha256(json.dumps(group_vars, sort_keys=True).encode())
+    for top in ("plugins", "roles", "playbooks", "requirements"):
+        for path in sorted((REPO / top).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 class Tier:
     """Python API of the tier, for the tests, the benchmark and `python -m openzfs`."""
 
@@ -136,12 +146,13 @@ class Tier:
     # ------------------------------------------------------------ up / down
 
     def up(self, nodes: int = 2, memory: str = "1536M", pool_disk: str = "4G", log=print) -> "Tier":
-        """Boot the nodes (node1..nodeN) in parallel; returns once every one answers over ssh."""
+        """Boot the nodes (node1..nodeN) in parallel; returns once every one answers over ssh.  A tier kept up from
+        an earlier run with at least that many nodes of the same image is used as it is."""
         self.image = ensure_image(log)
         current = self._load()
         running = [n for n, info in current["nodes"].items() if alive(info.get("pid"))]
-        if len(running) == nodes and current.get("image") == str(self.image):
-            return self  # kept up from an earlier run, same image
+        if len(running) == len(current["nodes"]) >= nodes and current.get("image") == str(self.image):
+            return self  # kept up from an earlier run, same image, enough nodes
         if running:
             self.down()
         if self.dir.exists():
@@ -307,6 +318,20 @@ class Tier:
                 for node, info in self._load()["nodes"].items()}
 
     # ------------------------------------------------------------ Ansible
+
+    def converged_with(self, group_vars: dict) -> bool:
+        """site.yml already converged this tier from the current collection with these inventory variables (a tier
+        kept up between runs is then not converged again: under software emulation that takes minutes)."""
+        marker = self.dir / "site-converged"
+        return marker.exists() and marker.read_text() == installation_fingerprint(group_vars)
+
+    def mark_converged(self, group_vars: dict | None) -> None:
+        """Record that site.yml converged the tier with group_vars (None: it was changed otherwise, forget it)."""
+        marker = self.dir / "site-converged"
+        if group_vars is None:
+            marker.unlink(missing_ok=True)
+        else:
+            marker.write_text(installation_fingerprint(group_vars))
 
     def write_inventory(self, group_vars: dict | None = None) -> Path:
         """inventory.yml (JSON is YAML) with the group replication_nodes: Ansible reaches each node through the
