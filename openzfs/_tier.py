@@ -222,7 +222,10 @@ class Tier:
         common = ("Host *\n  User root\n  IdentityFile %s\n  IdentitiesOnly yes\n  UserKnownHostsFile %s\n"
                   "  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n  BatchMode yes\n"
                   "  ConnectTimeout 10\n  ServerAliveInterval 15\n  LogLevel ERROR\n"
-                  % (self.key_path, self.known_hosts_path))
+                  # One connection per node, reused by every command: a key exchange under software emulation
+                  # costs seconds. The masters end with the guests (their sockets live in the tier's directory).
+                  "  ControlMaster auto\n  ControlPath %s/cm-%%C\n  ControlPersist 15m\n"
+                  % (self.key_path, self.known_hosts_path, self.dir))
         self.ssh_config_path.write_text("".join(blocks) + common)
 
     def _answers(self, node: str) -> bool:

@@ -5,8 +5,9 @@
 
 `tier` (session) boots $SR_OPENZFS_NODES guests (default 3) of the tier $SR_OPENZFS_NAME (default oztest),
 gives each a pool on its own virtual disk, installs the runner with the real role and converges the cluster
-configuration of tests/openzfs/cluster.py with playbooks/site.yml.  SR_OPENZFS_KEEP=1 leaves the tier up
-(python -m openzfs status --name oztest); SR_OPENZFS=0 switches the tier off.
+configuration of oz_cluster.py with playbooks/site.yml (prepare.py; `make test` starts that in the background
+while the other suites run).  SR_OPENZFS_KEEP=1 leaves the tier up (python -m openzfs status --name oztest);
+SR_OPENZFS=0 switches the tier off.
 
 Where the machine cannot run the tier (not root, no QEMU, too little memory or disk), every test of this
 directory is skipped with the reason, and the session summary says so in one line: never a silent pass.
@@ -20,13 +21,8 @@ import shutil
 import pytest
 
 from openzfs._image import CACHE, image_dir, is_built
-from openzfs._tier import Tier
+from prepare import MEMORY_PER_NODE_MB, NODES, prepare
 
-from oz_cluster import OzCluster
-
-TIER_NAME = os.environ.get("SR_OPENZFS_NAME", "oztest")
-NODES = int(os.environ.get("SR_OPENZFS_NODES", "3"))
-MEMORY_PER_NODE_MB = 1536
 IMAGE_SPACE_GB = 8
 
 _outcome = {}
@@ -62,25 +58,30 @@ def _available_memory_mb() -> int:
 
 
 @pytest.fixture(scope="session")
-def tier():
+def prepared():
+    """(tier, cluster): the tier up and converged by site.yml (prepared in the background by `make test`)."""
     reason = unavailable_reason()
     if reason:
         _outcome["skipped"] = reason
         pytest.skip("OpenZFS tier not run: %s" % reason)
-    the_tier = Tier(TIER_NAME)
-    the_tier.up(nodes=NODES, memory="%dM" % MEMORY_PER_NODE_MB)
+    the_tier, the_cluster = prepare()
     try:
         _outcome["ran"] = the_tier.exec("node1", ["zfs", "version"]).stdout.split()[0]
-        yield the_tier
+        yield the_tier, the_cluster
     finally:
         if os.environ.get("SR_OPENZFS_KEEP") != "1":
             the_tier.down()
 
 
 @pytest.fixture(scope="session")
-def cluster(tier):
+def tier(prepared):
+    return prepared[0]
+
+
+@pytest.fixture(scope="session")
+def cluster(prepared):
     """The tier as a replication cluster (runner installed by site.yml, guests and jobs converged)."""
-    return OzCluster(tier).setup()
+    return prepared[1]
 
 
 def pytest_terminal_summary(terminalreporter):
