@@ -51,7 +51,8 @@ def preparation_lock():
 
 def prepare() -> "tuple[Tier, object]":
     """Bring the tier up and converge it as a replication cluster (idempotent: a prepared tier is reused)."""
-    from oz_cluster import OzCluster  # pylint: disable=import-outside-toplevel  (needs ansible only here)
+    # Imported here: the cluster helpers need the controller's Ansible, `start` and `stop` do not.
+    from oz_cluster import OzCluster  # pylint: disable=import-outside-toplevel
     with preparation_lock():
         tier = Tier(TIER_NAME).up(nodes=NODES, memory="%dM" % MEMORY_PER_NODE_MB)
         return tier, OzCluster(tier).setup()
