@@ -69,7 +69,7 @@ class Bench:
 
     def prepare(self):
         for node in ("node1", "node2"):  # a tier kept up from the tests starts over too
-            self.sh(node, "zpool destroy -f rpool 2>/dev/null || true; rm -rf /var/lib/storage-replication/guests "
+            self.sh(node, "! zpool list rpool >/dev/null 2>&1 || zpool destroy -f rpool; rm -rf /var/lib/storage-replication/guests "
                           "/var/lib/storage-replication/replication-state.json")
             self.sh(node, "zpool create -f -O compression=lz4 -O atime=off rpool /dev/vdb && zfs create rpool/data")
         self.trust_node2_for_peers()

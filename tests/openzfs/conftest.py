@@ -5,9 +5,8 @@
 
 `tier` (session) boots $SR_OPENZFS_NODES guests (default 3) of the tier $SR_OPENZFS_NAME (default oztest),
 gives each a pool on its own virtual disk, installs the runner with the real role and converges the cluster
-configuration of oz_cluster.py with playbooks/site.yml (prepare.py; `make test` starts that in the background
-while the other suites run).  SR_OPENZFS_KEEP=1 leaves the tier up (python -m openzfs status --name oztest);
-SR_OPENZFS=0 switches the tier off.
+configuration of oz_cluster.py with playbooks/site.yml (prepare.py).  SR_OPENZFS_KEEP=1 leaves the tier up
+(python -m openzfs status --name oztest); SR_OPENZFS=0 switches the tier off.
 
 Where the machine cannot run the tier (not root, no QEMU, too little memory or disk), every test of this
 directory is skipped with the reason, and the session summary says so in one line: never a silent pass.
@@ -59,7 +58,7 @@ def _available_memory_mb() -> int:
 
 @pytest.fixture(scope="session")
 def prepared():
-    """(tier, cluster): the tier up and converged by site.yml (prepared in the background by `make test`)."""
+    """(tier, cluster): the tier up and converged by site.yml."""
     reason = unavailable_reason()
     if reason:
         _outcome["skipped"] = reason
