@@ -13,12 +13,12 @@ deps:
 demo: deps
 	$(PY) -m lab.demo $(LAB_ARGS)
 
-# The OpenZFS tier (tests/openzfs) runs last, on its own: preparing its guests beside the other suites (tried)
-# slowed those by 2.5x on two cores and gained nothing.  `prepare.py stop` takes the tier down even when pytest
-# was interrupted before its fixture could.
+# The OpenZFS tier (tests/openzfs) is not part of `make test` yet: it passes (13 of 13 once, 12 of 13 in a second
+# run: a resume after a link cut met OpenZFS's "kernel modules must be upgraded" refusal, openzfs/zfs#15394, which
+# the engine does not handle yet), and under QEMU's software emulation it takes about 45 minutes on two cores,
+# which would more than double the CI run.  `make test-openzfs` runs it.
 test: deps
-	$(PY) -m pytest tests/unit tests/integration tests/sanity tests/openzfs; rc=$$?; \
-		$(PY) tests/openzfs/prepare.py stop; exit $$rc
+	$(PY) -m pytest tests/unit tests/integration tests/sanity
 
 units: deps
 	$(PY) -m pytest tests/unit
@@ -44,12 +44,12 @@ lab-status: deps
 clean: lab-down
 	rm -rf build
 
-# The OpenZFS tier (openzfs/): QEMU guests with the OpenZFS kernel module (part of `make test`, see there).
+# The OpenZFS tier (openzfs/): QEMU guests with the OpenZFS kernel module (see the note at `test`).
 openzfs-image: deps
 	$(PY) -m openzfs image
 
 test-openzfs: deps
-	$(PY) -m pytest tests/openzfs
+	$(PY) -m pytest tests/openzfs; rc=$$?; $(PY) tests/openzfs/prepare.py stop; exit $$rc
 
 bench-openzfs: deps
 	$(PY) benchmarks/bench_openzfs_peers.py
