@@ -376,14 +376,37 @@ def resume_transfers(ctx, channel, target, datasets, tokens, remote):
             call(ctx, channel, "abort-resume", "remote_abort_resume", volume=volume, reason=reason)
             continue
         ctx.log("resume the interrupted transfer of '%s' (%s) from its receive resume token" % (volume, snap))
-        result = stream_to_target(ctx, target, known_hosts_file(ctx), resume_send_argv(token), volume, snap,
-                                  ["resume=1"], int(1000000 * ctx.job.rate) if ctx.job.rate else None)
+        try:
+            result = stream_to_target(ctx, target, known_hosts_file(ctx), resume_send_argv(token), volume, snap,
+                                      ["resume=1"], int(1000000 * ctx.job.rate) if ctx.job.rate else None)
+        except RemoteError as exc:
+            drop_refused_resume(ctx, channel, volume, exc)
+            raise
         ctx.log("volume '%s': resumed, sent %d more bytes in %.1f s" % (volume, result.bytes, result.seconds))
         remote.setdefault(volume, {})[snap] = {"id": str(guid)}
         resumed[volume] = snap
         sent.append({"volume": volume, "mode": "resume", "base": None, "bytes": result.bytes,
                      "seconds": round(result.seconds, 3), "kept": []})
     return resumed, sent
+
+
+# What the target's `zfs recv` says when it refuses a resumed stream for good although both ends run the same
+# module (openzfs/zfs#15394); any other failure (an incomplete stream, the link) keeps the token for the next run.
+RESUME_REFUSED = "kernel modules must be upgraded to receive this stream"
+
+
+def drop_refused_resume(ctx, channel, volume, exc):
+    """Drop the saved partial receive of a resume the target refused for good: the next run sends again from the
+    last common snapshot instead of failing the same way on every retry."""
+    if exc.reply.get("reason") != "receive-failed" or RESUME_REFUSED not in str(exc):
+        return
+    reason = "the target refused the resumed stream (%s)" % RESUME_REFUSED
+    ctx.log("clear resume token on '%s': %s; the next run sends it again from the last common snapshot"
+            % (volume, reason))
+    try:
+        call(ctx, channel, "abort-resume", "remote_abort_resume", volume=volume, reason=reason)
+    except (RemoteError, TransportError) as abort_error:
+        ctx.log("clearing the resume token on '%s' failed: %s" % (volume, abort_error))
 
 
 def resumable_snapshot(ctx, dataset, token):
