@@ -83,6 +83,7 @@ class OzCluster:
         inventory = self.tier.write_inventory(group_vars)
         if self.tier.converged_with(group_vars):  # kept up (SR_OPENZFS_KEEP=1) and converged the same way
             return self
+        self.tier.mark_converged(None)  # a run that fails half-way leaves a tier converged by neither
         run = ansible_runner.run_playbook(inventory, "playbooks/site.yml", timeout=1500)
         run.assert_ok()
         self.tier.mark_converged(group_vars)

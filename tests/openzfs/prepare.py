@@ -4,8 +4,8 @@
 """The OpenZFS tier made ready for the tests: guests up, runner installed and the cluster converged by site.yml.
 
     prepare()                               used by the tier fixture (conftest.py)
-    python tests/openzfs/prepare.py stop    take the tier down (not with SR_OPENZFS_KEEP=1); `make test` runs it
-                                            after pytest, also when pytest ended before the fixture's own clean-up
+    python tests/openzfs/prepare.py stop    take the tier down (not with SR_OPENZFS_KEEP=1); `make test-openzfs`
+                                            runs it after pytest, also when pytest ended before the fixture's own clean-up
 
 The preparation holds a lock, so two sessions never bring the same tier up at once.
 """
