@@ -209,6 +209,8 @@ class Bench:
         targets = {"raw": "rpool/raw-dst/full", "ours": src("ours", "full"), "syncoid": "rpool/syncoid-dst/full",
                    "zfs_autobackup": "rpool/zfs_autobackup-dst/full", "bzfs": "rpool/bzfs-dst/full"}
         want = self.sh("node1", "sha256sum < /%s/data.bin" % src(tool, "full")).split()[0]
+        # Some tools receive with -u (bzfs, ours): mount the replica to read it; atime is off, so reading changes nothing.
+        self.sh("node2", "zfs mount %s 2>/dev/null || true" % shlex.quote(targets[tool]))
         mountpoint = self.sh("node2", "zfs get -H -o value mountpoint %s" % shlex.quote(targets[tool])).strip()
         got = self.sh("node2", "sha256sum < %s/data.bin" % shlex.quote(mountpoint)).split()[0]
         if got != want:

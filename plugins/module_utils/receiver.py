@@ -26,6 +26,7 @@ import sys
 import time
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+from ansible_collections.storage.replication.plugins.module_utils import orphans
 from ansible_collections.storage.replication.plugins.module_utils.state import (
     DEFAULT_STATEDIR, atomic_write, read_local_node)
 from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs, ZfsError, recv_argv
@@ -239,6 +240,7 @@ class Receiver:
         if not volumes and not force:
             raise Refused("no volumes specified", "invalid-argument")
         wanted = {v: self.dataset(v) for v in volumes}
+        self.end_leftover_receives(wanted)
         found = self.scan_job_volumes(job, scan, wanted)
         remaining = {}
         for volume, (dataset, snaps) in sorted(found.items()):
@@ -259,6 +261,22 @@ class Receiver:
                 remaining.pop(volume, None)
         return {"volumes": remaining, "resume_tokens": tokens, "features": self.zfs.features.as_dict(),
                 "inline_receive": True}
+
+    def end_leftover_receives(self, wanted):
+        """End the receives into these volumes that a dead run left behind (see orphans.py), and wait until ZFS has
+        saved their state, so that what this run reads (snapshots, resume tokens) no longer changes under it."""
+        for pid, dataset in sorted(orphans.receives_into(wanted.values()).items()):
+            volume = next(v for v, d in wanted.items() if d == dataset)
+            session = orphans.parent_of(pid)
+            self.say("end the receive into '%s' (pid %d) left running by an interrupted run" % (volume, pid))
+            try:
+                orphans.end(pid)
+            except orphans.StillRunning as exc:
+                raise Refused("a receive into volume '%s' on node '%s' left by an interrupted run does not end: %s - "
+                              "the next run retries; if it persists, reboot '%s'" % (volume, self.node, exc, self.node),
+                              "receive-busy")
+            if session and orphans.is_receiver_session(session):
+                orphans.wait_gone(session, orphans.GRACE_SECONDS)  # it cleans up after its failed receive
 
     def resume_tokens(self, wanted):
         """{volume: receive_resume_token} of the wanted volumes holding an interrupted receive (OpenZFS)."""
