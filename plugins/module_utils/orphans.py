@@ -7,8 +7,10 @@ When the link to the source goes down during a transfer, the source's run ends (
 the target's `zfs recv` does not notice: its connection never closed.  It keeps the dataset busy and, once the link
 is back and the source's last packets arrive, it even moves its saved receive state on, so that a resume token read
 before it ended no longer matches (OpenZFS then refuses the resumed stream).  The source holds the guest's lock for a
-whole run, so a receive into one of a job's datasets that is running when the next run of that job starts can only
-be such a leftover: the receiver ends it, and waits until ZFS has saved its state, before it reads any token.
+whole run, so a receive by this engine's receiver into one of a job's datasets that is running when the next run of
+that job starts can only be such a leftover: the receiver ends it, and waits until ZFS has saved its state and the
+old session has cleaned up, before it reads any token.  Receives started by anything else are never touched, nor
+are those of another node sharing this kernel (the lab's nodes share one PID namespace: not their network one).
 """
 
 from __future__ import annotations
@@ -26,17 +28,21 @@ class StillRunning(Exception):
     """A leftover receive survived SIGTERM and SIGKILL (stuck in the kernel)."""
 
 
-def receives_into(datasets, proc_root=PROC):
-    """{pid: dataset} of the running `zfs recv`/`zfs receive` processes whose target is one of datasets."""
+def leftover_receives(datasets, proc_root=PROC):
+    """{pid: (dataset, session pid)} of the `zfs recv` processes a receiver session of this node runs into one of
+    datasets."""
     wanted = set(datasets)
     found = {}
     for entry in os.listdir(proc_root):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         argv = _cmdline(proc_root, entry)
-        if (len(argv) >= 3 and os.path.basename(argv[0]) == "zfs" and argv[1] in ("recv", "receive")
-                and argv[-1] in wanted and alive(int(entry), proc_root)):
-            found[int(entry)] = argv[-1]
+        if not (len(argv) >= 3 and os.path.basename(argv[0]) == "zfs" and argv[1] in ("recv", "receive")
+                and argv[-1] in wanted):
+            continue
+        session = parent_of(int(entry), proc_root)
+        if is_receiver_session(session, proc_root) and same_node(int(entry), proc_root) and alive(int(entry), proc_root):
+            found[int(entry)] = (argv[-1], session)
     return found
 
 
@@ -48,9 +54,18 @@ def parent_of(pid, proc_root=PROC):
 
 
 def is_receiver_session(pid, proc_root=PROC):
-    """Whether pid is this engine's receiver (`storage-replication serve`), whose clean-up is worth waiting for."""
+    """Whether pid is this engine's receiver (`storage-replication serve`)."""
     argv = _cmdline(proc_root, str(pid))
     return bool(argv) and argv[-1] == "serve"
+
+
+def same_node(pid, proc_root=PROC):
+    """Whether pid lives in this process's network and mount namespaces (unreadable: not ours to judge)."""
+    try:
+        return all(os.readlink(os.path.join(proc_root, str(pid), "ns", ns)) ==
+                   os.readlink(os.path.join(proc_root, "self", "ns", ns)) for ns in ("net", "mnt"))
+    except OSError:
+        return False
 
 
 def end(pid, proc_root=PROC, grace=GRACE_SECONDS):

@@ -265,9 +265,8 @@ class Receiver:
     def end_leftover_receives(self, wanted):
         """End the receives into these volumes that a dead run left behind (see orphans.py), and wait until ZFS has
         saved their state, so that what this run reads (snapshots, resume tokens) no longer changes under it."""
-        for pid, dataset in sorted(orphans.receives_into(wanted.values()).items()):
+        for pid, (dataset, session) in sorted(orphans.leftover_receives(wanted.values()).items()):
             volume = next(v for v, d in wanted.items() if d == dataset)
-            session = orphans.parent_of(pid)
             self.say("end the receive into '%s' (pid %d) left running by an interrupted run" % (volume, pid))
             try:
                 orphans.end(pid)
@@ -275,8 +274,7 @@ class Receiver:
                 raise Refused("a receive into volume '%s' on node '%s' left by an interrupted run does not end: %s - "
                               "the next run retries; if it persists, reboot '%s'" % (volume, self.node, exc, self.node),
                               "receive-busy")
-            if session and orphans.is_receiver_session(session):
-                orphans.wait_gone(session, orphans.GRACE_SECONDS)  # it cleans up after its failed receive
+            orphans.wait_gone(session, orphans.GRACE_SECONDS)  # it cleans up after its failed receive
 
     def resume_tokens(self, wanted):
         """{volume: receive_resume_token} of the wanted volumes holding an interrupted receive (OpenZFS)."""

@@ -390,8 +390,9 @@ def resume_transfers(ctx, channel, target, datasets, tokens, remote):
     return resumed, sent
 
 
-# What the target's `zfs recv` says when it refuses a resumed stream for good although both ends run the same
-# module (openzfs/zfs#15394); any other failure (an incomplete stream, the link) keeps the token for the next run.
+# What the target's `zfs recv -s` says for any EINVAL, whatever the modules' versions: for a resumed stream, that the
+# saved receive state does not match the token's (see orphans.py for how that came about once).  Such a resume
+# would fail the same way on every retry; any other failure (an incomplete stream, the link) keeps the token.
 RESUME_REFUSED = "kernel modules must be upgraded to receive this stream"
 
 

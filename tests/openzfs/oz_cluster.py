@@ -149,6 +149,10 @@ class OzCluster:
         value = self.zfs(node, "get", "-H", "-o", "value", "receive_resume_token", dataset, check=False).stdout.strip()
         return None if value in ("-", "") else value
 
+    def receives_running(self, node, dataset):
+        """pids of the `zfs recv` processes writing into dataset on node."""
+        return self.sh(node, "pgrep -f '^zfs (recv|receive) .* %s$' || true" % dataset).stdout.split()
+
     def exists(self, node, dataset):
         return self.zfs(node, "list", "-H", "-o", "name", dataset, check=False).returncode == 0
 

@@ -149,11 +149,16 @@ def test_transfer_cut_by_link_down_resumes_from_the_token(cluster):
     cluster.create_zvol("node1", name, "256M", 96)
     try:
         rx_before = interrupt_mid_stream(cluster, "310-0", dataset, 40 * MiB, lambda: cluster.tier.partition("node2"))
+        # The source's run has ended, but the target's receive never saw its connection close: it is still running,
+        # and once the link is back it may take in the source's last packets and move its saved state on.
+        leftover = cluster.receives_running("node2", dataset)
+        assert leftover, "the target's receive ended although its connection never closed"
     finally:
         cluster.tier.heal("node2")
     kept = [s for s in cluster.snapshots("node1", dataset) if s.startswith("__replicate_310-0_")]
     assert len(kept) == 1
     check_resumed(cluster, "310-0", dataset, rx_before, kept[0], lambda node: cluster.zvol_checksum(node, name))
+    assert cluster.receives_running("node2", dataset) == []
 
 
 def test_stale_token_is_cleared_and_reported(cluster):

@@ -1,7 +1,7 @@
 # Copyright (c) 2026, storage.replication developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""A resumed stream the target refuses for good (openzfs/zfs#15394) clears the token; other failures keep it.
+"""A resumed stream the target refuses for good (OpenZFS: "kernel modules must be upgraded") clears the token; other failures keep it.
 
 The resume itself is proven on OpenZFS in tests/openzfs; the refusal cannot be provoked on purpose, so its handling
 is pinned here with a fake control channel.
