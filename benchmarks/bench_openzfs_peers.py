@@ -122,7 +122,8 @@ class Bench:
         if self.tier.converged_with(group_vars):  # a tier kept up from an earlier run (SR_OPENZFS_KEEP=1)
             return
         self.tier.mark_converged(None)
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(ROOT / "build" / "collections"), ANSIBLE_NOCOLOR="1")
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(ROOT / "build" / "collections"), ANSIBLE_NOCOLOR="1",
+                   ANSIBLE_PIPELINING="1")  # one ssh round trip per task: each costs seconds under emulation
         playbook = [str(pathlib.Path(sys.executable).with_name("ansible-playbook")), "-i", str(inventory),
                     str(ROOT / "playbooks" / "site.yml")]
         proc = subprocess.run(playbook, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
