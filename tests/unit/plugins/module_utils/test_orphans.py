@@ -67,7 +67,7 @@ def wait_found(pid, dataset):
 
 def test_only_receiver_sessions_receives_into_the_given_datasets_are_found(leftover):
     ours, session = leftover(DATASET)
-    other, _ = leftover("rpool/data/vm-101-disk-0")
+    other, _other_session = leftover("rpool/data/vm-101-disk-0")
     leftover(DATASET, session=False)  # somebody else's receive: never touched
     assert wait_found(ours, DATASET) == {ours: (DATASET, session.pid)}
     assert orphans.leftover_receives([DATASET, "rpool/data/vm-102-disk-0"]) == {ours: (DATASET, session.pid)}
