@@ -8,8 +8,8 @@ the target's `zfs recv` does not notice: its connection never closed.  It keeps 
 is back and the source's last packets arrive, it even moves its saved receive state on, so that a resume token read
 before it ended no longer matches (OpenZFS then refuses the resumed stream).  The source holds the guest's lock for a
 whole run, so a receive by this engine's receiver into one of a job's datasets that is running when the next run of
-that job starts can only be such a leftover: the receiver ends it, and waits until ZFS has saved its state and the
-old session has cleaned up, before it reads any token.  Receives started by anything else are never touched, nor
+that job starts can only be such a leftover: the receiver ends it, and its session unless that finishes by itself,
+before it reads any token.  Receives started by anything else are never touched, nor
 are those of another node sharing this kernel (the lab's nodes share one PID namespace: not their network one).
 """
 
@@ -21,6 +21,7 @@ import time
 
 PROC = "/proc"
 GRACE_SECONDS = 30.0
+SESSION_GRACE_SECONDS = 5.0
 POLL_SECONDS = 0.2
 
 

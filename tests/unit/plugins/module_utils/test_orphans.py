@@ -27,10 +27,12 @@ DATASET = "rpool/data/vm-100-disk-0"
 
 
 SESSION = """
-import subprocess, sys
+import subprocess, sys, time
 child = subprocess.Popen(["zfs", "recv", "-s", sys.argv[1]], executable="/bin/sh")
 print(child.pid, flush=True)
 child.wait()
+if sys.argv[2:3] == ["stuck"]:  # as a session blocked reading its dead connection
+    time.sleep(60)
 """
 
 
@@ -40,11 +42,11 @@ def leftover(tmp_path):
     child of a process whose argv ends with `serve` (a receiver session) unless session is False."""
     started = []
 
-    def start(dataset, script="sleep 30", session=True):
+    def start(dataset, script="sleep 30", session=True, stuck=False):
         workdir = tmp_path / str(len(started))  # the shell reads its script "recv" from its working directory
         workdir.mkdir()
         (workdir / "recv").write_text(script + "\n")
-        argv = [sys.executable, "-c", SESSION, dataset] + (["serve"] if session else [])
+        argv = [sys.executable, "-c", SESSION, dataset] + (["stuck"] if stuck else []) + (["serve"] if session else [])
         parent = subprocess.Popen(argv, cwd=str(workdir), stdout=subprocess.PIPE, text=True)
         child = int(parent.stdout.readline())
         started.append((parent, child))
@@ -112,6 +114,15 @@ def test_prepare_ends_a_leftover_receive_and_waits_for_its_session(receiver, lef
     assert session.poll() == 0, "prepare answered before the old session had finished"
     assert "end the receive into 'local-zfs:vm-100-disk-0' (pid %d) left running by an interrupted run" % pid \
         in reply["log"]
+
+
+def test_prepare_ends_a_session_that_does_not_finish_by_itself(receiver, leftover):  # noqa: F811
+    pid, session = leftover(DATASET, stuck=True)
+    assert pid in wait_found(pid, DATASET)
+    receiver.zfs = EmptyPool()
+    started = time.monotonic()
+    assert serve(receiver, "prepare", prepare_request())["ok"]
+    assert session.poll() == -15 and time.monotonic() - started < orphans.SESSION_GRACE_SECONDS + 5
 
 
 def test_a_leftover_receive_into_another_volume_is_left_alone(receiver, leftover):  # noqa: F811
