@@ -270,14 +270,14 @@ class Receiver:
             self.say("end the receive into '%s' (pid %d) left running by an interrupted run" % (volume, pid))
             try:
                 orphans.end(pid)
+                # Its session cleans up after the failed receive, unless it is blocked reading its dead connection:
+                # then it goes too, so that nothing holds the old stream open (zfs-fuse's daemon reads it until EOF).
+                if not orphans.wait_gone(session, orphans.SESSION_GRACE_SECONDS):
+                    orphans.end(session)
             except orphans.StillRunning as exc:
                 raise Refused("a receive into volume '%s' on node '%s' left by an interrupted run does not end: %s - "
                               "the next run retries; if it persists, reboot '%s'" % (volume, self.node, exc, self.node),
                               "receive-busy")
-            # Its session cleans up after the failed receive, unless it is blocked reading its dead connection:
-            # then it goes too, so that nothing holds the old stream open (zfs-fuse's daemon reads it until EOF).
-            if not orphans.wait_gone(session, orphans.SESSION_GRACE_SECONDS):
-                orphans.end(session)
 
     def resume_tokens(self, wanted):
         """{volume: receive_resume_token} of the wanted volumes holding an interrupted receive (OpenZFS)."""
