@@ -18,6 +18,7 @@ import json
 import sys
 import time
 
+from ansible_collections.storage.replication.plugins.module_utils.names import NODE_RE
 from ansible_collections.storage.replication.plugins.module_utils.schedule import (
     DEFAULT_SCHEDULE as DEFAULT_SCHEDULE_TEXT,
     ScheduleError,
@@ -191,13 +192,17 @@ def _no_arguments(parser):
     del parser
 
 
+def _serve_arguments(parser):
+    parser.add_argument("--peer", type=node_name, metavar="NODE",
+                        help="the node whose key runs this command (authorized_keys binds each peer's key to its name)")
+
+
 @subcommand("serve", "The receiving side for peer nodes (the SSH forced command; reads SSH_ORIGINAL_COMMAND).",
-            _no_arguments)
+            _serve_arguments)
 def serve(args):
     """Answers on stdout itself (one JSON line); a refused operation exits 1."""
-    del args
     from ansible_collections.storage.replication.plugins.module_utils import receiver  # pylint: disable=import-outside-toplevel
-    if receiver.main() != 0:
+    if receiver.main(peer=args.peer) != 0:
         raise SystemExit(EXIT_FAILED)
     return Output(None, "")
 
@@ -223,6 +228,13 @@ def boolean(text):
 def _flag(parser, name, help_text):
     """``--name`` alone means 1; pvesr's ``--name 1``/``--name 0`` work too."""
     parser.add_argument(name, nargs="?", const=True, default=False, type=boolean, metavar="0|1", help=help_text)
+
+
+def node_name(text):
+    """An argparse type: a node name (names.NODE_RE)."""
+    if not NODE_RE.match(text):
+        raise argparse.ArgumentTypeError("'%s' is not a valid node name" % text[:80])
+    return text
 
 
 def job_id(text):
@@ -547,7 +559,8 @@ def _receiver_call(operation, cfg, request):
     from ansible_collections.storage.replication.plugins.module_utils import receiver  # pylint: disable=import-outside-toplevel
     config = _engine()[1]
     paths = _paths()
-    local = receiver.Receiver(paths.confdir, paths.statedir)
+    # root on this node speaks for the guest's owner here (pvesr's internal commands); the receiver's rules still apply
+    local = receiver.Receiver(paths.confdir, paths.statedir, peer=request["source"])
     try:
         reply = receiver.CONTROL_OPERATIONS[operation](local, dict(request, generation=cfg.generation))
     except receiver.Refused as exc:

@@ -21,16 +21,15 @@ failover playbook runs in this order (each is idempotent, so the playbook can si
 
 from __future__ import annotations
 
-import re
 import time
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+from ansible_collections.storage.replication.plugins.module_utils.names import parse_replication_snapshot
 from ansible_collections.storage.replication.plugins.module_utils.cluster import (
     _ask_generation, _connect, _describe, _on_every_peer, _peers, change_cluster)
 from ansible_collections.storage.replication.plugins.module_utils.state import DEFAULT_STATEDIR, read_local_node
 from ansible_collections.storage.replication.plugins.module_utils.transport import NODE_KEY, ControlChannel
 
-REPLICA_SNAPSHOT_RE = re.compile(r"^__replicate_([1-9][0-9]{2,8}-[0-9]{1,9})_([0-9]+)__$")
 LIST_TIMEOUT = 30
 
 
@@ -56,7 +55,7 @@ class NodeView:
 def local_replicas(confdir, statedir):
     """The replica records this node holds (the receiver's own view of them)."""
     from ansible_collections.storage.replication.plugins.module_utils.receiver import Receiver  # pylint: disable=import-outside-toplevel
-    return Receiver(confdir, statedir).list_replicas({})["replicas"]
+    return Receiver(confdir, statedir).replica_records()
 
 
 def _as_replicas(records):
@@ -240,8 +239,8 @@ def _jobs_after_move(cfg, guest_id, new_node):
 
 def replica_snapshot_time(name):
     """The epoch in a replication snapshot's name, or None for any other name."""
-    match = REPLICA_SNAPSHOT_RE.match(name)
-    return int(match.group(2)) if match else None
+    parsed = parse_replication_snapshot(name)
+    return parsed[1] if parsed else None
 
 
 def newest_replica_snapshot(snaps):

@@ -30,6 +30,7 @@ import copy
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils.cluster import ClusterError, change_cluster
+from ansible_collections.storage.replication.plugins.module_utils.names import is_job_snapshot, migration_copy_job
 from ansible_collections.storage.replication.plugins.module_utils.state import (
     DEFAULT_STATEDIR, StateFile, read_local_node, transfer_state)
 from ansible_collections.storage.replication.plugins.module_utils.transport import NODE_KEY, ControlChannel
@@ -37,7 +38,6 @@ from ansible_collections.storage.replication.plugins.module_utils.transport impo
 SET_STATE = "set-state"
 DROP_COPY = "drop-migration-copy"
 DEFAULT_LOGDIR = "/var/log/storage-replication"
-COPY_JOBNUM = configmod.JOBNUM_MAX  # the one-off job of a migration to a node without a replica
 DELTA, FULL_COPY = "delta", "full copy"
 
 
@@ -47,7 +47,7 @@ class MigrationError(RuntimeError):
 
 def copy_job_id(guest_id):
     """The one-off job that copies the guest to a node without a replica (its snapshots name it)."""
-    return "%d-%d" % (guest_id, COPY_JOBNUM)
+    return migration_copy_job(guest_id)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -242,7 +242,6 @@ def _drop_copy_job(cfg, plan, statedir, zfs, key, connect):
 
 def drop_job_snapshots(zfs, job_id, dataset, say=None):
     """Destroy every snapshot and bookmark of job ``job_id`` on dataset (holds released by Zfs.destroy)."""
-    from ansible_collections.storage.replication.plugins.module_utils.receiver import is_job_snapshot  # pylint: disable=import-outside-toplevel
     marks = ["@" + s for s in zfs.snapshots(dataset) if is_job_snapshot(s, job_id)]
     marks += ["#" + b for b in zfs.bookmarks(dataset) if is_job_snapshot(b, job_id)]
     for mark in marks:
@@ -300,7 +299,9 @@ def serve_drop_copy(receiver, request):
     if job_id != copy_job_id(guest):
         raise Refused("%s: job '%s' is not the migration copy job of guest %d (%s): refused"
                       % (DROP_COPY, job_id, guest, copy_job_id(guest)), "invalid-argument")
-    for volume in check_volumes(request.get("volumes")):
-        drop_job_snapshots(receiver.zfs, job_id, receiver.dataset(volume), receiver.say)
+    for volume in receiver.check_guest_volumes(guest, check_volumes(request.get("volumes"))):
+        dataset = receiver.dataset(volume)
+        receiver.check_replica(volume, dataset, guest)
+        drop_job_snapshots(receiver.zfs, job_id, dataset, receiver.say)
     receiver.forget_guest(guest, job_id)
     return {}

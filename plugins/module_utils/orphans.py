@@ -55,9 +55,9 @@ def parent_of(pid, proc_root=PROC):
 
 
 def is_receiver_session(pid, proc_root=PROC):
-    """Whether pid is this engine's receiver (`storage-replication serve`)."""
+    """Whether pid is this engine's receiver (`storage-replication serve [--peer <node>]`)."""
     argv = _cmdline(proc_root, str(pid))
-    return bool(argv) and argv[-1] == "serve"
+    return argv[-1:] == ["serve"] or argv[-3:-1] == ["serve", "--peer"]
 
 
 def same_node(pid, proc_root=PROC):

@@ -20,22 +20,19 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils import orphans
+from ansible_collections.storage.replication.plugins.module_utils.names import (
+    GUEST_ID_MAX, GUEST_ID_MIN, JOB_ID_RE, NODE_RE, REPLICA_PROPERTY, SNAPSHOT_RE, STORAGE_RE, VOLUME_RE,
+    is_job_snapshot, job_guest, migration_copy_job, replica_identity, replication_snapshot)
 from ansible_collections.storage.replication.plugins.module_utils.state import (
     DEFAULT_STATEDIR, atomic_write, read_local_node)
 from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs, ZfsError, recv_argv
 
-JOB_ID_RE = re.compile(r"^[1-9][0-9]{2,8}-[0-9]{1,9}$")
-NODE_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?$")
-STORAGE_RE = re.compile(r"^[a-z][a-z0-9\-_.]*[a-z0-9]$")
-VOLUME_RE = re.compile(r"^[a-z][a-z0-9\-_.]*[a-z0-9]:[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
-SNAPSHOT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}$")
 MAX_REQUEST = 4 * 1024 * 1024
 DIVERGED_INFIX = "-diverged-"
 SPLICE_CHUNK = 1 << 20
@@ -50,19 +47,6 @@ class Refused(Exception):
         super().__init__(message)
         self.reason = reason
         self.extra = extra
-
-
-def replication_prefix(job):
-    return "__replicate_%s_" % job
-
-
-def replication_snapshot(job, epoch):
-    return "__replicate_%s_%d__" % (job, epoch)
-
-
-def is_job_snapshot(name, job):
-    """The full prefix with the trailing '_' (pvesr's helper omits it, so job 100-1 claims 100-10's)."""
-    return name.startswith(replication_prefix(job)) and name.endswith("__")
 
 
 def prune_job_snapshots(zfs, say, job, volume, dataset, snaps, last_sync, parent):
@@ -105,8 +89,8 @@ def check_int(value, what, minimum=0, maximum=2 ** 63):
 
 def check_job(request):
     job = check(request.get("job"), JOB_ID_RE, "job ID")
-    guest = check_int(request.get("guest"), "guest ID", 100, 999999999)
-    if int(job.split("-")[0]) != guest:
+    guest = check_int(request.get("guest"), "guest ID", GUEST_ID_MIN, GUEST_ID_MAX)
+    if job_guest(job) != guest:
         raise Refused("job '%s' does not belong to guest %d: refused" % (job, guest), "invalid-argument")
     return job, guest
 
@@ -141,8 +125,10 @@ def parse_arguments(tokens, allowed):
 class Receiver:
     """Carries out peer requests on this node."""
 
-    def __init__(self, confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, zfs=None, now=time.time):
+    def __init__(self, confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, zfs=None, now=time.time, peer=None):
         self.confdir = confdir
+        # The node whose key opened this session: authorized_keys binds each peer's key to `serve --peer <node>`.
+        self.peer = peer
         self.statedir = statedir
         self.zfs = zfs or Zfs()
         self.now = now
@@ -162,9 +148,29 @@ class Receiver:
     def say(self, message):
         self.log.append(message)
 
+    def caller(self, request):
+        """The calling node, as its key says (never as the request says): refused when the key names no node, the
+        request claims another source, or the caller is no node of the cluster configuration."""
+        if self.peer is None:
+            raise Refused("this key is not bound to a node (its forced command is 'serve' without '--peer'): refused "
+                          "- re-run the runner role (site.yml) on every node, which binds each peer's key to its name",
+                          "unbound-key")
+        claimed = request.get("source") if isinstance(request, dict) else None
+        if claimed is not None and claimed != self.peer:
+            raise Refused("the request says it comes from node %r, but it came with the key of node '%s': refused"
+                          % (str(claimed)[:80], self.peer), "wrong-source")
+        return self.peer
+
+    def check_member(self, source):
+        if source not in self.cfg.nodes:
+            raise Refused("node '%s' is not a node of the cluster configuration on node '%s' (generation %d): refused - "
+                          "add it to the inventory and re-run the site playbook" % (source, self.node,
+                                                                                    self.cfg.generation), "not-a-node")
+
     def check_caller(self, request, guest):
-        """Refuse callers with an older cluster generation, and any write into a guest this node owns."""
-        source = check(request.get("source"), NODE_RE, "source node")
+        """The caller must be the guest's owner in the configuration in force (after adopting a newer one it sent),
+        and this node must not own the guest (DESIGN.md, safety rules 1 and 3)."""
+        source = self.caller(request)
         generation = check_int(request.get("generation"), "cluster generation")
         if generation < self.cfg.generation:
             raise Refused(
@@ -174,13 +180,64 @@ class Receiver:
                 "stale-generation", generation=self.cfg.generation)
         if generation > self.cfg.generation:
             self.adopt_newer(source, generation)
+        self.check_member(source)
         owner = self.cfg.guests.get(guest)
-        if owner is not None and owner.node == self.node:
+        if owner is None:
+            raise Refused("guest %d is not in the cluster configuration on node '%s' (generation %d): refused - add the "
+                          "guest to the inventory and re-run the site playbook" % (guest, self.node, self.cfg.generation),
+                          "unknown-guest")
+        if owner.node == self.node:
             raise Refused(
                 "guest %d is owned by node '%s' (this node) in the cluster configuration: refusing to let '%s' "
                 "replicate into, roll back or delete its volumes here - check the guest's owner and the job's target"
                 % (guest, self.node, source), "owner")
+        if owner.node != source:
+            raise Refused("node '%s' asked for guest %d, which is owned by node '%s' in the cluster configuration on node "
+                          "'%s' (generation %d): only the owner replicates a guest - refused"
+                          % (source, guest, owner.node, self.node, self.cfg.generation), "not-owner")
         return source
+
+    def check_job_here(self, job, guest):
+        """The job must replicate ``guest`` to this node in the configuration in force (or be the migration's one-off
+        copy job, which is never saved)."""
+        if job == migration_copy_job(guest):
+            return
+        found = self.cfg.jobs.get(job)
+        if found is None:
+            raise Refused("job '%s' is not in the cluster configuration on node '%s' (generation %d): refused - create "
+                          "it first (site playbook or create-local-job)" % (job, self.node, self.cfg.generation),
+                          "unknown-job")
+        if found.target != self.node:
+            raise Refused("job '%s' replicates guest %d to node '%s', not to this node ('%s'): refused"
+                          % (job, guest, found.target, self.node), "wrong-target")
+
+    def check_guest_volumes(self, guest, volumes):
+        """Every volume must be one of the guest's in the configuration in force (safety rule 3)."""
+        foreign = [v for v in volumes if v not in self.cfg.guests[guest].volumes]
+        if foreign:
+            raise Refused("volume(s) %s are not volumes of guest %d in the cluster configuration on node '%s': refused "
+                          "- a job only ever touches its guest's own volumes" % (", ".join(foreign), guest, self.node),
+                          "not-guest-volume")
+        return volumes
+
+    def check_replica(self, volume, dataset, guest, bound=None):
+        """Refuse to touch a dataset bound to another guest (safety rule 2); ``bound`` is its (identity, guid) when
+        the caller has read it already.  A configured volume of the guest that carries no identity (a replica made
+        before identities, or the guest's former own volume after a migration) is the guest's, as pvesr treats it."""
+        identity, guid = bound if bound is not None else self.zfs.replica_identity(dataset)
+        if identity is not None and identity["guid"] == guid and identity["guest"] != guest:
+            raise Refused("volume '%s' on node '%s' (dataset '%s') is a replica of guest %d (job %s from node '%s'), not "
+                          "of guest %d: refused, nothing was changed - check the guests' volume lists"
+                          % (volume, self.node, dataset, identity["guest"], identity["job"], identity["source"], guest),
+                          "not-ours")
+
+    def bind_replica(self, volume, dataset, guest, job, source):
+        """Mark what this receive made (or took over) as the guest's replica: REPLICA_PROPERTY names the guest, the
+        job, the source and the dataset's own guid (names.py says why the guid)."""
+        identity, guid = self.zfs.replica_identity(dataset)
+        value = replica_identity(guest, job, source, guid)
+        if identity is None or replica_identity(**identity) != value:
+            self.zfs.set_property(dataset, REPLICA_PROPERTY, value)
 
     def adopt_newer(self, source, generation):
         """The caller holds a newer configuration: this node adopts it before judging the request (DESIGN rule 2).
@@ -230,8 +287,12 @@ class Receiver:
                                      "generation", "source"))
         job, guest = check_job(request)
         self.check_caller(request, guest)
-        volumes = check_volumes(request.get("volumes", []))
-        scan = [check(s, STORAGE_RE, "storage ID") for s in request.get("scan", [])]
+        self.check_job_here(job, guest)
+        volumes = self.check_guest_volumes(guest, check_volumes(request.get("volumes", [])))
+        scan = request.get("scan", [])
+        if not isinstance(scan, list):
+            raise Refused("invalid storage list %r: refused" % (scan,), "invalid-argument")
+        scan = [check(s, STORAGE_RE, "storage ID") for s in scan]
         last_sync = check_int(request.get("last_sync"), "last_sync")
         parent = request.get("parent_snapname")
         if parent is not None:
@@ -241,9 +302,11 @@ class Receiver:
             raise Refused("no volumes specified", "invalid-argument")
         wanted = {v: self.dataset(v) for v in volumes}
         self.end_leftover_receives(wanted)
-        found = self.scan_job_volumes(job, scan, wanted)
+        found = self.scan_job_volumes(job, guest, scan, wanted)
         remaining = {}
-        for volume, (dataset, snaps) in sorted(found.items()):
+        for volume, (dataset, snaps, bound) in sorted(found.items()):
+            if volume in wanted:
+                self.check_replica(volume, dataset, guest, bound)
             if volume in wanted and last_sync > 1:
                 snaps = self.drop_unfinished_replica(job, volume, dataset, snaps, replication_snapshot(job, last_sync))
             deleted = prune_job_snapshots(self.zfs, self.say, job, volume, dataset, snaps, last_sync, parent)
@@ -290,10 +353,12 @@ class Receiver:
     def abort_resume(self, request):
         """Drop the saved state of an interrupted receive the source cannot resume (`zfs recv -A`)."""
         check_request_keys(request, ("job", "guest", "volume", "reason", "generation", "source"))
-        _job, guest = check_job(request)
+        job, guest = check_job(request)
         self.check_caller(request, guest)
-        volume = check(request.get("volume"), VOLUME_RE, "volume")
+        self.check_job_here(job, guest)
+        volume = self.check_guest_volumes(guest, [check(request.get("volume"), VOLUME_RE, "volume")])[0]
         dataset = self.dataset(volume)
+        self.check_replica(volume, dataset, guest)
         self.zfs.abort_resume(dataset)
         self.say("cleared stale resume token on '%s' (%s): %s" % (volume, dataset, str(request.get("reason"))[:200]))
         return {}
@@ -311,21 +376,32 @@ class Receiver:
         self.zfs.rollback(dataset, last_snap)
         return {s: i for s, i in snaps.items() if s not in newer}
 
-    def scan_job_volumes(self, job, scan, wanted):
-        """{volume: (dataset, snapshots)} of the wanted volumes present here and of every volume carrying
-        this job's snapshots on the scanned storages."""
+    def scan_job_volumes(self, job, guest, scan, wanted):
+        """{volume: (dataset, snapshots, (identity, guid))} of the wanted volumes present here and of the job's other
+        replicas on the scanned storages (see is_job_replica).  A dataset that carries the job's snapshots but is not
+        such a replica is left alone, and the log says so."""
         storages = sorted(set(scan) | {v.partition(":")[0] for v in wanted})
         found = {}
         for storage_id in storages:
             pool = self.storage_pool(storage_id, any(v.startswith(storage_id + ":") for v in wanted))
             if pool is None:
                 continue
-            for dataset, snaps in self.zfs.child_snapshots(pool).items():
-                name = dataset.rpartition("/")[2]
-                volume = "%s:%s" % (storage_id, name)
-                if volume in wanted or any(is_job_snapshot(s, job) for s in snaps):
-                    found[volume] = (dataset, snaps)
+            for dataset, (snaps, bound) in self.zfs.child_volumes(pool).items():
+                volume = "%s:%s" % (storage_id, dataset.rpartition("/")[2])
+                if volume in wanted or self.is_job_replica(volume, job, guest, bound):
+                    found[volume] = (dataset, snaps, bound)
+                elif any(is_job_snapshot(s, job) for s in snaps):
+                    self.say("'%s' carries snapshots of job %s but is not a replica this job made: left alone"
+                             % (dataset, job))
         return found
+
+    def is_job_replica(self, volume, job, guest, bound):
+        """A dataset the job may delete as stale: bound to this guest and job (REPLICA_PROPERTY naming the dataset's
+        own guid), or, carrying no true identity, a volume of the guest in the configuration (pvesr's rule)."""
+        identity, guid = bound
+        if identity is not None and identity["guid"] == guid:
+            return identity["guest"] == guest and identity["job"] == job
+        return volume in self.cfg.guests[guest].volumes
 
     # ------------------------------------------------------------ receive
 
@@ -335,8 +411,9 @@ class Receiver:
         request = {"job": args.get("job"), "guest": _int_or_none(args.get("guest")),
                    "generation": _int_or_none(args.get("generation")), "source": args.get("source")}
         job, guest = check_job(request)
-        self.check_caller(request, guest)
-        volume = check(args.get("volume"), VOLUME_RE, "volume")
+        source = self.check_caller(request, guest)
+        self.check_job_here(job, guest)
+        volume = self.check_guest_volumes(guest, [check(args.get("volume"), VOLUME_RE, "volume")])[0]
         snapshot = check(args.get("snapshot"), SNAPSHOT_RE, "snapshot")
         if not is_job_snapshot(snapshot, job):
             raise Refused("snapshot %r is not a replication snapshot of job '%s': refused" % (snapshot, job),
@@ -349,10 +426,12 @@ class Receiver:
         if args.get("resume") == "1":  # the rest of an interrupted stream: it goes where the first part went
             received = self.feed_zfs_recv(recv_argv(dataset, force=False, resumable=True), stdin, volume)
         elif base:
+            self.check_replica(volume, dataset, guest)
             kept = self.protect_diverged(volume, dataset, base)
             received = self.feed_zfs_recv(self.recv_argv(dataset, True, args.get("raw") == "1"), stdin, volume)
         else:
             received = self.receive_full(volume, dataset, stdin, args.get("raw") == "1")
+        self.bind_replica(volume, dataset, guest, job, source)
         self.say("successfully imported '%s'" % volume)
         return {"bytes": received, "kept": kept}
 
@@ -434,11 +513,13 @@ class Receiver:
                                      "source"))
         job, guest = check_job(request)
         source = self.check_caller(request, guest)
-        volumes = check_volumes(request.get("volumes", []))
+        self.check_job_here(job, guest)
+        volumes = self.check_guest_volumes(guest, check_volumes(request.get("volumes", [])))
         last_sync = check_int(request.get("last_sync"), "last_sync", 2)
         keep = replication_snapshot(job, last_sync)
         for volume in volumes:
             dataset = self.dataset(volume)
+            self.check_replica(volume, dataset, guest)
             snaps = self.zfs.snapshots(dataset)
             if keep not in snaps:
                 self.say("expected snapshot %s not present for %s, not removing others" % (keep, volume))
@@ -473,11 +554,16 @@ class Receiver:
             os.unlink(path)
 
     def list_replicas(self, request):
-        """The guest definitions this node holds replicas of, with their volumes' snapshots."""
+        """The guest definitions this node holds replicas of (operation ``list``)."""
         check_request_keys(request, ("guest", "generation", "source"))
+        self.check_member(self.caller(request))
         guest = request.get("guest")
         if guest is not None:
-            check_int(guest, "guest ID", 100, 999999999)
+            check_int(guest, "guest ID", GUEST_ID_MIN, GUEST_ID_MAX)
+        return {"replicas": self.replica_records(guest)}
+
+    def replica_records(self, guest=None):
+        """{guest ID text: the record finalize stored} of this node's replicas (of one guest if given)."""
         replicas = {}
         if os.path.isdir(self.guests_dir()):
             for name in sorted(os.listdir(self.guests_dir())):
@@ -485,7 +571,7 @@ class Receiver:
                     continue
                 with open(os.path.join(self.guests_dir(), name), encoding="utf-8") as handle:
                     replicas[name[:-5]] = json.load(handle)
-        return {"replicas": replicas}
+        return replicas
 
 
 def _int_or_none(text):
@@ -582,7 +668,13 @@ def handle(command, receiver, stdin):
         raise Refused("operation %r is not allowed: this key may only run the replication receiver's operations "
                       "(%s)" % (command[:80], ", ".join(sorted(list(CONTROL_OPERATIONS) + ["receive", "session"]))),
                       "invalid-operation")
-    return CONTROL_OPERATIONS[operation](receiver, read_request(stdin))
+    return control(receiver, operation, read_request(stdin))
+
+
+def control(receiver, operation, request):
+    """One control operation; whatever it is, the key must name a node and the request may not claim another."""
+    receiver.caller(request)
+    return CONTROL_OPERATIONS[operation](receiver, request)
 
 
 def answer(receiver, work):
@@ -595,6 +687,11 @@ def answer(receiver, work):
         reply = dict(exc.extra, ok=False, error=str(exc), reason=exc.reason)
     except (ZfsError, configmod.ConfigError, OSError) as exc:
         reply = {"ok": False, "error": "node '%s': %s" % (receiver.node, exc), "reason": "error"}
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        # A defect here must still reach the caller's run log as an answer, not as a traceback it cannot read.
+        reply = {"ok": False, "reason": "internal-error",
+                 "error": "node '%s': internal error of the receiver (%s: %s) - the request stopped there; please "
+                          "report it with this message" % (receiver.node, type(exc).__name__, exc)}
     finally:
         receiver.forget_config()  # a session's next request (or a set-config) must see the file as it is now
     reply.update({"log": receiver.log, "node": receiver.node})
@@ -630,7 +727,7 @@ def session_request(receiver, line, stdin):
     if operation not in CONTROL_OPERATIONS:
         raise Refused("operation %r is not allowed in a session (%s)" % (
             str(operation)[:80], ", ".join(sorted(list(CONTROL_OPERATIONS) + ["receive"]))), "invalid-operation")
-    return CONTROL_OPERATIONS[operation](receiver, message.get("request"))
+    return control(receiver, operation, message.get("request"))
 
 
 def receive_inline(receiver, request, stdin):
@@ -652,13 +749,14 @@ def receive_inline(receiver, request, stdin):
     return receiver.receive(arguments, data)
 
 
-def main(argv=None, environ=None, stdin=None, stdout=None, receiver=None):
-    """The `serve` entry point: one operation, or a session of control operations, per SSH session."""
+def main(argv=None, environ=None, stdin=None, stdout=None, receiver=None, peer=None):
+    """The `serve` entry point: one operation, or a session of control operations, per SSH session.  ``peer`` is the
+    calling node, from the key's forced command (`serve --peer <node>`)."""
     del argv
     environ = os.environ if environ is None else environ
     stdin = stdin or sys.stdin.buffer
     stdout = stdout or sys.stdout
-    receiver = receiver or Receiver()
+    receiver = receiver or Receiver(peer=peer)
     command = environ.get("SSH_ORIGINAL_COMMAND", "")
     if command.strip() == "session":
         return session(receiver, stdin, stdout)

@@ -19,12 +19,12 @@ import time
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils.cluster import ClusterError, change_cluster
-from ansible_collections.storage.replication.plugins.module_utils.receiver import (
-    is_job_snapshot, prune_job_snapshots, replication_snapshot)
+from ansible_collections.storage.replication.plugins.module_utils.names import is_job_snapshot, replication_snapshot
+from ansible_collections.storage.replication.plugins.module_utils.receiver import prune_job_snapshots
 from ansible_collections.storage.replication.plugins.module_utils.state import (
     DEFAULT_STATEDIR, LockError, StateError, StateFile, guest_lock, read_local_node)
 from ansible_collections.storage.replication.plugins.module_utils.transport import (
-    ControlChannel, RemoteError, TransportError, ssh_argv, stream, write_known_hosts)
+    NODE_KEY, ControlChannel, RemoteError, TransportError, ssh_argv, stream, write_known_hosts)
 from ansible_collections.storage.replication.plugins.module_utils.zfs import (
     Zfs, ZfsError, resume_send_argv, send_argv, split_snapshot)
 
@@ -174,15 +174,12 @@ def replicate(ctx, state, start):
         sent += send_volumes(ctx, target, datasets, bases, snap)
         state.record_sync_end(job, start)
         mark_synced(ctx, datasets, snap)
-        for volume, resumed_snap in resumed.items():
-            drop_snapshot(ctx, {volume: datasets[volume]}, resumed_snap)
-        drop_previous_snapshot(ctx, datasets, local, replication_snapshot(job.id, last_sync))
+        drop_previous_snapshots(ctx, datasets, local)
         finalize_remote(ctx, channel, volumes, start)
     return sent
 
 
 def _node_key():
-    from ansible_collections.storage.replication.plugins.module_utils.transport import NODE_KEY  # pylint: disable=import-outside-toplevel
     return NODE_KEY
 
 
@@ -292,10 +289,15 @@ def send_volumes(ctx, target, datasets, bases, snap):
         for volume, dataset in datasets.items():
             sent.append(send_volume(ctx, target, known_hosts, volume, dataset, bases[volume], snap))
     except (TransportError, RemoteError, ZfsError):
+        arrived = [result["volume"] for result in sent]
+        if arrived:
+            # Those replicas now end at snap: it stays here too, as their common base for the next run.
+            ctx.log("volume(s) %s arrived complete on '%s' with snapshot '%s', which stays on both sides as their base "
+                    "for the next run" % (", ".join(arrived), ctx.job.target, snap))
         if ctx.resumable:
             ctx.log("keeping snapshot '%s': the target saved the interrupted receive, the next run resumes it" % snap)
         else:
-            drop_snapshot(ctx, datasets, snap)
+            drop_snapshot(ctx, {v: d for v, d in datasets.items() if v not in arrived}, snap)
         raise
     return sent
 
@@ -353,9 +355,13 @@ def stream_to_target(ctx, target, known_hosts, send_command, volume, snap, extra
     return result
 
 
-def drop_previous_snapshot(ctx, datasets, local, previous):
-    drop_snapshot(ctx, {v: d for v, d in datasets.items()
-                        if previous in local.get(v, {}) and not local[v][previous].get("bookmark")}, previous)
+def drop_previous_snapshots(ctx, datasets, local):
+    """After a sync, every snapshot of the job that this node had before it is obsolete: the last sync's, a resumed
+    transfer's, one a volume kept from an interrupted run, one a killed `zfs send` kept busy (zfs-fuse)."""
+    for volume, dataset in datasets.items():
+        for snap, info in local.get(volume, {}).items():
+            if is_job_snapshot(snap, ctx.job.id) and not info.get("bookmark"):
+                drop_snapshot(ctx, {volume: dataset}, snap)
 
 
 # ---------------------------------------------------------------- OpenZFS: resume, bookmarks, holds

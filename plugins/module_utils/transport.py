@@ -91,13 +91,16 @@ def explain_ssh_failure(node_name, address, stderr):
         return host_key_message(node_name)
     if "Permission denied" in text:
         return auth_message(node_name)
+    # "not responding": ServerAliveCountMax keep-alives went unanswered, i.e. the link was cut mid-stream.
     if any(s in text for s in ("Connection refused", "timed out", "No route to host", "Network is unreachable",
-                               "Connection closed", "Connection reset")):
+                               "Connection closed", "Connection reset", "not responding", "Broken pipe")):
         return unreachable_message(node_name, address, text.splitlines()[-1])
     return None
 
 
 def unreachable_message(node_name, address, detail):
+    # paramiko's NoValidConnectionsError reads "[Errno None] Unable to connect ...": the number says nothing.
+    detail = str(detail).replace("[Errno None] ", "")
     return ("target node '%s' (%s) is unreachable: %s - check that the node is up, that sshd runs on it and that "
             "the network path works; the job is retried automatically" % (node_name, address, detail))
 
@@ -433,8 +436,8 @@ def _stream_outcome(node_name, address, send, ssh, ssh_out, ssh_err, send_err, s
         explained = explain_ssh_failure(node_name, address, ssh_err)
         if explained:
             raise TransportError(explained, explained.startswith("target node '%s' (" % node_name))
-        raise TransportError("data stream to '%s' ended without a result (ssh %s)%s - the previous replica is "
-                             "unchanged; the next run retries" % (
+        raise TransportError("data stream to '%s' ended without a result (ssh %s)%s - what it held of this volume "
+                             "before is unchanged; the next run retries" % (
                                  node_name, _exit_text(ssh.returncode),
                                  (": " + ssh_err.strip().splitlines()[-1]) if ssh_err.strip() else ""))
     return StreamResult(reply, seconds, send.returncode, send_err)
@@ -442,8 +445,8 @@ def _stream_outcome(node_name, address, send, ssh, ssh_out, ssh_err, send_err, s
 
 def _check_send(send, send_err, node_name):
     if send.returncode != 0:
-        raise TransportError("'%s' failed on this node (%s)%s - the previous replica on '%s' is unchanged; the next "
-                             "run retries" % (" ".join(send.args), _exit_text(send.returncode),
+        raise TransportError("'%s' failed on this node (%s)%s - what '%s' held of this volume before is unchanged; "
+                             "the next run retries" % (" ".join(send.args), _exit_text(send.returncode),
                                               (": " + send_err.strip().splitlines()[-1]) if send_err.strip() else "",
                                               node_name))
 

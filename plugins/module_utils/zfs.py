@@ -22,6 +22,8 @@ import struct
 import subprocess
 import time
 
+from ansible_collections.storage.replication.plugins.module_utils.names import REPLICA_PROPERTY, parse_replica_identity
+
 ZFS = "zfs"
 C_LOCALE_ENV = {"LC_ALL": "C", "LANG": "C"}
 
@@ -324,10 +326,22 @@ class Zfs:
         """{snap: {guid, createtxg, creation}} of one dataset, in creation order."""
         return snapshot_tree(self.get(SNAPSHOT_PROPERTIES, [dataset], 1)).get(dataset, {})
 
-    def child_snapshots(self, parent):
-        """{dataset: {snap: info}} of parent's direct children (a storage's volumes)."""
-        tree = snapshot_tree(self.get(SNAPSHOT_PROPERTIES, [parent], 2))
-        return {ds: snaps for ds, snaps in tree.items() if ds.rpartition("/")[0] == parent}
+    def child_volumes(self, parent):
+        """{dataset: (snapshots, (identity or None, guid))} of parent's direct children (a storage's volumes) in one
+        `zfs get`: their snapshots ({snap: info}, as snapshots() gives them), what REPLICA_PROPERTY says each one is
+        (names.parse_replica_identity) and the dataset's own guid, which a true identity names."""
+        props = self.get(SNAPSHOT_PROPERTIES + (REPLICA_PROPERTY,), [parent], 2)
+        tree = snapshot_tree(props)
+        return {ds: (snaps, (parse_replica_identity(props[ds].get(REPLICA_PROPERTY)), props[ds].get("guid", "")))
+                for ds, snaps in tree.items() if ds.rpartition("/")[0] == parent and ds in props}
+
+    def replica_identity(self, dataset):
+        """(identity or None, guid) of one dataset (see child_volumes)."""
+        values = self.get(("guid", REPLICA_PROPERTY), [dataset]).get(dataset, {})
+        return parse_replica_identity(values.get(REPLICA_PROPERTY)), values.get("guid", "")
+
+    def set_property(self, dataset, prop, value):
+        self.run([ZFS, "set", "%s=%s" % (prop, value), dataset], None, True)
 
     def create(self, dataset, parents=True):
         self.run([ZFS, "create"] + (["-p"] if parents else []) + [dataset], None, True)

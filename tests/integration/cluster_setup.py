@@ -66,7 +66,7 @@ def trust_peers(lab, node, public_keys):
     """Replace this file's block in authorized_keys with every peer's key pinned to the forced command."""
     current = lab.exec(node, ["sh", "-c", "cat /root/.ssh/authorized_keys 2>/dev/null || true"]).stdout
     kept = current.split(MARK)[0].rstrip("\n")
-    lines = ['restrict,command="%s serve" %s' % (LAUNCHER, key) for peer, key in sorted(public_keys.items())
+    lines = ['restrict,command="%s serve --peer %s" %s' % (LAUNCHER, peer, key) for peer, key in sorted(public_keys.items())
              if peer != node]
     text = "%s\n%s\n%s\n" % (kept, MARK, "\n".join(lines))
     lab.exec(node, ["sh", "-c", "cat > /root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys"], input=text)

@@ -185,7 +185,7 @@ def test_sending_process_killed_mid_stream(cluster):
     rep.change_source(megabytes=40)
     # zfs-fuse's zfs rewrites its argv in place: '@' shows as a space in /proc/<pid>/cmdline
     result = _kill_mid_stream(cluster, rep, "node1", "zfs send -R -I rpool/data/%s " % rep.name)
-    rep.assert_failed(result, "failed on this node (killed by signal 9)", "previous replica on 'node2' is unchanged",
+    rep.assert_failed(result, "failed on this node (killed by signal 9)", "what 'node2' held of this volume before is unchanged",
                       source_leftover_allowed=True)
     rep.assert_previous_replica_intact(unfinished_allowed=True)
     rep.assert_recovers_incrementally()

@@ -147,8 +147,8 @@ def test_authorized_keys_let_peers_run_only_the_receiver(role):
         lines = role.read(node, "/root/.ssh/authorized_keys").splitlines()
         assert lines[0] == controller_key
         block = lines[lines.index(next(line for line in lines if line.startswith("# BEGIN storage.replication"))):]
-        expected = ['restrict,command="%s/bin/storage-replication serve" %s storage-replication@%s'
-                    % (INSTALL_DIR, " ".join(public[peer]), peer) for peer in role.lab.nodes if peer != node]
+        expected = ['restrict,command="%s/bin/storage-replication serve --peer %s" %s storage-replication@%s'
+                    % (INSTALL_DIR, peer, " ".join(public[peer]), peer) for peer in role.lab.nodes if peer != node]
         assert block[1:-1] == expected
         assert block[-1].startswith("# END storage.replication")
 

@@ -39,14 +39,14 @@ if sys.argv[2:3] == ["stuck"]:  # as a session blocked reading its dead connecti
 @pytest.fixture
 def leftover(tmp_path):
     """start(dataset, script, session) -> pid of a process whose argv is `zfs recv -s <dataset>` running script, the
-    child of a process whose argv ends with `serve` (a receiver session) unless session is False."""
+    child of a process whose argv ends with `serve --peer node1` (a receiver session) unless session is False."""
     started = []
 
     def start(dataset, script="sleep 30", session=True, stuck=False):
         workdir = tmp_path / str(len(started))  # the shell reads its script "recv" from its working directory
         workdir.mkdir()
         (workdir / "recv").write_text(script + "\n")
-        argv = [sys.executable, "-c", SESSION, dataset] + (["stuck"] if stuck else []) + (["serve"] if session else [])
+        argv = [sys.executable, "-c", SESSION, dataset] + (["stuck"] if stuck else []) + (["serve", "--peer", "node1"] if session else [])
         parent = subprocess.Popen(argv, cwd=str(workdir), stdout=subprocess.PIPE, text=True)
         child = int(parent.stdout.readline())
         started.append((parent, child))
@@ -97,7 +97,7 @@ class EmptyPool:
         return True
 
     @staticmethod
-    def child_snapshots(_pool):
+    def child_volumes(_pool):
         return {}
 
     @staticmethod

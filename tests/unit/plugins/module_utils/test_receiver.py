@@ -26,18 +26,23 @@ class NoZfs:
 def receiver(tmp_path):
     cfg = configmod.ClusterConfig(generation=7)
     host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJiK4nz/cnY3cyAUYjpq4W13HzgqcR6J+KIvhTohaTcD"
-    for name, address in (("node1", "10.0.0.1"), ("node2", "10.0.0.2")):
+    for name, address in (("node1", "10.0.0.1"), ("node2", "10.0.0.2"), ("node3", "10.0.0.3")):
         cfg.nodes[name] = configmod.Node(name=name, address=address, host_key=host_key)
     cfg.storages["local-zfs"] = configmod.Storage(id="local-zfs", pool="rpool/data")
     cfg.guests[100] = configmod.Guest(id=100, type="vm", node="node1", volumes=["local-zfs:vm-100-disk-0"])
     cfg.guests[200] = configmod.Guest(id=200, type="vm", node="node2", volumes=["local-zfs:vm-200-disk-0"])
+    cfg.guests[300] = configmod.Guest(id=300, type="vm", node="node3", volumes=["local-zfs:vm-300-disk-0"])
+    cfg.jobs["100-0"] = configmod.Job(id="100-0", target="node2")
+    cfg.jobs["100-1"] = configmod.Job(id="100-1", target="node3")
+    cfg.jobs["300-0"] = configmod.Job(id="300-0", target="node2")
+    cfg.jobs["200-0"] = configmod.Job(id="200-0", target="node1")
     confdir = tmp_path / "etc"
     confdir.mkdir()
     configmod.save(cfg, str(confdir))
     statedir = tmp_path / "lib"
     statedir.mkdir()
     (statedir / "local-node").write_text("node2\n")
-    return Receiver(confdir=str(confdir), statedir=str(statedir), zfs=NoZfs())
+    return Receiver(confdir=str(confdir), statedir=str(statedir), zfs=NoZfs(), peer="node1")
 
 
 def serve(receiver, command, request=None, raw=None):
@@ -71,7 +76,6 @@ def test_only_the_engines_operations_are_allowed(receiver, command):
     ({"scan": ["Local ZFS"]}, "invalid storage ID"),
     ({"last_sync": -1}, "invalid last_sync"),
     ({"last_sync": True}, "invalid last_sync"),
-    ({"source": "node1 node3"}, "invalid source node"),
     ({"extra": 1}, "unknown request field(s) extra"),
 ])
 def test_bad_arguments_are_refused_before_anything_runs(receiver, changes, message):
@@ -159,6 +163,7 @@ def _peer_moved_guest_200_to_node1(receiver, generation):
     """What cluster.catch_up would adopt from a peer: guest 200 now owned by node1 (a failover)."""
     cfg = configmod.load(receiver.confdir)
     cfg.guests[200].node = "node1"
+    cfg.jobs["200-0"].target = "node2"  # the job's direction turns with its guest
     cfg.generation = generation
     configmod.save(cfg, receiver.confdir)
 
@@ -184,3 +189,82 @@ def test_newer_caller_that_cannot_be_caught_up_with_is_refused(receiver, monkeyp
     assert not reply["ok"] and reply["reason"] == "stale-generation"
     assert "could only reach generation 7" in reply["error"]
     assert configmod.load(receiver.confdir).guests[200].node == "node2"
+
+
+# ---------------------------------------------------------------- who may ask (DESIGN.md, safety rule 3)
+
+RECEIVE_300_AS_100 = ("receive job=100-0 guest=100 volume=local-zfs:vm-300-disk-0 snapshot=__replicate_100-0_5__ "
+                      "base=__replicate_300-0_4__ generation=7 source=node1")
+
+
+@pytest.mark.parametrize("peer, command, request_fields, reason, message", [
+    # A key installed before keys were bound to their nodes runs nothing.
+    (None, "prepare", prepare_request(), "unbound-key", "this key is not bound to a node"),
+    (None, "list", {"generation": 7}, "unbound-key", "re-run the runner role"),
+    (None, "get-config", {"generation": 7}, "unbound-key", "re-run the runner role"),
+    # The request's source is checked against the key, never believed.
+    ("node3", "prepare", prepare_request(), "wrong-source", "says it comes from node 'node1', but it came with the key "
+     "of node 'node3'"),
+    ("node1", "set-config", {"source": "node3", "generation": 8, "files": {}}, "wrong-source", "node 'node3'"),
+    # Only the guest's owner replicates it.
+    ("node3", "prepare", prepare_request(source="node3"), "not-owner", "node 'node3' asked for guest 100, which is "
+     "owned by node 'node1'"),
+    ("nodex", "prepare", prepare_request(source="nodex"), "not-a-node", "node 'nodex' is not a node of the cluster"),
+    # The attack of issue 13 point 2: guest 100's owner names guest 300's volume.
+    ("node1", "prepare", prepare_request(volumes=["local-zfs:vm-300-disk-0"]), "not-guest-volume",
+     "volume(s) local-zfs:vm-300-disk-0 are not volumes of guest 100"),
+    ("node1", RECEIVE_300_AS_100, None, "not-guest-volume", "not volumes of guest 100"),
+    ("node1", "finalize", {"job": "100-0", "guest": 100, "volumes": ["local-zfs:vm-300-disk-0"], "last_sync": 5,
+                           "guest_definition": {}, "generation": 7, "source": "node1"},
+     "not-guest-volume", "not volumes of guest 100"),
+    ("node1", "abort-resume", {"job": "100-0", "guest": 100, "volume": "local-zfs:vm-300-disk-0", "reason": "x",
+                               "generation": 7, "source": "node1"}, "not-guest-volume", "not volumes of guest 100"),
+    # Jobs: only one of this guest's that replicates to this node.
+    ("node1", "prepare", prepare_request(job="100-5"), "unknown-job", "job '100-5' is not in the cluster configuration"),
+    ("node1", "prepare", prepare_request(job="100-1"), "wrong-target", "job '100-1' replicates guest 100 to node 'node3'"),
+    ("node3", "prepare", prepare_request(job="300-0", guest=300, volumes=["local-zfs:vm-100-disk-0"], source="node3"),
+     "not-guest-volume", "not volumes of guest 300"),
+    ("node1", "prepare", prepare_request(guest=300), "invalid-argument", "job '100-0' does not belong to guest 300"),
+    ("node1", "prepare", prepare_request(guest=400, job="400-0"), "unknown-guest", "guest 400 is not in the cluster"),
+])
+def test_requests_are_judged_by_the_calling_nodes_key(receiver, peer, command, request_fields, reason, message):
+    receiver.peer = peer
+    reply = serve(receiver, command, request_fields, raw=b"" if request_fields is None else None)
+    assert not reply["ok"] and reply["reason"] == reason and message in reply["error"], reply
+
+
+@pytest.mark.parametrize("argument", [
+    "volume=local-zfs:../vm-100-disk-0", "volume=local-zfs:vm-100-disk-0/child", "volume=local-zfs:vm-100-disk-0@x",
+    "volume=local-zfs:vm%2f100", "volume=local-zfs:-o", "volume=local-zfs:", "snapshot=__replicate_100-0_5__/x",
+    "snapshot=-F", "snapshot=__replicate_100-0_5__@y", "base=-o", "base=a/b", "base=..", "base=a%00",
+])
+def test_hostile_names_never_reach_zfs(receiver, argument):
+    arguments = dict(a.split("=", 1) for a in ("job=100-0 guest=100 volume=local-zfs:vm-100-disk-0 "
+                                               "snapshot=__replicate_100-0_5__ generation=7 source=node1").split())
+    key, value = argument.split("=", 1)
+    arguments[key] = value
+    reply = serve(receiver, "receive " + " ".join("%s=%s" % item for item in arguments.items()), raw=b"")
+    assert not reply["ok"] and reply["reason"] in ("invalid-argument", "not-guest-volume"), reply
+
+
+class StampedZfs(NoZfs):
+    """A target whose vm-100-disk-0 is, by its identity, a replica of guest 300."""
+
+    def __init__(self, identity_guest):
+        self.identity_guest = identity_guest
+
+    @staticmethod
+    def exists(_name):
+        return True
+
+    def replica_identity(self, _dataset):
+        return {"guest": self.identity_guest, "job": "%d-0" % self.identity_guest, "source": "node3",
+                "guid": "42"}, "42"
+
+
+def test_a_dataset_bound_to_another_guest_is_never_touched(receiver):
+    receiver.zfs = StampedZfs(300)
+    reply = serve(receiver, "receive job=100-0 guest=100 volume=local-zfs:vm-100-disk-0 snapshot=__replicate_100-0_5__ "
+                            "base=__replicate_100-0_4__ generation=7 source=node1", raw=b"")
+    assert not reply["ok"] and reply["reason"] == "not-ours"
+    assert "is a replica of guest 300 (job 300-0 from node 'node3'), not of guest 100" in reply["error"]

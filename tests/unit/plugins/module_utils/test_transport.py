@@ -13,7 +13,7 @@ import pytest
 
 from ansible_collections.storage.replication.plugins.module_utils.transport import (
     INLINE_LIMIT, PUMP_CHUNK, RemoteError, TokenBucket, TransportError, explain_ssh_failure, known_hosts_text,
-    parse_reply, ssh_argv, stream)
+    parse_reply, ssh_argv, stream, unreachable_message)
 
 # stands in for `zfs send`: writes N deterministic bytes
 SEND = [sys.executable, "-c", "import sys; n = int(sys.argv[1]); sys.stdout.buffer.write(bytes(i % 251 for i in range(n)))"]
@@ -85,11 +85,18 @@ def test_known_hosts_text_keys_by_node_name():
     ("root@10.0.0.2: Permission denied (publickey).\n", "refused this node's SSH key"),
     ("ssh: connect to host 10.0.0.2 port 22: Connection refused\n", "is unreachable"),
     ("ssh: connect to host 10.0.0.2 port 22: Connection timed out\n", "check that the node is up"),
+    # A link cut mid-stream: the keep-alives go unanswered; the job then waits for its target, without back-off.
+    ("Timeout, server 10.0.0.2 not responding.\n", "is unreachable: Timeout, server 10.0.0.2 not responding."),
     ("something else\n", None),
 ])
 def test_ssh_failures_name_cause_and_fix(stderr, expected):
     message = explain_ssh_failure("node2", "10.0.0.2", stderr)
     assert (message is None) if expected is None else (expected in message)
+
+
+def test_unreachable_message_drops_paramikos_empty_errno():
+    message = unreachable_message("node2", "10.0.0.2", "[Errno None] Unable to connect to port 22 on 10.0.0.2")
+    assert "is unreachable: Unable to connect to port 22 on 10.0.0.2 - check" in message and "Errno" not in message
 
 
 def test_parse_reply():

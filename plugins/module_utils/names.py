@@ -1,0 +1,73 @@
+# Copyright (c) 2026, storage.replication developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The names replication uses and the patterns that validate them, in one place (the bottom layer: imports nothing).
+
+A name that reaches a `zfs` argv or a path is checked against one of these first.  None of them admits a '/',
+'@', '#', '%', whitespace or a leading '-', so a checked name can neither leave its storage's dataset nor be read
+as an option.
+"""
+
+from __future__ import annotations
+
+import re
+
+GUEST_ID_MIN = 100
+GUEST_ID_MAX = 999999999
+JOBNUM_MAX = 999999999
+JOB_ID_RE = re.compile(r"^[1-9][0-9]{2,8}-[0-9]{1,9}$")
+NODE_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?$")
+STORAGE_RE = re.compile(r"^[a-z][a-z0-9\-_.]*[a-z0-9]$")
+VOLUME_RE = re.compile(r"^[a-z][a-z0-9\-_.]*[a-z0-9]:[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
+SNAPSHOT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}$")
+REPLICATION_SNAPSHOT_RE = re.compile(r"^__replicate_([1-9][0-9]{2,8}-[0-9]{1,9})_([0-9]+)__$")
+
+# The ZFS user property that binds a replica to its guest and job (DESIGN.md, safety rule 2).  Its value names the
+# dataset's own guid, so that a copy made with `zfs send -R | zfs recv` (which carries user properties along) is a
+# new dataset with another guid, and is never mistaken for the replica it was copied from.
+REPLICA_PROPERTY = "storage-replication:replica"
+
+
+def replication_prefix(job):
+    return "__replicate_%s_" % job
+
+
+def replication_snapshot(job, epoch):
+    """pvesr's snapshot name: ``__replicate_<job>_<epoch>__``."""
+    return "__replicate_%s_%d__" % (job, epoch)
+
+
+def is_job_snapshot(name, job):
+    """The full prefix with the trailing '_' (pvesr's helper omits it, so job 100-1 claims 100-10's)."""
+    return name.startswith(replication_prefix(job)) and name.endswith("__")
+
+
+def parse_replication_snapshot(name):
+    """(job, epoch) of a replication snapshot's name, or None."""
+    match = REPLICATION_SNAPSHOT_RE.match(name)
+    return (match.group(1), int(match.group(2))) if match else None
+
+
+def migration_copy_job(guest):
+    """The one-off job that copies a guest to a node without a replica during a migration (its snapshots name it)."""
+    return "%d-%d" % (guest, JOBNUM_MAX)
+
+
+def job_guest(job):
+    """The guest ID a (valid) job ID belongs to: '100-2' -> 100."""
+    return int(job.split("-")[0])
+
+
+def replica_identity(guest, job, source, guid):
+    """The value of REPLICA_PROPERTY on a replica of ``guest`` made by ``job`` from ``source``."""
+    return "guest=%d job=%s source=%s guid=%s" % (guest, job, source, guid)
+
+
+def parse_replica_identity(value):
+    """{guest, job, source, guid} of a REPLICA_PROPERTY value, or None when it is not one (unset: '-')."""
+    fields = dict(part.partition("=")[::2] for part in (value or "").split())
+    if set(fields) != {"guest", "job", "source", "guid"} or not fields["guest"].isdigit():
+        return None
+    if not JOB_ID_RE.match(fields["job"]) or not NODE_RE.match(fields["source"]):
+        return None
+    return {"guest": int(fields["guest"]), "job": fields["job"], "source": fields["source"], "guid": fields["guid"]}
