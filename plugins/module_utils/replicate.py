@@ -18,6 +18,7 @@ import subprocess
 import time
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+from ansible_collections.storage.replication.plugins.module_utils import failpoints
 from ansible_collections.storage.replication.plugins.module_utils.cluster import ClusterError, change_cluster
 from ansible_collections.storage.replication.plugins.module_utils.names import is_job_snapshot, replication_snapshot
 from ansible_collections.storage.replication.plugins.module_utils.receiver import prune_job_snapshots
@@ -172,10 +173,13 @@ def replicate(ctx, state, start):
         snap = replication_snapshot(job.id, start)
         take_snapshots(ctx, datasets, snap)
         sent += send_volumes(ctx, target, datasets, bases, snap)
+        failpoints.reach("before-record")
         state.record_sync_end(job, start)
         mark_synced(ctx, datasets, snap)
         drop_previous_snapshots(ctx, datasets, local)
+        failpoints.reach("before-finalize")
         finalize_remote(ctx, channel, volumes, start)
+        failpoints.reach("after-finalize")
     return sent
 
 
@@ -286,8 +290,10 @@ def send_volumes(ctx, target, datasets, bases, snap):
     known_hosts = known_hosts_file(ctx)
     sent = []
     try:
-        for volume, dataset in datasets.items():
+        for index, (volume, dataset) in enumerate(datasets.items()):
+            failpoints.reach("before-volume-%d" % index)
             sent.append(send_volume(ctx, target, known_hosts, volume, dataset, bases[volume], snap))
+            failpoints.reach("after-volume-%d" % index)
     except (TransportError, RemoteError, ZfsError):
         arrived = [result["volume"] for result in sent]
         if arrived:
