@@ -37,6 +37,10 @@ MAX_REPLY = 16 * 1024 * 1024
 # A stream up to this size (an incremental run with little or nothing changed) goes to the target over the control
 # connection that is already open: an OpenSSH handshake and a receiver process cost more than it (measured ~0.5 s).
 INLINE_LIMIT = 1024 * 1024
+# A peer that has not begun to answer an operation for this long is asked whether the link still carries anything
+# (an OpenSSH keep-alive that wants an answer); no answer within as long again means the link is down.  A cut link
+# ends a control call in about 20 s instead of at the operation's timeout (600 s for a run's operations).
+LIVENESS_SECONDS = 10
 
 
 class TransportError(Exception):
@@ -200,6 +204,7 @@ class ControlChannel:
         channel.sendall((json.dumps({"operation": operation, "request": request}) + "\n").encode("utf-8"))
         if payload:
             channel.sendall(payload)
+        self._await_reply(channel, operation, timeout)
         line = replies.readline(MAX_REPLY)
         reply = _last_json_line(line.decode("utf-8", "replace"))
         if isinstance(reply, dict) and reply.get("reason") == "invalid-operation" and "'session'" in reply.get("error", ""):
@@ -220,11 +225,38 @@ class ControlChannel:
         channel.exec_command(operation)
         channel.sendall(json.dumps(request).encode("utf-8"))
         channel.shutdown_write()
+        self._await_reply(channel, operation, timeout)
         out = _read_all(channel.makefile("rb"))
         err = _read_all(channel.makefile_stderr("rb"))
         status = channel.recv_exit_status()
         channel.close()
         return parse_reply(self.node_name, operation, out, err, status)
+
+    def _await_reply(self, channel, operation, timeout):
+        """Return once the peer's answer begins (or the channel closes); TransportError (unreachable) as soon as the
+        link stops carrying keep-alives, socket.timeout after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout("no answer within %d s" % timeout)
+            ready, _w, _x = select.select([channel], [], [], min(LIVENESS_SECONDS, remaining))
+            if ready:
+                return
+            if not self._link_alive():
+                raise TransportError(unreachable_message(
+                    self.node_name, self.address, "the link went down during '%s' (no answer to keep-alives for %d s)"
+                    % (operation, LIVENESS_SECONDS)), True)
+
+    def _link_alive(self):
+        transport = self.client.get_transport()
+        # paramiko waits for a global request's answer without a time limit: the probe waits in a thread of its own,
+        # which ends when the connection is closed.
+        probe = threading.Thread(target=transport.global_request, args=("keepalive@openssh.com",),
+                                 kwargs={"wait": True}, daemon=True)
+        probe.start()
+        probe.join(LIVENESS_SECONDS)
+        return not probe.is_alive()
 
     def _close_session(self):
         if self.session:

@@ -1,0 +1,96 @@
+# Copyright (c) 2026, storage.replication developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""A link cut during a control call ends the call in seconds, as an unreachable target, not at its 600 s timeout
+(issue 13), for real on the lab: node1's engine holds a control connection to node2, node2's link goes down, and
+the next operation on that connection must fail within LIVENESS_SECONDS * 2 plus a margin."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+
+import cluster_setup as cs
+from ansible_collections.storage.replication.plugins.module_utils.transport import LIVENESS_SECONDS
+
+pytestmark = pytest.mark.lab
+
+# Inside node1: open one control connection to node2, answer "ready", wait for a line on stdin (the test cuts the
+# link meanwhile), then time the next call on the same connection.
+CALL_ACROSS_THE_CUT = """
+import json, sys, time
+from ansible_collections.storage.replication.plugins.module_utils import config
+from ansible_collections.storage.replication.plugins.module_utils.transport import ControlChannel, TransportError
+node = config.load().nodes["node2"]
+channel = ControlChannel(node.name, node.address, node.host_key).connect()
+print(json.dumps(channel.call("get-config", {"source": "node1", "generation": 0})["generation"]), flush=True)
+sys.stdin.readline()
+start = time.monotonic()
+try:
+    channel.call("get-config", {"source": "node1", "generation": 0}, timeout=600)
+    outcome = {"ok": True}
+except TransportError as exc:
+    outcome = {"ok": False, "unreachable": exc.unreachable, "error": str(exc)}
+outcome["seconds"] = time.monotonic() - start
+print(json.dumps(outcome), flush=True)
+"""
+
+
+def test_a_control_call_across_a_cut_link_ends_in_seconds(module_lab):
+    cs.setup(module_lab)
+    argv = module_lab.exec_argv("node1", ["env", "PYTHONPATH=" + cs.PYTHONPATH, str(cs.PYTHON), "-c",
+                                          CALL_ACROSS_THE_CUT])
+    caller = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(caller.stdout.readline()) >= 1  # the connection works before the cut
+        module_lab.partition("node2")
+        caller.stdin.write("go\n")
+        caller.stdin.flush()
+        started = time.monotonic()
+        out, err = caller.communicate(timeout=120)
+    finally:
+        module_lab.heal("node2")
+        if caller.poll() is None:
+            caller.kill()
+    outcome = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"error": err}
+    assert outcome.get("ok") is False and outcome["unreachable"] is True, outcome
+    assert "target node 'node2'" in outcome["error"] and "the link went down during 'get-config'" in outcome["error"]
+    assert outcome["seconds"] <= 2 * LIVENESS_SECONDS + 5, outcome
+    print("control call across a cut link ended after %.1f s (%.1f s wall)" % (outcome["seconds"],
+                                                                               time.monotonic() - started))
+
+
+def test_a_link_cut_mid_stream_makes_the_job_wait_for_its_target(module_lab):
+    """ssh's keep-alives notice the cut ("Timeout, server ... not responding"): the job waits for its target (no
+    back-off) instead of failing as an ordinary error; once the link is back the next run completes the replica."""
+    from test_replicate import Cluster  # pylint: disable=import-outside-toplevel
+    cluster = Cluster(module_lab)
+    name = "vm-180-disk-0"
+    cluster.guest(180, [name])
+    cluster.job("180-0", "node2", rate=4)
+    cluster.push()
+    cs.write_random(module_lab, "node1", name, "a.bin", 40)
+    argv = module_lab.exec_argv("node1", ["env", "PYTHONPATH=" + cs.PYTHONPATH, str(cs.PYTHON), "-m",
+                                          "ansible_collections.storage.replication.plugins.module_utils.replicate",
+                                          "180-0"])
+    runner = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run(["pgrep", "-f", "zfs send -R rpool/data/%s " % name], capture_output=True,
+                             check=False).returncode != 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2)
+        module_lab.partition("node2")
+        out, _err = runner.communicate(timeout=180)
+    finally:
+        module_lab.heal("node2")
+    result = json.loads(out.strip().splitlines()[-1])
+    assert not result["ok"] and "target node 'node2'" in result["error"] and "is unreachable" in result["error"], result
+    state = cs.local_state(module_lab, "node1")["180"]["local/node2"]
+    assert state["waiting_for_target"] is True and state["fail_count"] >= 1
+    again = cluster.run("180-0")
+    assert again["ok"], "\n".join(again["log"])
+    cluster.assert_replica("node2", name)
