@@ -169,15 +169,13 @@ class Receiver:
 
     def check_caller(self, request, guest):
         """The caller must be the guest's owner in the configuration in force (after adopting a newer one it sent),
-        and this node must not own the guest (DESIGN.md, safety rules 1 and 3)."""
+        and this node must not own the guest (DESIGN.md, safety rules 1 and 3).
+
+        A caller with an older generation is judged by what its request depends on, in this node's newer
+        configuration: the guest's owner here, and the job (check_job_here).  A change to another guest, a job
+        removal or a schedule edit since then does not fail its run (safety rule 4: fencing by guest)."""
         source = self.caller(request)
         generation = check_int(request.get("generation"), "cluster generation")
-        if generation < self.cfg.generation:
-            raise Refused(
-                "node '%s' sent cluster configuration generation %d, but node '%s' has generation %d: refusing to act "
-                "on an older configuration - node '%s' must adopt the newer configuration first (re-run the site "
-                "playbook)" % (source, generation, self.node, self.cfg.generation, source),
-                "stale-generation", generation=self.cfg.generation)
         if generation > self.cfg.generation:
             self.adopt_newer(source, generation)
         self.check_member(source)
@@ -192,9 +190,11 @@ class Receiver:
                 "replicate into, roll back or delete its volumes here - check the guest's owner and the job's target"
                 % (guest, self.node, source), "owner")
         if owner.node != source:
+            behind = (" - node '%s' holds the older generation %d and adopts the newer one at its next run"
+                      % (source, generation) if generation < self.cfg.generation else "")
             raise Refused("node '%s' asked for guest %d, which is owned by node '%s' in the cluster configuration on node "
-                          "'%s' (generation %d): only the owner replicates a guest - refused"
-                          % (source, guest, owner.node, self.node, self.cfg.generation), "not-owner")
+                          "'%s' (generation %d): only the owner replicates a guest - refused%s"
+                          % (source, guest, owner.node, self.node, self.cfg.generation, behind), "not-owner")
         return source
 
     def check_job_here(self, job, guest):

@@ -147,6 +147,8 @@ def test_the_revived_node_adopts_keeps_its_writes_aside_and_becomes_the_target(l
     assert refused.returncode != 0 and "owned by node 'node2', not by this node ('node1')" in refused.stdout, refused.stdout
     assert not service.running("node1") and service.running("node2")
 
+    # The recovery point, read before the run that makes it obsolete (a successful run drops the job's older snapshots).
+    replica = service.records_at("node2", replica_snapshot(Story.replica_start))
     first = cs.run_job(lab, "node2", JOB_TO_NODE2)
     assert first["ok"], first
     volume = first["volumes"][0]
@@ -154,7 +156,6 @@ def test_the_revived_node_adopts_keeps_its_writes_aside_and_becomes_the_target(l
     assert volume["bytes"] * 20 < service.full_send_bytes("node2", replica_snapshot(first["start"]))
     assert len(volume["kept"]) == 1 and "-diverged-" in volume["kept"][0]
 
-    replica = service.records_at("node2", replica_snapshot(Story.replica_start))
     kept = service.records("node1", "/" + volume["kept"][0])
     lost = kept[len(replica):]
     assert kept[:len(replica)] == replica and lost, "node1's writes after the replica are kept, and only they are lost"

@@ -17,6 +17,7 @@ import time
 import pytest
 
 import cluster_setup as cs
+from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from test_replicate import Cluster, job_snapshots
 
 pytestmark = pytest.mark.lab
@@ -241,18 +242,34 @@ def test_no_common_base_snapshot(cluster):
     cluster.assert_replica("node2", rep.name)
 
 
-def test_caller_with_older_generation_is_refused(cluster):
+def test_caller_with_older_generation_is_judged_by_its_guest(cluster):
+    """Fencing by guest (issue 14 point 1): the target holds a newer configuration that changed something else (a
+    job removed, another guest added); the run goes on.  Once the guest has moved in that newer configuration, the
+    same caller is refused, and the replica is untouched."""
     rep = Replicated(cluster, 120)
     rep.change_source()
-    cluster.cfg.generation += 5
-    cs.write_config(cluster.lab, cluster.cfg, nodes=["node2"])
-    cluster.cfg.generation -= 5
-    result = cluster.run(rep.job_id)
-    rep.assert_failed(result, "node 'node1' sent cluster configuration generation %d, but node 'node2' has generation %d"
-                      % (cluster.cfg.generation, cluster.cfg.generation + 5), "must adopt the newer configuration")
+    held = cluster.cfg.generation
+    newer = copy.deepcopy(cluster.cfg)
+    newer.generation += 5
+    newer.guests[129] = configmod.Guest(id=129, type="vm", node="node3", volumes=["local-zfs:vm-129-disk-0"])
+    cs.write_config(cluster.lab, newer, nodes=["node2"])
+    result = rep.assert_recovers_incrementally()
+    assert result["volumes"][0]["bytes"] < 3 * 10 ** 6
+
+    rep.change_source()
+    newer.generation += 1
+    newer.guests[120].node = "node3"
+    cs.write_config(cluster.lab, newer, nodes=["node2"])
+    rep.snap = cluster.assert_replica("node2", rep.name)
+    rep.checksum = cs.tree_checksum(cluster.lab, "node2", rep.name, rep.snap)
+    try:
+        refused = cluster.run(rep.job_id)
+    finally:
+        cluster.cfg.generation = newer.generation + 1
+        cluster.push()
+    rep.assert_failed(refused, "node 'node1' asked for guest 120, which is owned by node 'node3'",
+                      "node 'node1' holds the older generation %d" % held)
     rep.assert_previous_replica_intact()
-    cluster.cfg.generation += 5
-    cluster.push()
     rep.assert_recovers_incrementally()
 
 

@@ -88,10 +88,44 @@ def test_not_json_is_refused(receiver):
     assert not reply["ok"] and "not valid JSON" in reply["error"]
 
 
-def test_older_generation_is_refused_with_ours(receiver):
+class ListingZfs(NoZfs):
+    """A target that holds nothing yet: prepare only lists."""
+
+    class features:  # pylint: disable=invalid-name
+        @staticmethod
+        def as_dict():
+            return {}
+
+    @staticmethod
+    def exists(_name):
+        return True
+
+    @staticmethod
+    def child_volumes(_pool):
+        return {}
+
+    @staticmethod
+    def resume_tokens(_pool):
+        return {}
+
+
+def test_an_older_generation_is_judged_by_what_the_request_depends_on(receiver):
+    """Fencing by guest: node1's generation 6 still says it owns guest 100 and that 100-0 goes here - as generation 7
+    does; a change elsewhere since (a job removal, another guest) does not fail its run."""
+    receiver.zfs = ListingZfs()
     reply = serve(receiver, "prepare", prepare_request(generation=6))
-    assert not reply["ok"] and reply["reason"] == "stale-generation" and reply["generation"] == 7
-    assert "node 'node1' sent cluster configuration generation 6, but node 'node2' has generation 7" in reply["error"]
+    assert reply["ok"] and reply["volumes"] == {}, reply
+
+
+def test_an_older_generation_whose_guest_moved_is_refused(receiver):
+    cfg = configmod.load(receiver.confdir)
+    cfg.guests[100].node = "node3"
+    cfg.jobs["100-1"].target = "node1"
+    configmod.save(cfg, receiver.confdir)
+    reply = serve(receiver, "prepare", prepare_request(generation=7))
+    assert not reply["ok"] and reply["reason"] == "not-owner"
+    assert ("which is owned by node 'node3' in the cluster configuration on node 'node2' (generation 8): only the "
+            "owner replicates a guest - refused - node 'node1' holds the older generation 7") in reply["error"]
 
 
 def test_guest_owned_here_is_refused(receiver):
@@ -116,7 +150,7 @@ def test_receive_arguments_are_checked(receiver, arguments, message):
 def test_session_answers_each_request_in_turn(receiver):
     lines = [{"operation": "list", "request": {"generation": 7, "source": "node1"}},
              {"operation": "destroy", "request": {}},
-             {"operation": "prepare", "request": prepare_request(generation=3)}]
+             {"operation": "prepare", "request": prepare_request(generation=3, job="100-7")}]
     stdin = io.BytesIO(b"".join((json.dumps(line) + "\n").encode() for line in lines) + b"not json\n")
     out = io.StringIO()
     assert main(environ={"SSH_ORIGINAL_COMMAND": "session"}, stdin=stdin, stdout=out, receiver=receiver) == 0
@@ -124,7 +158,7 @@ def test_session_answers_each_request_in_turn(receiver):
     assert [r["ok"] for r in replies] == [True, False, False, False]
     assert replies[0]["replicas"] == {}
     assert replies[1]["reason"] == "invalid-operation"
-    assert replies[2]["reason"] == "stale-generation" and replies[3]["reason"] == "invalid-argument"
+    assert replies[2]["reason"] == "unknown-job" and replies[3]["reason"] == "invalid-argument"
 
 
 def session_lines(receiver, payload):
