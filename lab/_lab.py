@@ -38,6 +38,9 @@ PRIVATE_PATHS = tuple(dict.fromkeys(os.path.realpath(p) for p in (
     # The pool's mount point too: zfs creates dataset mount points below it, sometimes before the pool's own
     # FUSE mount is there, and they must not land in a directory that the other nodes see.
     "/rpool")))
+# The checkout this lab serves: the nodes run its engine, its virtualenv and its test workloads at the paths the host
+# sees.  People and CI clone anywhere, /tmp included, which every node keeps private.
+CHECKOUT = Path(__file__).resolve().parent.parent
 # Root's shell start files, replaced per node by the distribution's defaults: the machine's own (pyenv, cargo)
 # make every SSH login into a node wait on locks in directories all nodes share.
 PRIVATE_FILES = ("/root/.bashrc", "/root/.profile")
@@ -55,6 +58,10 @@ REQUIRED_COMMANDS = {
     "ssh": "openssh-client", "ssh-keygen": "openssh-client", "ip": "iproute2", "unshare": "util-linux",
     "nsenter": "util-linux", "setsid": "util-linux", "findmnt": "util-linux", "mount": "mount",
 }
+
+
+def _is_below(path: Path, directory: str) -> bool:
+    return str(path).startswith(directory.rstrip("/") + "/")
 
 
 def parse_size(text: str) -> int:
@@ -114,11 +121,12 @@ def remove_empty_dir(path) -> None:
 class Lab:
     """One lab of real nodes. Cheap to construct; every method reads the lab's state from lab.json."""
 
-    def __init__(self, name: str = "srlab", root: Path = LAB_ROOT):
+    def __init__(self, name: str = "srlab", root: Path = LAB_ROOT, checkout: Path = CHECKOUT):
         if not NAME_RE.match(str(name)):
             raise LabError(f"lab name {name!r} is not valid: use 1-20 lowercase letters, digits or '-', starting with a letter")
         self.name = name
         self.root = Path(root)
+        self.checkout = Path(checkout)
         short = hashlib.sha256(name.encode()).hexdigest()[:7]
         self._bridge = f"srb{short}"
         self._veth_prefix = f"srv{short}n"
@@ -422,7 +430,15 @@ class Lab:
         self._detach_foreign_mounts(node)
         enter_mnt = ["nsenter", f"--mount={self._ns_file(node, 'mnt')}", "--"]
         for path in PRIVATE_PATHS:
-            run(enter_mnt + ["mount", "--bind", self.private_path(node, path), path], where=node)
+            if _is_below(self.checkout, path):
+                # The checkout lies in a directory the node keeps to itself: bind it into the node's own copy first
+                # (the host's one is still visible here), then bring that copy in with its submount.
+                stage = self.private_path(node, str(self.checkout))
+                stage.mkdir(parents=True, exist_ok=True)
+                run(enter_mnt + ["mount", "--bind", self.checkout, stage], where=node)
+                run(enter_mnt + ["mount", "--rbind", self.private_path(node, path), path], where=node)
+            else:
+                run(enter_mnt + ["mount", "--bind", self.private_path(node, path), path], where=node)
         run(enter_mnt + ["mount", "--bind", self.hosts_path, "/etc/hosts"], where=node)
         for path in PRIVATE_FILES:
             if os.path.exists(path):

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -187,6 +188,22 @@ def leftovers(lab_name, bridge_and_veths, namespaces):
     found += [f"pid {pid} ({comm})" for ns in namespaces for pid, comm in processes_in(ns).items()]
     found += [str(LAB_ROOT / lab_name)] if (LAB_ROOT / lab_name).exists() else []
     return found
+
+
+def test_a_checkout_under_tmp_is_seen_by_the_nodes_at_its_own_path():
+    """Issue 16: people and CI clone into /tmp, which every node keeps private; the nodes still run that checkout's
+    engine and venv, at the path the host sees, while their own /tmp stays private."""
+    checkout = Path(tempfile.mkdtemp(prefix="sr-checkout-", dir="/tmp"))
+    (checkout / "marker").write_text("this checkout\n", encoding="utf-8")
+    own = Lab("srcheckout", checkout=checkout)
+    try:
+        own.up(nodes=1, pool_size="128M")
+        assert own.exec("node1", ["cat", str(checkout / "marker")]).stdout == "this checkout\n"
+        own.exec("node1", ["sh", "-c", "echo node > /tmp/node-only"])
+        assert not Path("/tmp/node-only").exists()
+    finally:
+        own.down()
+        subprocess.run(["rm", "-rf", str(checkout)], check=False)
 
 
 def test_down_leaves_nothing_also_after_a_crash(lab):
