@@ -30,13 +30,12 @@ import copy
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils.cluster import ClusterError, change_cluster
-from ansible_collections.storage.replication.plugins.module_utils.names import is_job_snapshot, migration_copy_job
+from ansible_collections.storage.replication.plugins.module_utils.names import migration_copy_job
+from ansible_collections.storage.replication.plugins.module_utils.receiver import DROP_COPY, SET_STATE, drop_job_snapshots
 from ansible_collections.storage.replication.plugins.module_utils.state import (
     DEFAULT_STATEDIR, StateFile, read_local_node, transfer_state)
 from ansible_collections.storage.replication.plugins.module_utils.transport import NODE_KEY, ControlChannel
 
-SET_STATE = "set-state"
-DROP_COPY = "drop-migration-copy"
 DEFAULT_LOGDIR = "/var/log/storage-replication"
 DELTA, FULL_COPY = "delta", "full copy"
 
@@ -240,16 +239,6 @@ def _drop_copy_job(cfg, plan, statedir, zfs, key, connect):
     states.set_guest_states(guest_id, remaining)
 
 
-def drop_job_snapshots(zfs, job_id, dataset, say=None):
-    """Destroy every snapshot and bookmark of job ``job_id`` on dataset (holds released by Zfs.destroy)."""
-    marks = ["@" + s for s in zfs.snapshots(dataset) if is_job_snapshot(s, job_id)]
-    marks += ["#" + b for b in zfs.bookmarks(dataset) if is_job_snapshot(b, job_id)]
-    for mark in marks:
-        if say is not None:
-            say("delete migration snapshot '%s' on %s" % (mark[1:], dataset))
-        zfs.destroy(dataset + mark)
-
-
 def _send_state(cfg, guest_id, target, statedir, key, connect):
     """pvesr transfer_replication_state: the new owner gets this node's job states of the guest, re-keyed."""
     states = transfer_state(StateFile(statedir).guest_states(guest_id), target, read_local_node(statedir))
@@ -267,41 +256,3 @@ def _call_target(cfg, target, operation, fields, statedir, key, connect, what):
             return channel.call(operation, request, timeout=60)
     except (RemoteError, TransportError) as exc:
         raise MigrationError("%s failed: %s" % (what, exc)) from exc
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Receiver operations (on the target, before it owns the guest)
-
-def serve_set_state(receiver, request):
-    """Receiver operation ``set-state``: replace the guest's job states here (the migration's new owner)."""
-    from ansible_collections.storage.replication.plugins.module_utils.receiver import (  # pylint: disable=import-outside-toplevel
-        Refused, check_int, check_request_keys)
-    check_request_keys(request, ("guest", "states", "generation", "source"))
-    guest = check_int(request.get("guest"), "guest ID", 100, 999999999)
-    receiver.check_caller(request, guest)
-    states = request.get("states")
-    if not isinstance(states, dict) or not all(isinstance(k, str) and k.startswith("local/") and isinstance(v, dict)
-                                               for k, v in states.items()):
-        raise Refused("set-state: states must be a JSON object of job states by 'local/<target>': refused",
-                      "invalid-argument")
-    StateFile(receiver.statedir).set_guest_states(guest, states)
-    return {"guest": guest, "targets": sorted(states)}
-
-
-def serve_drop_copy(receiver, request):
-    """Receiver operation ``drop-migration-copy``: the migration's copy is complete here; drop the copy job's
-    snapshots on the guest's volumes and its replica record (this node is about to own the guest)."""
-    from ansible_collections.storage.replication.plugins.module_utils.receiver import (  # pylint: disable=import-outside-toplevel
-        Refused, check_job, check_request_keys, check_volumes)
-    check_request_keys(request, ("job", "guest", "volumes", "generation", "source"))
-    job_id, guest = check_job(request)
-    receiver.check_caller(request, guest)
-    if job_id != copy_job_id(guest):
-        raise Refused("%s: job '%s' is not the migration copy job of guest %d (%s): refused"
-                      % (DROP_COPY, job_id, guest, copy_job_id(guest)), "invalid-argument")
-    for volume in receiver.check_guest_volumes(guest, check_volumes(request.get("volumes"))):
-        dataset = receiver.dataset(volume)
-        receiver.check_replica(volume, dataset, guest)
-        drop_job_snapshots(receiver.zfs, job_id, dataset, receiver.say)
-    receiver.forget_guest(guest, job_id)
-    return {}

@@ -17,25 +17,27 @@ sync is copied aside before a receive would roll it back.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
 import sys
 import time
 
+from ansible_collections.storage.replication.plugins.module_utils import cluster
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils import orphans
+from ansible_collections.storage.replication.plugins.module_utils.files import copy_stream, write_all
 from ansible_collections.storage.replication.plugins.module_utils.names import (
     GUEST_ID_MAX, GUEST_ID_MIN, JOB_ID_RE, NODE_RE, REPLICA_PROPERTY, SNAPSHOT_RE, STORAGE_RE, VOLUME_RE,
     is_job_snapshot, job_guest, migration_copy_job, replica_identity, replication_snapshot)
 from ansible_collections.storage.replication.plugins.module_utils.state import (
-    DEFAULT_STATEDIR, atomic_write, read_local_node)
+    DEFAULT_STATEDIR, StateFile, atomic_write, read_local_node)
 from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs, ZfsError, recv_argv
 
 MAX_REQUEST = 4 * 1024 * 1024
+SET_STATE = "set-state"
+DROP_COPY = "drop-migration-copy"
 DIVERGED_INFIX = "-diverged-"
-SPLICE_CHUNK = 1 << 20
 # The largest stream a session takes inline, after its request line (transport.INLINE_LIMIT on the sending side).
 MAX_INLINE_STREAM = 1 << 20
 
@@ -244,11 +246,9 @@ class Receiver:
 
         A node that was down while a guest moved (failover) still believes it owns the guest; without this, the
         new owner's first replication to it would be refused until its own runner happened to catch up."""
-        from ansible_collections.storage.replication.plugins.module_utils.cluster import (  # pylint: disable=import-outside-toplevel
-            ClusterError, catch_up)
         try:
-            found = catch_up(self.confdir, self.statedir)
-        except ClusterError as exc:
+            found = cluster.catch_up(self.confdir, self.statedir)
+        except cluster.ClusterError as exc:
             raise Refused("node '%s' sent cluster configuration generation %d, newer than this node's %d, and "
                           "adopting it failed: %s" % (source, generation, self.cfg.generation, exc), "stale-generation")
         self.forget_config()
@@ -536,6 +536,38 @@ class Receiver:
                                  "volumes": volumes, "generation": request["generation"]})
         return {}
 
+    # ------------------------------------------------------------ migration (on the target, before it owns the guest)
+
+    def set_state(self, request):
+        """``set-state`` (pvesr's transfer of the replication state): replace the guest's job states here, for the
+        migration that is about to make this node the guest's owner."""
+        check_request_keys(request, ("guest", "states", "generation", "source"))
+        guest = check_int(request.get("guest"), "guest ID", GUEST_ID_MIN, GUEST_ID_MAX)
+        self.check_caller(request, guest)
+        states = request.get("states")
+        if not isinstance(states, dict) or not all(isinstance(k, str) and k.startswith("local/") and isinstance(v, dict)
+                                                   for k, v in states.items()):
+            raise Refused("set-state: states must be a JSON object of job states by 'local/<target>': refused",
+                          "invalid-argument")
+        StateFile(self.statedir).set_guest_states(guest, states)
+        return {"guest": guest, "targets": sorted(states)}
+
+    def drop_migration_copy(self, request):
+        """``drop-migration-copy``: the migration's full copy is complete here; drop the copy job's snapshots on the
+        guest's volumes and its replica record (this node is about to own the guest)."""
+        check_request_keys(request, ("job", "guest", "volumes", "generation", "source"))
+        job, guest = check_job(request)
+        self.check_caller(request, guest)
+        if job != migration_copy_job(guest):
+            raise Refused("%s: job '%s' is not the migration copy job of guest %d (%s): refused"
+                          % (DROP_COPY, job, guest, migration_copy_job(guest)), "invalid-argument")
+        for volume in self.check_guest_volumes(guest, check_volumes(request.get("volumes"))):
+            dataset = self.dataset(volume)
+            self.check_replica(volume, dataset, guest)
+            drop_job_snapshots(self.zfs, job, dataset, self.say)
+        self.forget_guest(guest, job)
+        return {}
+
     def guests_dir(self):
         return os.path.join(self.statedir, "guests")
 
@@ -574,6 +606,16 @@ class Receiver:
         return replicas
 
 
+def drop_job_snapshots(zfs, job, dataset, say=None):
+    """Destroy every snapshot and bookmark of ``job`` on dataset (holds released by Zfs.destroy)."""
+    marks = ["@" + s for s in zfs.snapshots(dataset) if is_job_snapshot(s, job)]
+    marks += ["#" + b for b in zfs.bookmarks(dataset) if is_job_snapshot(b, job)]
+    for mark in marks:
+        if say is not None:
+            say("delete migration snapshot '%s' on %s" % (mark[1:], dataset))
+        zfs.destroy(dataset + mark)
+
+
 def _int_or_none(text):
     return int(text) if isinstance(text, str) and text.isdigit() and len(text) < 19 else text
 
@@ -590,45 +632,7 @@ def explain_recv_failure(node, volume, argv, rc, stderr):
             % (" ".join(argv), node, volume, detail))
 
 
-def copy_stream(source_fd, sink_fd):
-    """Copy until EOF, in the kernel (splice) where Python and the descriptors allow it; returns bytes."""
-    total = 0
-    splice = getattr(os, "splice", None)
-    while splice is not None:
-        try:
-            moved = splice(source_fd, sink_fd, SPLICE_CHUNK)
-        except OSError as exc:
-            if isinstance(exc, BrokenPipeError):
-                raise
-            break  # EINVAL: neither end is a pipe; fall back to read/write
-        if moved == 0:
-            return total
-        total += moved
-    while True:
-        data = os.read(source_fd, SPLICE_CHUNK)
-        if not data:
-            return total
-        total += write_all(sink_fd, data)
-
-
-def write_all(fd, data):
-    """Write all of data (os.write may write less); returns its length."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-    return len(data)
-
-
 # ---------------------------------------------------------------- entry point
-
-def lazy_operation(module, function):
-    """An operation implemented in another engine module, imported only when called: every SSH session starts a
-    new process, and the data path (receive) should not pay for importing what it does not use."""
-    def operation(receiver, request):
-        engine = importlib.import_module("ansible_collections.storage.replication.plugins.module_utils." + module)
-        return getattr(engine, function)(receiver, request)
-    return operation
-
 
 CONTROL_OPERATIONS = {
     "prepare": Receiver.prepare,
@@ -637,12 +641,12 @@ CONTROL_OPERATIONS = {
     # OpenZFS: drop an interrupted receive the source cannot resume.
     "abort-resume": Receiver.abort_resume,
     # Cluster-wide configuration changes (cluster.py): generation query and push.
-    "get-config": lazy_operation("cluster", "serve_get_config"),
-    "set-config": lazy_operation("cluster", "serve_set_config"),
+    "get-config": cluster.serve_get_config,
+    "set-config": cluster.serve_set_config,
     # Migration (migrate.py): the new owner receives the guest's job states (pvesr set-state).
-    "set-state": lazy_operation("migrate", "serve_set_state"),
+    SET_STATE: Receiver.set_state,
     # Migration to a node without a replica: the copy is complete there, the one-off copy job's traces go.
-    "drop-migration-copy": lazy_operation("migrate", "serve_drop_copy"),
+    DROP_COPY: Receiver.drop_migration_copy,
 }
 
 

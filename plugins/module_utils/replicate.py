@@ -176,7 +176,7 @@ def replicate(ctx, state, start):
         failpoints.reach("before-record")
         state.record_sync_end(job, start)
         mark_synced(ctx, datasets, snap)
-        drop_previous_snapshots(ctx, datasets, local)
+        drop_previous_snapshots(ctx, datasets, local, replication_snapshot(job.id, last_sync), resumed)
         failpoints.reach("before-finalize")
         finalize_remote(ctx, channel, volumes, start)
         failpoints.reach("after-finalize")
@@ -361,12 +361,13 @@ def stream_to_target(ctx, target, known_hosts, send_command, volume, snap, extra
     return result
 
 
-def drop_previous_snapshots(ctx, datasets, local):
-    """After a sync, every snapshot of the job that this node had before it is obsolete: the last sync's, a resumed
-    transfer's, one a volume kept from an interrupted run, one a killed `zfs send` kept busy (zfs-fuse)."""
+def drop_previous_snapshots(ctx, datasets, local, previous, resumed):
+    """After a sync, as pvesr: the last sync's snapshot goes here, and a resumed transfer's.  Other leftovers of the
+    job (one a volume kept from an interrupted run) go at the next run's prepare, as pvesr's do: a recovery point
+    stays readable until then."""
     for volume, dataset in datasets.items():
-        for snap, info in local.get(volume, {}).items():
-            if is_job_snapshot(snap, ctx.job.id) and not info.get("bookmark"):
+        for snap in dict.fromkeys([previous] + ([resumed[volume]] if volume in resumed else [])):
+            if snap in local.get(volume, {}) and not local[volume][snap].get("bookmark"):
                 drop_snapshot(ctx, {volume: dataset}, snap)
 
 

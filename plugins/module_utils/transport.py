@@ -25,7 +25,7 @@ import subprocess
 import threading
 import time
 
-from ansible_collections.storage.replication.plugins.module_utils.receiver import copy_stream
+from ansible_collections.storage.replication.plugins.module_utils.files import copy_stream
 from ansible_collections.storage.replication.plugins.module_utils.state import atomic_write
 
 NODE_KEY = "/root/.ssh/id_ed25519"

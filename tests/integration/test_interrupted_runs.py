@@ -59,11 +59,14 @@ def _running(pattern):
     return subprocess.run(["pgrep", "-f", pattern], capture_output=True, check=False).returncode == 0
 
 
-def assert_replicas(cluster, names, job_id):
+def assert_replicas(cluster, names, job_id, only=True):
+    """Each replica equals the source at the newest snapshot; with ``only``, that is the job's one snapshot on both
+    sides (after a recovering run the source may still hold a leftover of the cut run: its next prepare drops it)."""
     for name in names:
         snap = cluster.assert_replica("node2", name)
         assert job_snapshots(cluster.lab, "node2", name, job_id) == [snap]
-        assert job_snapshots(cluster.lab, "node1", name, job_id) == [snap]
+        source = job_snapshots(cluster.lab, "node1", name, job_id)
+        assert source[-1] == snap and (source == [snap] or not only)
 
 
 @pytest.mark.parametrize("first_sync", [True, False], ids=["first-sync", "incremental"])
@@ -90,7 +93,7 @@ def test_a_run_killed_at_any_step_recovers_by_itself(cluster, point, first_sync)
 
     recovered = cluster.run(job_id)
     assert recovered["ok"], "\n".join(recovered["log"])
-    assert_replicas(cluster, names, job_id)
+    assert_replicas(cluster, names, job_id, only=False)
     cs.write_random(cluster.lab, "node1", names[1], "c.bin", 1)
     after = cluster.run(job_id)
     assert after["ok"], after["error"]

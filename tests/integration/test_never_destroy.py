@@ -128,4 +128,10 @@ def test_an_interrupted_first_sync_of_several_volumes_recovers_by_itself(cluster
     assert modes["local-zfs:" + names[1]][0] == "full"
     for name in names:
         snap = cluster.assert_replica("node2", name)
+        assert job_snapshots(lab, "node2", name, "153-0") == [snap] == job_snapshots(lab, "node1", name, "153-0")[-1:]
+    cs.write_random(lab, "node1", names[1], "c.bin", 1)
+    third = cluster.run("153-0")  # its prepare drops what the cut run left on the source, as pvesr's does
+    assert third["ok"] and [v["mode"] for v in third["volumes"]] == ["incremental", "incremental"], third
+    for name in names:
+        snap = cluster.assert_replica("node2", name)
         assert job_snapshots(lab, "node2", name, "153-0") == [snap] == job_snapshots(lab, "node1", name, "153-0")
