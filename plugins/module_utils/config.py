@@ -114,6 +114,7 @@ class ConfigCorrupt(ConfigError):
 
     def __init__(self, problem, path):
         self.path = path
+        self.problem = problem
         super().__init__("the cluster configuration of this node cannot be read: %s - nothing acts on it; restore it "
                          "from the peers with 'storage-replication restore-config' (the runner tries this itself)"
                          % problem)
