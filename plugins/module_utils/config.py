@@ -1063,19 +1063,27 @@ def _set_aside_current(confdir, damaged_path):
     directory = os.path.realpath(os.path.join(confdir, CURRENT_LINK))
     if not os.path.isdir(directory):
         return None
-    aside = directory + CORRUPT_SUFFIX + time.strftime("%Y%m%dT%H%M%S")
+    stamp = directory + CORRUPT_SUFFIX + time.strftime("%Y%m%dT%H%M%S")
+    aside, number = stamp, 1
+    while os.path.lexists(aside):  # damaged twice within a second
+        aside, number = "%s-%d" % (stamp, number), number + 1
     os.rename(directory, aside)
     fsync_dir(os.path.dirname(directory))
     inside = os.path.relpath(os.path.realpath(damaged_path), directory) if damaged_path else "."
     return aside if inside.startswith("..") else os.path.normpath(os.path.join(aside, inside))
 
 
+_GENERATION_NAME_RE = re.compile(r"^([0-9]+)(%s.*)?$" % re.escape(CORRUPT_SUFFIX))
+
+
 def known_nodes(confdir=DEFAULT_CONFDIR):
     """The nodes of the newest generation whose cluster.json still parses: whom to ask when the current
-    configuration is damaged. {} if there is none."""
+    configuration is damaged. Generations kept aside as damaged count too (often only the other file is damaged,
+    and the peers' host keys are checked anyway). {} if there is none."""
     generations = os.path.join(confdir, GENERATIONS_DIR)
-    names = os.listdir(generations) if os.path.isdir(generations) else []
-    for name in sorted((n for n in names if n.isdigit()), key=int, reverse=True):
+    found = [(int(m.group(1)), not m.group(2), m.group(0)) for m in map(_GENERATION_NAME_RE.match,
+             os.listdir(generations) if os.path.isdir(generations) else []) if m]
+    for _number, _intact, name in sorted(found, reverse=True):
         try:
             return parse_model(_read(os.path.join(generations, name, MODEL_FILE))).nodes
         except ConfigError:

@@ -137,3 +137,12 @@ def test_the_peers_are_found_in_the_newest_generation_that_parses(confdir):
     damage(confdir, "cluster.json", b"{")
     assert sorted(C.known_nodes(str(confdir))) == ["node1", "node2", "node3"]  # from generation 1
     assert C.known_nodes(str(confdir / "none")) == {}
+
+
+def test_a_generation_kept_aside_still_names_the_peers(confdir):
+    damage(confdir, "replication.cfg", b"garbage\n")
+    C.restore(saved(), str(confdir))
+    damage(confdir, "cluster.json", b"{")  # now the only numbered generation does not parse
+    assert sorted(C.known_nodes(str(confdir))) == ["node1", "node2", "node3"]
+    kept = C.restore(saved(), str(confdir))  # twice within a second: both damaged copies are kept
+    assert pathlib.Path(kept).read_bytes() == b"{" and len(list((confdir / "generations").iterdir())) == 3
