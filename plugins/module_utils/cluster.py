@@ -28,6 +28,7 @@ error reply.
 from __future__ import annotations
 
 import copy
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
@@ -356,9 +357,10 @@ def restore_config(confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR,
         heard = "; ".join("node '%s': %s" % (n, _describe(a)) for n, a in sorted(answers.items()) if n not in readable)
         raise ClusterError("the cluster configuration of this node cannot be read: %s; restoring it from the peers "
                            "failed: %d of %d peers answered with a readable configuration and a majority is needed%s - "
-                           "nothing acts on it; bring the peers back (the runner tries again), or write the "
-                           "configuration again (site playbook)"
-                           % (damage.problem, len(readable), len(peers), " (%s)" % heard if heard else ""))
+                           "nothing acts on it; bring the peers back (the runner tries again at every run), or point "
+                           "the symlink %s to an intact generation in %s"
+                           % (damage.problem, len(readable), len(peers), " (%s)" % heard if heard else "",
+                              os.path.join(confdir, configmod.CURRENT_LINK), os.path.join(confdir, configmod.GENERATIONS_DIR)))
     source = max(readable, key=lambda n: (readable[n].generation, n))
     kept = configmod.restore(readable[source], confdir)
     return Restored(readable[source].generation, source, kept)
