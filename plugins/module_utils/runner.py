@@ -497,7 +497,7 @@ class Runner:
             try:
                 restored = self.restore(self.paths.confdir, self.paths.statedir)
             except _cluster_error() as exc:
-                self._refuse("config-unreadable", str(exc))
+                raise self._refusal("config-unreadable", str(exc)) from None
             if restored is not None:
                 self._announce("config-restored", restored.message)
             cfg = configmod.load(self.paths.confdir)
@@ -514,8 +514,8 @@ class Runner:
         try:
             rebuilt, notes = rebuild_state(self.cfg, self.node, self.snapshot_epochs())
         except ZfsError as exc:
-            self._refuse("state-unreadable", "%s; rebuilding it from the replication snapshots failed: %s - nothing runs "
-                                          "until ZFS answers (the next run tries again)" % (damage, exc))
+            raise self._refusal("state-unreadable", "%s; rebuilding it from the replication snapshots failed: %s - nothing "
+                                                    "runs until ZFS answers (the next run tries again)" % (damage, exc)) from None
         kept = self.state.replace_unreadable(rebuilt, self.now)
         if kept is not None:
             found = "; ".join("%s: %s" % item for item in sorted(notes.items())) or "no jobs on this node"
@@ -530,8 +530,9 @@ class Runner:
             if problem:
                 self.result["warnings"].append(problem)
 
-    def _refuse(self, event, text):
-        """Stop this run: nothing is acted on. Notified with pvesr's cadence over consecutive refused runs."""
+    def _refusal(self, event, text):
+        """The RunnerRefused that stops this run (nothing is acted on), notified with pvesr's cadence over
+        consecutive refused runs."""
         self.refused = True
         path = os.path.join(self.paths.statedir, REFUSAL_FILE)
         try:
@@ -543,7 +544,7 @@ class Runner:
         atomic_write(path, json.dumps({"event": event, "count": count, "error": text}, sort_keys=True) + "\n")
         if should_notify(count):
             self._announce(event, text)
-        raise RunnerRefused(text)
+        return RunnerRefused(text)
 
     def _forget_refusal(self):
         with contextlib.suppress(FileNotFoundError):
