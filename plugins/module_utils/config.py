@@ -1053,10 +1053,9 @@ def restore(cfg, confdir=DEFAULT_CONFDIR):
             load(confdir)
         except ConfigCorrupt as damage:
             kept = _set_aside_current(confdir, damage.path)
-        else:
-            raise ConfigError("the configuration in %s is readable: there is nothing to restore" % confdir)
-        _write_generation(cfg, confdir)
-        return kept
+            _write_generation(cfg, confdir)
+            return kept
+        raise ConfigError("the configuration in %s is readable: there is nothing to restore" % confdir)
 
 
 def _set_aside_current(confdir, damaged_path):

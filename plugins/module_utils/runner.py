@@ -193,7 +193,6 @@ def _job_figures(job, jobstate, now):
     return figures
 
 
-
 # ---------------------------------------------------------------------------------------------------------------
 # Metrics: the Prometheus textfile-collector file
 

@@ -182,7 +182,9 @@ def test_the_configuration_a_majority_of_the_peers_holds_is_restored(tmp_path):
     C.adopt(newer, peers.dirs["node3"])
     with open(os.path.join(peers.dirs["node1"], C.JOBS_FILE), "w", encoding="utf-8") as handle:
         handle.write("garbage\n")
-    restore = lambda: cluster.restore_config(peers.dirs["node1"], str(peers.state["node1"]), connect=peers.connect)  # noqa: E731
+
+    def restore():
+        return cluster.restore_config(peers.dirs["node1"], str(peers.state["node1"]), connect=peers.connect)
 
     peers.down.add("node2")
     with pytest.raises(cluster.ClusterError) as info:
