@@ -33,9 +33,14 @@ EXIT_BAD_INPUT = 2
 
 
 class CliError(Exception):
-    """A failure to report to the user as one line; ``exit_code`` 1 means the operation failed."""
+    """A failure to report to the user as one line; ``exit_code`` 1 means the operation failed. ``data``, if any,
+    is printed on stdout for ``--output-format json`` (so that scripts read the failure as they read the result)."""
 
     exit_code = EXIT_FAILED
+
+    def __init__(self, message, data=None):
+        super().__init__(message)
+        self.data = data
 
 
 class UsageError(CliError):
@@ -101,12 +106,15 @@ def say(text, stream=None):
 
 def main(argv=None):
     """Run the command line ``argv`` (default: sys.argv[1:]); returns the exit code."""
+    args = None
     try:
         args = build_parser().parse_args(argv)
         output = args.run(args)
     except SystemExit as exc:  # --help and --version end argparse this way
         return exc.code if isinstance(exc.code, int) else 0
     except CliError as exc:
+        if exc.data is not None and getattr(args, "output_format", None) == "json":
+            say(json.dumps(exc.data, indent=2))
         say("%s: error: %s" % (PROG, exc), sys.stderr)
         return exc.exit_code
     for warning in output.warnings:
@@ -274,12 +282,13 @@ def _paths():
     return _engine()[2].Paths.from_environment()
 
 
-def _load_config():
+def _load_config(data=None):
+    """This node's configuration; CliError (with ``data`` and the error for JSON) if it cannot be read."""
     _cluster, config, _runner, _state = _engine()
     try:
         return config.load(_paths().confdir)
     except config.ConfigError as exc:
-        raise CliError(_one_line(exc)) from None
+        raise CliError(_one_line(exc), None if data is None else dict(data, error=_one_line(exc))) from None
 
 
 def _existing_job(cfg, wanted):
@@ -303,6 +312,8 @@ def _apply(args, change, done, warnings=()):
     paths = _paths()
     try:
         outcome = cluster.change_cluster(change, paths.confdir, paths.statedir, force=args.allow_unreachable)
+    except config.ConfigCorrupt as exc:  # this node's own configuration, not the input: nothing was changed anywhere
+        raise CliError(_one_line(exc)) from None
     except config.ConfigError as exc:
         raise UsageError(_one_line(exc)) from None
     except (cluster.ClusterError, state.LockError) as exc:
@@ -469,10 +480,14 @@ def status(args):
     _cluster, _config, runner, state = _engine()
     paths = _paths()
     now = int(time.time())
+    node = state.read_local_node(paths.statedir)
+    readable = {"node": node, "config_readable": False, "state_readable": False}
+    cfg = _load_config(readable)
+    readable["config_readable"] = True
     try:
-        report = runner.job_report(_load_config(), state.StateFile(paths.statedir).read(), state.read_local_node(paths.statedir), now)
+        report = runner.job_report(cfg, state.StateFile(paths.statedir).read(), node, now)
     except state.StateError as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(str(exc), dict(readable, error=str(exc))) from None
     report = [job for job in report if args.guest is None or job["guest"] == args.guest]
     form = "%-10s %-10s %-20s %20s %20s %10s %10s %s"
     lines = [form % ("JobID", "Enabled", "Target", "LastSync", "NextSync", "Duration", "FailCount", "State")]
@@ -481,6 +496,22 @@ def status(args):
                              _next_sync_text(job["next_sync"], now), job["duration"] if job["duration"] is not None else "-",
                              job["fail_count"], job["state"].replace("\n", " ")))
     return Output(report, "\n".join(lines))
+
+
+@subcommand("restore-config", "Restore this node's damaged cluster configuration from a majority of its peers.",
+            _no_arguments)
+def restore_config(args):
+    del args
+    cluster, _config, _runner, _state = _engine()
+    paths = _paths()
+    try:
+        restored = cluster.restore_config(paths.confdir, paths.statedir)
+    except cluster.ClusterError as exc:
+        raise CliError(_one_line(exc)) from None
+    if restored is None:
+        return Output({"restored": False}, "the cluster configuration of this node is readable: nothing to restore")
+    return Output({"restored": True, "generation": restored.generation, "source": restored.source, "kept": restored.kept},
+                  restored.message)
 
 
 @subcommand("schedule-now", "Make a job due at the next run of the runner.", _id_argument)
@@ -495,8 +526,11 @@ def schedule_now(args):
         raise UsageError("job '%s' runs on node '%s' (the owner of guest %d), not on '%s': run schedule-now there"
                          % (args.id, owner, job.guest, node))
     state_file = state.StateFile(paths.statedir)
-    if job.target_id in state_file.read().get(str(job.guest), {}):
-        state_file.schedule_now(job)  # pvesr: only an existing entry; a job that never ran is due anyway
+    try:
+        if job.target_id in state_file.read().get(str(job.guest), {}):
+            state_file.schedule_now(job)  # pvesr: only an existing entry; a job that never ran is due anyway
+    except state.StateError as exc:
+        raise CliError(str(exc)) from None
     return Output({"job": args.id, "due": "next run"}, "replication job '%s' is due at the next run" % args.id)
 
 
@@ -520,7 +554,7 @@ def _run_text(result):
 
 @subcommand("run", "Run the due replication jobs of this node (what the timer starts every minute).", _run_arguments)
 def run(args):
-    _cluster, config, runner, _state = _engine()
+    _cluster, config, runner, state = _engine()
     if args.id and args.mail:
         raise UsageError("Mail and id are mutually exclusive! (--mail is for the scheduled runs; --id runs one job now)")
     paths = _paths()
@@ -531,7 +565,7 @@ def run(args):
         if args.id:
             raise CliError(str(exc)) from None
         return Output({"busy": str(exc), "jobs": []}, "", [str(exc)])
-    except runner.RunnerRefused as exc:
+    except (runner.RunnerRefused, state.StateError) as exc:
         raise CliError(str(exc)) from None
     except config.ConfigError as exc:
         raise CliError(_one_line(exc)) from None
@@ -632,7 +666,10 @@ def set_state(args):
     if not isinstance(states, dict) or not all(isinstance(k, str) and k.startswith("local/") and isinstance(v, dict)
                                                for k, v in states.items()):
         raise UsageError("set-state: STATE must be a JSON object {\"local/<target>\": {<job state>}, ...}")
-    state.StateFile(_paths().statedir).set_guest_states(args.vmid, states)
+    try:
+        state.StateFile(_paths().statedir).set_guest_states(args.vmid, states)
+    except state.StateError as exc:
+        raise CliError(str(exc)) from None
     return Output({"guest": args.vmid, "targets": sorted(states)}, "")
 
 

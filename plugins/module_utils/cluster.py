@@ -17,6 +17,9 @@
 A node that missed a change (it was down, and the change was forced) catches up with ``catch_up``: the runner
 calls it before it acts, and adopts the newest configuration a peer holds (DESIGN.md, safety rule 2).
 
+A node whose own configuration is damaged (configmod.ConfigCorrupt) changes nothing, serves nothing and adopts no
+push; ``restore_config`` replaces it with the configuration a majority of its peers hold (safety rule 7).
+
 The serving side of both operations is here too (``serve_get_config``, ``serve_set_config``); receiver.py lists
 them in its operations table. They raise ConfigError for a refused request, which the receiver answers as an
 error reply.
@@ -25,6 +28,7 @@ error reply.
 from __future__ import annotations
 
 import copy
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
@@ -307,6 +311,59 @@ def _with_channel(node, key, connect, work):
         return work(channel)
     finally:
         channel.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Restoring a damaged configuration (the runner before it acts, and `storage-replication restore-config`)
+
+class Restored:
+    """What ``restore_config`` did: ``generation`` taken from node ``source``; ``kept`` is where the damaged copy
+    is now (None if nothing was left of it)."""
+
+    def __init__(self, generation, source, kept):
+        self.generation = generation
+        self.source = source
+        self.kept = kept
+
+    @property
+    def message(self):
+        return "restored cluster configuration generation %d from node '%s', the corrupt copy is kept as %s" % (
+            self.generation, self.source, self.kept or "(nothing: it was missing)")
+
+
+def restore_config(confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, key=NODE_KEY, connect=ControlChannel):
+    """Replace this node's damaged configuration with the newest one among its peers, if a majority of the peers
+    answer with a readable one. Returns a Restored, or None if this node's configuration is readable.
+
+    Why a majority of the peers: a change commits on a majority of all nodes, so any majority of the peers holds
+    at least one node of every committed change (even if this node was in it), and their newest generation is
+    the one in force. Raises ClusterError (one line) if that many peers cannot be heard.
+    """
+    try:
+        configmod.load(confdir)
+        return None
+    except configmod.ConfigCorrupt as exc:
+        damage = exc
+    local_node = read_local_node(statedir)
+    peers = [node for name, node in sorted(configmod.known_nodes(confdir).items()) if name != local_node]
+    probe = configmod.ClusterConfig()  # get-config reads nothing of ours but the generation field
+
+    def fetch(node):
+        return _with_channel(node, key, connect,
+                             lambda ch: _pushed_config(_ask_generation(ch, probe, local_node, content=True), node.name))
+    answers = _on_every_peer(peers, fetch)
+    readable = {name: cfg for name, cfg in answers.items() if not isinstance(cfg, Exception)}
+    if not peers or len(readable) * 2 <= len(peers):
+        heard = "; ".join("node '%s': %s" % (n, _describe(a)) for n, a in sorted(answers.items()) if n not in readable)
+        raise ClusterError("the cluster configuration of this node cannot be read: %s; restoring it from the peers "
+                           "failed: %d of %d peers answered with a readable configuration and a majority is needed%s - "
+                           "nothing acts on it; bring the peers back (the runner tries again at every run), or point "
+                           "the symlink %s to an intact generation in %s"
+                           % (damage.problem, len(readable), len(peers), " (%s)" % heard if heard else "",
+                              os.path.join(confdir, configmod.CURRENT_LINK), os.path.join(confdir, configmod.GENERATIONS_DIR)))
+    source = max(readable, key=lambda n: (readable[n].generation, n))
+    kept = configmod.restore(readable[source], confdir)
+    return Restored(readable[source].generation, source, kept)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ symlink says which generation is current::
 
     generations/<N>/replication.cfg   the jobs, in pvesr's section-config format
     generations/<N>/cluster.json      generation, nodes, storages, guests
+    generations/<N>/SHA256SUMS        the sha256 of both files, written with them (``sha256sum -c`` reads it)
     current -> generations/<N>        the switch
     replication.cfg -> current/replication.cfg, cluster.json -> current/cluster.json   stable paths
 
@@ -15,6 +16,13 @@ A save writes the new generation's directory completely (files fsynced), then re
 ``current``. That rename is the commit: a crash before it leaves the old generation current, a crash after it
 leaves the new one, never a mix of the two files. Without ``current`` (a hand-made directory, e.g. a copied
 Proxmox replication.cfg) the two plain files are read; the next save converts the directory.
+
+Unreadable is never empty (DESIGN.md, safety rule 7): a generation directory we wrote must match its digest and
+parse without a single warning, else ``load`` raises ConfigCorrupt and nothing acts on it. The digest lives beside
+the files, not inside replication.cfg, which stays a file pvesr reads. Directories written before the digest
+existed have none; for them a parser warning is the sign of damage (we never write a line the parser drops).
+Only a missing directory is legitimately empty (a fresh node, generation 0). ``restore`` is the one way to replace
+a damaged generation: with the configuration a majority of the peers hold (cluster.restore_config).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import hashlib
 import ipaddress
 import json
 import math
@@ -32,6 +41,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -45,6 +55,8 @@ MODEL_FILE = "cluster.json"
 CURRENT_LINK = "current"
 GENERATIONS_DIR = "generations"
 LOCK_FILE = ".lock"
+DIGEST_FILE = "SHA256SUMS"
+CORRUPT_SUFFIX = ".corrupt-"
 KEEP_GENERATIONS = 5
 LOCK_TIMEOUT = 10
 MODEL_FORMAT = 1
@@ -92,6 +104,20 @@ class ConfigError(ValueError):
             problems = [problems]
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
+
+
+class ConfigCorrupt(ConfigError):
+    """This node's own configuration is damaged or unreadable: it must not be used, nor taken as empty.
+
+    ``path`` is the damaged file (or directory); the message is one line: what, where, and what to do.
+    """
+
+    def __init__(self, problem, path):
+        self.path = path
+        self.problem = problem
+        super().__init__("the cluster configuration of this node cannot be read: %s - nothing acts on it; restore it "
+                         "from the peers with 'storage-replication restore-config' (the runner tries this itself)"
+                         % problem)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -890,7 +916,9 @@ def from_files(model_text, jobs_text, where=""):
 
 
 def load(confdir=DEFAULT_CONFDIR):
-    """The configuration in ``confdir``; a missing directory or file is empty (generation 0). No lock needed."""
+    """The configuration in ``confdir``; a missing directory is empty (generation 0). No lock needed.
+
+    ConfigCorrupt if the current generation is damaged (see the module's doc): never read as empty."""
     try:
         return _load_once(confdir)
     except FileNotFoundError:
@@ -898,26 +926,73 @@ def load(confdir=DEFAULT_CONFDIR):
     try:
         return _load_once(confdir)
     except FileNotFoundError as exc:
-        raise ConfigError("the configuration in %s is incomplete: %s is missing; point the symlink '%s' to the newest "
-                          "complete directory in %s/" % (confdir, exc.filename, CURRENT_LINK, GENERATIONS_DIR)) from None
+        raise ConfigCorrupt("%s is missing (the generation '%s' points to is incomplete)" % (exc.filename, CURRENT_LINK),
+                            exc.filename) from None
 
 
 def _load_once(confdir):
     current = os.path.join(confdir, CURRENT_LINK)
-    directory = os.path.realpath(current) if os.path.lexists(current) else confdir
-    must_exist = directory != confdir
-    return from_files(_read(os.path.join(directory, MODEL_FILE), must_exist),
-                      _read(os.path.join(directory, JOBS_FILE), must_exist), directory)
+    if os.path.lexists(current):
+        return _load_generation(os.path.realpath(current))
+    # A hand-made directory (e.g. a copied Proxmox replication.cfg): read leniently, as pvesr does.
+    return from_files(_read(os.path.join(confdir, MODEL_FILE)), _read(os.path.join(confdir, JOBS_FILE)), confdir)
 
 
-def _read(path, must_exist):
+def _read(path):
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
             return handle.read()
     except FileNotFoundError:
-        if must_exist:
-            raise
         return ""
+
+
+def _load_generation(directory):
+    """A generation directory we wrote: checked against its digest, then parsed strictly."""
+    texts = {}
+    digests = _read_digests(directory)
+    for name in (MODEL_FILE, JOBS_FILE):
+        path = os.path.join(directory, name)
+        with open(path, "rb") as handle:  # FileNotFoundError: load() retries, then reports it
+            data = handle.read()
+        if digests is not None and digests.get(name) != hashlib.sha256(data).hexdigest():
+            raise ConfigCorrupt("%s does not match the sha256 recorded in %s when it was written"
+                                % (path, DIGEST_FILE), path)
+        try:
+            texts[name] = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigCorrupt("%s is not UTF-8 text (%s)" % (path, exc), path) from None
+    if not texts[MODEL_FILE].strip():  # we always write one; only a hand-made directory may lack it
+        path = os.path.join(directory, MODEL_FILE)
+        raise ConfigCorrupt("%s is empty" % path, path)
+    try:
+        cfg = from_files(texts[MODEL_FILE], texts[JOBS_FILE], directory)
+    except ConfigError as exc:
+        # The problem without its fix for hand-made files ("; restore it from ..."): ConfigCorrupt says what to do.
+        raise ConfigCorrupt(exc.problems[0].split("; ", 1)[0], os.path.join(directory, MODEL_FILE)) from None
+    if cfg.warnings:  # we never write a line the parser drops: one that it drops was damaged
+        raise ConfigCorrupt(cfg.warnings[0], os.path.join(directory, JOBS_FILE))
+    return cfg
+
+
+def _read_digests(directory):
+    """``{file name: sha256}`` from the generation's SHA256SUMS, or None for a directory written before it existed."""
+    path = os.path.join(directory, DIGEST_FILE)
+    try:
+        with open(path, "rb") as handle:
+            lines = handle.read().decode("ascii").splitlines()
+        digests = dict(reversed(line.split("  ", 1)) for line in lines)
+    except FileNotFoundError:
+        return None
+    except (UnicodeDecodeError, ValueError):
+        digests = {}
+    if sorted(digests) != sorted((JOBS_FILE, MODEL_FILE)):
+        raise ConfigCorrupt("%s is not a list of the two files' sha256" % path, path)
+    return digests
+
+
+def _format_digests(content):
+    return "".join("%s  %s\n" % (hashlib.sha256(content[name].encode("utf-8")).hexdigest(), name)
+                   for name in (JOBS_FILE, MODEL_FILE))
 
 
 def save(cfg, confdir=DEFAULT_CONFDIR):
@@ -966,6 +1041,55 @@ def adopt(cfg, confdir=DEFAULT_CONFDIR):
         return True
 
 
+def restore(cfg, confdir=DEFAULT_CONFDIR):
+    """Replace this node's damaged configuration with ``cfg`` (what a majority of the peers hold), whatever the
+    generations: the damaged one cannot be compared. The damaged generation directory is kept aside (renamed) for
+    inspection. Returns the path of the damaged file in its new place (None if nothing was left to keep).
+
+    A readable configuration is never replaced this way (ConfigError): ``adopt`` is the way for those."""
+    cfg.validate()
+    with config_lock(confdir):
+        try:
+            load(confdir)
+        except ConfigCorrupt as damage:
+            kept = _set_aside_current(confdir, damage.path)
+            _write_generation(cfg, confdir)
+            return kept
+        raise ConfigError("the configuration in %s is readable: there is nothing to restore" % confdir)
+
+
+def _set_aside_current(confdir, damaged_path):
+    directory = os.path.realpath(os.path.join(confdir, CURRENT_LINK))
+    if not os.path.isdir(directory):
+        return None
+    stamp = directory + CORRUPT_SUFFIX + time.strftime("%Y%m%dT%H%M%S")
+    aside, number = stamp, 1
+    while os.path.lexists(aside):  # damaged twice within a second
+        aside, number = "%s-%d" % (stamp, number), number + 1
+    os.rename(directory, aside)
+    fsync_dir(os.path.dirname(directory))
+    inside = os.path.relpath(os.path.realpath(damaged_path), directory) if damaged_path else "."
+    return aside if inside.startswith("..") else os.path.normpath(os.path.join(aside, inside))
+
+
+_GENERATION_NAME_RE = re.compile(r"^([0-9]+)(%s.*)?$" % re.escape(CORRUPT_SUFFIX))
+
+
+def known_nodes(confdir=DEFAULT_CONFDIR):
+    """The nodes of the newest generation whose cluster.json still parses: whom to ask when the current
+    configuration is damaged. Generations kept aside as damaged count too (often only the other file is damaged,
+    and the peers' host keys are checked anyway). {} if there is none."""
+    generations = os.path.join(confdir, GENERATIONS_DIR)
+    found = [(int(m.group(1)), not m.group(2), m.group(0)) for m in map(_GENERATION_NAME_RE.match,
+             os.listdir(generations) if os.path.isdir(generations) else []) if m]
+    for _number, _intact, name in sorted(found, reverse=True):
+        try:
+            return parse_model(_read(os.path.join(generations, name, MODEL_FILE))).nodes
+        except ConfigError:
+            continue
+    return {}
+
+
 def config_lock(confdir):
     os.makedirs(confdir, mode=0o755, exist_ok=True)
     return file_lock(os.path.join(confdir, LOCK_FILE), LOCK_TIMEOUT, "the cluster configuration in %s" % confdir,
@@ -1002,8 +1126,10 @@ def _write_generation(cfg, confdir):
         shutil.rmtree(final)
     staging = tempfile.mkdtemp(prefix=".tmp-", dir=generations)
     os.chmod(staging, 0o755)
-    for filename, text in cfg.content().items():
+    content = cfg.content()
+    for filename, text in content.items():
         write_synced(os.path.join(staging, filename), text)
+    write_synced(os.path.join(staging, DIGEST_FILE), _format_digests(content))
     fsync_dir(staging)
     os.rename(staging, final)
     fsync_dir(generations)

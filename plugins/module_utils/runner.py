@@ -18,6 +18,12 @@ when jobs are due, or at least every ``peer_check_interval`` seconds, it asks it
 adopts a newer configuration (cluster.catch_up). If a newer one exists and cannot be adopted, it runs nothing.
 A run with nothing due and a recent peer check issues no ZFS or SSH command at all.
 
+Unreadable configuration or state is never taken as empty (DESIGN.md, safety rule 7). A damaged configuration
+is restored from a majority of the peers (cluster.restore_config) before anything else; if that fails the runner
+refuses to act. A damaged state file is kept aside and rebuilt from the replication snapshots on this node
+(state.rebuild_state), so that the next runs stay incremental. Either is said in the run's output, in a node
+notification, and in the metrics (storage_replication_config_readable, storage_replication_state_readable).
+
 After every job: failure notifications with pvesr's cadence (fail counts 1, 2, 3, then 48, 96, 192, ...) and a
 "recovered" notification when a failed job succeeds again, through a configured command that receives one JSON
 message on stdin; the job's run logs rotate (the last ``log_runs`` runs are kept); the Prometheus
@@ -31,6 +37,7 @@ Node settings (node-local, not part of the cluster configuration): ``/etc/storag
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import math
@@ -42,12 +49,15 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils.schedule import DEFAULT_SCHEDULE
 from ansible_collections.storage.replication.plugins.module_utils.state import (
-    DEFAULT_STATEDIR, LockError, StateError, StateFile, atomic_write, job_is_running, job_state_in, job_status, jobs_to_run,
-    job_order_key, next_sync, read_local_node, runner_lock)
+    DEFAULT_STATEDIR, STATUS_INTERRUPTED, LockError, StateError, StateFile, atomic_write, job_is_running, job_state_in,
+    job_status, jobs_to_run, job_order_key, next_sync, read_local_node, rebuild_state, runner_lock)
 
 DEFAULT_LOGDIR = "/var/log/storage-replication"
 SETTINGS_FILE = "runner.json"
 PEER_CHECK_FILE = "peer-check.json"
+# The node's refusal to act (damaged configuration) and how many runs in a row refused: notified with the failed
+# jobs' cadence, not at every tick.
+REFUSAL_FILE = "refusal.json"
 NOTIFY_TIMEOUT = 30
 # While jobs run, the runner looks for newly due jobs this often, and starts a new iteration once a minute
 # (what the next timer tick would do; the timer starts no second runner while this one is busy).
@@ -173,7 +183,13 @@ def _job_figures(job, jobstate, now):
         "status": job_status(job, jobstate),
         "pid": jobstate.get("pid") if running else None,
     }
-    figures["state"] = "SYNCING" if running else (figures["error"] or "OK")
+    if running:
+        figures["state"] = "SYNCING"
+    elif figures["status"] == STATUS_INTERRUPTED:
+        figures["state"] = "interrupted: the run started %s did not end (its process %s is gone); the next run starts " \
+                           "over" % (_time_text(jobstate.get("last_try")), jobstate.get("pid"))
+    else:
+        figures["state"] = figures["error"] or "OK"
     return figures
 
 
@@ -204,8 +220,10 @@ def _sample(value):
     return repr(int(value)) if float(value).is_integer() else repr(value)
 
 
-def format_metrics(report, node, generation, tick):
-    """The textfile-collector text for ``report`` (job_report) of ``node``; ``tick`` = the runner's last tick."""
+def format_metrics(report, node, generation, tick, readable=None):
+    """The textfile-collector text for ``report`` (job_report) of ``node``; ``tick`` = the runner's last tick;
+    ``generation`` None: unknown (damaged configuration); ``readable``: {"config": bool, "state": bool}."""
+    readable = readable or {"config": True, "state": True}
     lines = []
     node_value = _label_value(node)
     labels = ['job="%s",guest="%d",target="%s",node="%s"' % (job["id"], job["guest"], _label_value(job["target"]), node_value)
@@ -216,19 +234,27 @@ def format_metrics(report, node, generation, tick):
     node_label = 'node="%s"' % _label_value(node)
     lines += ["# HELP storage_replication_runner_last_tick_timestamp_seconds When the runner last ran on this node.",
               "# TYPE storage_replication_runner_last_tick_timestamp_seconds gauge",
-              "storage_replication_runner_last_tick_timestamp_seconds{%s} %s" % (node_label, _sample(float(tick))),
-              "# HELP storage_replication_config_generation The cluster configuration generation this node holds.",
-              "# TYPE storage_replication_config_generation gauge",
-              "storage_replication_config_generation{%s} %d" % (node_label, generation)]
+              "storage_replication_runner_last_tick_timestamp_seconds{%s} %s" % (node_label, _sample(float(tick)))]
+    for what, text in (("config", "cluster configuration"), ("state", "job state file")):
+        name = "storage_replication_%s_readable" % what
+        lines += ["# HELP %s 1 if this node's %s can be read (0: damaged, see the runner's output)." % (name, text),
+                  "# TYPE %s gauge" % name, "%s{%s} %d" % (name, node_label, readable[what])]
+    if generation is not None:
+        lines += ["# HELP storage_replication_config_generation The cluster configuration generation this node holds.",
+                  "# TYPE storage_replication_config_generation gauge",
+                  "storage_replication_config_generation{%s} %d" % (node_label, generation)]
     return "\n".join(lines) + "\n"
 
 
 def write_metrics(path, cfg, state, node, now, tick):
-    """Rewrite the metrics file atomically (temporary file + rename: the collector never reads half a file)."""
+    """Rewrite the metrics file atomically (temporary file + rename: the collector never reads half a file).
+    ``cfg`` or ``state`` None: it could not be read (no job figures then: they would be made up)."""
     if not path:
         return
+    report = job_report(cfg, state, node, now) if cfg is not None and state is not None else []
+    readable = {"config": cfg is not None, "state": state is not None}
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    atomic_write(path, format_metrics(job_report(cfg, state, node, now), node, cfg.generation, tick))
+    atomic_write(path, format_metrics(report, node, cfg.generation if cfg is not None else None, tick, readable))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -319,6 +345,21 @@ def _message_fields(job, figures, node):
             "timestamp": int(time.time())}
 
 
+NODE_EVENTS = {  # event: (severity, subject)
+    "config-unreadable": ("error", "cluster configuration unreadable, replication stopped"),
+    "config-restored": ("warning", "cluster configuration restored from the peers"),
+    "state-rebuilt": ("warning", "job state file unreadable, rebuilt from the replication snapshots"),
+    "state-unreadable": ("error", "job state file unreadable and not rebuilt, replication stopped"),
+}
+
+
+def node_message(node, event, text):
+    """A message about the node itself (its configuration or state file), not about one job."""
+    severity, subject = NODE_EVENTS[event]
+    return {"type": "replication", "hostname": node, "event": event, "severity": severity,
+            "subject": "Replication on node '%s': %s" % (node, subject), "body": text, "timestamp": int(time.time())}
+
+
 def send_notification(command, message):
     """Run the notify command with the JSON message on stdin; returns None or the reason it failed."""
     try:
@@ -359,6 +400,36 @@ def _catch_up(confdir, statedir):
     return catch_up(confdir, statedir)
 
 
+def _restore(confdir, statedir):
+    from ansible_collections.storage.replication.plugins.module_utils.cluster import restore_config  # pylint: disable=import-outside-toplevel
+    return restore_config(confdir, statedir)
+
+
+def _cluster_error():
+    from ansible_collections.storage.replication.plugins.module_utils.cluster import ClusterError  # pylint: disable=import-outside-toplevel
+    return ClusterError
+
+
+def _snapshot_epochs():
+    """``epochs(job_id, dataset)``: the epochs of the job's replication snapshots on a dataset of this node (none if
+    the dataset does not exist); ZfsError if ZFS cannot tell."""
+    # pylint: disable-next=import-outside-toplevel
+    from ansible_collections.storage.replication.plugins.module_utils.receiver import is_job_snapshot, replication_prefix
+    from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs, ZfsError  # pylint: disable=import-outside-toplevel
+    zfs = Zfs()
+
+    def epochs(job_id, dataset):
+        try:
+            names = zfs.snapshots(dataset)
+        except ZfsError as exc:
+            if exc.missing:
+                return set()
+            raise
+        digits = (name[len(replication_prefix(job_id)):-2] for name in names if is_job_snapshot(name, job_id))
+        return {int(d) for d in digits if d.isdigit()}
+    return epochs
+
+
 def due_in_order(jobs, state, iteration, now):
     """The jobs due at ``now`` in pvesr's order (get_next_job: last_iteration, next_sync, guest, job ID): not run
     in this ``iteration`` yet, next_sync not 0 and reached. One sort for all of them, not one per pick."""
@@ -374,7 +445,8 @@ def due_in_order(jobs, state, iteration, now):
 class Runner:
     """One ``run``: ``Runner(paths, settings).run()`` returns a result dict (see ``run``)."""
 
-    def __init__(self, paths, settings, notify=False, echo=None, now=time.time, run_job=_run_job, catch_up=_catch_up):
+    def __init__(self, paths, settings, notify=False, echo=None, now=time.time, run_job=_run_job, catch_up=_catch_up,
+                 restore=_restore, snapshot_epochs=_snapshot_epochs):
         self.paths = paths
         self.settings = settings
         self.notify = notify
@@ -382,12 +454,15 @@ class Runner:
         self.now = now
         self.run_job = run_job
         self.catch_up = catch_up
+        self.restore = restore
+        self.snapshot_epochs = snapshot_epochs
         self.state = StateFile(paths.statedir)
         self.node = read_local_node(paths.statedir)
         # Not rounded down to the second as pvesr's: jobs record their start second as last_iteration, and a run
         # started in the same second as the previous one (`schedule-now X` right after a run) must still see X.
         self.iteration = now()
-        self.cfg = configmod.load(paths.confdir)
+        self.cfg = None  # read under the runner lock (run), where a damaged one can be restored
+        self.refused = False
         self.result = {"node": self.node, "iteration": int(self.iteration), "jobs": [], "warnings": [], "peer_check": None}
 
     # -- entry points -------------------------------------------------------------------------------------------
@@ -396,6 +471,9 @@ class Runner:
         """All due jobs (pvesr run_jobs), or the one job ``job_id`` regardless of its schedule (run_single_job)."""
         try:
             with runner_lock(self.paths.statedir):
+                self.cfg = self._readable_config()
+                self._readable_state()
+                self._forget_refusal()
                 if job_id is not None:
                     self._run_single(job_id)
                 else:
@@ -403,9 +481,73 @@ class Runner:
         except LockError as exc:
             raise RunnerBusy(str(exc)) from None
         finally:
-            self._write_metrics()
+            if self.cfg is not None or self.refused:  # not when busy: the active runner writes them
+                self._write_metrics()
         self.result["generation"] = self.cfg.generation
         return self.result
+
+    # -- what the runner acts on: never a damaged configuration or state ------------------------------------------
+
+    def _readable_config(self):
+        """This node's configuration; a damaged one is restored from the peers first, else the run is refused."""
+        try:
+            cfg = configmod.load(self.paths.confdir)
+        except configmod.ConfigCorrupt:
+            try:
+                restored = self.restore(self.paths.confdir, self.paths.statedir)
+            except _cluster_error() as exc:
+                raise self._refusal("config-unreadable", str(exc)) from None
+            if restored is not None:
+                self._announce("config-restored", restored.message)
+            cfg = configmod.load(self.paths.confdir)
+        return cfg
+
+    def _readable_state(self):
+        """A damaged state file is kept aside and rebuilt from the replication snapshots on this node."""
+        try:
+            self.state.read()
+            return
+        except StateError as exc:
+            damage = exc.problem
+        from ansible_collections.storage.replication.plugins.module_utils.zfs import ZfsError  # pylint: disable=import-outside-toplevel
+        try:
+            rebuilt, notes = rebuild_state(self.cfg, self.node, self.snapshot_epochs())
+        except ZfsError as exc:
+            raise self._refusal("state-unreadable", "%s; rebuilding it from the replication snapshots failed: %s - nothing "
+                                                    "runs until ZFS answers (the next run tries again)" % (damage, exc)) from None
+        kept = self.state.replace_unreadable(rebuilt, self.now)
+        if kept is not None:
+            found = "; ".join("%s: %s" % item for item in sorted(notes.items())) or "no jobs on this node"
+            self._announce("state-rebuilt", "%s; it is kept as %s and the state was rebuilt from the replication "
+                                            "snapshots on this node (%s)" % (damage, kept, found))
+
+    def _announce(self, event, text):
+        """Something the operator must hear of: in the run's output and, for timer runs, a node notification."""
+        self.result["warnings"].append(text)
+        if self.notify and self.settings["notify_command"]:
+            problem = send_notification(self.settings["notify_command"], node_message(self.node, event, text))
+            if problem:
+                self.result["warnings"].append(problem)
+
+    def _refusal(self, event, text):
+        """The RunnerRefused that stops this run (nothing is acted on), notified with pvesr's cadence over
+        consecutive refused runs."""
+        self.refused = True
+        path = os.path.join(self.paths.statedir, REFUSAL_FILE)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                count = json.load(handle).get("count", 0) + 1
+        except (OSError, ValueError, AttributeError):
+            count = 1
+        os.makedirs(self.paths.statedir, exist_ok=True)
+        atomic_write(path, json.dumps({"event": event, "count": count, "error": text}, sort_keys=True) + "\n")
+        if should_notify(count):
+            self._announce(event, text)
+        return RunnerRefused(text)
+
+    def _forget_refusal(self):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.paths.statedir, REFUSAL_FILE))
 
     def _run_single(self, job_id):
         job = self.cfg.jobs.get(job_id)
@@ -584,7 +726,11 @@ class Runner:
 
     def _write_metrics(self):
         now = self.now()
-        write_metrics(self.settings["metrics_file"], self.cfg, self.state.read(), self.node, now, now)
+        try:
+            state = self.state.read()
+        except StateError:
+            state = None
+        write_metrics(self.settings["metrics_file"], self.cfg, state, self.node, now, now)
 
 
 def run(paths, settings, job_id=None, notify=False, echo=None):

@@ -6,6 +6,11 @@
 The state file has pvesr's shape ``{"<vmid>": {"local/<target>": {...}}}``. Writers hold an flock on
 ``replication-state.lck``; every write goes to a temporary file that is fsynced and renamed over the old one,
 so readers never lock and never see half a file.
+
+A state file that cannot be read is never taken as empty (DESIGN.md, safety rule 7): ``read`` raises StateError,
+and the runner keeps the file aside and rebuilds the state from the replication snapshots (``rebuild_state``).
+A run records its pid when it starts and drops it when it ends: a pid left behind whose process is gone is a run
+that was interrupted (``STATUS_INTERRUPTED``).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ TARGET_WAIT_RETRY = 30 * 60
 # Job status words shown by status commands and modules.
 STATUS_OK = "ok"
 STATUS_RUNNING = "running"
+STATUS_INTERRUPTED = "interrupted"
 STATUS_ERROR = "error"
 STATUS_WAITING = "waiting for target"
 STATUS_DISABLED = "disabled"
@@ -55,7 +61,13 @@ class LockError(RuntimeError):
 
 
 class StateError(RuntimeError):
-    """The state file cannot be read; the message names the file and what to do."""
+    """The state file cannot be read; the message names the file, the cause and what to do. ``problem`` is the
+    file and the cause alone."""
+
+    def __init__(self, problem):
+        self.problem = problem
+        super().__init__("%s - nothing runs on it; the runner keeps it aside and rebuilds it from the replication "
+                         "snapshots at its next run ('storage-replication run')" % problem)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -197,6 +209,11 @@ def job_is_running(jobstate):
     return bool(pid) and ptime is not None and process_start_time(pid) == ptime
 
 
+def job_was_interrupted(jobstate):
+    """True if a run recorded its start but not its end, and its process is gone (killed, power loss)."""
+    return bool(jobstate.get("pid")) and not job_is_running(jobstate)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The state file
 
@@ -220,39 +237,57 @@ class StateFile:
         self.lock_timeout = lock_timeout
 
     def read(self):
-        """The whole state; a missing or empty file is ``{}``."""
+        """The whole state; a missing file is ``{}`` (no job ran here yet). StateError if it cannot be read."""
         try:
             with open(self.path, "rb") as handle:
                 data = handle.read(MAX_STATE_SIZE + 1)
         except FileNotFoundError:
             return {}
         if len(data) > MAX_STATE_SIZE:
-            raise StateError("state file %s is larger than %d bytes; it is not ours or damaged: move it aside "
-                             "(the jobs then start from an empty state)" % (self.path, MAX_STATE_SIZE))
-        if not data.strip():
-            return {}
+            raise StateError("state file %s is larger than %d bytes" % (self.path, MAX_STATE_SIZE))
+        if not data.strip():  # every write has at least "{}": an empty file lost its content
+            raise StateError("state file %s is empty" % self.path)
         try:
             state = json.loads(data.decode("utf-8"))
-        except ValueError as exc:
-            raise StateError("state file %s is not valid JSON (%s): move it aside (the jobs then start from an empty "
-                             "state and find their bases by snapshot)" % (self.path, exc)) from None
-        if not isinstance(state, dict):
-            raise StateError("state file %s does not hold an object: move it aside" % self.path)
+        except ValueError as exc:  # UnicodeDecodeError is one
+            raise StateError("state file %s is not valid JSON (%s)" % (self.path, exc)) from None
+        if not isinstance(state, dict) or not all(isinstance(v, dict) for v in state.values()):
+            raise StateError("state file %s does not hold an object of guests" % self.path)
         return state
 
     def job_state(self, job):
         """The state of ``job`` with defaults (pvesr read_job_state)."""
         return job_state_in(self.read(), job)
 
+    def _lock(self):
+        return file_lock(self.lock_path, self.lock_timeout, "the job state file %s" % self.path,
+                         "another job is writing its state; try again")
+
+    def _write(self, state):
+        os.makedirs(self.statedir, exist_ok=True)
+        atomic_write(self.path, json.dumps(state, sort_keys=True, separators=(",", ":")) + "\n")
+
     @contextlib.contextmanager
     def locked(self):
         """Yield the whole state under the lock; it is written atomically when the block ends without error."""
-        with file_lock(self.lock_path, self.lock_timeout, "the job state file %s" % self.path,
-                       "another job is writing its state; try again"):
+        with self._lock():
             state = self.read()
             yield state
-            os.makedirs(self.statedir, exist_ok=True)
-            atomic_write(self.path, json.dumps(state, sort_keys=True, separators=(",", ":")) + "\n")
+            self._write(state)
+
+    def replace_unreadable(self, rebuilt, now=time.time):
+        """Keep the unreadable state file aside as ``<file>.corrupt-<time>`` and write ``rebuilt`` in its place.
+        Returns the path it was kept as, or None if the file is readable after all (then nothing changes)."""
+        with self._lock():
+            try:
+                self.read()
+                return None
+            except StateError:
+                pass
+            kept = "%s.corrupt-%s" % (self.path, time.strftime("%Y%m%dT%H%M%S", time.localtime(now())))
+            os.rename(self.path, kept)
+            self._write(rebuilt)
+            return kept
 
     def _change_job(self, job, change):
         """Apply ``change(entry) -> entry or None`` (None deletes it) to ``job``'s entry under the lock."""
@@ -351,6 +386,36 @@ def transfer_state(states, migration_target, source_node):
     return moved
 
 
+def rebuild_state(cfg, node, job_snapshot_epochs):
+    """The state of the jobs ``node`` runs, rebuilt from what ZFS shows after the state file was lost.
+
+    ``job_snapshot_epochs(job_id, dataset)`` gives the epochs of the job's ``__replicate_<job>_<epoch>__`` snapshots
+    on that dataset. A run drops the previous snapshot only after its sync ended, so one snapshot common to all the
+    guest's volumes is the last sync: last_sync is its epoch. Several of them mean a run stopped between snapshot and
+    clean-up, and which one the target holds is not known here: last_sync 0 then, with which the next run deletes
+    nothing and picks the newest snapshot common with the target, as pvesr does for a job without state (a wrong
+    last_sync would make prepare delete the only common base). No snapshot: no entry (the job never synced).
+
+    Returns ``(state, notes)``: notes is ``{job_id: what was found}`` for the runner's output.
+    """
+    state, notes = {}, {}
+    for job in cfg.jobs_on_node(node):
+        if job.target == node:
+            continue
+        sets = [set(job_snapshot_epochs(job.id, dataset)) for dataset in cfg.guest_datasets(job.guest).values()]
+        common = set.intersection(*sets) if sets else set()
+        if not common:
+            notes[job.id] = "no replication snapshot on all its volumes: it starts as a new job"
+            continue
+        last_sync = max(common) if len(common) == 1 else 0
+        state.setdefault(str(job.guest), {})[job.target_id] = dict(
+            JOB_STATE_DEFAULTS, last_sync=last_sync, last_try=last_sync, storeid_list=cfg.storage_ids(job.guest))
+        notes[job.id] = ("last sync %d (its replication snapshot)" % last_sync if last_sync else
+                         "%d replication snapshots (%s): the next run finds the base it shares with the target"
+                         % (len(common), ", ".join(str(e) for e in sorted(common))))
+    return state, notes
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Scheduling
 
@@ -389,9 +454,12 @@ def next_sync(job, jobstate, target_online=None, tz=None):
 
 
 def job_status(job, jobstate, target_online=None):
-    """One status word for ``job``: running, removal pending, disabled, waiting for target, error or ok."""
+    """One status word for ``job``: running, interrupted, removal pending, disabled, waiting for target, error
+    or ok."""
     if job_is_running(jobstate):
         return STATUS_RUNNING
+    if job_was_interrupted(jobstate):
+        return STATUS_INTERRUPTED
     if job.remove_job:
         return STATUS_REMOVING
     if job.disable:

@@ -476,8 +476,9 @@ def test_old_generations_are_pruned_and_a_broken_switch_is_explained(tmp_path):
     assert sorted(os.listdir(tmp_path / "generations"), key=int) == ["4", "5", "6", "7", "8"]
     os.rename(tmp_path / "generations/8", tmp_path / "lost")
     assert problem_of(lambda: C.load(confdir)) == (
-        "the configuration in %s is incomplete: %s/generations/8/cluster.json is missing; point the symlink 'current'"
-        " to the newest complete directory in generations/" % (confdir, confdir))
+        "the cluster configuration of this node cannot be read: %s/generations/8/cluster.json is missing (the generation"
+        " 'current' points to is incomplete) - nothing acts on it; restore it from the peers with 'storage-replication "
+        "restore-config' (the runner tries this itself)" % confdir)
 
 
 # ---------------------------------------------------------------------------------------------------------------

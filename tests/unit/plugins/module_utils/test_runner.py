@@ -79,7 +79,7 @@ def test_job_report_and_metrics(tmp_path):
     ]
     lines = text.splitlines()
     assert [line for line in expected if line not in lines] == []
-    assert sum(1 for line in lines if not line.startswith("#")) == 7 * 2 + 2
+    assert sum(1 for line in lines if not line.startswith("#")) == 7 * 2 + 4
 
 
 def test_logs_keep_the_last_n_runs(tmp_path):

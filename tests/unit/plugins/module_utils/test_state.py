@@ -91,7 +91,8 @@ def test_status_words(statefile):
     assert S.job_status(job(), {"fail_count": 1}) == S.STATUS_ERROR
     running = statefile.record_job_start(job(), 1000)
     assert S.job_status(job(), running) == S.STATUS_RUNNING
-    assert S.job_status(job(), dict(running, ptime=running["ptime"] + 1)) == S.STATUS_OK  # pid reused by another process
+    # pid reused by another process: the recorded run is gone without having ended
+    assert S.job_status(job(), dict(running, ptime=running["ptime"] + 1)) == S.STATUS_INTERRUPTED
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -163,14 +164,16 @@ def test_purge_keeps_only_jobs_of_guests_on_this_node(statefile):
 
 def test_reading_missing_empty_and_broken_files(statefile):
     assert statefile.read() == {} and statefile.job_state(job()) == S.JOB_STATE_DEFAULTS
-    open(statefile.path, "w", encoding="utf-8").close()
-    assert statefile.read() == {}
-    with open(statefile.path, "w", encoding="utf-8") as handle:
-        handle.write('{"100": ')
-    with pytest.raises(S.StateError) as info:
-        statefile.read()
-    assert str(info.value).startswith("state file %s is not valid JSON" % statefile.path)
-    assert "move it aside" in str(info.value)
+    for data, problem in ((b"", "is empty"), (b'{"100": ', "is not valid JSON"), (b"garbage", "is not valid JSON"),
+                          (b"\xff\xfe\x00", "is not valid JSON"), (b"[]", "does not hold an object of guests"),
+                          (b'{"100": 7}', "does not hold an object of guests")):
+        with open(statefile.path, "wb") as handle:
+            handle.write(data)
+        with pytest.raises(S.StateError) as info:
+            statefile.read()
+        assert str(info.value).startswith("state file %s %s" % (statefile.path, problem)) and "\n" not in str(info.value)
+        assert str(info.value).endswith("the runner keeps it aside and rebuilds it from the replication snapshots at "
+                                        "its next run ('storage-replication run')")
 
 
 def test_local_node_name(tmp_path):
