@@ -41,18 +41,28 @@ When the receiver knows who is calling (the ``peer`` argument being added to ``m
 signatures and passed when accepted), the oracle checks DESIGN rule 3 too: the caller owns the guest of every change,
 and a volume received into, rolled back or resumed belongs to that guest.
 
-Defects already reported (``KNOWN``) are counted but do not stop the run unless ``--strict``: each has a strict xfail
-test in tests/unit/plugins/module_utils/test_receiver_fuzz_findings.py; when it is fixed, remove its entry here.
+Defects already reported (``KNOWN``) are counted, not failed, unless ``--strict``: each has a strict xfail test in
+tests/unit/plugins/module_utils/test_receiver_fuzz_findings.py; when it is fixed, remove its entry here.  A new kind of
+defect is recorded once (its input as ``defect-<signature>-<hash>`` in the artifacts directory) and the run goes on,
+so that one run reports every kind it meets; the run then fails.  ``--stop-on-defect`` stops at the first instead.
 
-Run::
+To reach the receiver's paths the emulator injects failures from the stream's first bytes (``FAIL``, ``FAILCREATED``,
+``ENOSPC``, ``PARTIAL``, ``KILLED``; ``EPIPE`` anywhere in the input makes ``zfs recv`` die at once), the calling node
+``node9`` makes catching up with a newer generation fail, two datasets have receives left by a dead run (one of them
+survives SIGKILL), and receiver.MAX_REQUEST is lowered to 4096 bytes during the run so that its size checks are within
+libFuzzer's -max_len.  Durability (fsync) is switched off in the harness process: it is not what is fuzzed.
 
-    python tests/fuzz/fuzz_receiver.py --seconds 600 [--corpus build/fuzz/corpus] [--strict]
-    python tests/fuzz/fuzz_receiver.py --replay FILE...       # one input each, deterministic, prints the verdicts
-    python tests/fuzz/fuzz_receiver.py --coverage-only DIR    # line coverage of the engine reached by a corpus
+Run (from the work tree, with PYTHONPATH as the Makefile sets it)::
 
-The run prints libFuzzer's own lines and a summary: executions, libFuzzer's ``cov:``/``ft:`` (edges and features of
-the instrumented engine modules), the corpus size, and the line coverage of receiver.py, cluster.py and migrate.py
-reached by the final corpus (measured by replaying it with a line tracer, without atheris).
+    python tests/fuzz/fuzz_receiver.py --seconds 600 [--corpus build/fuzz/corpus] [--strict] [--stop-on-defect]
+    python tests/fuzz/fuzz_receiver.py --replay FILE...       # one input each, deterministic: replies, changes, verdict
+    python tests/fuzz/fuzz_receiver.py --coverage-only DIR... # line coverage of the receiver reached by corpora
+
+The run relays libFuzzer's INITED/DONE lines and the new defects, then prints a summary (also in <workdir>/summary.json):
+executions and executions per second, libFuzzer's ``cov:``/``ft:`` at the start (seeds) and at the end (edges and
+features of the instrumented engine modules), the corpus size, the known and new defects hit, and the line coverage
+of receiver.py and of the receiver operations in cluster.py and migrate.py that the final corpus reaches (replayed
+in a fresh process under a line tracer, without atheris).
 """
 
 from __future__ import annotations
@@ -155,7 +165,7 @@ def cluster_config(generation=GENERATION):
     cfg.storages["tank"] = configmod.Storage(id="tank", pool="tank/vols")
     cfg.storages["gone-zfs"] = configmod.Storage(id="gone-zfs", pool="gone/data")  # its dataset does not exist here
     cfg.storages["backup-dir"] = configmod.Storage(id="backup-dir", type="dir", pool="var/lib/vz")  # not replicatable
-    guests = ((100, "vm", "node1", ["local-zfs:vm-100-disk-0", "tank:vm-100-disk-1"]),
+    guests = ((100, "vm", "node1", ["local-zfs:vm-100-disk-0", "tank:vm-100-disk-1", "local-zfs:vm-100-disk-2"]),
               (200, "vm", "node2", ["local-zfs:vm-200-disk-0"]),           # owned by this node
               (300, "ct", "node3", ["local-zfs:subvol-300-disk-0"]),
               (400, "vm", "node1", ["local-zfs:vm-400-disk-0"]))           # first receive interrupted (OpenZFS)
@@ -190,7 +200,8 @@ def zfs_template():
     datasets = {name: ds() for name in ("rpool", "rpool/data", "tank", "tank/vols")}
     datasets["rpool/data/vm-100-disk-0"] = ds("__replicate_100-0_1700000000__", "__replicate_100-0_1700000900__",
                                               "__replicate_100-0_1700001800__")  # the last one never recorded
-    datasets["tank/vols/vm-100-disk-1"] = ds("__replicate_100-0_1700000900__", written=True)  # changed here
+    datasets["tank/vols/vm-100-disk-1"] = ds("__replicate_100-0_1700000900__", "__replicate_100-999999999_1700000950__",
+                                             written=True)  # changed here; a migration's copy job left a snapshot
     datasets["rpool/data/vm-100-disk-9"] = ds("__replicate_100-0_1700000000__")  # removed from the guest: stale
     datasets["rpool/data/vm-200-disk-0"] = ds("__replicate_200-0_1700000000__")  # the guest this node owns
     datasets["rpool/data/subvol-300-disk-0"] = ds("__replicate_300-0_1700000000__", "before-upgrade")
@@ -836,7 +847,7 @@ class Harness:
         cluster = self.engine["cluster"]
         confdir = confdir or self.confdir
         current = configmod.load(confdir)
-        if self.case is not None and self.case.peer == "node3":
+        if self.case is not None and self.case.peer == "node9":  # a caller whose peers do not answer
             raise cluster.ClusterError("node 'node1' holds cluster configuration generation %d, newer than this "
                                        "node's %d, and adopting it failed: node1 does not answer"
                                        % (GENERATION + 1, current.generation))
@@ -1317,12 +1328,12 @@ def check(outcome, peer_mode=False):
 # ---------------------------------------------------------------------------------------------------------------
 # Seeds: valid requests of every operation, and hostile ones
 
-def _request(operation, request, flavor="openzfs"):
-    return Case(flavor, "node1", operation, json.dumps(request).encode()).encode()
+def _request(operation, request, flavor="openzfs", peer="node1"):
+    return Case(flavor, peer, operation, json.dumps(request).encode()).encode()
 
 
-def _receive(arguments, stream=b"\0" * 312, flavor="openzfs"):
-    return Case(flavor, "node1", "receive " + " ".join(arguments), stream).encode()
+def _receive(arguments, stream=b"\0" * 312, flavor="openzfs", peer="node1"):
+    return Case(flavor, peer, "receive " + " ".join(arguments), stream).encode()
 
 
 def _session(lines, flavor="openzfs"):
@@ -1362,8 +1373,7 @@ def seeds():
     finalize = {"job": "100-0", "guest": 100, "volumes": ["local-zfs:vm-100-disk-0", "tank:vm-100-disk-1"],
                 "last_sync": 1700000900, "guest_definition": {"type": "vm", "name": "web"}, "generation": 7,
                 "source": "node1"}
-    inline = OrderedDict(arguments=receive_args(base=None, volume="local-zfs:vm-300-disk-7", job="300-0", guest="300",
-                                                snapshot="__replicate_300-0_1700003600__"), bytes=400)
+    inline = OrderedDict(arguments=receive_args(base=None, volume="local-zfs:vm-100-disk-2"), bytes=400)
     valid = [
         ("prepare", _request("prepare", prepare())),
         ("prepare-zfs-fuse", _request("prepare", prepare(), "zfs-fuse")),
@@ -1386,17 +1396,17 @@ def seeds():
         ("set-state", _request("set-state", {"guest": 100, "generation": 7, "source": "node1", "states": {
             "local/node2": {"last_sync": 1700000900, "fail_count": 0}}})),
         ("drop-migration-copy", _request("drop-migration-copy", {
-            "job": "999999999-999999999", "guest": 999999999, "volumes": ["local-zfs:vm-999999999-disk-0"],
+            "job": "100-999999999", "guest": 100, "volumes": ["tank:vm-100-disk-1"],
             "generation": 7, "source": "node1"})),
         ("receive-incremental", _receive(receive_args())),
         ("receive-incremental-diverged", _receive(receive_args(volume="tank:vm-100-disk-1"))),
         ("receive-incremental-zfs-fuse", _receive(receive_args(volume="tank:vm-100-disk-1"), flavor="zfs-fuse")),
-        ("receive-full", _receive(receive_args(base=None, volume="local-zfs:vm-100-disk-5"))),
-        ("receive-full-raw", _receive(receive_args(base=None, volume="local-zfs:vm-100-disk-5", raw="1"))),
+        ("receive-full", _receive(receive_args(base=None, volume="local-zfs:vm-100-disk-2"))),
+        ("receive-full-raw", _receive(receive_args(base=None, volume="local-zfs:vm-100-disk-2", raw="1"))),
         ("receive-resume", _receive(receive_args(base=None, job="400-0", guest="400", volume="local-zfs:vm-400-disk-0",
                                                  snapshot="__replicate_400-0_1700003600__", resume="1"))),
         ("prepare-held-snapshot", _request("prepare", prepare(job="300-0", guest=300, scan=[], last_sync=1,
-                                                              volumes=["local-zfs:subvol-300-disk-0"]))),
+                                                              volumes=["local-zfs:subvol-300-disk-0"]), peer="node3")),
         ("prepare-scan-unusable-storages", _request("prepare", prepare(scan=["gone-zfs", "backup-dir", "tank"]))),
         ("session-finalize-then-remove-job", _session([
             {"operation": "finalize", "request": finalize},
@@ -1409,20 +1419,21 @@ def seeds():
             {"operation": "list", "request": {"guest": 100, "generation": 7, "source": "node1"}}])),
     ]
     refused = [
-        ("receive-failed-stream", _receive(receive_args(base=None, volume="local-zfs:vm-100-disk-5"), b"FAIL")),
+        ("receive-failed-stream", _receive(receive_args(base=None, volume="local-zfs:vm-100-disk-2"), b"FAIL")),
         ("receive-enospc", _receive(receive_args(), b"ENOSPC")),
-        ("receive-partial", _receive(receive_args(base=None, volume="local-zfs:vm-100-disk-5"), b"PARTIAL")),
+        ("receive-partial", _receive(receive_args(base=None, volume="local-zfs:vm-100-disk-2"), b"PARTIAL")),
         ("receive-exists", _receive(receive_args(base=None))),
         ("receive-killed", _receive(receive_args(), b"KILLED")),
-        ("receive-failed-created", _receive(receive_args(base=None, volume="local-zfs:vm-100-disk-5"), b"FAILCREATED")),
+        ("receive-failed-created", _receive(receive_args(base=None, volume="local-zfs:vm-100-disk-2"), b"FAILCREATED")),
         ("receive-broken-pipe", _receive(receive_args(), b"EPIPE" + b"\0" * 300)),
         ("prepare-stuck-leftover-receive", _request("prepare", prepare(job="300-0", guest=300, scan=[],
-                                                                       volumes=["local-zfs:subvol-300-disk-1"]))),
-        ("prepare-peer-unreachable", Case("openzfs", "node3", "prepare", json.dumps(prepare(generation=8)).encode())
+                                                                       volumes=["local-zfs:subvol-300-disk-1"]),
+                                                    peer="node3")),
+        ("prepare-peer-unreachable", Case("openzfs", "node9", "prepare", json.dumps(prepare(generation=8)).encode())
          .encode()),
         ("receive-foreign-snapshot", _receive(receive_args(job="300-0", guest="300", base="__replicate_300-0_1700000000__",
                                                            volume="local-zfs:subvol-300-disk-0",
-                                                           snapshot="__replicate_300-0_1700003600__"))),
+                                                           snapshot="__replicate_300-0_1700003600__"), peer="node3")),
         ("prepare-owned-here", _request("prepare", prepare(job="200-0", guest=200, volumes=["local-zfs:vm-200-disk-0"]))),
         ("prepare-stale-generation", _request("prepare", prepare(generation=6))),
         ("prepare-future-generation", _request("prepare", prepare(generation=9))),
