@@ -1640,12 +1640,10 @@ def one_input(harness, data, strict=False, stats=None):
 
 
 def worker(args, libfuzzer_argv):
-    import atexit  # pylint: disable=import-outside-toplevel
     import atheris  # pylint: disable=import-outside-toplevel
     with atheris.instrument_imports(include=[PKG]):
         load_engine()
-    harness = Harness()
-    atexit.register(shutil.rmtree, harness.root, True)
+    harness = Harness(root=args.node_dir)  # libFuzzer ends the process with exit(): the supervisor removes it
     known_hits, new_hits = {}, {}
     last_report = [time.monotonic()]
 
@@ -1668,7 +1666,7 @@ def worker(args, libfuzzer_argv):
                     print("NEWDEFECT %s %s\n%s" % (violation.signature, path, str(violation)[:3000]), file=sys.stderr,
                           flush=True)
                 new_hits[violation.signature] = new_hits.get(violation.signature, 0) + 1
-        if time.monotonic() - last_report[0] > 10:
+        if time.monotonic() - last_report[0] > 5:
             last_report[0] = time.monotonic()
             report()
 
@@ -1683,7 +1681,6 @@ def worker(args, libfuzzer_argv):
                 return mutated
         return atheris.Mutate(data, max_size)
 
-    atexit.register(report)
     atheris.Setup([sys.argv[0]] + libfuzzer_argv, test_one_input, custom_mutator=custom_mutator)
     atheris.Fuzz()
 
@@ -1782,7 +1779,9 @@ def supervise(args, extra):
                  "-print_final_stats=1", "-seed=%d" % args.seed] + extra
     if args.runs is not None:
         libfuzzer.append("-runs=%d" % args.runs)
-    command = [sys.executable, os.path.abspath(__file__), "--worker", "--artifacts", artifacts] + \
+    node_dir = os.path.join(work, "node")
+    shutil.rmtree(node_dir, ignore_errors=True)
+    command = [sys.executable, os.path.abspath(__file__), "--worker", "--artifacts", artifacts, "--node-dir", node_dir] + \
         (["--strict"] if args.strict else []) + (["--stop-on-defect"] if args.stop_on_defect else []) + ["--"] + libfuzzer
     print("fuzz_receiver: %s" % " ".join(command), flush=True)
     started = time.monotonic()
@@ -1801,7 +1800,10 @@ def supervise(args, extra):
             if line.startswith("KNOWN "):
                 known = json.loads(line[6:])
             if line.startswith("NEW "):
-                new = json.loads(line[4:])
+                new.update(json.loads(line[4:]))
+            if line.startswith("NEWDEFECT "):
+                signature = line.split()[1]
+                new[signature] = max(new.get(signature, 0), 1)
             if line.startswith("NEWDEFECT") or "Uncaught Python exception" in line or details and len(details) < 400:
                 details.append(line.rstrip())
             if not args.quiet and (match and match.group(2) in ("INITED", "DONE") or line.startswith("NEWDEFECT")
@@ -1810,6 +1812,7 @@ def supervise(args, extra):
                 print(line.rstrip(), flush=True)
         out = proc.stdout.read()
         rc = proc.wait()
+    shutil.rmtree(node_dir, ignore_errors=True)
     elapsed = time.monotonic() - started
     if last is not None and executions is None:
         executions = int(last.group(1))
@@ -1891,6 +1894,7 @@ def main(argv=None):
     parser.add_argument("--coverage-json", metavar="FILE", help=argparse.SUPPRESS)
     parser.add_argument("--replay", nargs="+", metavar="FILE")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--node-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args, extra)
