@@ -5,7 +5,7 @@ export PYTHONPATH := $(CURDIR)/build/collections:$(CURDIR)
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/build/collections
 LAB_ARGS ?=
 
-.PHONY: deps demo test units integration sanity bench lab-up lab-down lab-status clean openzfs-image test-openzfs bench-openzfs
+.PHONY: deps demo test units integration sanity bench lab-up lab-down lab-status clean openzfs-image test-openzfs bench-openzfs fuzz
 
 deps:
 	@tools/bootstrap.sh
@@ -28,6 +28,15 @@ integration: deps
 
 sanity: deps
 	$(PY) -m pytest tests/sanity
+
+# Coverage-guided fuzzing of the receiving side (tests/fuzz/fuzz_receiver.py) for FUZZ_SECONDS; `make test` runs it
+# for 20 s.  The corpus grows across runs in build/fuzz/corpus; each run's log, defect inputs and summary (executions,
+# coverage) are in build/fuzz/run-<time>/.  FUZZ_ARGS passes more options (--strict, --stop-on-defect, -- <libFuzzer flags>).
+FUZZ_SECONDS ?= 600
+FUZZ_ARGS ?=
+fuzz: deps
+	$(PY) tests/fuzz/fuzz_receiver.py --seconds $(FUZZ_SECONDS) --corpus build/fuzz/corpus \
+		--workdir build/fuzz/run-$$(date +%Y%m%d-%H%M%S) $(FUZZ_ARGS)
 
 bench: deps
 	$(PY) benchmarks/run_all.py
