@@ -15,21 +15,20 @@ import re
 GUEST_ID_MIN = 100
 GUEST_ID_MAX = 999999999
 JOBNUM_MAX = 999999999
-JOB_ID_RE = re.compile(r"^[1-9][0-9]{2,8}-[0-9]{1,9}$")
-NODE_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?$")
-STORAGE_RE = re.compile(r"^[a-z][a-z0-9\-_.]*[a-z0-9]$")
-VOLUME_RE = re.compile(r"^[a-z][a-z0-9\-_.]*[a-z0-9]:[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
-SNAPSHOT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}$")
-REPLICATION_SNAPSHOT_RE = re.compile(r"^__replicate_([1-9][0-9]{2,8}-[0-9]{1,9})_([0-9]+)__$")
+# \Z, not $: '$' also matches before a final newline, and a name ending in "\n" must not pass.  ASCII only.
+JOB_ID_RE = re.compile(r"\A[1-9][0-9]{2,8}-[0-9]{1,9}\Z", re.ASCII)
+NODE_RE = re.compile(r"\A[a-zA-Z0-9]([a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?\Z", re.ASCII)
+STORAGE_RE = re.compile(r"\A[a-z][a-z0-9\-_.]*[a-z0-9]\Z", re.ASCII)
+VOLUME_RE = re.compile(r"\A(?!.*\.\.)[a-z][a-z0-9\-_.]*[a-z0-9]:[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}\Z", re.ASCII)
+SNAPSHOT_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}\Z", re.ASCII)
+REPLICATION_SNAPSHOT_RE = re.compile(r"\A__replicate_([1-9][0-9]{2,8}-[0-9]{1,9})_([0-9]{1,19})__\Z", re.ASCII)
+# A number as it travels in a receive's key=value arguments: plain ASCII digits, no sign, no leading zero.
+NUMBER_RE = re.compile(r"\A(0|[1-9][0-9]{0,17})\Z", re.ASCII)
 
 # The ZFS user property that binds a replica to its guest and job (DESIGN.md, safety rule 2).  Its value names the
 # dataset's own guid, so that a copy made with `zfs send -R | zfs recv` (which carries user properties along) is a
 # new dataset with another guid, and is never mistaken for the replica it was copied from.
 REPLICA_PROPERTY = "storage-replication:replica"
-
-
-def replication_prefix(job):
-    return "__replicate_%s_" % job
 
 
 def replication_snapshot(job, epoch):
@@ -38,8 +37,10 @@ def replication_snapshot(job, epoch):
 
 
 def is_job_snapshot(name, job):
-    """The full prefix with the trailing '_' (pvesr's helper omits it, so job 100-1 claims 100-10's)."""
-    return name.startswith(replication_prefix(job)) and name.endswith("__")
+    """A replication snapshot of exactly this job (pvesr's prefix test lets job 100-1 claim 100-10's, and any
+    ending after the prefix pass: here the whole name must be ``__replicate_<job>_<epoch>__``)."""
+    parsed = parse_replication_snapshot(name)
+    return parsed is not None and parsed[0] == job
 
 
 def parse_replication_snapshot(name):

@@ -28,7 +28,7 @@ from ansible_collections.storage.replication.plugins.module_utils import config 
 from ansible_collections.storage.replication.plugins.module_utils import orphans
 from ansible_collections.storage.replication.plugins.module_utils.files import copy_stream, write_all
 from ansible_collections.storage.replication.plugins.module_utils.names import (
-    GUEST_ID_MAX, GUEST_ID_MIN, JOB_ID_RE, NODE_RE, REPLICA_PROPERTY, SNAPSHOT_RE, STORAGE_RE, VOLUME_RE,
+    GUEST_ID_MAX, GUEST_ID_MIN, JOB_ID_RE, NODE_RE, NUMBER_RE, REPLICA_PROPERTY, SNAPSHOT_RE, STORAGE_RE, VOLUME_RE,
     is_job_snapshot, job_guest, migration_copy_job, replica_identity, replication_snapshot)
 from ansible_collections.storage.replication.plugins.module_utils.state import (
     DEFAULT_STATEDIR, StateFile, atomic_write, read_local_node)
@@ -111,12 +111,16 @@ def check_request_keys(request, allowed):
         raise Refused("unknown request field(s) %s: refused" % ", ".join(unknown), "invalid-argument")
 
 
+FLAGS = ("resume", "raw")
+
+
 def parse_arguments(tokens, allowed):
-    """['job=100-0', ...] -> dict; only the allowed keys, each once."""
+    """['job=100-0', ...] -> dict; only the allowed keys, each once, printable ASCII; a flag is 0 or 1."""
     result = {}
     for token in tokens:
         key, sep, value = token.partition("=")
-        if not sep or key not in allowed or key in result:
+        if not sep or key not in allowed or key in result or not (token.isascii() and token.isprintable()) \
+                or (key in FLAGS and value not in ("0", "1")):
             raise Refused("invalid argument %r: refused" % token, "invalid-argument")
         result[key] = value
     return result
@@ -158,7 +162,9 @@ class Receiver:
                           "- re-run the runner role (site.yml) on every node, which binds each peer's key to its name",
                           "unbound-key")
         claimed = request.get("source") if isinstance(request, dict) else None
-        if claimed is not None and claimed != self.peer:
+        if claimed is None:
+            raise Refused("the request names no source node: refused", "invalid-argument")
+        if claimed != self.peer:
             raise Refused("the request says it comes from node %r, but it came with the key of node '%s': refused"
                           % (str(claimed)[:80], self.peer), "wrong-source")
         return self.peer
@@ -232,6 +238,14 @@ class Receiver:
                           "of guest %d: refused, nothing was changed - check the guests' volume lists"
                           % (volume, self.node, dataset, identity["guest"], identity["job"], identity["source"], guest),
                           "not-ours")
+
+    def checked_replicas(self, guest, volumes):
+        """{volume: dataset} once every volume has passed every check: nothing is touched for a request that is
+        refused for a later volume."""
+        datasets = {volume: self.dataset(volume) for volume in self.check_guest_volumes(guest, volumes)}
+        for volume, dataset in datasets.items():
+            self.check_replica(volume, dataset, guest)
+        return datasets
 
     def bind_replica(self, volume, dataset, guest, job, source):
         """Mark what this receive made (or took over) as the guest's replica: REPLICA_PROPERTY names the guest, the
@@ -516,10 +530,11 @@ class Receiver:
         self.check_job_here(job, guest)
         volumes = self.check_guest_volumes(guest, check_volumes(request.get("volumes", [])))
         last_sync = check_int(request.get("last_sync"), "last_sync", 2)
+        definition = request.get("guest_definition")
+        if not isinstance(definition, dict):
+            raise Refused("guest_definition must be a JSON object", "invalid-argument")
         keep = replication_snapshot(job, last_sync)
-        for volume in volumes:
-            dataset = self.dataset(volume)
-            self.check_replica(volume, dataset, guest)
+        for volume, dataset in self.checked_replicas(guest, volumes).items():
             snaps = self.zfs.snapshots(dataset)
             if keep not in snaps:
                 self.say("expected snapshot %s not present for %s, not removing others" % (keep, volume))
@@ -529,9 +544,6 @@ class Receiver:
                 if is_job_snapshot(snap, job) and snap != keep:
                     self.say("delete stale replication snapshot '%s' on %s" % (snap, volume))
                     self.zfs.destroy("%s@%s" % (dataset, snap))
-        definition = request.get("guest_definition")
-        if not isinstance(definition, dict):
-            raise Refused("guest_definition must be a JSON object", "invalid-argument")
         self.store_guest(guest, {"guest": definition, "job": job, "source": source, "last_sync": last_sync,
                                  "volumes": volumes, "generation": request["generation"]})
         return {}
@@ -561,9 +573,7 @@ class Receiver:
         if job != migration_copy_job(guest):
             raise Refused("%s: job '%s' is not the migration copy job of guest %d (%s): refused"
                           % (DROP_COPY, job, guest, migration_copy_job(guest)), "invalid-argument")
-        for volume in self.check_guest_volumes(guest, check_volumes(request.get("volumes"))):
-            dataset = self.dataset(volume)
-            self.check_replica(volume, dataset, guest)
+        for dataset in self.checked_replicas(guest, check_volumes(request.get("volumes"))).values():
             drop_job_snapshots(self.zfs, job, dataset, self.say)
         self.forget_guest(guest, job)
         return {}
@@ -617,7 +627,8 @@ def drop_job_snapshots(zfs, job, dataset, say=None):
 
 
 def _int_or_none(text):
-    return int(text) if isinstance(text, str) and text.isdigit() and len(text) < 19 else text
+    """A key=value number as an int; anything but plain ASCII digits stays text, for check_int to refuse."""
+    return int(text) if isinstance(text, str) and NUMBER_RE.match(text) else text
 
 
 def explain_recv_failure(node, volume, argv, rc, stderr):
@@ -650,12 +661,23 @@ CONTROL_OPERATIONS = {
 }
 
 
+def parse_json(text):
+    """json.loads that refuses a duplicate key: another parser would keep the first where Python keeps the last, and
+    the receiver must act on exactly what every reader of the request sees (ValueError, as json's own errors)."""
+    def unique(pairs):
+        keys = [key for key, _value in pairs]
+        if len(set(keys)) != len(keys):
+            raise ValueError("duplicate key %r" % next(k for k in keys if keys.count(k) > 1))
+        return dict(pairs)
+    return json.loads(text, object_pairs_hook=unique)
+
+
 def read_request(stdin):
     data = stdin.read(MAX_REQUEST + 1)
     if len(data) > MAX_REQUEST:
         raise Refused("request larger than %d bytes: refused" % MAX_REQUEST, "invalid-argument")
     try:
-        return json.loads(data.decode("utf-8") or "{}")
+        return parse_json(data.decode("utf-8") or "{}")
     except ValueError as exc:
         raise Refused("the request is not valid JSON (%s): refused" % exc, "invalid-argument") from exc
 
@@ -722,10 +744,12 @@ def session_request(receiver, line, stdin):
     if len(line) > MAX_REQUEST:
         raise Refused("request larger than %d bytes: refused" % MAX_REQUEST, "invalid-argument")
     try:
-        message = json.loads(line.decode("utf-8"))
+        message = parse_json(line.decode("utf-8"))
     except ValueError as exc:
         raise Refused("the request is not valid JSON (%s): refused" % exc, "invalid-argument") from exc
     operation = message.get("operation") if isinstance(message, dict) else None
+    if not isinstance(operation, str):
+        raise Refused("operation %r is not an operation name: refused" % (str(operation)[:80],), "invalid-operation")
     if operation == "receive":
         return receive_inline(receiver, message.get("request"), stdin)
     if operation not in CONTROL_OPERATIONS:
