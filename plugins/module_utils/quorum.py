@@ -280,10 +280,12 @@ class _Proposal:
             self.outcome.base = self.outcome.version = base
             if change is not None and built_on != base:
                 if value is not None and Version.of(base.generation, value) == base:
-                    return self.done(base, "committed by another node's proposer, which finished it")
+                    return self.done(base, "committed by another proposer that finished it")
                 value = self.build(change, content, built_on, base)
+                if value is None and self.in_doubt:  # our accepts went out: the base holds it, finished by another
+                    return self.done(base, "in effect: committed by another proposer that finished it")
                 if value is None:
-                    self.outcome.version, self.outcome.note = base, "no change" + (" (already in effect)" if built_on else "")
+                    self.outcome.note = "no change" + (" (already in effect)" if built_on else "")
                     return self.outcome
                 built_on = base
             self.round += 1
@@ -337,8 +339,8 @@ class _Proposal:
             if built_on is None:
                 raise  # the caller's own refusal of its change, untouched
             raise self.fail(Conflict, "the change was built on generation %s, and generation %s was committed "
-                            "meanwhile; the change no longer applies to it (%s) - nothing was changed"
-                            % (built_on, base, exc)) from exc
+                            "meanwhile; the change no longer applies to it (%s)%s" % (built_on, base, exc, "" if
+                            self.in_doubt else " - nothing was changed")) from exc
         digest(new)
         return None if new == content else new
 

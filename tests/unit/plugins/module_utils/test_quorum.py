@@ -361,7 +361,7 @@ class Sim:
         rng = self.rng
         self.p_drop, self.p_dup = rng.choice([0, 0.05, 0.2, 0.4]), rng.choice([0, 0.05, 0.2])
         self.p_crash, self.max_delay = rng.choice([0, 0.005, 0.02]), rng.choice([0.005, 0.03, 0.15])
-        self.partitions = []
+        self.partitions, self.p_late = [], 0.05
         for _ in range(rng.randint(0, 3)):
             start = rng.uniform(0, self.CHAOS_END)
             side = frozenset(rng.sample(self.voters, rng.randint(1, len(self.voters) - 1)))
@@ -443,7 +443,7 @@ class Sim:
         copies = 2 if self.rng.random() < self.p_dup else 1
         self.faults["duplicates"] += copies - 1
         for _ in range(copies):
-            late = self.rng.random() < 0.05  # now and then much later than the proposer waits
+            late = self.rng.random() < self.p_late  # now and then much later than the proposer waits
             self.at(self.rng.uniform(0.0005, self.max_delay) + (self.rng.uniform(0.1, 0.5) if late else 0), deliver, *args)
 
     def deliver_request(self, pid, batch, src, dst, operation, request):
@@ -574,6 +574,7 @@ class Sim:
                 continue
             if how == "done" and value.committed:
                 assert all(token in toks for toks in final.values()), "lost %s\n%s" % (token, self.report())
+            assert not isinstance(value, Q.Conflict), "a conflict without a force: %s\n%s" % (value, self.report())
             if how == "refused" and not value.in_doubt:
                 assert token not in committed_anywhere, "refused %s committed\n%s" % (token, self.report())
         for toks in final.values():
@@ -581,11 +582,11 @@ class Sim:
 
 
 FAMILIES = {"3 nodes": (3, False), "5 nodes": (5, False), "2 nodes + witness": (2, True)}
-TOTALS = {"schedules": 0, "changes committed": 0, "commits checked": 0, "faults": {}}
+TOTALS = {"schedules": 0, "commits checked": 0, "faults": {}, "changes": {}}
 
 
 def schedules_per_family():
-    return int(os.environ.get("QUORUM_SCHEDULES", "900"))
+    return int(os.environ.get("QUORUM_SCHEDULES", "1500"))
 
 
 def run_schedule(seed, family, force=False):
@@ -604,7 +605,10 @@ def run_schedule(seed, family, force=False):
         raise AssertionError("%r\n%s" % (exc, sim.report())) from exc
     TOTALS["schedules"] += 1
     TOTALS["commits checked"] += len(sim.commits)
-    TOTALS["changes committed"] += sum(1 for r in sim.results.values() if r[0] != "catch-up" and r[3] == "done" and r[4].committed)
+    for kind, _, _, how, value in sim.results.values():
+        if kind != "catch-up":
+            how = "committed" if how == "done" and value.committed else "in doubt" if how == "refused" and value.in_doubt else how
+            TOTALS["changes"][how] = TOTALS["changes"].get(how, 0) + 1
     for fault, count in sim.faults.items():
         TOTALS["faults"][fault] = TOTALS["faults"].get(fault, 0) + count
     return sim
@@ -655,6 +659,20 @@ def test_simulated_forced_schedules_diverge_only_by_force_and_resolve(family):
     for seed in range(sorted(FAMILIES).index(family) * 10_000_000 + 5_000_000,
                       sorted(FAMILIES).index(family) * 10_000_000 + 5_000_000 + schedules_per_family() // 4):
         run_schedule(seed, family, force=True)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_simulated_contention_without_faults_commits_every_change(seed):
+    """Liveness: eight proposers at once on a clean network all commit (back-off separates the duelling ones)."""
+    sim = Sim(seed, 5)
+    sim.p_drop = sim.p_dup = sim.p_crash = sim.p_late = 0
+    sim.partitions, sim.max_delay = [], 0.01
+    for number in range(8):
+        sim.at(sim.rng.uniform(0, 0.05), sim.propose, sim.proposers[number % 5], "t%d" % number)
+    sim.run()
+    outcomes = [r[4] for r in sim.results.values()]
+    assert all(isinstance(o, Q.Outcome) and o.committed for o in outcomes), sim.report()
+    assert len(sim.versions()) == 1 and sorted(tokens(sim.nodes["n1"].config[1])) == ["t%d" % n for n in range(8)]
 
 
 @pytest.mark.skipif("QUORUM_SEED" not in os.environ, reason="set QUORUM_SEED=<seed> to run one schedule")
