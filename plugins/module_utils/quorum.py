@@ -69,6 +69,10 @@ def digest(content):
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class Version(collections.namedtuple("Version", "generation digest")):
     """A committed configuration: its generation and the digest of its content (one version, one content)."""
 
@@ -79,7 +83,7 @@ class Version(collections.namedtuple("Version", "generation digest")):
     @classmethod
     def parse(cls, value):
         generation, text = value
-        if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0 or not isinstance(text, str):
+        if not _is_int(generation) or generation < 0 or not isinstance(text, str):
             raise ValueError("not a version: %r" % (value,))
         return cls(generation, text)
 
@@ -97,7 +101,7 @@ class Ballot(collections.namedtuple("Ballot", "round node nonce")):
     @classmethod
     def parse(cls, value):
         number, node, nonce = value
-        if isinstance(number, bool) or not isinstance(number, int) or not isinstance(node, str) or not isinstance(nonce, str):
+        if not _is_int(number) or not isinstance(node, str) or not isinstance(nonce, str):
             raise ValueError("not a ballot: %r" % (value,))
         return cls(number, node, nonce)
 
@@ -221,14 +225,20 @@ def _answer(reply):
         return Unreachable("no answer" if reply is None else "malformed reply %r" % (reply,))
 
 
+def _answered(replies, *statuses):
+    """The replies that came, {node: reply} (only those with one of ``statuses``, if given)."""
+    return {n: r for n, r in replies.items()
+            if not isinstance(r, Exception) and (not statuses or r["status"] in statuses)}
+
+
 def _newest(replies):
     """The newest version among the replies and the nodes holding it: at the newest generation, the content most
     nodes hold (there is only one unless a change was forced)."""
-    versions = [Version.parse(r["version"]) for r in replies.values() if not isinstance(r, Exception)]
-    top = max(v.generation for v in versions)
-    counts = collections.Counter(v for v in versions if v.generation == top)
+    versions = {n: Version.parse(r["version"]) for n, r in _answered(replies).items()}
+    top = max(v.generation for v in versions.values())
+    counts = collections.Counter(v for v in versions.values() if v.generation == top)
     version = max(counts, key=lambda v: (counts[v], v.digest))
-    return version, [n for n, r in replies.items() if not isinstance(r, Exception) and Version.parse(r["version"]) == version]
+    return version, [n for n, v in versions.items() if v == version]
 
 
 class _Proposal:
@@ -250,8 +260,8 @@ class _Proposal:
     def ask(self, requests):
         replies = yield requests
         replies = {n: _answer((replies or {}).get(n)) for n in requests}
-        for reply in replies.values():  # learn the highest round in use, so that the next ballot beats it
-            if not isinstance(reply, Exception) and reply.get("promised"):
+        for reply in _answered(replies).values():  # learn the highest round in use, so that the next ballot beats it
+            if reply.get("promised"):
                 self.round = max(self.round, Ballot.parse(reply["promised"]).round)
         return replies
 
@@ -291,17 +301,18 @@ class _Proposal:
             self.round += 1
             ballot, slot = Ballot(self.round, self.local, self.nonce), base.generation + 1
             replies = yield from self.prepare(slot, ballot, base, content)
-            if any(not isinstance(r, Exception) and r["status"] == AHEAD for r in replies.values()):
+            if _answered(replies, AHEAD):
                 yield from self.adopt(replies)  # a newer generation exists: catch up, then rebuild on it
                 continue
             need = self.quorum(replies, allow_missing, force)
-            promised = {n: r for n, r in replies.items() if not isinstance(r, Exception) and r["status"] == PROMISED}
+            promised = _answered(replies, PROMISED)
             if len(promised) < need:
                 yield self.backoff(attempt)
                 continue
             # A value accepted on another base (after a force) can only win on that base's holders: not ours.
-            pending = max((r["accepted"] for r in promised.values() if r.get("accepted") and
-                           r["accepted"]["base"] in (None, base.json())), key=lambda a: Ballot.parse(a["ballot"]), default=None)
+            pending = max((r["accepted"] for r in promised.values() if r.get("accepted")
+                           and r["accepted"]["base"] in (None, base.json())),
+                          key=lambda a: Ballot.parse(a["ballot"]), default=None)
             if pending is None and value is None:
                 return self.outcome  # catch-up: nothing to finish
             # Paxos: a value some node accepted in this slot may be chosen already; finish it before our own.
@@ -312,13 +323,11 @@ class _Proposal:
             self.in_doubt = self.in_doubt or mine
             accepts = yield from self.ask({n: (ACCEPT, {"slot": slot, "ballot": ballot.json(), "content": proposal,
                                                         "base": proposal_base}) for n in promised})
-            statuses = [r["status"] for r in accepts.values() if not isinstance(r, Exception)]
-            if statuses.count(ACCEPTED) < need:
-                if CONFLICT in statuses and REJECTED not in statuses:
+            if len(_answered(accepts, ACCEPTED)) < need:
+                if _answered(accepts, CONFLICT) and not _answered(accepts, REJECTED):
                     raise self.fail(Conflict, "nodes %s hold another content of generation %d than this node (a "
                                     "forced change): run the change on a node of the majority, or resolve it first"
-                                    % (", ".join(n for n, r in sorted(accepts.items()) if not isinstance(r, Exception)
-                                                 and r["status"] == CONFLICT), base.generation))
+                                    % (", ".join(sorted(_answered(accepts, CONFLICT))), base.generation))
                 yield self.backoff(attempt)
                 continue
             self.outcome.forced = self.outcome.forced or self.forcing
@@ -348,7 +357,7 @@ class _Proposal:
         """Phase 1 on every node; a node behind the base is given the base first, then asked again."""
         request = {"slot": slot, "ballot": ballot.json()}
         replies = yield from self.ask({n: (PREPARE, request) for n in self.nodes})
-        behind = [n for n, r in replies.items() if not isinstance(r, Exception) and r["status"] == BEHIND]
+        behind = list(_answered(replies, BEHIND))
         if behind:
             yield from self.ask({n: (COMMIT, {"slot": base.generation, "content": content}) for n in behind})
             replies.update((yield from self.ask({n: (PREPARE, request) for n in behind})))
@@ -357,7 +366,7 @@ class _Proposal:
 
     def quorum(self, replies, allow_missing, force):
         """How many promises and accepts this attempt needs; refuses when the nodes that answered cannot give it."""
-        missing = {n: r for n, r in replies.items() if isinstance(r, Exception)}
+        missing = {n: r for n, r in replies.items() if n not in _answered(replies)}
         for node, exc in missing.items():
             self.outcome.nodes[node], self.outcome.details[node] = UNREACHABLE, str(exc)
         answered = len(self.nodes) - len(missing)
@@ -365,8 +374,8 @@ class _Proposal:
         self.forcing = answered < self.need
         if not self.forcing:
             if missing and not (allow_missing or force):
-                raise self.fail(NoQuorum, "nothing was changed: %s - bring the node(s) back, or allow unreachable nodes "
-                                "(a majority, %d of %d, is still required)" % (about, self.need, len(self.nodes)))
+                raise self.fail(NoQuorum, "nothing was changed: %s - bring the node(s) back, or allow unreachable "
+                                "nodes (a majority, %d of %d, is still required)" % (about, self.need, len(self.nodes)))
             return self.need
         if force:  # the operator's override: whatever answers decides, and the outcome says so
             return answered
@@ -424,21 +433,21 @@ def catch_up_steps(local, peers, quorum=None, rng=None, max_attempts=DEFAULT_ATT
     the next slot (its proposer died), which needs a majority. Generator like ``propose_steps``."""
     proposal, found = _Proposal(local, peers, quorum, rng), CatchUp()
     replies = yield from proposal.ask({n: (STATUS, {}) for n in proposal.nodes})
-    found.unreachable = {n: str(r) for n, r in replies.items() if isinstance(r, Exception)}
+    found.unreachable = {n: str(r) for n, r in replies.items() if n not in _answered(replies)}
     if isinstance(replies[local], Exception):
         raise QuorumError("this node's own configuration store did not answer: %s" % replies[local])
     if _newest(replies)[0].generation > Version.parse(replies[local]["version"]).generation:
         found.adopted, found.source = yield from proposal.adopt(replies)
     current = found.adopted or Version.parse(replies[local]["version"])
-    if any(not isinstance(r, Exception) and r.get("pending") and Version.parse(r["version"]).generation == current.generation
-           for r in replies.values()):
+    if any(r.get("pending") and Version.parse(r["version"]).generation == current.generation
+           for r in _answered(replies).values()):
         try:
             found.finished = yield from proposal.run(None, allow_missing=True, max_attempts=max_attempts)
         except QuorumError as exc:
             found.error = str(exc)
     if found.adopted or found.finished:  # versions moved: look again
         replies = yield from proposal.ask({n: (STATUS, {}) for n in proposal.nodes})
-    versions = {n: Version.parse(r["version"]) for n, r in replies.items() if not isinstance(r, Exception)}
+    versions = {n: Version.parse(r["version"]) for n, r in _answered(replies).items()}
     found.version = versions.pop(local, current)
     found.conflicts, found.majority = conflicts(found.version, versions)
     return found
@@ -448,7 +457,8 @@ def conflicts(local_version, peer_versions):
     """``(nodes, majority)``: the nodes of ``peer_versions`` ({node: Version}) holding another content under
     ``local_version``'s generation (only a forced change makes that possible), and the version more than half of
     all the versions given (local included) are, or None."""
-    differing = sorted(n for n, v in peer_versions.items() if v.generation == local_version.generation and v != local_version)
+    differing = sorted(n for n, v in peer_versions.items()
+                       if v.generation == local_version.generation and v != local_version)
     counts = collections.Counter([local_version, *peer_versions.values()])
     top, count = counts.most_common(1)[0]
     return differing, (top if 2 * count > sum(counts.values()) else None)
