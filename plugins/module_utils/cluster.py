@@ -28,16 +28,21 @@ error reply.
 from __future__ import annotations
 
 import copy
+import json
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
-from ansible_collections.storage.replication.plugins.module_utils.state import DEFAULT_STATEDIR, read_local_node
+from ansible_collections.storage.replication.plugins.module_utils import quorum
+from ansible_collections.storage.replication.plugins.module_utils.state import (
+    DEFAULT_STATEDIR, atomic_write, read_local_node)
 from ansible_collections.storage.replication.plugins.module_utils.transport import (
     NODE_KEY, ControlChannel, RemoteError, TransportError)
 
 GET_CONFIG = "get-config"
-SET_CONFIG = "set-config"
+# The acceptor's promise and accepted value for the next generation (quorum.py), beside the generations.
+QUORUM_STATE_FILE = "quorum-state.json"
 # A node that does not complete the SSH handshake in this time counts as unreachable; once connected, an
 # operation (which may fsync a generation) gets longer, so that a busy peer is not mistaken for a dead one.
 PEER_CONNECT_TIMEOUT = 15
@@ -63,11 +68,13 @@ class ClusterChange:
     ``before``/``after``: the configurations (for diffs). ``result``: what the change function returned.
     """
 
-    def __init__(self, before, after, result, changed):
+    def __init__(self, before, after, result, changed, check_mode=False):
         self.before = before
         self.after = after
         self.result = result
         self.changed = changed
+        self.check_mode = check_mode
+        self.forced = False  # committed without a majority (force_quorum)
         self.nodes = {}
 
     @property
@@ -76,13 +83,14 @@ class ClusterChange:
 
     @property
     def warnings(self):
-        """One line per node the change did not reach (it catches up at its next run)."""
-        return ["node '%s' did not get generation %d (%s): it adopts it from a peer at its next run"
-                % (name, self.generation, detail) for name, (status, detail) in sorted(self.nodes.items())
-                if status in (SKIPPED, FAILED)]
+        """One line per node the change did not (or, in check mode, would not) reach: it catches up later."""
+        text = ("node '%s' does not answer (%s): it would adopt generation %d at its next run" if self.check_mode else
+                "node '%s' did not get generation %d (%s): it adopts it from a peer at its next run")
+        return [(text % (name, detail, self.generation) if self.check_mode else text % (name, self.generation, detail))
+                for name, (status, detail) in sorted(self.nodes.items()) if status in (SKIPPED, FAILED)]
 
     def as_dict(self):
-        return {"changed": self.changed, "generation": self.generation,
+        return {"changed": self.changed, "generation": self.generation, "forced": self.forced,
                 "nodes": {name: {"status": status, "detail": detail} for name, (status, detail) in sorted(self.nodes.items())}}
 
 
@@ -150,117 +158,166 @@ def _describe(exc):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The change
+# The change: a majority commits it (quorum.py), built on a named version
+
+class _Calls:
+    """``call(node, operation, request)`` for quorum.py: this node's acceptor directly, every other node over one
+    control connection each, opened on first use and kept for the whole change."""
+
+    def __init__(self, nodes, local_node, confdir, key, connect):
+        self.nodes, self.local_node, self.confdir = nodes, local_node, confdir
+        self.key, self.connect = key, connect
+        self.channels, self.lock = {}, threading.Lock()
+        self.import_error = None  # this Python lacks what the transport needs (paramiko): not a peer's fault
+
+    def __call__(self, name, operation, request):
+        if name == self.local_node:
+            return serve_quorum_here(self.confdir, operation, request)
+        channel = self._channel(name)
+        try:
+            return channel.call(operation, dict(request, source=self.local_node), timeout=PEER_CALL_TIMEOUT)
+        except (TransportError, RemoteError) as exc:
+            raise quorum.Unreachable(_describe(_catching(lambda _node: _raise(exc), self.nodes[name]))) from exc
+
+    def _channel(self, name):
+        with self.lock:
+            if name not in self.channels:
+                self.channels[name] = None
+                try:
+                    channel = _catching(lambda node: _connect(node, self.key, self.connect), self.nodes[name])
+                except ImportError as exc:
+                    self.import_error, channel = exc, exc
+                if isinstance(channel, Exception):
+                    del self.channels[name]
+                    raise quorum.Unreachable(_describe(channel))
+                self.channels[name] = channel
+            return self.channels[name]
+
+    def close(self):
+        for channel in self.channels.values():
+            if channel is not None:
+                channel.close()
+
+
+def _raise(exc):
+    raise exc
+
 
 def change_cluster(change, confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, force=False, check_mode=False,
-                   key=NODE_KEY, connect=ControlChannel):
-    """Apply ``change(cfg)`` to the cluster configuration on every node; returns a ClusterChange.
+                   key=NODE_KEY, connect=ControlChannel, force_quorum=False):
+    """Apply ``change(cfg)`` to the cluster configuration by quorum; returns a ClusterChange.
 
     ``change`` edits the ClusterConfig it is given (its return value becomes ``ClusterChange.result``) and raises
-    ConfigError for bad input. ``force`` commits although some nodes cannot be reached (they catch up later).
-    ``check_mode`` checks everything, the peers included, and writes nothing.
-    Raises ConfigError (invalid change, nothing written) or ClusterError (refused, nothing written).
+    ConfigError for bad input. The change commits when a majority of the nodes accept it as generation + 1 of the
+    version it was built on (quorum.py); if another change took that generation first, it is rebuilt on the new one
+    and committed when it still applies (compare-and-swap), else refused. ``force`` lets it commit while a minority
+    cannot be reached (they catch up later); ``force_quorum`` is the emergency override that commits with whatever
+    answers (Proxmox's `pvecm expected 1`), recorded as forced. ``check_mode`` asks the nodes and writes nothing.
+    Raises ConfigError (invalid change, nothing written) or ClusterError (refused).
     """
     local_node = read_local_node(statedir)
     before = configmod.load(confdir)
     after = copy.deepcopy(before)
     result = change(after)
     after.validate()
-    outcome = ClusterChange(before, after, result, changed=not after.same_content(before))
+    outcome = ClusterChange(before, after, result, changed=not after.same_content(before), check_mode=check_mode)
     if not outcome.changed:
         return outcome
     if before.nodes and local_node not in before.nodes:
         raise ClusterError("this node ('%s') is not a node of the cluster configuration (%s) - run the command on a "
                            "cluster node, or fix /var/lib/storage-replication/local-node"
                            % (local_node, ", ".join(sorted(before.nodes))))
-    peers = _peers(after, local_node, before)
-    channels = _open_peers(peers, before, local_node, confdir, key, connect, force, outcome)
+    after.generation = before.generation + 1
+    nodes = {node.name: node for node in _peers(after, local_node, before)}
+    calls = _Calls(nodes, local_node, confdir, key, connect)
     try:
-        after.generation = before.generation + 1
         if check_mode:
+            _check_quorum(calls, sorted(nodes), local_node, before, force, force_quorum, outcome)
             return outcome
-        configmod.adopt(after, confdir)
-        outcome.nodes[local_node] = (WRITTEN, "this node")
-        _push(channels, after, local_node, outcome)
-    finally:
-        for channel in channels.values():
-            channel.close()
-    return outcome
-
-
-def _open_peers(peers, before, local_node, confdir, key, connect, force, outcome):
-    """Phase 1: connect to every peer and ask its generation; returns ``{name: channel}`` of the usable ones."""
-    def ask(node):
-        channel = _connect(node, key, connect)
+        built = _Built(change)
         try:
-            return channel, _ask_generation(channel, before, local_node)
-        except (TransportError, RemoteError, configmod.ConfigError):
-            channel.close()
-            raise
-
-    answers = _on_every_peer(peers, ask)
-    channels = {name: answer[0] for name, answer in answers.items() if not isinstance(answer, Exception)}
-    try:
-        _refuse_newer(answers, before, local_node, confdir)
-        _refuse_unreachable(answers, force, outcome)
-    except (ClusterError, configmod.ConfigError):
-        for channel in channels.values():
-            channel.close()
-        raise
-    return channels
+            committed = quorum.propose(built, local_node, sorted(nodes), calls, allow_missing=force, force=force_quorum)
+        except quorum.QuorumError as exc:
+            if calls.import_error is not None:
+                raise calls.import_error from None
+            raise ClusterError(str(exc)) from exc
+    finally:
+        calls.close()
+    return built.outcome(committed, outcome)
 
 
-def _refuse_newer(answers, before, local_node, confdir):
-    newer = {name: answer[1]["generation"] for name, answer in answers.items()
-             if not isinstance(answer, Exception) and answer[1]["generation"] > before.generation}
-    if not newer:
-        return
-    name = max(newer, key=lambda n: (newer[n], n))
-    note = ""
-    try:
-        adopted = _adopt_from(answers[name][0], before, local_node, confdir)
-        note = "; this node has now adopted generation %d from '%s'" % (adopted.generation, name) if adopted else ""
-    except (TransportError, RemoteError, configmod.ConfigError) as exc:
-        note = "; adopting it failed too: %s" % _describe(exc)
-    raise ClusterError("node '%s' holds cluster configuration generation %d, newer than this node's %d - nothing was "
-                       "changed%s; check that the change still applies and run the command again"
-                       % (name, newer[name], before.generation, note))
+class _Built:
+    """The change as quorum.py applies it: to the content of the version it is built on (rebuilt when another change
+    took that generation first); keeps what the last build made, for the ClusterChange."""
+
+    def __init__(self, change):
+        self.change, self.before, self.after, self.result = change, None, None, None
+
+    def __call__(self, content):
+        before = _content_config(content, "the committed configuration")
+        after = copy.deepcopy(before)
+        self.result = self.change(after)
+        after.validate()
+        if after.same_content(before):
+            return content
+        after.generation = before.generation + 1
+        self.before, self.after = before, after
+        return after.content()
+
+    def outcome(self, committed, outcome):
+        """``outcome`` updated with what was committed, where."""
+        if not committed.committed or self.after is None:
+            outcome.changed = False
+            outcome.after = outcome.before
+            return outcome
+        outcome.before, outcome.after, outcome.result = self.before, self.after, self.result
+        outcome.forced = committed.forced
+        for name, status in committed.nodes.items():
+            detail = committed.details.get(name, "")
+            outcome.nodes[name] = {quorum.COMMITTED: (WRITTEN, ""), quorum.CAUGHT_UP: (WRITTEN, "caught up"),
+                                   quorum.UNREACHABLE: (SKIPPED, detail)}.get(status, (FAILED, detail or status))
+        return outcome
 
 
-def _refuse_unreachable(answers, force, outcome):
-    failed = {name: answer for name, answer in answers.items() if isinstance(answer, Exception)}
-    if failed and not force:
+def _check_quorum(calls, peers, local_node, before, force, force_quorum, outcome):
+    """Check mode: what the change would meet, from every node's committed version; nothing is written."""
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(peers) + 1))) as pool:
+        futures = {name: pool.submit(_status_or_error, calls, name) for name in [local_node] + peers}
+    replies = {name: future.result() for name, future in futures.items()}
+    missing = {n: _describe(r) for n, r in replies.items() if isinstance(r, Exception)}
+    newer = {n: quorum.Version.parse(r["version"]).generation for n, r in replies.items()
+             if not isinstance(r, Exception) and quorum.Version.parse(r["version"]).generation > before.generation}
+    if newer:
+        name = max(newer, key=lambda n: (newer[n], n))
+        raise ClusterError("node '%s' holds cluster configuration generation %d, newer than this node's %d - the "
+                           "change would be built on it; nothing was changed" % (name, newer[name], before.generation))
+    need = (len(peers) + 1) // 2 + 1
+    if len(peers) + 1 - len(missing) < need and not force_quorum:
+        raise ClusterError("no quorum: %d of %d nodes answer (need %d): %s" % (
+            len(peers) + 1 - len(missing), len(peers) + 1, need, "; ".join("node '%s': %s" % i for i in sorted(missing.items()))))
+    if missing and not (force or force_quorum):
         raise ClusterError("nothing was changed: %s - bring the node(s) back, or allow unreachable nodes (CLI "
-                           "--allow-unreachable, module option allow_unreachable) to change the other nodes now (the "
-                           "missing ones adopt the change when they are back)"
-                           % "; ".join("node '%s': %s" % (name, _describe(exc)) for name, exc in sorted(failed.items())))
-    for name, exc in failed.items():
-        outcome.nodes[name] = (SKIPPED, _describe(exc))
+                           "--allow-unreachable, module option allow_unreachable; a majority is still required)"
+                           % "; ".join("node '%s': %s" % item for item in sorted(missing.items())))
+    for name, detail in missing.items():
+        outcome.nodes[name] = (SKIPPED, detail)
 
 
-def _push(channels, cfg, local_node, outcome):
-    """Phase 2: send the new generation to every connected peer, in parallel."""
-    files = cfg.content()
-    request = {"source": local_node, "generation": cfg.generation, "files": files}
-
-    def push(channel):
-        reply = channel.call(SET_CONFIG, request, timeout=PEER_CALL_TIMEOUT)
-        return WRITTEN if reply.get("written") else UNCHANGED
-
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(channels)))) as pool:
-        futures = {name: pool.submit(_catching, push, channel) for name, channel in channels.items()}
-    for name, future in futures.items():
-        status = future.result()
-        outcome.nodes[name] = (FAILED, _describe(status)) if isinstance(status, Exception) else (status, "")
+def _status_or_error(calls, name):
+    try:
+        return calls(name, quorum.STATUS, {})
+    except (quorum.Unreachable, configmod.ConfigError) as exc:
+        return exc
 
 
-def _adopt_from(channel, current, local_node, confdir):
-    """Fetch the peer's configuration and adopt it if it is newer than ours; returns it, or None."""
-    reply = _ask_generation(channel, current, local_node, content=True)
-    cfg = _pushed_config(reply, channel.node_name)
-    if cfg.generation <= current.generation:
-        return None
-    configmod.adopt(cfg, confdir)
+def _content_config(content, what):
+    files = content if isinstance(content, dict) else {}
+    if not all(isinstance(files.get(name), str) for name in CONFIG_FILES):
+        raise configmod.ConfigError("%s has no configuration files" % what)
+    cfg = configmod.from_files(files[configmod.MODEL_FILE], files[configmod.JOBS_FILE], what)
+    if cfg.warnings:
+        raise configmod.ConfigError("%s has problems: %s" % (what, "; ".join(cfg.warnings)))
+    cfg.validate()
     return cfg
 
 
@@ -269,40 +326,37 @@ def _adopt_from(channel, current, local_node, confdir):
 
 class CatchUp:
     """What ``catch_up`` found: ``adopted`` (generation taken over, or None), ``source`` (from which node),
-    ``unreachable`` ({node: message}) and ``generation`` (this node's generation now)."""
+    ``unreachable`` ({node: message}), ``generation`` (this node's generation now) and ``conflicts`` (nodes holding
+    another content under this generation: only a forced change makes that, see ``resolve-conflict``)."""
 
     def __init__(self, generation):
         self.generation = generation
         self.adopted = None
         self.source = None
         self.unreachable = {}
+        self.conflicts = []
 
 
 def catch_up(confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, key=NODE_KEY, connect=ControlChannel):
-    """Ask every peer for its generation and adopt the newest configuration if it is newer than this node's."""
+    """Adopt the newest committed configuration any peer holds, and finish a change a dead proposer left accepted
+    but uncommitted (quorum.catch_up)."""
     local_node = read_local_node(statedir)
     current = configmod.load(confdir)
-    found = CatchUp(current.generation)
-    peers = _peers(current, local_node)
-    answers = _on_every_peer(peers, lambda node: _with_channel(node, key, connect, lambda ch: _ask_generation(ch, current, local_node)))
-    generations = {}
-    for name, answer in answers.items():
-        if isinstance(answer, Exception):
-            found.unreachable[name] = _describe(answer)
-        elif answer["generation"] > current.generation:
-            generations[name] = answer["generation"]
-    if generations:
-        name = max(generations, key=lambda n: (generations[n], n))
-        node = next(n for n in peers if n.name == name)
-        try:
-            adopted = _with_channel(node, key, connect, lambda ch: _adopt_from(ch, current, local_node, confdir))
-        except (TransportError, RemoteError, configmod.ConfigError) as exc:
-            raise ClusterError("node '%s' holds cluster configuration generation %d, newer than this node's %d, and "
-                               "adopting it failed: %s - this node does not act on its older configuration until it "
-                               "has adopted the newer one" % (name, generations[name], current.generation, _describe(exc))) from exc
-        if adopted is not None:
-            found.source, found.adopted, found.generation = name, adopted.generation, adopted.generation
-    return found
+    nodes = {node.name: node for node in _peers(current, local_node)}
+    calls = _Calls(nodes, local_node, confdir, key, connect)
+    try:
+        found = quorum.catch_up(local_node, sorted(nodes), calls)
+    except quorum.QuorumError as exc:
+        raise ClusterError("catching up with the peers failed: %s - this node does not act on a configuration it "
+                           "cannot confirm" % exc) from exc
+    finally:
+        calls.close()
+    result = CatchUp(found.version.generation if found.version else current.generation)
+    result.unreachable = dict(found.unreachable)
+    result.conflicts = list(found.conflicts)
+    if found.adopted is not None:
+        result.adopted, result.source = found.adopted.generation, found.source
+    return result
 
 
 def _with_channel(node, key, connect, work):
@@ -387,13 +441,58 @@ def serve_get_config(receiver, request):
     return reply
 
 
-def serve_set_config(receiver, request):
-    """``set-config``: adopt the pushed configuration if it is newer than this node's (else refused)."""
-    _check_request(request, ("source", "generation", "files"))
-    source = request.get("source")
-    cfg = _pushed_config(request, source)
-    if cfg.generation != request.get("generation"):
-        raise configmod.ConfigError("set-config from '%s': the files hold generation %s, the request says %s: refused"
-                                    % (source, cfg.generation, request.get("generation")))
-    written = configmod.adopt(cfg, receiver.confdir)
-    return {"written": written, "generation": cfg.generation}
+def serve_quorum(operation):
+    """The receiver operation ``operation`` (quorum.STATUS, PREPARE, ACCEPT, COMMIT) of this node's acceptor."""
+    def serve(receiver, request):
+        _check_request(request, QUORUM_FIELDS[operation] + ("source",))
+        return serve_quorum_here(receiver.confdir, operation, {k: v for k, v in request.items() if k != "source"})
+    return serve
+
+
+QUORUM_FIELDS = {quorum.STATUS: ("content",), quorum.PREPARE: ("slot", "ballot"),
+                 quorum.ACCEPT: ("slot", "ballot", "content", "base"), quorum.COMMIT: ("slot", "content")}
+
+
+def serve_quorum_here(confdir, operation, request):
+    """Run one acceptor handler under the configuration lock (sessions of several peers may arrive at once)."""
+    with configmod.config_lock(confdir):
+        acceptor = quorum.Acceptor(_AcceptorStore(confdir), lambda: _committed(confdir),
+                                   lambda generation, content: _commit(confdir, generation, content))
+        try:
+            return acceptor.handle(operation, request)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise configmod.ConfigError("invalid %s request (%s): refused" % (operation, exc)) from None
+
+
+def _committed(confdir):
+    cfg = configmod.load(confdir)
+    return cfg.generation, cfg.content()
+
+
+def _commit(confdir, generation, content):
+    """Write a chosen content as this node's generation ``generation`` (the caller holds the lock)."""
+    cfg = _content_config(content, "the chosen configuration")
+    if cfg.generation != generation:
+        raise configmod.ConfigError("the chosen configuration says generation %d, its slot is %d: refused"
+                                    % (cfg.generation, generation))
+    configmod.write_generation(cfg, confdir)
+
+
+class _AcceptorStore:
+    """The acceptor's Paxos state of the next slot: one JSON file beside the generations, replaced atomically."""
+
+    def __init__(self, confdir):
+        self.path = os.path.join(confdir, QUORUM_STATE_FILE)
+
+    def load(self):
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                return json.load(handle)
+        except FileNotFoundError:
+            return None
+        except ValueError as exc:
+            # A vote this node may have given is lost with it: it must not vote again in that slot.
+            raise configmod.ConfigCorrupt("the quorum state %s is damaged (%s)" % (self.path, exc), self.path) from None
+
+    def save(self, state):
+        atomic_write(self.path, json.dumps(state, sort_keys=True).encode("utf-8"), 0o600)

@@ -1114,6 +1114,13 @@ def _is_versioned(confdir):
     return os.path.lexists(os.path.join(confdir, CURRENT_LINK))
 
 
+def write_generation(cfg, confdir=DEFAULT_CONFDIR):
+    """Write ``cfg`` as its generation and make it current; the caller holds config_lock (the quorum acceptor's
+    commit of a chosen configuration: cluster.py)."""
+    cfg.validate()
+    _write_generation(cfg, confdir)
+
+
 def _write_generation(cfg, confdir):
     generations = os.path.join(confdir, GENERATIONS_DIR)
     os.makedirs(generations, mode=0o755, exist_ok=True)

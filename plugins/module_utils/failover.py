@@ -300,9 +300,10 @@ def _promotion_of(receiver, guest_id, volume):
 # 3. Take over (one cluster-wide change) and 4. start
 
 def take_over(moves, allow_unreachable=False, confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR,
-              check_mode=False):
+              check_mode=False, force_quorum=False):
     """Make each guest of ``moves`` ({guest id: node}) owned by its node, with the replication direction reversed
-    (config.move_guest), in one change pushed with generation + 1; returns the ClusterChange."""
+    (config.move_guest), in one change committed by a majority as generation + 1 (``force_quorum``: by whatever
+    nodes answer, the loud override); returns the ClusterChange."""
     def change(cfg):
         moved = {}
         for guest_id, node in sorted(moves.items()):
@@ -317,7 +318,8 @@ def take_over(moves, allow_unreachable=False, confdir=configmod.DEFAULT_CONFDIR,
                 cfg.move_guest(guest_id, node)
         return moved
 
-    return change_cluster(change, confdir=confdir, statedir=statedir, force=allow_unreachable, check_mode=check_mode)
+    return change_cluster(change, confdir=confdir, statedir=statedir, force=allow_unreachable, check_mode=check_mode,
+                          force_quorum=force_quorum)
 
 
 def guest_running(guest):

@@ -375,7 +375,8 @@ class _Proposal:
         if not self.forcing:
             if missing and not (allow_missing or force):
                 raise self.fail(NoQuorum, "nothing was changed: %s - bring the node(s) back, or allow unreachable "
-                                "nodes (a majority, %d of %d, is still required)" % (about, self.need, len(self.nodes)))
+                                "nodes (CLI --allow-unreachable, module option allow_unreachable; a majority, %d of "
+                                "%d, is still required)" % (about, self.need, len(self.nodes)))
             return self.need
         if force:  # the operator's override: whatever answers decides, and the outcome says so
             return answered

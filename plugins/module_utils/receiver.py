@@ -651,9 +651,9 @@ CONTROL_OPERATIONS = {
     "list": Receiver.list_replicas,
     # OpenZFS: drop an interrupted receive the source cannot resume.
     "abort-resume": Receiver.abort_resume,
-    # Cluster-wide configuration changes (cluster.py): generation query and push.
+    # The cluster configuration (cluster.py): its generation and files, and the quorum acceptor's four steps.
     "get-config": cluster.serve_get_config,
-    "set-config": cluster.serve_set_config,
+    **{operation: cluster.serve_quorum(operation) for operation in cluster.QUORUM_FIELDS},
     # Migration (migrate.py): the new owner receives the guest's job states (pvesr set-state).
     SET_STATE: Receiver.set_state,
     # Migration to a node without a replica: the copy is complete there, the one-off copy job's traces go.

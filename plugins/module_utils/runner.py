@@ -47,6 +47,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+from ansible_collections.storage.replication.plugins.module_utils.names import parse_replication_snapshot
 from ansible_collections.storage.replication.plugins.module_utils.schedule import DEFAULT_SCHEDULE
 from ansible_collections.storage.replication.plugins.module_utils.state import (
     DEFAULT_STATEDIR, STATUS_INTERRUPTED, LockError, StateError, StateFile, atomic_write, job_is_running, job_state_in,
@@ -413,8 +414,6 @@ def _cluster_error():
 def _snapshot_epochs():
     """``epochs(job_id, dataset)``: the epochs of the job's replication snapshots on a dataset of this node (none if
     the dataset does not exist); ZfsError if ZFS cannot tell."""
-    # pylint: disable-next=import-outside-toplevel
-    from ansible_collections.storage.replication.plugins.module_utils.receiver import is_job_snapshot, replication_prefix
     from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs, ZfsError  # pylint: disable=import-outside-toplevel
     zfs = Zfs()
 
@@ -425,8 +424,8 @@ def _snapshot_epochs():
             if exc.missing:
                 return set()
             raise
-        digits = (name[len(replication_prefix(job_id)):-2] for name in names if is_job_snapshot(name, job_id))
-        return {int(d) for d in digits if d.isdigit()}
+        parsed = (parse_replication_snapshot(name) for name in names)
+        return {epoch for job, epoch in filter(None, parsed) if job == job_id}
     return epochs
 
 

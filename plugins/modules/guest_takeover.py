@@ -32,6 +32,13 @@ options:
         description: Its new owner.
         type: str
         required: true
+  force_quorum:
+    description:
+      - Commit the change with whatever nodes answer, without a majority (Proxmox's C(pvecm expected 1)).
+      - Only when the missing nodes are known to be down for good; the result says C(forced=true), and a node that
+        comes back holding another configuration under the same generation reports a conflict.
+    type: bool
+    default: false
 extends_documentation_fragment:
   - storage.replication.attributes
   - storage.replication.cluster
@@ -66,6 +73,10 @@ push:
   description: What happened on each node, C(written), C(unchanged), C(skipped) (unreachable) or C(failed).
   returned: success
   type: dict
+forced:
+  description: True when the change was committed without a majority (O(force_quorum)).
+  returned: success
+  type: bool
 """
 
 from ansible.module_utils.basic import AnsibleModule
@@ -81,10 +92,12 @@ def owners(cfg, guests):
 
 def take_over(module):
     moves = {item["id"]: item["node"] for item in module.params["guests"]}
-    outcome = failover.take_over(moves, module.params["allow_unreachable"], check_mode=module.check_mode)
+    outcome = failover.take_over(moves, module.params["allow_unreachable"], check_mode=module.check_mode,
+                                 force_quorum=module.params["force_quorum"])
     summary = outcome.as_dict()
     result = {"changed": outcome.changed, "moved": {str(g): m for g, m in (outcome.result or {}).items()},
-              "generation": summary["generation"], "push": summary["nodes"], "warnings": outcome.warnings}
+              "generation": summary["generation"], "push": summary["nodes"], "forced": summary["forced"],
+              "warnings": outcome.warnings}
     if module._diff:  # pylint: disable=protected-access
         result["diff"] = json_diff(owners(outcome.before, moves), owners(outcome.after, moves), "guest owners")
     return result
@@ -93,7 +106,8 @@ def take_over(module):
 def main():
     module = AnsibleModule(
         argument_spec=cluster_argument_spec({"guests": {"type": "list", "elements": "dict", "required": True, "options": {
-            "id": {"type": "int", "required": True}, "node": {"type": "str", "required": True}}}}),
+            "id": {"type": "int", "required": True}, "node": {"type": "str", "required": True}}},
+            "force_quorum": {"type": "bool", "default": False}}),
         supports_check_mode=True,
     )
     failover.run_module_step(module, lambda: take_over(module))

@@ -122,7 +122,7 @@ def load_engine():
     if ENGINE:
         return ENGINE
     import importlib  # pylint: disable=import-outside-toplevel
-    for name in ("config", "state", "zfs", "orphans", "receiver", "cluster", "migrate", "names"):
+    for name in ("config", "state", "zfs", "orphans", "receiver", "cluster", "migrate", "names", "quorum"):
         ENGINE[name] = importlib.import_module("%s.%s" % (PKG, name))
     return ENGINE
 
@@ -1390,6 +1390,8 @@ def seeds():
     """[(name, bytes, expect)]: expect True (accepted), False (refused), None (no expectation: hostile)."""
     configmod = load_engine()["config"]
     files8 = next_generation_config().content()
+    ballot = [1, "node1", "00000000000000ab"]
+    base7 = load_engine()["quorum"].Version.of(GENERATION, cluster_config().content()).json()
     finalize = {"job": "100-0", "guest": 100, "volumes": ["local-zfs:vm-100-disk-0", "tank:vm-100-disk-1"],
                 "last_sync": 1700000900, "guest_definition": {"type": "vm", "name": "web"}, "generation": 7,
                 "source": "node1"}
@@ -1412,7 +1414,11 @@ def seeds():
         ("abort-resume", _request("abort-resume", {"job": "400-0", "guest": 400, "volume": "local-zfs:vm-400-disk-0",
                                                    "reason": "token expired", "generation": 7, "source": "node1"})),
         ("get-config", _request("get-config", {"generation": 7, "source": "node1", "content": True})),
-        ("set-config", _request("set-config", {"generation": 8, "source": "node1", "files": files8})),
+        ("quorum-status", _request("quorum-status", {"content": True, "source": "node1"})),
+        ("quorum-prepare", _request("quorum-prepare", {"slot": 8, "ballot": ballot, "source": "node1"})),
+        ("quorum-accept", _request("quorum-accept", {"slot": 8, "ballot": ballot, "content": files8, "base": base7,
+                                                     "source": "node1"})),
+        ("quorum-commit", _request("quorum-commit", {"slot": 8, "content": files8, "source": "node1"})),
         ("set-state", _request("set-state", {"guest": 100, "generation": 7, "source": "node1", "states": {
             "local/node2": {"last_sync": 1700000900, "fail_count": 0}}})),
         ("drop-migration-copy", _request("drop-migration-copy", {
@@ -1492,9 +1498,10 @@ def seeds():
                                 .encode()).encode()),
         ("shell", Case("openzfs", "node1", "sh -c id", b"").encode()),
         ("empty", Case("openzfs", "node1", "", b"").encode()),
-        ("set-config-stale", _request("set-config", {"generation": 6, "source": "node1", "files": files8})),
-        ("set-config-garbage", _request("set-config", {"generation": 8, "source": "node1",
-                                                       "files": {configmod.MODEL_FILE: "{", configmod.JOBS_FILE: ""}})),
+        ("quorum-commit-wrong-slot", _request("quorum-commit", {"slot": 9, "content": files8, "source": "node1"})),
+        ("quorum-commit-garbage", _request("quorum-commit", {"slot": 8, "source": "node1", "content": {
+            configmod.MODEL_FILE: "{", configmod.JOBS_FILE: ""}})),
+        ("quorum-prepare-bad-ballot", _request("quorum-prepare", {"slot": 8, "ballot": "x", "source": "node1"})),
         ("set-state-bad", _request("set-state", {"guest": 100, "generation": 7, "source": "node1",
                                                  "states": {"../x": 1}})),
         ("drop-copy-wrong-job", _request("drop-migration-copy", {"job": "100-0", "guest": 100, "volumes": [],
@@ -1510,7 +1517,8 @@ def write_seeds(directory):
             handle.write(data)
 
 
-DICTIONARY = ["prepare", "finalize", "list", "abort-resume", "get-config", "set-config", "set-state",
+DICTIONARY = ["prepare", "finalize", "list", "abort-resume", "get-config", "quorum-status", "quorum-prepare",
+              "quorum-accept", "quorum-commit", "slot", "ballot", "base", "set-state",
               "drop-migration-copy", "receive", "session", "operation", "request", "arguments", "bytes", "job",
               "guest", "volumes", "volume", "scan", "last_sync", "parent_snapname", "force", "generation", "source",
               "guest_definition", "reason", "content", "files", "states", "resume=1", "raw=1", "base=", "snapshot=",
@@ -1541,7 +1549,8 @@ PALETTE = ["gone-zfs", "backup-dir", ["gone-zfs", "backup-dir"], "100-0", "200-0
            "node1", "node2", "node3", "node1\n", "\u0661\u0660\u0660", "\u00b2", "\ud800", "x" * 300,
            ["local-zfs:vm-100-disk-0"], ["local-zfs:vm-100-disk-0", "tank:vm-100-disk-1"], ["local-zfs"],
            {"local/node2": {"last_sync": 1}}, {"type": "vm"}]
-OPERATIONS = ["prepare", "finalize", "list", "abort-resume", "get-config", "set-config", "set-state",
+OPERATIONS = ["prepare", "finalize", "list", "abort-resume", "get-config", "quorum-status", "quorum-prepare",
+              "quorum-accept", "quorum-commit", "set-state",
               "drop-migration-copy", "receive", "destroy", "session"]
 KEYS = ["job", "guest", "volumes", "volume", "scan", "last_sync", "parent_snapname", "force", "generation", "source",
         "guest_definition", "reason", "content", "files", "states", "operation", "request", "arguments", "bytes"]
@@ -1713,7 +1722,9 @@ STAT_RE = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)/(\S+)(
 
 # What line coverage is measured on: receiver.py whole, and the receiver operations that live in other modules.
 COVERAGE_SCOPE = {"receiver": None, "names": None,
-                  "cluster": ("serve_get_config", "serve_set_config", "_check_request", "_pushed_config")}
+                  "cluster": ("serve_get_config", "serve_quorum", "serve_quorum_here", "_check_request", "_commit",
+                              "_committed", "_content_config"),
+                  "quorum": None}
 
 
 def line_coverage(files, scope=None):

@@ -13,6 +13,7 @@ import pytest
 
 from ansible_collections.storage.replication.plugins.module_utils import cluster
 from ansible_collections.storage.replication.plugins.module_utils import config as C
+from ansible_collections.storage.replication.plugins.module_utils import quorum
 from ansible_collections.storage.replication.plugins.module_utils.receiver import CONTROL_OPERATIONS
 from ansible_collections.storage.replication.plugins.module_utils.transport import RemoteError, TransportError
 
@@ -124,11 +125,12 @@ def test_an_unreachable_node_refuses_the_change_everywhere(peers):
     peers.down.add("node3")
     before = peers.files()
     refusal = (r"nothing was changed: node 'node3': unreachable at 10.0.0.3 port 22 \(Connection refused\) .* "
-               r"allow unreachable nodes \(CLI --allow-unreachable, module option allow_unreachable\)")
+               r"allow unreachable nodes \(CLI --allow-unreachable, module option allow_unreachable; a majority, 2 of 3, "
+               r"is still required\)")
     with pytest.raises(cluster.ClusterError, match=refusal):
         change(peers, add_job)
     assert peers.files() == before
-    assert ("node2", cluster.SET_CONFIG) not in peers.calls
+    assert ("node2", quorum.ACCEPT) not in peers.calls and ("node2", quorum.COMMIT) not in peers.calls
 
 
 def test_force_changes_the_reachable_nodes_and_the_missing_one_catches_up(peers):
@@ -140,19 +142,31 @@ def test_force_changes_the_reachable_nodes_and_the_missing_one_catches_up(peers)
     assert [peers.cfg(n).generation for n in NODES] == [2, 2, 1]
     peers.down.clear()
     found = cluster.catch_up(peers.dirs["node3"], str(peers.state["node3"]), connect=peers.connect)
-    assert (found.adopted, found.source, found.unreachable) == (2, "node2", {})
+    assert (found.adopted, found.unreachable) == (2, {}) and found.source in ("node1", "node2")
     assert peers.cfg("node3").content() == peers.cfg("node1").content()
 
 
-def test_a_newer_peer_refuses_the_change_and_this_node_adopts_its_configuration(peers):
+def test_a_change_built_on_an_older_generation_is_rebuilt_on_the_newer_one(peers):
+    """Compare-and-swap: node2 holds generation 5 (a change node1 missed); node1's change is rebuilt on it and
+    commits as generation 6 on every node, with both changes in it."""
     newer = base_config(generation=5)
     newer.add_job(C.Job("100-1", "node3"))
     C.save(newer, peers.dirs["node2"])
-    with pytest.raises(cluster.ClusterError, match="node 'node2' holds cluster configuration generation 5, newer than this "
-                                                   "node's 1 - nothing was changed; this node has now adopted generation 5"):
-        change(peers, add_job)
-    assert "100-0" not in peers.cfg("node2").jobs and peers.cfg("node3").generation == 1
-    assert peers.cfg("node1").generation == 5 and list(peers.cfg("node1").jobs) == ["100-1"]
+    outcome = change(peers, add_job)
+    assert outcome.changed and outcome.generation == 6 and outcome.before.generation == 5
+    assert [peers.cfg(n).generation for n in NODES] == [6, 6, 6]
+    assert all(sorted(peers.cfg(n).jobs) == ["100-0", "100-1"] for n in NODES)
+
+
+def test_a_change_that_no_longer_applies_to_the_newer_generation_is_refused(peers):
+    newer = base_config(generation=5)
+    newer.add_job(C.Job("100-0", "node3"))  # guest 100 goes to node3 already: a job to node2 is still fine,
+    newer.guests[100].node = "node2"        # but node2 owns the guest now, so a job to node2 no longer applies
+    newer.jobs["100-0"].target = "node3"
+    C.save(newer, peers.dirs["node2"])
+    with pytest.raises(cluster.ClusterError, match="the change no longer applies to it"):
+        change(peers, lambda cfg: cfg.add_job(C.Job("100-1", "node2")))
+    assert "100-1" not in peers.cfg("node2").jobs and peers.cfg("node2").generation == 5
 
 
 def test_check_mode_asks_the_peers_and_writes_nothing(peers):
@@ -160,7 +174,7 @@ def test_check_mode_asks_the_peers_and_writes_nothing(peers):
     outcome = change(peers, add_job, check_mode=True)
     assert outcome.changed and outcome.generation == 2 and "100-0" in outcome.after.jobs
     assert peers.files() == before
-    assert sorted(peers.calls) == [("node2", cluster.GET_CONFIG), ("node3", cluster.GET_CONFIG)]
+    assert sorted(peers.calls) == [("node2", quorum.STATUS), ("node3", quorum.STATUS)]
 
 
 def test_a_node_outside_the_configuration_may_not_change_it(peers, tmp_path):
@@ -169,16 +183,16 @@ def test_a_node_outside_the_configuration_may_not_change_it(peers, tmp_path):
         change(peers, add_job)
 
 
-def test_set_config_refuses_an_older_or_conflicting_generation(peers):
+def test_a_commit_of_another_content_or_a_wrong_generation_is_refused(peers):
     change(peers, add_job)
     stale = base_config(generation=2)
     channel = FakeChannel(peers, "node2")
-    with pytest.raises(RemoteError, match="refusing configuration generation 2: this node already has generation 2 with different content"):
-        channel.call(cluster.SET_CONFIG, {"source": "node3", "generation": 2, "files": stale.content()})
-    with pytest.raises(RemoteError, match="the files hold generation 2, the request says 3"):
-        channel.call(cluster.SET_CONFIG, {"source": "node3", "generation": 3, "files": stale.content()})
+    reply = channel.call(quorum.COMMIT, {"source": "node3", "slot": 2, "content": stale.content()})
+    assert reply["status"] == quorum.CONFLICT
+    with pytest.raises(RemoteError, match="the chosen configuration says generation 2, its slot is 3"):
+        channel.call(quorum.COMMIT, {"source": "node3", "slot": 3, "content": stale.content()})
     with pytest.raises(RemoteError, match="unknown request field"):
-        channel.call(cluster.SET_CONFIG, {"source": "node3", "generation": 3, "files": stale.content(), "shell": "rm"})
+        channel.call(quorum.COMMIT, {"source": "node3", "slot": 3, "content": stale.content(), "shell": "rm"})
     assert peers.cfg("node2").generation == 2 and "100-0" in peers.cfg("node2").jobs
 
 

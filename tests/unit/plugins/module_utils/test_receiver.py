@@ -239,7 +239,7 @@ RECEIVE_300_AS_100 = ("receive job=100-0 guest=100 volume=local-zfs:vm-300-disk-
     # The request's source is checked against the key, never believed.
     ("node3", "prepare", prepare_request(), "wrong-source", "says it comes from node 'node1', but it came with the key "
      "of node 'node3'"),
-    ("node1", "set-config", {"source": "node3", "generation": 8, "files": {}}, "wrong-source", "node 'node3'"),
+    ("node1", "quorum-commit", {"source": "node3", "slot": 8, "content": {}}, "wrong-source", "node 'node3'"),
     # Only the guest's owner replicates it.
     ("node3", "prepare", prepare_request(source="node3"), "not-owner", "node 'node3' asked for guest 100, which is "
      "owned by node 'node1'"),

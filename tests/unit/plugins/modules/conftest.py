@@ -6,6 +6,7 @@ answered by a fake control channel (no SSH). ``run_module`` runs a module's main
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 
@@ -15,19 +16,38 @@ from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.storage.replication.plugins.module_utils import _module, cluster
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+from ansible_collections.storage.replication.plugins.module_utils.receiver import CONTROL_OPERATIONS
 from ansible_collections.storage.replication.plugins.module_utils.transport import TransportError
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFOmI4sx3vPGCUxrBYrxB1NvD5x4Uc8mfv7wbJxeD1oW"
 
 
 class FakePeers:
-    """The peers' side of change_cluster: their generations, what was pushed, which ones are down."""
+    """node2 and node3 as real configuration directories whose receivers run in this process (no SSH): what
+    change_cluster does to them is what their acceptors do."""
 
-    def __init__(self):
-        self.generation = {}
-        self.pushed = {}
+    def __init__(self, root, cfg):
+        self.dirs = {name: str(root / name) for name in ("node2", "node3")}
+        for path in self.dirs.values():
+            configmod.save(copy.deepcopy(cfg), path)
+        self.initial = dict(self.generation)
         self.down = set()
         self.connect_error = None
+
+    @property
+    def generation(self):
+        return {name: configmod.load(path).generation for name, path in self.dirs.items()}
+
+    @property
+    def pushed(self):
+        """{node: generation} of the peers a change reached."""
+        return {name: gen for name, gen in self.generation.items() if gen != self.initial[name]}
+
+    def sync(self, confdir):
+        """The peers take node1's configuration as it is now (as if they had committed the same change)."""
+        for path in self.dirs.values():
+            configmod.save(configmod.load(confdir), path)
+        self.initial = dict(self.generation)
 
     def channel(self, node_name, address, host_key, key=None, port=22, timeout=None):
         del address, host_key, key, port, timeout
@@ -48,11 +68,8 @@ class _FakeChannel:
 
     def call(self, operation, request, timeout=None):
         del timeout
-        if operation == cluster.GET_CONFIG:
-            return {"generation": self.peers.generation.get(self.node_name, 0)}
-        self.peers.pushed[self.node_name] = request["generation"]
-        self.peers.generation[self.node_name] = request["generation"]
-        return {"written": True, "generation": request["generation"]}
+        receiver = type("Receiver", (), {"confdir": self.peers.dirs[self.node_name], "node": self.node_name})()
+        return dict(CONTROL_OPERATIONS[operation](receiver, json.loads(json.dumps(request))), ok=True)
 
     def close(self):
         pass
@@ -70,8 +87,7 @@ def node_cluster(tmp_path, monkeypatch):
     cfg.set_storage(configmod.Storage("local-zfs"))
     cfg.set_guest(configmod.Guest(100, "vm", "node1", ["local-zfs:vm-100-disk-0"]))
     configmod.save(cfg, str(confdir))
-    peers = FakePeers()
-    peers.generation = {"node2": 1, "node3": 1}
+    peers = FakePeers(tmp_path / "peers", configmod.load(str(confdir)))
     monkeypatch.setattr(cluster, "change_cluster", functools.partial(
         cluster.change_cluster, confdir=str(confdir), statedir=str(statedir), connect=peers.channel))
     monkeypatch.setattr(_module, "local_node", lambda: "node1")

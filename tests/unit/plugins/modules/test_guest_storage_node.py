@@ -14,7 +14,7 @@ from conftest import HOST_KEY
 def test_guest_owner_is_kept_after_a_move(node_cluster, run_module):
     with configmod.edit(node_cluster["confdir"]) as cfg:
         cfg.move_guest(100, "node2")
-    node_cluster["peers"].generation = {"node2": 2, "node3": 2}
+    node_cluster["peers"].sync(node_cluster["confdir"])
     args = {"id": 100, "type": "vm", "node": "node1", "volumes": ["local-zfs:vm-100-disk-0"]}
     result = run_module(guest.main, args, check=True)
     assert result["changed"] is False and result["guest"]["node"] == "node2"

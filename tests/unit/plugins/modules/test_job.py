@@ -112,7 +112,7 @@ def test_job_after_a_migration_is_not_created_again(node_cluster, run):
     run({"jobs": [{"guest": 100, "target": "node2"}, {"guest": 100, "target": "node3"}]})
     with configmod.edit(node_cluster["confdir"]) as cfg:
         cfg.move_guest(100, "node2")
-    node_cluster["peers"].generation = {"node2": 3, "node3": 3}
+    node_cluster["peers"].sync(node_cluster["confdir"])
     result = run({"jobs": [{"guest": 100, "target": "node2"}, {"guest": 100, "target": "node3"}], "purge": True})
     assert result["changed"] is False, result
     assert any("reversed the direction" in w for w in result["warnings"]), result["warnings"]
