@@ -337,13 +337,19 @@ class CatchUp:
         self.conflicts = []
 
 
-def catch_up(confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, key=NODE_KEY, connect=ControlChannel):
+def catch_up(confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, key=NODE_KEY, connect=ControlChannel,
+             check_mode=False):
     """Adopt the newest committed configuration any peer holds, and finish a change a dead proposer left accepted
-    but uncommitted (quorum.catch_up)."""
+    but uncommitted (quorum.catch_up).  ``check_mode`` writes nothing: it says what would be adopted."""
     local_node = read_local_node(statedir)
     current = configmod.load(confdir)
     nodes = {node.name: node for node in _peers(current, local_node)}
     calls = _Calls(nodes, local_node, confdir, key, connect)
+    if check_mode:
+        try:
+            return _would_catch_up(calls, local_node, sorted(nodes), current)
+        finally:
+            calls.close()
     try:
         found = quorum.catch_up(local_node, sorted(nodes), calls)
     except quorum.QuorumError as exc:
@@ -356,6 +362,23 @@ def catch_up(confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, key=N
     result.conflicts = list(found.conflicts)
     if found.adopted is not None:
         result.adopted, result.source = found.adopted.generation, found.source
+    return result
+
+
+def _would_catch_up(calls, local_node, peers, current):
+    """What catch_up would adopt, from every node's committed version; nothing is written."""
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(peers) + 1))) as pool:
+        futures = {name: pool.submit(_status_or_error, calls, name) for name in [local_node] + peers}
+    replies = {name: future.result() for name, future in futures.items()}
+    result = CatchUp(current.generation)
+    result.unreachable = {n: _describe(r) for n, r in replies.items() if isinstance(r, Exception)}
+    peer_versions = {n: quorum.Version.parse(r["version"]) for n, r in replies.items()
+                     if n != local_node and not isinstance(r, Exception)}
+    newer = {n: v.generation for n, v in peer_versions.items() if v.generation > current.generation}
+    if newer:
+        result.source = max(newer, key=lambda n: (newer[n], n))
+        result.adopted = newer[result.source]
+    result.conflicts = quorum.conflicts(quorum.Version.of(current.generation, current.content()), peer_versions)[0]
     return result
 
 
@@ -449,7 +472,7 @@ def serve_quorum(operation):
     return serve
 
 
-QUORUM_FIELDS = {quorum.STATUS: ("content",), quorum.PREPARE: ("slot", "ballot"),
+QUORUM_FIELDS = {quorum.STATUS: ("content", "history"), quorum.PREPARE: ("slot", "ballot"),
                  quorum.ACCEPT: ("slot", "ballot", "content", "base"), quorum.COMMIT: ("slot", "content")}
 
 
@@ -457,7 +480,8 @@ def serve_quorum_here(confdir, operation, request):
     """Run one acceptor handler under the configuration lock (sessions of several peers may arrive at once)."""
     with configmod.config_lock(confdir):
         acceptor = quorum.Acceptor(_AcceptorStore(confdir), lambda: _committed(confdir),
-                                   lambda generation, content: _commit(confdir, generation, content))
+                                   lambda generation, content: _commit(confdir, generation, content),
+                                   lambda: _history(confdir))
         try:
             return acceptor.handle(operation, request)
         except (TypeError, ValueError, KeyError) as exc:
@@ -467,6 +491,11 @@ def serve_quorum_here(confdir, operation, request):
 def _committed(confdir):
     cfg = configmod.load(confdir)
     return cfg.generation, cfg.content()
+
+
+def _history(confdir):
+    """The versions of the generations this node keeps (configmod keeps the last few)."""
+    return [quorum.Version.of(cfg.generation, cfg.content()) for cfg in configmod.kept_generations(confdir)]
 
 
 def _commit(confdir, generation, content):

@@ -974,6 +974,26 @@ def _load_generation(directory):
     return cfg
 
 
+def kept_generations(confdir=DEFAULT_CONFDIR):
+    """The configurations of the generations kept in ``confdir`` (the last few), oldest first; damaged ones left
+    out (they are reported where they are current)."""
+    generations = os.path.join(confdir, GENERATIONS_DIR)
+    kept = []
+    for name in sorted((n for n in _listdir(generations) if n.isdigit()), key=int):
+        try:
+            kept.append(_load_generation(os.path.join(generations, name)))
+        except (ConfigError, OSError):
+            continue
+    return kept
+
+
+def _listdir(path):
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
 def _read_digests(directory):
     """``{file name: sha256}`` from the generation's SHA256SUMS, or None for a directory written before it existed."""
     path = os.path.join(directory, DIGEST_FILE)

@@ -118,8 +118,11 @@ class Acceptor:
     the node's configuration store. Each handler persists before it replies; the caller runs them one at a time
     (the node's configuration lock), and ``handle`` is what the receiver calls."""
 
-    def __init__(self, store, committed, commit):
+    def __init__(self, store, committed, commit, history=None):
         self._store, self._committed, self._commit = store, committed, commit
+        # history() -> [Version] of the generations this node still keeps: lets a proposer whose reply was lost
+        # find out that its change was committed (finished by another proposer) before it would apply it again.
+        self._history = history or (lambda: [])
 
     def handle(self, operation, request):
         handlers = {STATUS: self.status, PREPARE: self.prepare, ACCEPT: self.accept, COMMIT: self.commit}
@@ -153,11 +156,14 @@ class Acceptor:
     def _below(ballot, state):
         return state["promised"] is not None and ballot < Ballot.parse(state["promised"])
 
-    def status(self, content=False):
+    def status(self, content=False, history=False):
         """This node's committed version, its promise and whether a value waits to be finished in the next slot."""
         version, committed, state = self._load()
         pending = state["accepted"]["ballot"] if state["accepted"] else None
-        return self._reply("ok", version, state, pending=pending, **({"content": committed} if content else {}))
+        extra = {"content": committed} if content else {}
+        if history:
+            extra["history"] = [v.json() for v in self._history()]
+        return self._reply("ok", version, state, pending=pending, **extra)
 
     def prepare(self, slot, ballot):
         version, _, state = self._load()
@@ -291,6 +297,9 @@ class _Proposal:
             if change is not None and built_on != base:
                 if value is not None and Version.of(base.generation, value) == base:
                     return self.done(base, "committed by another proposer that finished it")
+                if value is not None and self.in_doubt and (yield from self.was_committed(built_on, value)):
+                    return self.done(base, "committed as generation %d by another proposer that finished it"
+                                     % (built_on.generation + 1))
                 value = self.build(change, content, built_on, base)
                 if value is None and self.in_doubt:  # our accepts went out: the base holds it, finished by another
                     return self.done(base, "in effect: committed by another proposer that finished it")
@@ -338,6 +347,13 @@ class _Proposal:
                 return self.done(Version.of(slot, proposal), "finished a pending change")
         raise self.fail(QuorumError, "gave up after %d attempts: other changes kept taking the generation (ballot "
                         "round %d); try again" % (max_attempts, self.round))
+
+    def was_committed(self, built_on, value):
+        """Whether our value became generation built_on + 1 (another proposer finished it, then went on): then it
+        must not be applied again on the newer base."""
+        ours = Version.of(built_on.generation + 1, value).json()
+        replies = yield from self.ask({n: (STATUS, {"history": True}) for n in self.nodes})
+        return any(ours in reply.get("history", ()) for reply in _answered(replies).values())
 
     def build(self, change, content, built_on, base):
         """The change applied to ``base``'s content; None if it changes nothing. Compare-and-swap: a change rebuilt

@@ -122,8 +122,8 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.storage.replication.plugins.module_utils import cluster, config as configmod, failover
 
 
-def plan(params):
-    cluster.catch_up()
+def plan(params, check_mode):
+    cluster.catch_up(check_mode=check_mode)
     cfg = configmod.load()
     views = failover.survey(cfg)
     result = failover.plan_failover(cfg, cluster.read_local_node(), params["failed_node"], views, params["guests"],
@@ -138,7 +138,7 @@ def main():
                        "to": {"type": "str"}, "force_quorum": {"type": "bool", "default": False}},
         supports_check_mode=True,
     )
-    failover.run_module_step(module, lambda: plan(module.params))
+    failover.run_module_step(module, lambda: plan(module.params, module.check_mode))
 
 
 if __name__ == "__main__":

@@ -72,13 +72,13 @@ from ansible_collections.storage.replication.plugins.module_utils import cluster
 
 
 def set_state(module):
-    found = cluster.catch_up()
+    found = cluster.catch_up(check_mode=module.check_mode)
     result = failover.set_guest_running(module.params["guest"], module.params["state"] == "started",
                                         check_mode=module.check_mode)
     result["adopted"] = found.adopted
     if found.adopted is not None:
-        result["warnings"] = ["this node adopted cluster configuration generation %d from node '%s' first"
-                              % (found.adopted, found.source)]
+        result["warnings"] = ["this node %s cluster configuration generation %d from node '%s' first"
+                              % ("would adopt" if module.check_mode else "adopted", found.adopted, found.source)]
     return result
 
 
