@@ -495,7 +495,9 @@ def status(args):
         lines.append(form % (job["id"], "Yes" if job["enabled"] else "No", "local/" + job["target"], _status_time(job["last_sync"]),
                              _next_sync_text(job["next_sync"], now), job["duration"] if job["duration"] is not None else "-",
                              job["fail_count"], job["state"].replace("\n", " ")))
-    return Output(report, "\n".join(lines))
+    # A configuration conflict or a failed catch-up stops every job of this node: say so above the table.
+    refusal = runner.last_peer_check(paths.statedir).get("error")
+    return Output(report, "\n".join(lines), [refusal] if refusal else [])
 
 
 @subcommand("restore-config", "Restore this node's damaged cluster configuration from a majority of its peers.",
@@ -510,8 +512,28 @@ def restore_config(args):
         raise CliError(_one_line(exc)) from None
     if restored is None:
         return Output({"restored": False}, "the cluster configuration of this node is readable: nothing to restore")
+    return _restored_output(restored)
+
+
+def _restored_output(restored):
     return Output({"restored": True, "generation": restored.generation, "source": restored.source, "kept": restored.kept},
                   restored.message)
+
+
+@subcommand("resolve-conflict", "Take the cluster configuration a majority holds when this node holds another under "
+            "the same generation (after a change forced without quorum); this node's own is kept aside.", _no_arguments)
+def resolve_conflict(args):
+    del args
+    cluster, config, _runner, _state = _engine()
+    paths = _paths()
+    try:
+        resolved = cluster.resolve_conflict(paths.confdir, paths.statedir)
+    except (cluster.ClusterError, config.ConfigError) as exc:
+        raise CliError(_one_line(exc)) from None
+    if resolved is None:
+        return Output({"restored": False}, "no configuration conflict: the nodes that answer hold this node's version "
+                      "or newer ones")
+    return _restored_output(resolved)
 
 
 @subcommand("schedule-now", "Make a job due at the next run of the runner.", _id_argument)

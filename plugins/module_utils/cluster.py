@@ -391,21 +391,63 @@ def _with_channel(node, key, connect, work):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Resolving a configuration conflict (`storage-replication resolve-conflict`)
+
+def resolve_conflict(confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, key=NODE_KEY, connect=ControlChannel):
+    """Take the version a majority of the cluster's nodes hold when this node holds another content under the same
+    generation (a change forced without quorum on a minority); this node's own is kept aside as a file.
+    Returns a Restored (``generation``, ``source``, ``kept``), or None when there is no conflict. ClusterError when
+    no version has a majority of all the nodes."""
+    local_node = read_local_node(statedir)
+    current = configmod.load(confdir)
+    nodes = {node.name: node for node in _peers(current, local_node)}
+    calls = _Calls(nodes, local_node, confdir, key, connect)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(16, len(nodes)))) as pool:
+            futures = {name: pool.submit(_status_or_error, calls, name) for name in sorted(nodes)}
+        replies = {name: future.result() for name, future in futures.items()}
+        mine = quorum.Version.of(current.generation, current.content())
+        versions = {n: quorum.Version.parse(r["version"]) for n, r in replies.items() if not isinstance(r, Exception)}
+        differing, _majority = quorum.conflicts(mine, versions)
+        if not differing:
+            return None
+        counts = {}
+        for version in list(versions.values()) + [mine]:
+            counts[version] = counts.get(version, 0) + 1
+        winner = max(counts, key=counts.get)
+        if winner == mine or 2 * counts[winner] <= len(nodes) + 1:
+            raise ClusterError("configuration conflict at generation %d: no other version is held by a majority of the "
+                               "%d nodes (%s) - bring the other nodes back and run resolve-conflict again"
+                               % (current.generation, len(nodes) + 1, ", ".join(
+                                   "%s: %s" % (n, v) for n, v in sorted(versions.items()))))
+        source = sorted(n for n, v in versions.items() if v == winner)[0]
+        content = calls(source, quorum.STATUS, {"content": True}).get("content")
+        if quorum.Version.of(winner.generation, content) != winner:
+            raise ClusterError("node '%s' changed its configuration while it was read - run resolve-conflict again" % source)
+    finally:
+        calls.close()
+    kept = configmod.replace_conflicting(_content_config(content, "node '%s'" % source), confdir)
+    return Restored(winner.generation, source, kept, "took cluster configuration generation %d from node '%s' (the "
+                    "version a majority holds); this node's own is kept as %s")
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Restoring a damaged configuration (the runner before it acts, and `storage-replication restore-config`)
 
 class Restored:
     """What ``restore_config`` did: ``generation`` taken from node ``source``; ``kept`` is where the damaged copy
     is now (None if nothing was left of it)."""
 
-    def __init__(self, generation, source, kept):
+    def __init__(self, generation, source, kept,
+                 text="restored cluster configuration generation %d from node '%s', the corrupt copy is kept as %s"):
         self.generation = generation
         self.source = source
         self.kept = kept
+        self.text = text
 
     @property
     def message(self):
-        return "restored cluster configuration generation %d from node '%s', the corrupt copy is kept as %s" % (
-            self.generation, self.source, self.kept or "(nothing: it was missing)")
+        return self.text % (self.generation, self.source, self.kept or "(nothing: it was missing)")
 
 
 def restore_config(confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, key=NODE_KEY, connect=ControlChannel):

@@ -57,6 +57,7 @@ GENERATIONS_DIR = "generations"
 LOCK_FILE = ".lock"
 DIGEST_FILE = "SHA256SUMS"
 CORRUPT_SUFFIX = ".corrupt-"
+CONFLICT_SUFFIX = ".conflict-"  # a generation that lost to the majority's content (cluster.resolve_conflict)
 KEEP_GENERATIONS = 5
 LOCK_TIMEOUT = 10
 MODEL_FORMAT = 1
@@ -1078,11 +1079,22 @@ def restore(cfg, confdir=DEFAULT_CONFDIR):
         raise ConfigError("the configuration in %s is readable: there is nothing to restore" % confdir)
 
 
-def _set_aside_current(confdir, damaged_path):
+def replace_conflicting(cfg, confdir=DEFAULT_CONFDIR):
+    """Replace this node's readable configuration with ``cfg``, the version a majority holds under the same
+    generation (only a change forced without quorum makes two); this node's own is kept aside as
+    ``generations/<N>.conflict-<time>``. Returns that path."""
+    cfg.validate()
+    with config_lock(confdir):
+        kept = _set_aside_current(confdir, None, CONFLICT_SUFFIX)
+        _write_generation(cfg, confdir)
+        return kept
+
+
+def _set_aside_current(confdir, damaged_path, suffix=None):
     directory = os.path.realpath(os.path.join(confdir, CURRENT_LINK))
     if not os.path.isdir(directory):
         return None
-    stamp = directory + CORRUPT_SUFFIX + time.strftime("%Y%m%dT%H%M%S")
+    stamp = directory + (suffix or CORRUPT_SUFFIX) + time.strftime("%Y%m%dT%H%M%S")
     aside, number = stamp, 1
     while os.path.lexists(aside):  # damaged twice within a second
         aside, number = "%s-%d" % (stamp, number), number + 1

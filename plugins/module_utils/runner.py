@@ -240,6 +240,10 @@ def format_metrics(report, node, generation, tick, readable=None):
         name = "storage_replication_%s_readable" % what
         lines += ["# HELP %s 1 if this node's %s can be read (0: damaged, see the runner's output)." % (name, text),
                   "# TYPE %s gauge" % name, "%s{%s} %d" % (name, node_label, readable[what])]
+    lines += ["# HELP storage_replication_config_conflict 1 if peers hold another content of this node's generation (a "
+              "change forced without quorum): the node runs nothing until 'storage-replication resolve-conflict'.",
+              "# TYPE storage_replication_config_conflict gauge",
+              "storage_replication_config_conflict{%s} %d" % (node_label, bool(readable.get("conflict")))]
     if generation is not None:
         lines += ["# HELP storage_replication_config_generation The cluster configuration generation this node holds.",
                   "# TYPE storage_replication_config_generation gauge",
@@ -247,13 +251,13 @@ def format_metrics(report, node, generation, tick, readable=None):
     return "\n".join(lines) + "\n"
 
 
-def write_metrics(path, cfg, state, node, now, tick):
+def write_metrics(path, cfg, state, node, now, tick, conflict=False):
     """Rewrite the metrics file atomically (temporary file + rename: the collector never reads half a file).
     ``cfg`` or ``state`` None: it could not be read (no job figures then: they would be made up)."""
     if not path:
         return
     report = job_report(cfg, state, node, now) if cfg is not None and state is not None else []
-    readable = {"config": cfg is not None, "state": state is not None}
+    readable = {"config": cfg is not None, "state": state is not None, "conflict": conflict}
     os.makedirs(os.path.dirname(path), exist_ok=True)
     atomic_write(path, format_metrics(report, node, cfg.generation if cfg is not None else None, tick, readable))
 
@@ -694,13 +698,22 @@ class Runner:
     def _check_peers(self, force):
         """Adopt a newer configuration from a peer before acting; False if this node must not act."""
         path = os.path.join(self.paths.statedir, PEER_CHECK_FILE)
-        if not force and not self._peer_check_due(path):
+        if not force and not self._peer_check_due():
             return True
         checked = {"time": int(self.now()), "generation": self.cfg.generation}
         from ansible_collections.storage.replication.plugins.module_utils.cluster import ClusterError  # pylint: disable=import-outside-toplevel
         try:
             found = self.catch_up(self.paths.confdir, self.paths.statedir)
             checked.update(unreachable=found.unreachable, adopted=found.adopted, source=found.source)
+            conflicts = getattr(found, "conflicts", [])
+            if conflicts:
+                # Only a forced change makes two contents under one generation: act on neither until resolved.
+                checked["conflict"] = conflicts
+                raise ClusterError(
+                    "configuration conflict: node(s) %s hold another content of generation %d than this node (a change "
+                    "forced without quorum) - this node runs nothing until it is resolved: 'storage-replication "
+                    "resolve-conflict' takes the version the majority holds (this one is kept aside as a file)"
+                    % (", ".join(conflicts), self.cfg.generation))
         except ClusterError as exc:
             checked["error"] = str(exc)
             self.result["warnings"].append(str(exc))
@@ -715,13 +728,9 @@ class Runner:
             self.cfg = configmod.load(self.paths.confdir)
         return True
 
-    def _peer_check_due(self, path):
-        try:
-            with open(path, encoding="utf-8") as handle:
-                last = json.load(handle).get("time", 0)
-        except (FileNotFoundError, ValueError, AttributeError):
-            return True
-        return self.now() - last >= self.settings["peer_check_interval"]
+    def _peer_check_due(self):
+        last = last_peer_check(self.paths.statedir).get("time", 0)
+        return not isinstance(last, (int, float)) or self.now() - last >= self.settings["peer_check_interval"]
 
     def _write_metrics(self):
         now = self.now()
@@ -729,7 +738,19 @@ class Runner:
             state = self.state.read()
         except StateError:
             state = None
-        write_metrics(self.settings["metrics_file"], self.cfg, state, self.node, now, now)
+        write_metrics(self.settings["metrics_file"], self.cfg, state, self.node, now, now,
+                      conflict=bool(last_peer_check(self.paths.statedir).get("conflict")))
+
+
+def last_peer_check(statedir):
+    """What the runner's last look at its peers found (peer-check.json): {time, generation, unreachable, adopted,
+    source, error, conflict}; {} if it never looked."""
+    try:
+        with open(os.path.join(statedir, PEER_CHECK_FILE), encoding="utf-8") as handle:
+            found = json.load(handle)
+    except (FileNotFoundError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def run(paths, settings, job_id=None, notify=False, echo=None):

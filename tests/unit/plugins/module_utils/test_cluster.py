@@ -200,3 +200,24 @@ def test_catch_up_with_all_peers_equal_adopts_nothing(peers):
     peers.down.add("node2")
     found = cluster.catch_up(peers.dirs["node1"], str(peers.state["node1"]), connect=peers.connect)
     assert found.adopted is None and found.generation == 1 and list(found.unreachable) == ["node2"]
+
+
+def test_a_conflict_left_by_a_forced_change_is_reported_and_resolved_by_the_majority(peers):
+    """node3 forced generation 2 alone while node1 and node2 committed another generation 2: node3's catch-up
+    reports the conflict, resolve-conflict takes the majority's version and keeps node3's own aside."""
+    majority, forced = base_config(generation=2), base_config(generation=2)
+    majority.add_job(C.Job("100-0", "node2"))
+    forced.add_job(C.Job("100-0", "node3", comment="forced on the minority"))
+    for name in ("node1", "node2"):
+        C.save(majority, peers.dirs[name])
+    C.save(forced, peers.dirs["node3"])
+    found = cluster.catch_up(peers.dirs["node3"], str(peers.state["node3"]), connect=peers.connect)
+    assert found.conflicts == ["node1", "node2"] and found.adopted is None
+    resolved = cluster.resolve_conflict(peers.dirs["node3"], str(peers.state["node3"]), connect=peers.connect)
+    assert resolved.generation == 2 and resolved.source == "node1" and ".conflict-" in resolved.kept
+    assert peers.cfg("node3").content() == majority.content()
+    kept = C.from_files(*(open("%s/%s" % (resolved.kept, f), encoding="utf-8").read() for f in (C.MODEL_FILE, C.JOBS_FILE)))
+    assert kept.jobs["100-0"].comment == "forced on the minority"
+    assert cluster.resolve_conflict(peers.dirs["node3"], str(peers.state["node3"]), connect=peers.connect) is None
+    # on the majority's side there is nothing to resolve
+    assert cluster.resolve_conflict(peers.dirs["node1"], str(peers.state["node1"]), connect=peers.connect) is None

@@ -76,10 +76,11 @@ def test_job_report_and_metrics(tmp_path):
         'storage_replication_job_enabled{job="200-0",guest="200",target="node2",node="node1"} 0',
         'storage_replication_runner_last_tick_timestamp_seconds{node="node1"} %d' % NOW,
         'storage_replication_config_generation{node="node1"} 7',
+        'storage_replication_config_conflict{node="node1"} 0',
     ]
     lines = text.splitlines()
     assert [line for line in expected if line not in lines] == []
-    assert sum(1 for line in lines if not line.startswith("#")) == 7 * 2 + 4
+    assert sum(1 for line in lines if not line.startswith("#")) == 7 * 2 + 5
 
 
 def test_logs_keep_the_last_n_runs(tmp_path):
