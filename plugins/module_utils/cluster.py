@@ -31,6 +31,7 @@ import copy
 import json
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
@@ -234,7 +235,8 @@ def change_cluster(change, confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_S
         if check_mode:
             _check_quorum(calls, sorted(nodes), local_node, before, force, force_quorum, outcome)
             return outcome
-        built = _Built(change)
+        # A change forced without a majority says so in the configuration itself, for as long as it is kept.
+        built = _Built(change, local_node if force_quorum and not _has_majority(calls, sorted(nodes), local_node) else None)
         try:
             committed = quorum.propose(built, local_node, sorted(nodes), calls, allow_missing=force, force=force_quorum)
         except quorum.QuorumError as exc:
@@ -250,8 +252,9 @@ class _Built:
     """The change as quorum.py applies it: to the content of the version it is built on (rebuilt when another change
     took that generation first); keeps what the last build made, for the ClusterChange."""
 
-    def __init__(self, change):
+    def __init__(self, change, forced_by=None):
         self.change, self.before, self.after, self.result = change, None, None, None
+        self.forced_by = forced_by
 
     def __call__(self, content):
         before = _content_config(content, "the committed configuration")
@@ -261,6 +264,9 @@ class _Built:
         if after.same_content(before):
             return content
         after.generation = before.generation + 1
+        if self.forced_by:
+            after.forced = (after.forced + [{"generation": after.generation, "node": self.forced_by,
+                                             "time": int(time.time())}])[-configmod.FORCED_KEPT:]
         self.before, self.after = before, after
         return after.content()
 
@@ -301,6 +307,12 @@ def _check_quorum(calls, peers, local_node, before, force, force_quorum, outcome
                            % "; ".join("node '%s': %s" % item for item in sorted(missing.items())))
     for name, detail in missing.items():
         outcome.nodes[name] = (SKIPPED, detail)
+
+
+def _has_majority(calls, peers, local_node):
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(peers) + 1))) as pool:
+        answers = list(pool.map(lambda name: _status_or_error(calls, name), [local_node] + peers))
+    return 2 * sum(1 for a in answers if not isinstance(a, Exception)) > len(peers) + 1
 
 
 def _status_or_error(calls, name):

@@ -210,6 +210,8 @@ class ClusterConfig:
     storages: Dict[str, Storage] = field(default_factory=dict)
     guests: Dict[int, Guest] = field(default_factory=dict)
     jobs: Dict[str, Job] = field(default_factory=dict)
+    # The changes committed without quorum (force_quorum), newest last: {generation, node, time}. Loud on purpose.
+    forced: List[dict] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list, compare=False)
 
     # -- queries -------------------------------------------------------------------------------------------
@@ -828,7 +830,7 @@ def _drop_duplicate_targets(jobs, warnings):
 # cluster.json: the rest of the model
 
 def _model_dict(cfg):
-    return {
+    model = {
         "format": MODEL_FORMAT,
         "generation": cfg.generation,
         "nodes": {n.name: {"address": n.address, "host_key": n.host_key, "port": n.port} for n in cfg.nodes.values()},
@@ -836,6 +838,12 @@ def _model_dict(cfg):
         "guests": {str(g.id): {"type": g.type, "node": g.node, "volumes": list(g.volumes), "hooks": dict(g.hooks)}
                    for g in cfg.guests.values()},
     }
+    if cfg.forced:  # only once there is one: the files of a cluster that never forced a change stay as they were
+        model["forced"] = [dict(entry) for entry in cfg.forced[-FORCED_KEPT:]]
+    return model
+
+
+FORCED_KEPT = 20  # entries of ClusterConfig.forced kept in cluster.json
 
 
 def format_model(cfg):
@@ -872,6 +880,9 @@ class _ModelReader:
             self.problems.append("%s: format %s is not supported by this version (expects %d); upgrade storage-replication"
                                  % (self.filename, data.get("format"), MODEL_FORMAT))
         cfg.generation = self.value(data, "generation", int, 0, "the file")
+        cfg.forced = self.value(data, "forced", list, [], "the file")
+        if not all(isinstance(entry, dict) for entry in cfg.forced):
+            self.problems.append("%s: 'forced' must be a list of objects" % self.filename)
         for name, item in self.section(data, "nodes").items():
             cfg.nodes[name] = Node(name=name, address=self.value(item, "address", str, "", "node '%s'" % name),
                                    host_key=self.value(item, "host_key", str, "", "node '%s'" % name),

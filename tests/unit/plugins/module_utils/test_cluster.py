@@ -221,3 +221,15 @@ def test_a_conflict_left_by_a_forced_change_is_reported_and_resolved_by_the_majo
     assert cluster.resolve_conflict(peers.dirs["node3"], str(peers.state["node3"]), connect=peers.connect) is None
     # on the majority's side there is nothing to resolve
     assert cluster.resolve_conflict(peers.dirs["node1"], str(peers.state["node1"]), connect=peers.connect) is None
+
+
+def test_without_a_majority_only_force_quorum_commits_and_the_configuration_records_it(peers):
+    peers.down.update({"node2", "node3"})
+    with pytest.raises(cluster.ClusterError, match=r"no quorum: 1 of 3 nodes answered \(need 2\)"):
+        change(peers, add_job, force=True)  # --allow-unreachable leaves out a minority, never more
+    assert peers.cfg("node1").generation == 1
+    outcome = change(peers, add_job, force_quorum=True)
+    assert outcome.changed and outcome.forced and outcome.as_dict()["forced"] is True
+    forced = peers.cfg("node1").forced
+    assert len(forced) == 1 and forced[0]["generation"] == 2 and forced[0]["node"] == "node1"
+    assert [peers.cfg(n).generation for n in NODES] == [2, 1, 1]
