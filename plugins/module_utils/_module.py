@@ -15,7 +15,12 @@ import json
 import sys
 
 from ansible_collections.storage.replication.plugins.module_utils import cluster, config as configmod
+from ansible_collections.storage.replication.plugins.module_utils.failover import FailoverError
+from ansible_collections.storage.replication.plugins.module_utils.migrate import MigrationError
+from ansible_collections.storage.replication.plugins.module_utils.replicate import ReplicationError
 from ansible_collections.storage.replication.plugins.module_utils.state import LockError, StateError, read_local_node
+from ansible_collections.storage.replication.plugins.module_utils.transport import RemoteError, TransportError
+from ansible_collections.storage.replication.plugins.module_utils.zfs import ZfsError
 
 RUNNER_PYTHON = "/opt/storage-replication/venv/bin/python"
 
@@ -61,9 +66,7 @@ def converge(module, change, what, diff_of, result_of):
     except (cluster.ClusterError, LockError, StateError, OSError) as exc:
         module.fail_json(msg=failure_message(exc, "The change of %s was" % what))
     except ImportError as exc:
-        module.fail_json(msg="%s: the push to the other nodes needs %s, which this Python (%s) lacks. Run the task with "
-                             "ansible_python_interpreter=%s (installed by the storage.replication.runner role)."
-                             % (what, exc.name, sys.executable, RUNNER_PYTHON))
+        module.fail_json(msg=missing_module_message(exc, "%s: the change on the other nodes" % what))
     for warning in outcome.warnings:
         module.warn(warning)
     summary = outcome.as_dict()
@@ -71,6 +74,29 @@ def converge(module, change, what, diff_of, result_of):
     result.update(result_of(outcome.after, outcome.result))
     if module._diff:  # pylint: disable=protected-access
         result["diff"] = diff_of(outcome.before, outcome.after)
+    module.exit_json(**result)
+
+
+def missing_module_message(exc, what):
+    return ("%s needs %s, which this Python (%s) lacks. Run the task with ansible_python_interpreter=%s (installed by "
+            "the storage.replication.runner role)." % (what, exc.name, sys.executable, RUNNER_PYTHON))
+
+
+# The exceptions by which the engine refuses or reports a failure, each with a message for the operator.
+ENGINE_ERRORS = (FailoverError, MigrationError, cluster.ClusterError, configmod.ConfigError, ReplicationError, LockError,
+                 StateError, RemoteError, TransportError, ZfsError, OSError)
+
+
+def run_module_step(module, step):
+    """Run ``step()`` and exit the module with its result dict, or fail with the engine's one-line message."""
+    try:
+        result = step()
+    except ImportError as exc:
+        module.fail_json(msg=missing_module_message(exc, "This step"))
+    except ENGINE_ERRORS as exc:
+        module.fail_json(msg=str(exc), node=read_local_node())
+    for warning in result.pop("warnings", None) or ():
+        module.warn(warning)
     module.exit_json(**result)
 
 

@@ -98,19 +98,19 @@ class ClusterChange:
 # ---------------------------------------------------------------------------------------------------------------
 # Talking to the peers
 
-def _peers(cfg, local_node, extra=None):
+def peer_nodes(cfg, local_node, extra=None):
     """The other nodes of ``cfg`` (and of ``extra``: nodes a change removes still hear of it), by name."""
     nodes = dict(extra.nodes) if extra is not None else {}
     nodes.update(cfg.nodes)
     return [nodes[name] for name in sorted(nodes) if name != local_node]
 
 
-def _connect(node, key, connect):
+def connect_peer(node, key, connect):
     channel = connect(node.name, node.address, node.host_key, key=key, port=node.port, timeout=PEER_CONNECT_TIMEOUT)
     return channel.connect()
 
 
-def _on_every_peer(peers, work):
+def on_every_peer(peers, work):
     """Run ``work(node)`` for every peer in parallel; returns ``{name: result or exception}``."""
     if not peers:
         return {}
@@ -133,7 +133,7 @@ def _catching(work, node):
         return exc
 
 
-def _ask_generation(channel, cfg, local_node, content=False):
+def ask_generation(channel, cfg, local_node, content=False):
     reply = channel.call(GET_CONFIG, {"source": local_node, "generation": cfg.generation, "content": content},
                          timeout=PEER_CALL_TIMEOUT)
     generation = reply.get("generation")
@@ -154,7 +154,7 @@ def _pushed_config(reply, node_name):
     return cfg
 
 
-def _describe(exc):
+def describe(exc):
     return str(exc).split("\n", maxsplit=1)[0]
 
 
@@ -178,19 +178,19 @@ class _Calls:
         try:
             return channel.call(operation, dict(request, source=self.local_node), timeout=PEER_CALL_TIMEOUT)
         except (TransportError, RemoteError) as exc:
-            raise quorum.Unreachable(_describe(_catching(lambda _node: _raise(exc), self.nodes[name]))) from exc
+            raise quorum.Unreachable(describe(_catching(lambda _node: _raise(exc), self.nodes[name]))) from exc
 
     def _channel(self, name):
         with self.lock:
             if name not in self.channels:
                 self.channels[name] = None
                 try:
-                    channel = _catching(lambda node: _connect(node, self.key, self.connect), self.nodes[name])
+                    channel = _catching(lambda node: connect_peer(node, self.key, self.connect), self.nodes[name])
                 except ImportError as exc:
                     self.import_error, channel = exc, exc
                 if isinstance(channel, Exception):
                     del self.channels[name]
-                    raise quorum.Unreachable(_describe(channel))
+                    raise quorum.Unreachable(describe(channel))
                 self.channels[name] = channel
             return self.channels[name]
 
@@ -229,7 +229,7 @@ def change_cluster(change, confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_S
                            "cluster node, or fix /var/lib/storage-replication/local-node"
                            % (local_node, ", ".join(sorted(before.nodes))))
     after.generation = before.generation + 1
-    nodes = {node.name: node for node in _peers(after, local_node, before)}
+    nodes = {node.name: node for node in peer_nodes(after, local_node, before)}
     calls = _Calls(nodes, local_node, confdir, key, connect)
     try:
         if check_mode:
@@ -290,7 +290,7 @@ def _check_quorum(calls, peers, local_node, before, force, force_quorum, outcome
     with ThreadPoolExecutor(max_workers=max(1, min(16, len(peers) + 1))) as pool:
         futures = {name: pool.submit(_status_or_error, calls, name) for name in [local_node] + peers}
     replies = {name: future.result() for name, future in futures.items()}
-    missing = {n: _describe(r) for n, r in replies.items() if isinstance(r, Exception)}
+    missing = {n: describe(r) for n, r in replies.items() if isinstance(r, Exception)}
     newer = {n: quorum.Version.parse(r["version"]).generation for n, r in replies.items()
              if not isinstance(r, Exception) and quorum.Version.parse(r["version"]).generation > before.generation}
     if newer:
@@ -355,7 +355,7 @@ def catch_up(confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, key=N
     but uncommitted (quorum.catch_up).  ``check_mode`` writes nothing: it says what would be adopted."""
     local_node = read_local_node(statedir)
     current = configmod.load(confdir)
-    nodes = {node.name: node for node in _peers(current, local_node)}
+    nodes = {node.name: node for node in peer_nodes(current, local_node)}
     calls = _Calls(nodes, local_node, confdir, key, connect)
     if check_mode:
         try:
@@ -383,7 +383,7 @@ def _would_catch_up(calls, local_node, peers, current):
         futures = {name: pool.submit(_status_or_error, calls, name) for name in [local_node] + peers}
     replies = {name: future.result() for name, future in futures.items()}
     result = CatchUp(current.generation)
-    result.unreachable = {n: _describe(r) for n, r in replies.items() if isinstance(r, Exception)}
+    result.unreachable = {n: describe(r) for n, r in replies.items() if isinstance(r, Exception)}
     peer_versions = {n: quorum.Version.parse(r["version"]) for n, r in replies.items()
                      if n != local_node and not isinstance(r, Exception)}
     newer = {n: v.generation for n, v in peer_versions.items() if v.generation > current.generation}
@@ -395,7 +395,7 @@ def _would_catch_up(calls, local_node, peers, current):
 
 
 def _with_channel(node, key, connect, work):
-    channel = _connect(node, key, connect)
+    channel = connect_peer(node, key, connect)
     try:
         return work(channel)
     finally:
@@ -412,7 +412,7 @@ def resolve_conflict(confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDI
     no version has a majority of all the nodes."""
     local_node = read_local_node(statedir)
     current = configmod.load(confdir)
-    nodes = {node.name: node for node in _peers(current, local_node)}
+    nodes = {node.name: node for node in peer_nodes(current, local_node)}
     calls = _Calls(nodes, local_node, confdir, key, connect)
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(16, len(nodes)))) as pool:
@@ -481,11 +481,11 @@ def restore_config(confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR,
 
     def fetch(node):
         return _with_channel(node, key, connect,
-                             lambda ch: _pushed_config(_ask_generation(ch, probe, local_node, content=True), node.name))
-    answers = _on_every_peer(peers, fetch)
+                             lambda ch: _pushed_config(ask_generation(ch, probe, local_node, content=True), node.name))
+    answers = on_every_peer(peers, fetch)
     readable = {name: cfg for name, cfg in answers.items() if not isinstance(cfg, Exception)}
     if not peers or len(readable) * 2 <= len(peers):
-        heard = "; ".join("node '%s': %s" % (n, _describe(a)) for n, a in sorted(answers.items()) if n not in readable)
+        heard = "; ".join("node '%s': %s" % (n, describe(a)) for n, a in sorted(answers.items()) if n not in readable)
         raise ClusterError("the cluster configuration of this node cannot be read: %s; restoring it from the peers "
                            "failed: %d of %d peers answered with a readable configuration and a majority is needed%s - "
                            "nothing acts on it; bring the peers back (the runner tries again at every run), or point "

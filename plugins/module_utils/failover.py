@@ -25,8 +25,10 @@ import time
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils.names import parse_replication_snapshot
+from ansible_collections.storage.replication.plugins.module_utils.receiver import Receiver
+from ansible_collections.storage.replication.plugins.module_utils.replicate import run_guest_hook
 from ansible_collections.storage.replication.plugins.module_utils.cluster import (
-    _ask_generation, _connect, _describe, _on_every_peer, _peers, change_cluster)
+    ask_generation, connect_peer, describe, on_every_peer, peer_nodes, change_cluster)
 from ansible_collections.storage.replication.plugins.module_utils.state import DEFAULT_STATEDIR, read_local_node
 from ansible_collections.storage.replication.plugins.module_utils.transport import NODE_KEY, ControlChannel
 
@@ -54,7 +56,6 @@ class NodeView:
 
 def local_replicas(confdir, statedir):
     """The replica records this node holds (the receiver's own view of them)."""
-    from ansible_collections.storage.replication.plugins.module_utils.receiver import Receiver  # pylint: disable=import-outside-toplevel
     return Receiver(confdir, statedir).replica_records()
 
 
@@ -68,18 +69,18 @@ def survey(cfg, confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, ke
     local_node = read_local_node(statedir)
 
     def ask(node):
-        channel = _connect(node, key, connect)
+        channel = connect_peer(node, key, connect)
         try:
-            generation = _ask_generation(channel, cfg, local_node)["generation"]
+            generation = ask_generation(channel, cfg, local_node)["generation"]
             reply = channel.call("list", {"source": local_node, "generation": cfg.generation}, timeout=LIST_TIMEOUT)
             return generation, reply.get("replicas") or {}
         finally:
             channel.close()
 
     views = {local_node: NodeView(local_node, True, cfg.generation, _as_replicas(local_replicas(confdir, statedir)))}
-    for name, answer in _on_every_peer(_peers(cfg, local_node), ask).items():
+    for name, answer in on_every_peer(peer_nodes(cfg, local_node), ask).items():
         if isinstance(answer, Exception):
-            views[name] = NodeView(name, False, error=_describe(answer))
+            views[name] = NodeView(name, False, error=describe(answer))
         else:
             views[name] = NodeView(name, True, answer[0], _as_replicas(answer[1]))
     return views
@@ -252,7 +253,6 @@ def newest_replica_snapshot(snaps):
 def promote_replica(guest_id, confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, zfs=None, check_mode=False):
     """Bring this node's replica of the guest to its newest replication snapshot; returns {"changed", "volumes",
     "recovery_point"}. Data written on the replica since that snapshot is kept aside first, never destroyed."""
-    from ansible_collections.storage.replication.plugins.module_utils.receiver import Receiver  # pylint: disable=import-outside-toplevel
     receiver = Receiver(confdir, statedir, zfs=zfs)
     cfg, node = receiver.cfg, receiver.node
     guest = cfg.guests.get(guest_id)
@@ -324,7 +324,6 @@ def take_over(moves, allow_unreachable=False, confdir=configmod.DEFAULT_CONFDIR,
 
 def guest_running(guest):
     """True/False from the guest's status hook (exit 0 = running, 3 = stopped), None if it has none."""
-    from ansible_collections.storage.replication.plugins.module_utils.replicate import run_guest_hook  # pylint: disable=import-outside-toplevel
     code = run_guest_hook(guest, "status", allowed_codes=(0, 3))
     return None if code is None else code == 0
 
@@ -336,7 +335,6 @@ def set_guest_running(guest_id, running, confdir=configmod.DEFAULT_CONFDIR, stat
     Starting is refused on a node that does not own the guest: a guest runs on its owner only (a node that was
     down and missed a failover must never start what it lost). Without a status hook the hook always runs.
     """
-    from ansible_collections.storage.replication.plugins.module_utils.replicate import run_guest_hook  # pylint: disable=import-outside-toplevel
     cfg, node = configmod.load(confdir), read_local_node(statedir)
     guest = cfg.guests.get(guest_id)
     if guest is None:
@@ -354,34 +352,3 @@ def set_guest_running(guest_id, running, confdir=configmod.DEFAULT_CONFDIR, stat
     if not check_mode:
         run_guest_hook(guest, hook)
     return {"changed": True, "running": running}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# For the modules
-
-def engine_errors():
-    """The exceptions by which the engine refuses or reports a failure (each with a message for the operator)."""
-    # pylint: disable=import-outside-toplevel
-    from ansible_collections.storage.replication.plugins.module_utils.cluster import ClusterError
-    from ansible_collections.storage.replication.plugins.module_utils.migrate import MigrationError
-    from ansible_collections.storage.replication.plugins.module_utils.replicate import ReplicationError
-    from ansible_collections.storage.replication.plugins.module_utils.state import LockError, StateError
-    from ansible_collections.storage.replication.plugins.module_utils.transport import RemoteError, TransportError
-    from ansible_collections.storage.replication.plugins.module_utils.zfs import ZfsError
-    return (FailoverError, MigrationError, ClusterError, configmod.ConfigError, ReplicationError, LockError, StateError,
-            RemoteError, TransportError, ZfsError, OSError)
-
-
-def run_module_step(module, step):
-    """Run ``step()`` and exit the module with its result dict, or fail with the engine's one-line message."""
-    try:
-        result = step()
-    except ImportError as exc:
-        module.fail_json(msg="the engine needs %s, which this Python lacks: run the task with "
-                             "ansible_python_interpreter=/opt/storage-replication/venv/bin/python (installed by the "
-                             "storage.replication.runner role)" % exc.name)
-    except engine_errors() as exc:  # pylint: disable=catching-non-exception
-        module.fail_json(msg=str(exc), node=read_local_node())
-    for warning in result.pop("warnings", None) or ():
-        module.warn(warning)
-    module.exit_json(**result)

@@ -29,12 +29,16 @@ from __future__ import annotations
 import copy
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+from ansible_collections.storage.replication.plugins.module_utils import failover
 from ansible_collections.storage.replication.plugins.module_utils.cluster import ClusterError, change_cluster
 from ansible_collections.storage.replication.plugins.module_utils.names import migration_copy_job
 from ansible_collections.storage.replication.plugins.module_utils.receiver import DROP_COPY, SET_STATE, drop_job_snapshots
+from ansible_collections.storage.replication.plugins.module_utils.replicate import run_job
 from ansible_collections.storage.replication.plugins.module_utils.state import (
     DEFAULT_STATEDIR, StateFile, read_local_node, transfer_state)
-from ansible_collections.storage.replication.plugins.module_utils.transport import NODE_KEY, ControlChannel
+from ansible_collections.storage.replication.plugins.module_utils.transport import (
+    NODE_KEY, ControlChannel, RemoteError, TransportError)
+from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs
 
 DEFAULT_LOGDIR = "/var/log/storage-replication"
 DELTA, FULL_COPY = "delta", "full copy"
@@ -131,7 +135,6 @@ def migrate(guest_id, target, confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAUL
             check_mode=False, key=NODE_KEY, connect=ControlChannel, echo=None, zfs=None):
     """Migrate the guest from this node to ``target``; returns {"changed", "plan", "summary", "full_copy", "sync",
     "generation"} (``full_copy`` is the full copy's run while the guest ran, None when the target held a replica)."""
-    from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs  # pylint: disable=import-outside-toplevel
     cfg = configmod.load(confdir)
     plan = plan_migration(cfg, guest_id, target, read_local_node(statedir))
     _check_cluster(guest_id, target, confdir, statedir)
@@ -172,7 +175,6 @@ def _with_copy_job(cfg, plan):
 
 def _stop_sync_and_move(plan, runs, zfs, key, connect):
     """Stop the guest, send the last delta, hand over; on a failure the guest is started here again."""
-    from ansible_collections.storage.replication.plugins.module_utils import failover  # pylint: disable=import-outside-toplevel
     guest_id, target, confdir, statedir = plan["guest"], plan["target"], runs.confdir, runs.statedir
     guest = runs.cfg.guests[guest_id]
     was_running = failover.guest_running(guest) is not False
@@ -194,7 +196,6 @@ def _stop_sync_and_move(plan, runs, zfs, key, connect):
 
 
 def _restart(guest_id, was_running, confdir, statedir):
-    from ansible_collections.storage.replication.plugins.module_utils import failover  # pylint: disable=import-outside-toplevel
     if not was_running or not configmod.load(confdir).guests[guest_id].hook("start"):
         return ""
     try:
@@ -216,7 +217,6 @@ class Runs:
 
     def once(self, job_id, what):
         """Run the job now; {"job", "start", "bytes", "volumes"}, or MigrationError naming ``what`` failed."""
-        from ansible_collections.storage.replication.plugins.module_utils.replicate import run_job  # pylint: disable=import-outside-toplevel
         result = run_job(self.cfg, job_id, statedir=self.statedir, logdir=self.logdir, confdir=self.confdir,
                          echo=self.echo)
         if not result["ok"]:
@@ -248,7 +248,6 @@ def _send_state(cfg, guest_id, target, statedir, key, connect):
 
 def _call_target(cfg, target, operation, fields, statedir, key, connect, what):
     """One receiver operation on the target; MigrationError naming ``what`` failed."""
-    from ansible_collections.storage.replication.plugins.module_utils.transport import RemoteError, TransportError  # pylint: disable=import-outside-toplevel
     node = cfg.nodes[target]
     request = dict(fields, generation=cfg.generation, source=read_local_node(statedir))
     try:

@@ -166,7 +166,7 @@ class Acceptor:
         return self._reply("ok", version, state, pending=pending, **extra)
 
     def prepare(self, slot, ballot):
-        version, _, state = self._load()
+        version, _content, state = self._load()
         ballot, outside = Ballot.parse(ballot), self._outside(slot, version, state)
         if outside or self._below(ballot, state):
             return outside or self._reply(REJECTED, version, state)
@@ -176,7 +176,7 @@ class Acceptor:
         return self._reply(PROMISED, version, state, accepted=state["accepted"])
 
     def accept(self, slot, ballot, content, base):
-        version, _, state = self._load()
+        version, _content, state = self._load()
         ballot, outside = Ballot.parse(ballot), self._outside(slot, version, state)
         if outside or self._below(ballot, state):
             return outside or self._reply(REJECTED, version, state)
@@ -190,7 +190,7 @@ class Acceptor:
     def commit(self, slot, content):
         """Learn the value chosen for ``slot``. A node further behind jumps to it: a content is a whole
         configuration, so the generations in between add nothing."""
-        version, _, state = self._load()
+        version, _content, state = self._load()
         new = Version.of(slot, content)
         if slot <= version.generation:
             status = AHEAD if slot < version.generation else UNCHANGED if new == version else CONFLICT
@@ -363,9 +363,9 @@ class _Proposal:
         except Exception as exc:
             if built_on is None:
                 raise  # the caller's own refusal of its change, untouched
+            unchanged = "" if self.in_doubt else " - nothing was changed"
             raise self.fail(Conflict, "the change was built on generation %s, and generation %s was committed "
-                            "meanwhile; the change no longer applies to it (%s)%s" % (built_on, base, exc, "" if
-                            self.in_doubt else " - nothing was changed")) from exc
+                            "meanwhile; the change no longer applies to it (%s)%s" % (built_on, base, exc, unchanged)) from exc
         digest(new)
         return None if new == content else new
 

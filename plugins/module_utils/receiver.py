@@ -28,7 +28,7 @@ from ansible_collections.storage.replication.plugins.module_utils import config 
 from ansible_collections.storage.replication.plugins.module_utils import orphans
 from ansible_collections.storage.replication.plugins.module_utils.files import copy_stream, write_all
 from ansible_collections.storage.replication.plugins.module_utils.names import (
-    GUEST_ID_MAX, GUEST_ID_MIN, JOB_ID_RE, NODE_RE, NUMBER_RE, REPLICA_PROPERTY, SNAPSHOT_RE, STORAGE_RE, VOLUME_RE,
+    GUEST_ID_MAX, GUEST_ID_MIN, JOB_ID_RE, NUMBER_RE, REPLICA_PROPERTY, SNAPSHOT_RE, STORAGE_RE, VOLUME_RE,
     is_job_snapshot, job_guest, migration_copy_job, replica_identity, replication_snapshot)
 from ansible_collections.storage.replication.plugins.module_utils.state import (
     DEFAULT_STATEDIR, StateFile, atomic_write, read_local_node)

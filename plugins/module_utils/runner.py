@@ -46,9 +46,12 @@ import subprocess
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
+from ansible_collections.storage.replication.plugins.module_utils import cluster
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils.names import parse_replication_snapshot
+from ansible_collections.storage.replication.plugins.module_utils.replicate import ReplicationError, run_job
 from ansible_collections.storage.replication.plugins.module_utils.schedule import DEFAULT_SCHEDULE
+from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs, ZfsError
 from ansible_collections.storage.replication.plugins.module_utils.state import (
     DEFAULT_STATEDIR, STATUS_INTERRUPTED, LockError, StateError, StateFile, atomic_write, job_is_running, job_state_in,
     job_status, jobs_to_run, job_order_key, next_sync, read_local_node, rebuild_state, runner_lock)
@@ -390,35 +393,9 @@ class RunnerRefused(RuntimeError):
     """The runner must not act (a peer holds a newer configuration that could not be adopted, or a bad --id)."""
 
 
-def _run_job(*args, **kwargs):
-    from ansible_collections.storage.replication.plugins.module_utils.replicate import run_job  # pylint: disable=import-outside-toplevel
-    return run_job(*args, **kwargs)
-
-
-def _replication_error():
-    from ansible_collections.storage.replication.plugins.module_utils.replicate import ReplicationError  # pylint: disable=import-outside-toplevel
-    return ReplicationError
-
-
-def _catch_up(confdir, statedir):
-    from ansible_collections.storage.replication.plugins.module_utils.cluster import catch_up  # pylint: disable=import-outside-toplevel
-    return catch_up(confdir, statedir)
-
-
-def _restore(confdir, statedir):
-    from ansible_collections.storage.replication.plugins.module_utils.cluster import restore_config  # pylint: disable=import-outside-toplevel
-    return restore_config(confdir, statedir)
-
-
-def _cluster_error():
-    from ansible_collections.storage.replication.plugins.module_utils.cluster import ClusterError  # pylint: disable=import-outside-toplevel
-    return ClusterError
-
-
 def _snapshot_epochs():
     """``epochs(job_id, dataset)``: the epochs of the job's replication snapshots on a dataset of this node (none if
     the dataset does not exist); ZfsError if ZFS cannot tell."""
-    from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs, ZfsError  # pylint: disable=import-outside-toplevel
     zfs = Zfs()
 
     def epochs(job_id, dataset):
@@ -448,8 +425,8 @@ def due_in_order(jobs, state, iteration, now):
 class Runner:
     """One ``run``: ``Runner(paths, settings).run()`` returns a result dict (see ``run``)."""
 
-    def __init__(self, paths, settings, notify=False, echo=None, now=time.time, run_job=_run_job, catch_up=_catch_up,
-                 restore=_restore, snapshot_epochs=_snapshot_epochs):
+    def __init__(self, paths, settings, notify=False, echo=None, now=time.time, run_job=run_job, catch_up=cluster.catch_up,
+                 restore=cluster.restore_config, snapshot_epochs=_snapshot_epochs):
         self.paths = paths
         self.settings = settings
         self.notify = notify
@@ -498,7 +475,7 @@ class Runner:
         except configmod.ConfigCorrupt:
             try:
                 restored = self.restore(self.paths.confdir, self.paths.statedir)
-            except _cluster_error() as exc:
+            except cluster.ClusterError as exc:
                 raise self._refusal("config-unreadable", str(exc)) from None
             if restored is not None:
                 self._announce("config-restored", restored.message)
@@ -512,7 +489,6 @@ class Runner:
             return
         except StateError as exc:
             damage = exc.problem
-        from ansible_collections.storage.replication.plugins.module_utils.zfs import ZfsError  # pylint: disable=import-outside-toplevel
         try:
             rebuilt, notes = rebuild_state(self.cfg, self.node, self.snapshot_epochs())
         except ZfsError as exc:
@@ -661,7 +637,7 @@ class Runner:
             # The guest is busy (a migration or another job): nothing is recorded, the job is due again next run.
             self._record(job, {"ok": False, "skipped": True, "error": str(exc)})
             return
-        except (configmod.ConfigError, StateError, OSError, _replication_error()) as exc:
+        except (configmod.ConfigError, StateError, OSError, ReplicationError) as exc:
             outcome = {"ok": False, "error": str(exc)}
         entry = {"ok": outcome["ok"], "error": outcome.get("error"), "start": outcome.get("start"),
                  "bytes": outcome.get("bytes", 0), "seconds": round(time.monotonic() - began, 3)}
@@ -701,7 +677,6 @@ class Runner:
         if not force and not self._peer_check_due():
             return True
         checked = {"time": int(self.now()), "generation": self.cfg.generation}
-        from ansible_collections.storage.replication.plugins.module_utils.cluster import ClusterError  # pylint: disable=import-outside-toplevel
         try:
             found = self.catch_up(self.paths.confdir, self.paths.statedir)
             checked.update(unreachable=found.unreachable, adopted=found.adopted, source=found.source)
@@ -709,12 +684,12 @@ class Runner:
             if conflicts:
                 # Only a forced change makes two contents under one generation: act on neither until resolved.
                 checked["conflict"] = conflicts
-                raise ClusterError(
+                raise cluster.ClusterError(
                     "configuration conflict: node(s) %s hold another content of generation %d than this node (a change "
                     "forced without quorum) - this node runs nothing until it is resolved: 'storage-replication "
                     "resolve-conflict' takes the version the majority holds (this one is kept aside as a file)"
                     % (", ".join(conflicts), self.cfg.generation))
-        except ClusterError as exc:
+        except cluster.ClusterError as exc:
             checked["error"] = str(exc)
             self.result["warnings"].append(str(exc))
         self.result["peer_check"] = checked

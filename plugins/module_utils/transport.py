@@ -477,10 +477,10 @@ def _stream_outcome(node_name, address, send, ssh, ssh_out, ssh_err, send_err, s
 
 def _check_send(send, send_err, node_name):
     if send.returncode != 0:
+        detail = (": " + send_err.strip().splitlines()[-1]) if send_err.strip() else ""
         raise TransportError("'%s' failed on this node (%s)%s - what '%s' held of this volume before is unchanged; "
-                             "the next run retries" % (" ".join(send.args), _exit_text(send.returncode),
-                                              (": " + send_err.strip().splitlines()[-1]) if send_err.strip() else "",
-                                              node_name))
+                             "the next run retries" % (" ".join(send.args), _exit_text(send.returncode), detail,
+                                                       node_name))
 
 
 def _last_json_line(text):

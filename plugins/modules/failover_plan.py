@@ -119,6 +119,7 @@ generation:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.storage.replication.plugins.module_utils._module import run_module_step
 from ansible_collections.storage.replication.plugins.module_utils import cluster, config as configmod, failover
 
 
@@ -138,7 +139,7 @@ def main():
                        "to": {"type": "str"}, "force_quorum": {"type": "bool", "default": False}},
         supports_check_mode=True,
     )
-    failover.run_module_step(module, lambda: plan(module.params, module.check_mode))
+    run_module_step(module, lambda: plan(module.params, module.check_mode))
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ adopted:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.storage.replication.plugins.module_utils._module import run_module_step
 from ansible_collections.storage.replication.plugins.module_utils import cluster, failover
 
 
@@ -88,7 +89,7 @@ def main():
                        "state": {"type": "str", "choices": ["started", "stopped"], "default": "started"}},
         supports_check_mode=True,
     )
-    failover.run_module_step(module, lambda: set_state(module))
+    run_module_step(module, lambda: set_state(module))
 
 
 if __name__ == "__main__":

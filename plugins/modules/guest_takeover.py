@@ -82,7 +82,7 @@ forced:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.storage.replication.plugins.module_utils import failover
-from ansible_collections.storage.replication.plugins.module_utils._module import cluster_argument_spec, json_diff
+from ansible_collections.storage.replication.plugins.module_utils._module import cluster_argument_spec, json_diff, run_module_step
 
 
 def owners(cfg, guests):
@@ -110,7 +110,7 @@ def main():
             "force_quorum": {"type": "bool", "default": False}}),
         supports_check_mode=True,
     )
-    failover.run_module_step(module, lambda: take_over(module))
+    run_module_step(module, lambda: take_over(module))
 
 
 if __name__ == "__main__":

@@ -67,12 +67,13 @@ owner:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.storage.replication.plugins.module_utils._module import run_module_step
 from ansible_collections.storage.replication.plugins.module_utils import failover
 
 
 def main():
     module = AnsibleModule(argument_spec={"guest": {"type": "int", "required": True}}, supports_check_mode=True)
-    failover.run_module_step(module, lambda: failover.promote_replica(module.params["guest"], check_mode=module.check_mode))
+    run_module_step(module, lambda: failover.promote_replica(module.params["guest"], check_mode=module.check_mode))
 
 
 if __name__ == "__main__":

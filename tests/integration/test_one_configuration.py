@@ -117,8 +117,8 @@ def test_randomized_writers_partitions_and_heals_converge_on_one_version(lab3):
         while time.monotonic() < deadline:
             count += 1
             comment = "%s-%d" % (node, count)
-            proc = sr(lab, node, "update", "109-0", "--comment", comment, *(["--allow-unreachable"]
-                                                                          if local.random() < 0.5 else []), check=False)
+            allow = ["--allow-unreachable"] if local.random() < 0.5 else []
+            proc = sr(lab, node, "update", "109-0", "--comment", comment, *allow, check=False)
             with lock:
                 tried += 1
                 committed = GENERATION_RE.search(proc.stdout)

@@ -362,7 +362,7 @@ class Sim:
         self.p_drop, self.p_dup = rng.choice([0, 0.05, 0.2, 0.4]), rng.choice([0, 0.05, 0.2])
         self.p_crash, self.max_delay = rng.choice([0, 0.005, 0.02]), rng.choice([0.005, 0.03, 0.15])
         self.partitions, self.p_late = [], 0.05
-        for _ in range(rng.randint(0, 3)):
+        for _round in range(rng.randint(0, 3)):
             start = rng.uniform(0, self.CHAOS_END)
             side = frozenset(rng.sample(self.voters, rng.randint(1, len(self.voters) - 1)))
             self.partitions.append((start, min(self.CHAOS_END, start + rng.uniform(0.05, 1.0)), side))
@@ -393,7 +393,7 @@ class Sim:
         while self.queue:
             self.events += 1
             assert self.events < self.MAX_EVENTS, "no progress\n" + self.report()
-            self.now, _, action, args = heapq.heappop(self.queue)
+            self.now, _order, action, args = heapq.heappop(self.queue)
             action(*args)
 
     @property
@@ -442,7 +442,7 @@ class Sim:
             return
         copies = 2 if self.rng.random() < self.p_dup else 1
         self.faults["duplicates"] += copies - 1
-        for _ in range(copies):
+        for _copy in range(copies):
             late = self.rng.random() < self.p_late  # now and then much later than the proposer waits
             self.at(self.rng.uniform(0.0005, self.max_delay) + (self.rng.uniform(0.1, 0.5) if late else 0), deliver, *args)
 
@@ -503,13 +503,13 @@ class Sim:
             return
         batch = self.seq
         proc.update(batch=batch, got={}, want=tuple(step))
-        self.log("send", pid=pid, batch=batch, ops=",".join("%s:%s" % (n, op[7:]) for n, (op, _) in step.items()))
+        self.log("send", pid=pid, batch=batch, ops=",".join("%s:%s" % (n, op[7:]) for n, (op, _request) in step.items()))
         for dst, (operation, request) in step.items():
             self.send(proc["node"], dst, self.deliver_request, pid, batch, proc["node"], dst, operation, request)
         self.at(self.BATCH_TIMEOUT, self.resume, pid, batch)
 
     def finish(self, pid, how, value):
-        kind, token, node, _, _ = self.results[pid]
+        kind, token, node, _sent, _reply = self.results[pid]
         self.results[pid] = (kind, token, node, how, value)
         self.procs.pop(pid, None)
         detail = value.as_dict() if isinstance(value, Q.Outcome) else str(value)
@@ -542,7 +542,7 @@ class Sim:
         for node in self.nodes.values():
             self.restart(node)
         self.run()
-        for _ in range(3):
+        for _attempt in range(3):
             for name in self.voters:
                 self.catch_up(name)
                 self.run()
@@ -560,7 +560,7 @@ class Sim:
 
     def check_safety(self):
         by_generation = {}
-        for _, generation, dig, _, by in self.commits:
+        for _node, generation, dig, _tokens, by in self.commits:
             by_generation.setdefault(generation, {}).setdefault(dig, by)  # who introduced that content
         return {g: c for g, c in by_generation.items() if len(c) > 1}
 
@@ -568,7 +568,7 @@ class Sim:
         assert not self.check_safety(), "two contents under one generation\n" + self.report()
         final = {n: tokens(node.config[1]) for n, node in self.nodes.items()}
         assert len(self.versions()) == 1, "no convergence: %s\n%s" % (self.versions(), self.report())
-        committed_anywhere = {t for _, _, _, toks, _ in self.commits for t in toks}
+        committed_anywhere = {t for _node, _gen, _dig, toks, _by in self.commits for t in toks}
         for kind, token, node, how, value in self.results.values():
             if kind != "change":
                 continue
@@ -605,7 +605,7 @@ def run_schedule(seed, family, force=False):
         raise AssertionError("%r\n%s" % (exc, sim.report())) from exc
     TOTALS["schedules"] += 1
     TOTALS["commits checked"] += len(sim.commits)
-    for kind, _, _, how, value in sim.results.values():
+    for kind, _token, _node, how, value in sim.results.values():
         if kind != "catch-up":
             how = "committed" if how == "done" and value.committed else "in doubt" if how == "refused" and value.in_doubt else how
             TOTALS["changes"][how] = TOTALS["changes"].get(how, 0) + 1

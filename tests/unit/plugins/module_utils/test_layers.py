@@ -1,0 +1,65 @@
+# Copyright (c) 2026, storage.replication developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The engine's imports point one way (issue 20): each module imports only modules below it in LAYERS, so there is
+no cycle, and none of them defers an import of another engine module (which would hide a cycle) except the CLI,
+which keeps `serve` and `schedule-analyze` from importing what they do not use.  A new module must take its place
+here (docs/architecture.md shows the same order)."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+ENGINE = pathlib.Path(__file__).resolve().parents[4] / "plugins" / "module_utils"
+
+LAYERS = [
+    # names, file helpers, fault points: import nothing of ours
+    "names", "files", "failpoints",
+    # schedules, state and the configuration model
+    "schedule", "state", "config",
+    # ZFS, processes, the quorum protocol and the transport
+    "zfs", "orphans", "quorum", "transport",
+    # the cluster configuration layer
+    "cluster",
+    # one replication: the receiving side, then the sending side
+    "receiver", "replicate",
+    # what runs replications: the runner, failover, migration
+    "runner", "failover", "migrate",
+    # entry points: the CLI and the Ansible modules' plumbing
+    "cli", "_converge", "_module",
+]
+LAZY_ALLOWED = {"cli"}
+
+
+def engine_imports(module):
+    """[(imported engine module, at top level?)] of one engine module."""
+    tree = ast.parse((ENGINE / (module + ".py")).read_text(encoding="utf-8"))
+    top = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and "plugins.module_utils" in node.module:
+            tail = node.module.split("plugins.module_utils", 1)[1].strip(".")
+            names = [tail.split(".")[0]] if tail else [alias.name for alias in node.names]
+            found += [(name, id(node) in top) for name in names if name != module]
+    return found
+
+
+def test_every_engine_module_has_its_layer():
+    modules = sorted(p.stem for p in ENGINE.glob("*.py") if p.stem != "__init__")
+    assert sorted(LAYERS) == modules
+
+
+@pytest.mark.parametrize("module", LAYERS)
+def test_imports_point_down(module):
+    below = set(LAYERS[:LAYERS.index(module)])
+    upward = sorted({name for name, _top in engine_imports(module) if name not in below})
+    assert upward == [], "%s imports %s, which is not below it" % (module, ", ".join(upward))
+
+
+@pytest.mark.parametrize("module", sorted(set(LAYERS) - LAZY_ALLOWED))
+def test_no_deferred_imports_between_engine_modules(module):
+    deferred = sorted({name for name, top in engine_imports(module) if not top})
+    assert deferred == [], "%s imports %s inside a function" % (module, ", ".join(deferred))
