@@ -5,7 +5,7 @@ export PYTHONPATH := $(CURDIR)/build/collections:$(CURDIR)
 export ANSIBLE_COLLECTIONS_PATH := $(CURDIR)/build/collections
 LAB_ARGS ?=
 
-.PHONY: deps demo test units integration sanity bench lab-up lab-down lab-status clean openzfs-image test-openzfs bench-openzfs fuzz
+.PHONY: deps demo test units integration sanity bench lab-up lab-down lab-status clean openzfs-image test-openzfs bench-openzfs fuzz quorum-soak jepsen
 
 deps:
 	@tools/bootstrap.sh
@@ -62,3 +62,16 @@ test-openzfs: deps
 
 bench-openzfs: deps
 	$(PY) benchmarks/bench_openzfs_peers.py
+
+# The quorum protocol against a simulated network that drops, delays, duplicates and reorders messages and crashes
+# nodes, over QUORUM_SCHEDULES seeded schedules per family (make test runs 1,500 per family; a failure prints its
+# seed: QUORUM_SEED=<seed> replays it with its event trace).
+QUORUM_SCHEDULES ?= 100000
+quorum-soak: deps
+	QUORUM_SCHEDULES=$(QUORUM_SCHEDULES) $(PY) -m pytest -n 2 tests/unit/plugins/module_utils/test_quorum.py
+
+# The randomized lab run of tests/integration/test_one_configuration.py for JEPSEN_SECONDS (make test: 60 s); it
+# prints its seed, and SR_JEPSEN_SEED=<seed> repeats the same choices.
+JEPSEN_SECONDS ?= 600
+jepsen: deps
+	SR_JEPSEN_SECONDS=$(JEPSEN_SECONDS) $(PY) -m pytest -s tests/integration/test_one_configuration.py -k randomized
