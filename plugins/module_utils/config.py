@@ -46,6 +46,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from ansible_collections.storage.replication.plugins.module_utils.names import (
+    GUEST_ID_MAX, GUEST_ID_MIN, JOBNUM_MAX, NODE_RE, STORAGE_RE, VOLUME_NAME_RE)
 from ansible_collections.storage.replication.plugins.module_utils.schedule import ScheduleError, parse as parse_schedule
 from ansible_collections.storage.replication.plugins.module_utils.state import file_lock, fsync_dir, write_synced
 
@@ -67,25 +69,18 @@ HOOK_NAMES = ("start", "stop", "status", "freeze", "thaw")
 REPLICATABLE_STORAGE_TYPES = ("zfspool",)
 REMOVE_MODES = ("local", "full")
 JOB_TYPES = ("local",)
-GUEST_ID_MIN = 100
-GUEST_ID_MAX = 999999999
-JOBNUM_MAX = 999999999
 COMMENT_MAX = 4096
 SCHEDULE_MAX = 128
-VOLUME_NAME_MAX = 200
 
 # Keys a job section may carry, and the order pvesr writes them: comment, bare disable, required (target),
 # then the other set options sorted.
 OPTIONAL_KEYS = ("rate", "remove_job", "schedule", "source")
 JOB_KEYS = ("comment", "disable", "target") + OPTIONAL_KEYS
 
-_NODE_NAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?$")
 _HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[a-zA-Z0-9]([a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?)*$")
-_STORAGE_ID_RE = re.compile(r"^[a-z][a-z0-9\-_.]*[a-z0-9]$")
 _STORAGE_TYPE_RE = re.compile(r"^[a-z][a-z0-9]*$")
 _DATASET_PART = r"[A-Za-z0-9][A-Za-z0-9_.:\-]*"
 _DATASET_RE = re.compile(r"^%s(/%s)*$" % (_DATASET_PART, _DATASET_PART))
-_VOLUME_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _KEY_TYPE_RE = re.compile(r"^[a-z0-9][a-z0-9@.\-]*$")
 _JOB_ID_RE = re.compile(r"^([0-9]+)-([0-9]+)$")
 # pvesr's section header (ReplicationConfig.pm parse_section_header) and SectionConfig's key/value line;
@@ -478,7 +473,7 @@ def _node_problems(key, node):
     what = "node '%s'" % node.name
     if key != node.name:
         yield "%s is stored under the name '%s'; the key and the name must be equal" % (what, key)
-    if not isinstance(node.name, str) or not _NODE_NAME_RE.match(node.name):
+    if not isinstance(node.name, str) or not NODE_RE.match(node.name):
         yield ("%s: invalid node name; use letters, digits and '-' (a host name without domain, at most 63 characters)"
                % what)
     if not _valid_address(node.address):
@@ -526,7 +521,7 @@ def _storage_problems(key, storage):
     what = "storage '%s'" % storage.id
     if key != storage.id:
         yield "%s is stored under the ID '%s'; the key and the ID must be equal" % (what, key)
-    if not isinstance(storage.id, str) or not _STORAGE_ID_RE.match(storage.id):
+    if not isinstance(storage.id, str) or not STORAGE_RE.match(storage.id):
         yield "%s: invalid storage ID; use lower-case letters, digits, '-', '_' and '.', starting with a letter" % what
     if not isinstance(storage.type, str) or not _STORAGE_TYPE_RE.match(storage.type):
         yield "%s: invalid type '%s'; use 'zfspool'" % (what, storage.type)
@@ -555,7 +550,7 @@ def _guest_problems(cfg, key, guest, owners):
 
 def _volume_problems(cfg, volume, owners, guest_id):
     storage_id, sep, name = volume.partition(":") if isinstance(volume, str) else ("", "", "")
-    if not sep or not _VOLUME_NAME_RE.match(name) or len(name) > VOLUME_NAME_MAX:
+    if not sep or not VOLUME_NAME_RE.match(name):
         yield "volume '%s' is not '<storage>:<name>' with a name of letters, digits, '_', '.', '-'" % (volume,)
         return
     if storage_id not in cfg.storages:
@@ -620,9 +615,9 @@ def job_option_problems(job):
     """Problems with a job's own options (types and ranges), without the key's name prefix."""
     if job.type not in JOB_TYPES:
         yield "unsupported type '%s'; the only type is 'local'" % job.type
-    if not isinstance(job.target, str) or not _NODE_NAME_RE.match(job.target):
+    if not isinstance(job.target, str) or not NODE_RE.match(job.target):
         yield "target '%s' is not a valid node name" % (job.target,)
-    if job.source is not None and (not isinstance(job.source, str) or not _NODE_NAME_RE.match(job.source)):
+    if job.source is not None and (not isinstance(job.source, str) or not NODE_RE.match(job.source)):
         yield "source '%s' is not a valid node name" % (job.source,)
     if job.schedule is not None:
         error = schedule_error(job.schedule)
@@ -777,7 +772,7 @@ def _parse_value(key, raw):
     if raw is None:
         raise ValueError("missing value")
     if key in ("target", "source"):
-        if not _NODE_NAME_RE.match(raw):
+        if not NODE_RE.match(raw):
             raise ValueError("value '%s' does not look like a valid node name" % raw)
         return raw
     if key == "comment":

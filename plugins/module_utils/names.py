@@ -19,7 +19,11 @@ JOBNUM_MAX = 999999999
 JOB_ID_RE = re.compile(r"\A[1-9][0-9]{2,8}-[0-9]{1,9}\Z", re.ASCII)
 NODE_RE = re.compile(r"\A[a-zA-Z0-9]([a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?\Z", re.ASCII)
 STORAGE_RE = re.compile(r"\A[a-z][a-z0-9\-_.]*[a-z0-9]\Z", re.ASCII)
-VOLUME_RE = re.compile(r"\A(?!.*\.\.)[a-z][a-z0-9\-_.]*[a-z0-9]:[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}\Z", re.ASCII)
+VOLUME_NAME_MAX = 200
+# A volume's name within its storage (a dataset name below the storage's pool): no '/', '@', '%', '..' or leading '-'.
+VOLUME_NAME_RE = re.compile(r"\A(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9_.\-]{0,%d}\Z" % (VOLUME_NAME_MAX - 1), re.ASCII)
+VOLUME_RE = re.compile(r"\A(?!.*\.\.)[a-z][a-z0-9\-_.]*[a-z0-9]:[A-Za-z0-9][A-Za-z0-9_.\-]{0,%d}\Z" % (VOLUME_NAME_MAX - 1),
+                       re.ASCII)
 SNAPSHOT_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,199}\Z", re.ASCII)
 REPLICATION_SNAPSHOT_RE = re.compile(r"\A__replicate_([1-9][0-9]{2,8}-[0-9]{1,9})_([0-9]{1,19})__\Z", re.ASCII)
 # A number as it travels in a receive's key=value arguments: plain ASCII digits, no sign, no leading zero.
