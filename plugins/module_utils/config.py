@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ansible_collections.storage.replication.plugins.module_utils.names import (
-    GUEST_ID_MAX, GUEST_ID_MIN, JOBNUM_MAX, NODE_RE, STORAGE_RE, VOLUME_NAME_RE)
+    GUEST_ID_MAX, GUEST_ID_MIN, JOBNUM_MAX, NODE_RE, STORAGE_RE, VOLUME_NAME_MAX, VOLUME_NAME_RE)
 from ansible_collections.storage.replication.plugins.module_utils.schedule import ScheduleError, parse as parse_schedule
 from ansible_collections.storage.replication.plugins.module_utils.state import file_lock, fsync_dir, write_synced
 
@@ -551,7 +551,8 @@ def _guest_problems(cfg, key, guest, owners):
 def _volume_problems(cfg, volume, owners, guest_id):
     storage_id, sep, name = volume.partition(":") if isinstance(volume, str) else ("", "", "")
     if not sep or not VOLUME_NAME_RE.match(name):
-        yield "volume '%s' is not '<storage>:<name>' with a name of letters, digits, '_', '.', '-'" % (volume,)
+        yield ("volume '%s' is not '<storage>:<name>' with a name of letters, digits, '_', '.', '-' (at most %d, "
+               "no '..', not starting with '-')" % (volume, VOLUME_NAME_MAX))
         return
     if storage_id not in cfg.storages:
         yield "volume '%s' is on storage '%s', which does not exist; add the storage or fix the volume" % (volume, storage_id)
