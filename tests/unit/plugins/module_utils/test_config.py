@@ -325,7 +325,8 @@ def test_guests_nodes_storages_changes():
     (lambda c: setattr(c.guests[200], "node", "node7"),
      "guest '200': owner node 'node7' does not exist; add the node or give the guest a known node (node1, node2, node3)"),
     (lambda c: c.guests[200].volumes.append("local-zfs:../etc"),
-     "guest '200': volume 'local-zfs:../etc' is not '<storage>:<name>' with a name of letters, digits, '_', '.', '-'"),
+     "guest '200': volume 'local-zfs:../etc' is not '<storage>:<name>' with a name of letters, digits, '_', '.', '-' "
+     "(at most 200, no '..', not starting with '-')"),
     (lambda c: c.guests[200].volumes.append("local-zfs:vm-100-disk-0"),
      "guest '200': volume 'local-zfs:vm-100-disk-0' is also a volume of guest '100'; a volume belongs to one guest"),
     (lambda c: c.guests[200].hooks.__setitem__("start", "systemctl start x"),
