@@ -434,7 +434,7 @@ def engine_errors():
     from ansible_collections.storage.replication.plugins.module_utils.state import LockError, StateError
     from ansible_collections.storage.replication.plugins.module_utils.transport import RemoteError, TransportError
     from ansible_collections.storage.replication.plugins.module_utils.zfs import ZfsError
-    return (FailoverError, MigrationError, ClusterError, configmod.ConfigError, ReplicationError, LockError, StateError,
+    return (FailoverError, fencemod.FenceStateError, MigrationError, ClusterError, configmod.ConfigError, ReplicationError, LockError, StateError,
             RemoteError, TransportError, ZfsError, OSError)
 
 
