@@ -251,3 +251,9 @@ def test_fence_once_and_fence_status_on_a_node_cut_off_from_everyone(tmp_path, m
     assert json.loads(capsys.readouterr().out)["fenced"]["guests"]["100"]["result"] == "stopped"
     assert "storage_replication_fence_fenced{node=\"node1\"} 1" in (tmp_path / "sr-fence.prom").read_text()
     assert cli.main(["fence", "--once", "--fence-after", "0"]) == 2
+
+
+def test_the_fence_command_is_an_argv_and_only_exit_0_fences():
+    assert failover.run_fence_command(["true"]) == (True, "exit code 0")
+    assert failover.run_fence_command([sys.executable, "-c", "print('bmc down'); raise SystemExit(1)"]) == (
+        False, "exit code 1: bmc down")
