@@ -148,7 +148,7 @@ def run_hook(argv, timeout):
     except OSError as exc:
         return "cannot run %s: %s" % (argv[0], exc)
     try:
-        output, _ = proc.communicate(timeout=timeout)
+        output = proc.communicate(timeout=timeout)[0]
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -192,7 +192,7 @@ class Fence:
                  fence_after=DEFAULT_FENCE_AFTER, interval=DEFAULT_INTERVAL):
         self.node = node
         self.statedir = statedir
-        self.load_config = load_config or (lambda: configmod.load())
+        self.load_config = load_config or configmod.load
         self.probe = probe
         self.stop = stop
         self.fence_after = fence_after

@@ -133,8 +133,8 @@ def load_settings(path):
 def _settings_problems(data):
     for key in sorted(set(data) - set(DEFAULT_SETTINGS)):
         yield "unknown setting '%s'; the settings are: %s" % (key, ", ".join(sorted(DEFAULT_SETTINGS)))
-    for key, low in (("max_parallel", 1), ("log_runs", 1), ("peer_check_interval", 0),
-                       ("fence_after", 1), ("fence_interval", 1)):
+    for key, low in (("max_parallel", 1), ("log_runs", 1), ("peer_check_interval", 0), ("fence_after", 1),
+                     ("fence_interval", 1)):
         value = data.get(key, low)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             yield "'%s' must be a whole number >= %d, not %r" % (key, low, value)

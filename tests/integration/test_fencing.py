@@ -89,9 +89,9 @@ def test_a_node_back_before_fence_after_keeps_its_guest(lab, service):
     lab.partition("node1")
     cut = time.monotonic()
     try:
-        for _ in range(2):
+        for tick in (1, 2):
             state = fence_once(lab, "node1", long_enough)
-            assert not state["quorate"] and state["votes"] == 1 and not state["fenced"], state
+            assert not state["quorate"] and state["votes"] == 1 and not state["fenced"], (tick, state)
     finally:
         lab.heal("node1")
     assert time.monotonic() - cut < long_enough
