@@ -16,6 +16,7 @@ import sys
 
 from ansible_collections.storage.replication.plugins.module_utils import cluster, config as configmod
 from ansible_collections.storage.replication.plugins.module_utils.failover import FailoverError
+from ansible_collections.storage.replication.plugins.module_utils.fence import FenceStateError
 from ansible_collections.storage.replication.plugins.module_utils.migrate import MigrationError
 from ansible_collections.storage.replication.plugins.module_utils.replicate import ReplicationError
 from ansible_collections.storage.replication.plugins.module_utils.state import LockError, StateError, read_local_node
@@ -83,7 +84,7 @@ def missing_module_message(exc, what):
 
 
 # The exceptions by which the engine refuses or reports a failure, each with a message for the operator.
-ENGINE_ERRORS = (FailoverError, MigrationError, cluster.ClusterError, configmod.ConfigError, ReplicationError, LockError,
+ENGINE_ERRORS = (FailoverError, FenceStateError, MigrationError, cluster.ClusterError, configmod.ConfigError, ReplicationError, LockError,
                  StateError, RemoteError, TransportError, ZfsError, OSError)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 import time
 
@@ -714,6 +715,69 @@ def log(args):
     text = "\n".join("--- run %d (%s)\n%s" % (-age, "latest" if age == 0 else "%d before the latest" % age, "\n".join(lines))
                      for age, lines in runs)
     return Output(data, text)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# fence, fence-status: self-fencing (fence.py)
+# ---------------------------------------------------------------------------------------------------------
+
+def _fence_arguments(parser):
+    parser.add_argument("--interval", type=bounded_int(1, 3600), metavar="SECONDS",
+                        help="seconds between ticks (default: fence_interval of runner.json, else 5)")
+    parser.add_argument("--fence-after", type=bounded_int(1, 86400), metavar="SECONDS",
+                        help="seconds without quorum before this node stops its guests (default: fence_after of "
+                             "runner.json, else 60)")
+    _flag(parser, "--once", "one tick, then exit (tests, by hand)")
+
+
+def _fence_engine():
+    from ansible_collections.storage.replication.plugins.module_utils import fence  # pylint: disable=import-outside-toplevel
+    return fence
+
+
+@subcommand("fence", "Watch this node's quorum and stop its guests when it has been cut off for fence_after seconds "
+            "(the storage-replication-fence service).", _fence_arguments)
+def fence(args):
+    fencemod = _fence_engine()
+    _cluster, config, runner, state = _engine()
+    paths = _paths()
+    try:
+        settings = runner.load_settings(paths.settings_file)
+    except config.ConfigError as exc:
+        raise CliError(_one_line(exc)) from None
+    interval = args.interval or settings["fence_interval"]
+    node = state.read_local_node(paths.statedir)
+    watcher = fencemod.Fence(node, paths.statedir, load_config=lambda: config.load(paths.confdir),
+                             fence_after=args.fence_after or settings["fence_after"], interval=interval)
+    metrics = fencemod.metrics_path(settings["metrics_file"])
+    previous = None
+    while True:
+        started = time.monotonic()
+        current = watcher.tick()
+        if metrics and os.path.isdir(os.path.dirname(metrics)):
+            state.atomic_write(metrics, fencemod.metrics_text(current, node).encode("utf-8"))
+        if args.once:
+            return Output(current, fencemod.describe(current, node))
+        summary = (current.get("quorate"), bool(current.get("fenced")), json.dumps(current.get("fenced"), sort_keys=True),
+                   current.get("error"))
+        if summary != previous:  # the journal gets the changes, not every tick
+            say(fencemod.describe(current, node))
+            sys.stdout.flush()
+            previous = summary
+        time.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+
+@subcommand("fence-status", "Show this node's quorum and fence state (what the fence service recorded).", _no_arguments)
+def fence_status(args):
+    del args
+    fencemod = _fence_engine()
+    paths = _paths()
+    node = _engine()[3].read_local_node(paths.statedir)
+    try:
+        current = fencemod.read_state(paths.statedir)
+    except fencemod.FenceStateError as exc:
+        raise CliError(str(exc)) from None
+    return Output(current or {}, fencemod.describe(current, node))
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ LOCK_TIMEOUT = 10
 MODEL_FORMAT = 1
 
 GUEST_TYPES = ("vm", "ct", "service")
-HOOK_NAMES = ("start", "stop", "status", "freeze", "thaw")
+HOOK_NAMES = ("start", "stop", "status", "freeze", "thaw", "kill")  # kill: the fence's last resort (fence.py)
 REPLICATABLE_STORAGE_TYPES = ("zfspool",)
 REMOVE_MODES = ("local", "full")
 JOB_TYPES = ("local",)

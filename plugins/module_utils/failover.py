@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+from ansible_collections.storage.replication.plugins.module_utils import fence as fencemod
 from ansible_collections.storage.replication.plugins.module_utils.names import parse_replication_snapshot
 from ansible_collections.storage.replication.plugins.module_utils.receiver import Receiver
 from ansible_collections.storage.replication.plugins.module_utils.replicate import run_guest_hook
@@ -236,6 +237,68 @@ def _jobs_after_move(cfg, guest_id, new_node):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# 1b. Wait for the failed node's fence (fence.py): it may be cut off rather than dead, its guests still running
+
+FENCE_COMMAND_TIMEOUT = 120
+
+
+def run_fence_command(argv):
+    """Run the operator's out-of-band fence command (argv; exit 0 = the node is fenced): (ok, what it said)."""
+    error = fencemod.run_hook(argv, FENCE_COMMAND_TIMEOUT)
+    return error is None, error or "exit code 0"
+
+
+def fence_decision(failed_node, coordinator, fence_state, now, failed_node_is_off=False, fence_command=None):
+    """Whether the guests of the unreachable ``failed_node`` may be started elsewhere, from what holds:
+    ``failed_node_is_off`` (the operator says so), ``fence_command`` ((ok, text) of the out-of-band fence command,
+    None if none ran), or the coordinator's own fence state (fence.json: ``failed_node`` unreachable for longer
+    than its ``fence_after`` plus fence.margin, measured on this survivor's clock by its watching fence service).
+
+    Returns {"fenced", "by" (powered_off|fence_command|waited|None), "unreachable_for", "needed", "left", "text"}.
+    """
+    decision = {"fenced": False, "by": None, "unreachable_for": None, "needed": None, "left": None}
+    how_else = ("-e failed_node_is_off=true if you know that %s is powered off, or -e '{\"fence_command\": [...]}' "
+                "to fence it out of band" % failed_node)
+    waited = _fence_wait(failed_node, coordinator, fence_state, now, decision)
+    if failed_node_is_off:
+        decision.update(fenced=True, by="powered_off", text="node %s is powered off (the operator says so: "
+                        "failed_node_is_off)" % failed_node)
+    elif fence_command is not None and fence_command[0]:
+        decision.update(fenced=True, by="fence_command", text="node %s was fenced by the fence command (%s)"
+                        % (failed_node, fence_command[1]))
+    elif decision["left"] is not None and decision["left"] <= 0:
+        decision.update(fenced=True, by="waited", text=waited)
+    else:
+        failed = "; the fence command failed: %s" % fence_command[1] if fence_command is not None else ""
+        decision["text"] = "%s%s - it may be cut off rather than dead, with its guests still running: wait, or %s" % (
+            waited, failed, how_else)
+    return decision
+
+
+def _fence_wait(failed_node, coordinator, state, now, decision):
+    """Fill the wait figures of ``decision`` from the coordinator's fence state; the sentence that says them."""
+    if not state:
+        return ("the fence service has never run on the coordinator %s, so nothing tells how long %s has been "
+                "unreachable (storage-replication-fence.service)" % (coordinator, failed_node))
+    watching = fencemod.continuous_since(state, now)
+    if watching is None:
+        return ("the fence service on the coordinator %s is not running (last tick %s), so nothing tells how long %s "
+                "has been unreachable" % (coordinator, time_text(state.get("tick")), failed_node))
+    seen = (state.get("last_seen") or {}).get(failed_node)
+    unreachable_for = now - max(seen or 0, watching)
+    fence_after = int(state.get("fence_after", fencemod.DEFAULT_FENCE_AFTER))
+    needed = fence_after + fencemod.margin(int(state.get("interval", fencemod.DEFAULT_INTERVAL)))
+    decision.update(unreachable_for=unreachable_for, needed=needed, left=max(0, needed - unreachable_for))
+    return ("node %s has been unreachable from %s for %d s (%s), its fence stops its guests after %d s without "
+            "quorum: %s" % (failed_node, coordinator, unreachable_for,
+                            "last answered %s" % time_text(seen) if seen and seen >= watching
+                            else "not seen since this fence service began watching at %s" % time_text(watching),
+                            fence_after,
+                            "waited long enough (%d s with the margin)" % needed if unreachable_for >= needed
+                            else "%d s left (%d s with the margin)" % (needed - unreachable_for, needed)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # 2. Promote the replica (on the chosen node, before it owns the guest)
 
 def replica_snapshot_time(name):
@@ -343,6 +406,9 @@ def set_guest_running(guest_id, running, confdir=configmod.DEFAULT_CONFDIR, stat
         raise FailoverError("guest %d is owned by node '%s', not by this node ('%s'): refusing to start it here - a "
                             "guest runs only on its owner (cluster configuration generation %d)"
                             % (guest_id, guest.node, node, cfg.generation))
+    refusal = fencemod.start_refusal(statedir) if running else None
+    if refusal:
+        raise FailoverError("guest %d on node '%s': %s" % (guest_id, node, refusal))
     hook = "start" if running else "stop"
     if not guest.hook(hook):
         raise FailoverError("guest %d has no %s hook - add one (storage.replication.guest, hooks) or %s it by hand"

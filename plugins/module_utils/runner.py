@@ -74,6 +74,9 @@ DEFAULT_SETTINGS = {
     "notify_command": None,
     "metrics_file": "/var/lib/prometheus/node-exporter/storage-replication.prom",
     "peer_check_interval": 600,
+    # The fence service (fence.py): seconds without quorum before this node stops its guests, and its tick.
+    "fence_after": 60,
+    "fence_interval": 5,
 }
 
 # Environment variables that move the node's directories (tests, benchmarks, unusual installs).
@@ -133,7 +136,8 @@ def load_settings(path):
 def _settings_problems(data):
     for key in sorted(set(data) - set(DEFAULT_SETTINGS)):
         yield "unknown setting '%s'; the settings are: %s" % (key, ", ".join(sorted(DEFAULT_SETTINGS)))
-    for key, low in (("max_parallel", 1), ("log_runs", 1), ("peer_check_interval", 0)):
+    for key, low in (("max_parallel", 1), ("log_runs", 1), ("peer_check_interval", 0), ("fence_after", 1),
+                     ("fence_interval", 1)):
         value = data.get(key, low)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             yield "'%s' must be a whole number >= %d, not %r" % (key, low, value)

@@ -19,7 +19,11 @@ description:
   - For each guest owned by the failed node (or each of O(guests)) it chooses the surviving node with the newest
     complete replica, or O(to), and reports the recovery point (the start time of that replica) and the window of
     writes lost since.
-  - Read-only; the failover playbook runs M(storage.replication.replica_promote),
+  - Refuses, unless the failed node is known to be fenced, until this node's fence service has seen the failed node
+    unreachable for longer than its C(fence_after) plus a margin (by then a node that is cut off rather than dead has
+    stopped its guests itself), or when O(failed_node_is_off=true), or when O(fence_command) reports success. In
+    check mode it reports which holds and how long is left, and does not fail.
+  - Read-only, apart from O(fence_command); the failover playbook runs M(storage.replication.replica_promote),
     M(storage.replication.guest_takeover) and M(storage.replication.guest_service) with the plan.
 options:
   failed_node:
@@ -39,6 +43,18 @@ options:
         cluster change until the missing nodes are back.
     type: bool
     default: false
+  failed_node_is_off:
+    description:
+      - The operator states that O(failed_node) is powered off, so its guests cannot still be running and there is no
+        need to wait for its fence.
+    type: bool
+    default: false
+  fence_command:
+    description:
+      - An out-of-band fence command (an argv list, never a shell string, e.g. an IPMI power-off of the failed node) run
+        on this node; exit code 0 means the failed node is fenced. Not run in check mode.
+    type: list
+    elements: str
 attributes:
   check_mode:
     support: full
@@ -111,24 +127,48 @@ moves:
   type: list
   elements: dict
   sample: [{"id": 100, "node": "node2"}]
+fence:
+  description:
+    - Whether the failed node is known to be fenced and by what (powered_off, fence_command, waited; null while not), how
+      long it has been unreachable as this node saw it, how long it must be, how long is left, and the sentence for people.
+  returned: success
+  type: dict
+  sample: {"fenced": false, "by": null, "unreachable_for": 12, "needed": 87, "left": 75, "text": "node node1 has been ..."}
 generation:
   description: The cluster configuration generation the plan is based on.
   returned: success
   type: int
 """
 
+import time
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.storage.replication.plugins.module_utils._module import run_module_step
-from ansible_collections.storage.replication.plugins.module_utils import cluster, config as configmod, failover
+from ansible_collections.storage.replication.plugins.module_utils import cluster, config as configmod, failover, fence
 
 
 def plan(params, check_mode):
     cluster.catch_up(check_mode=check_mode)
     cfg = configmod.load()
     views = failover.survey(cfg)
-    result = failover.plan_failover(cfg, cluster.read_local_node(), params["failed_node"], views, params["guests"],
-                                    params["to"], params["force_quorum"])
+    local = cluster.read_local_node()
+    result = failover.plan_failover(cfg, local, params["failed_node"], views, params["guests"], params["to"],
+                                    params["force_quorum"])
+    command = None
+    if params["fence_command"] and not check_mode:
+        command = failover.run_fence_command(params["fence_command"])
+    decision = failover.fence_decision(params["failed_node"], local, fence.read_state(), int(time.time()),
+                                       params["failed_node_is_off"], command)
+    if check_mode and params["fence_command"] and not decision["fenced"]:
+        decision["text"] += " (the fence command is not run in check mode)"
+    result["fence"] = decision
+    result["summary"].insert(1, "fence: %s%s" % ("OK - " if decision["fenced"] else "NOT YET - ", decision["text"]))
+    if not decision["fenced"]:
+        if not check_mode:
+            raise failover.FailoverError("refusing to start the guests of %s elsewhere yet: %s - nothing was changed"
+                                         % (params["failed_node"], decision["text"]))
+        result["warnings"].append("not fenced yet: %s" % decision["text"])
     result["changed"] = False
     return result
 
@@ -136,7 +176,9 @@ def plan(params, check_mode):
 def main():
     module = AnsibleModule(
         argument_spec={"failed_node": {"type": "str", "required": True}, "guests": {"type": "list", "elements": "int"},
-                       "to": {"type": "str"}, "force_quorum": {"type": "bool", "default": False}},
+                       "to": {"type": "str"}, "force_quorum": {"type": "bool", "default": False},
+                       "failed_node_is_off": {"type": "bool", "default": False},
+                       "fence_command": {"type": "list", "elements": "str"}},
         supports_check_mode=True,
     )
     run_module_step(module, lambda: plan(module.params, module.check_mode))

@@ -41,7 +41,8 @@ options:
   hooks:
     description:
       - Commands run around replication and failover, as argv lists (never shell strings), by name
-        V(start), V(stop), V(status), V(freeze), V(thaw).
+        V(start), V(stop), V(status), V(freeze), V(thaw), V(kill) (the fence's last resort when V(stop) fails or
+        hangs on a node cut off from its cluster).
       - 'For example C({"freeze": ["/usr/sbin/fsfreeze", "-f", "/srv"], "thaw": ["/usr/sbin/fsfreeze", "-u", "/srv"]}).'
     type: dict
     default: {}

@@ -26,7 +26,8 @@ from ansible_runner import run_playbook, snapshot_collection
 pytestmark = pytest.mark.lab
 
 INSTALL_DIR = "/opt/storage-replication"
-UNITS = ("/etc/systemd/system/storage-replication.service", "/etc/systemd/system/storage-replication.timer")
+UNITS = ("/etc/systemd/system/storage-replication.service", "/etc/systemd/system/storage-replication.timer",
+         "/etc/systemd/system/storage-replication-fence.service")
 # Everything the role may write on a node; a listing with sizes, modes and times shows any change.
 WATCHED = [INSTALL_DIR, "/etc/storage-replication", "/var/lib/storage-replication", "/var/log/storage-replication",
            "/etc/systemd/system", "/root/.ssh"]
@@ -121,20 +122,23 @@ def test_units_are_installed_and_verified(role):
     for node in role.lab.nodes:
         verify = role.lab.exec(node, ["systemd-analyze", "verify"] + list(UNITS), check=False)
         assert verify.returncode == 0, verify.stderr
-        service, timer = (role.read(node, unit) for unit in UNITS)
-        assert service.startswith("#") and timer.startswith("#")  # ansible_managed
+        service, timer, fence = (role.read(node, unit) for unit in UNITS)
+        assert service.startswith("#") and timer.startswith("#") and fence.startswith("#")  # ansible_managed
         assert "Type=oneshot\n" in service
         exec_start = [line for line in service.splitlines() if line.startswith("ExecStart=")]
         assert exec_start == ["ExecStart=%s/bin/storage-replication run --mail" % INSTALL_DIR]
         assert "IOSchedulingClass=idle\n" in service and "Nice=10\n" in service and "TimeoutStartSec=12h\n" in service
         assert "OnCalendar=minutely\n" in timer and "Persistent=true\n" in timer and "AccuracySec=1s\n" in timer
+        assert "ExecStart=%s/bin/storage-replication fence\n" % INSTALL_DIR in fence
+        assert "Restart=always\n" in fence and "RestartSec=2\n" in fence and "WantedBy=multi-user.target\n" in fence
 
 
 def test_runner_settings_are_written_and_accepted_by_the_runner(role):
     for node in role.lab.nodes:
         settings = json.loads(role.read(node, "/etc/storage-replication/runner.json"))
         assert settings == {"max_parallel": 4, "log_runs": 10, "notify_command": None,
-                            "metrics_file": "/var/lib/prometheus/node-exporter/storage-replication.prom"}
+                            "metrics_file": "/var/lib/prometheus/node-exporter/storage-replication.prom",
+                            "fence_after": 60, "fence_interval": 5}
         # The runner itself reads them without complaint (an idle run: no jobs are configured yet).
         idle = role.lab.exec(node, [INSTALL_DIR + "/bin/storage-replication", "run"], check=False)
         assert idle.returncode == 0, idle.stderr

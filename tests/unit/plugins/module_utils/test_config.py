@@ -332,7 +332,7 @@ def test_guests_nodes_storages_changes():
     (lambda c: c.guests[200].hooks.__setitem__("start", "systemctl start x"),
      "guest '200': hook 'start' must be a non-empty list of strings (an argv list such as [\"/usr/bin/systemctl\", \"start\", \"x\"]), never a shell string"),
     (lambda c: c.guests[200].hooks.__setitem__("reboot", ["/sbin/reboot"]),
-     "guest '200': unknown hook 'reboot'; hooks are: start, stop, status, freeze, thaw"),
+     "guest '200': unknown hook 'reboot'; hooks are: start, stop, status, freeze, thaw, kill"),
     (lambda c: setattr(c, "generation", -1), "generation '-1' must be an integer >= 0"),
 ])
 def test_model_rules(mutate, message):

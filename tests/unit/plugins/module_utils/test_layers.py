@@ -22,8 +22,8 @@ LAYERS = [
     "schedule", "state", "config",
     # ZFS, processes, the quorum protocol and the transport
     "zfs", "orphans", "quorum", "transport",
-    # the cluster configuration layer
-    "cluster",
+    # the cluster configuration layer, and the node's own view of its quorum (self-fencing)
+    "cluster", "fence",
     # one replication: the receiving side, then the sending side
     "receiver", "replicate",
     # what runs replications: the runner, failover, migration

@@ -97,7 +97,7 @@ def test_logs_keep_the_last_n_runs(tmp_path):
     ({"max_parallel": 0}, "'max_parallel' must be a whole number >= 1, not 0"),
     ({"notify_command": "mail -s x root"}, "'notify_command' must be an argv list"),
     ({"metrics_file": "relative.prom"}, "'metrics_file' must be an absolute path or null"),
-    ({"paralel": 2}, "unknown setting 'paralel'; the settings are: log_runs, max_parallel"),
+    ({"paralel": 2}, "unknown setting 'paralel'; the settings are: fence_after, fence_interval, log_runs, max_parallel"),
 ])
 def test_bad_settings_are_named(tmp_path, settings, message):
     path = tmp_path / "runner.json"
