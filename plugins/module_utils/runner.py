@@ -537,7 +537,8 @@ class Runner:
         problem = self._single_job_problem(job, job_id)
         if problem:
             raise RunnerRefused(problem)
-        self._check_peers(force=True)
+        if not self._check_peers(force=True):
+            raise RunnerRefused(self.result["peer_check"]["error"])
         job = self.cfg.jobs.get(job_id)
         problem = self._single_job_problem(job, job_id)
         if problem:
@@ -696,6 +697,8 @@ class Runner:
         except cluster.ClusterError as exc:
             checked["error"] = str(exc)
             self.result["warnings"].append(str(exc))
+            if "conflict" in checked:
+                self._refusal("config-conflict", str(exc))  # notified with pvesr's cadence; the run stops below
         self.result["peer_check"] = checked
         os.makedirs(self.paths.statedir, exist_ok=True)
         atomic_write(path, json.dumps(checked, sort_keys=True) + "\n")

@@ -132,6 +132,7 @@ class Node:
         self.lock = threading.Lock()
         self.active, self.events, self.overlaps = {}, [], []
         self.peer_checks = 0
+        self.conflicts = []
         self.clock = time.time
 
     def run_job(self, cfg, job_id, node, statedir, logdir, confdir, echo):
@@ -156,7 +157,8 @@ class Node:
     def catch_up(self, confdir, statedir):
         del confdir, statedir
         self.peer_checks += 1
-        return type("Found", (), {"adopted": None, "source": None, "unreachable": {}, "generation": 1})()
+        return type("Found", (), {"adopted": None, "source": None, "unreachable": {}, "generation": 1,
+                                  "conflicts": list(self.conflicts)})()
 
     def run(self, job_id=None, notify=False):
         return R.Runner(self.paths, self.settings, notify=notify, now=self.clock, run_job=self.run_job,
@@ -292,3 +294,19 @@ def test_without_mail_no_notification_is_sent(tmp_path):
     node = Node(tmp_path, make_config(), {"notify_command": command}, failing={"100-0"})
     result = node.run(notify=False)
     assert result["jobs"][0]["ok"] is False and not out.exists()
+
+
+@pytest.mark.parametrize("job_id", [None, "100-0"], ids=["timer", "run --id"])
+def test_a_configuration_conflict_stops_every_job_and_is_reported(tmp_path, job_id):
+    """Only a forced change makes two contents under one generation: the node acts on neither (issue 14)."""
+    node = Node(tmp_path, make_config(guests=(100, 200)))
+    node.conflicts = ["node2", "node3"]
+    if job_id:
+        with pytest.raises(R.RunnerRefused, match="configuration conflict: node.s. node2, node3 hold another content"):
+            node.run(job_id)
+    else:
+        result = node.run()
+        assert result["jobs"] == [] and "resolve-conflict" in result["peer_check"]["error"]
+    assert node.events == []
+    assert R.last_peer_check(node.paths.statedir)["conflict"] == ["node2", "node3"]
+    assert "storage_replication_config_conflict{node=\"node1\"} 1" in (tmp_path / "metrics.prom").read_text()
