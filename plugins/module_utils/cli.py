@@ -501,40 +501,33 @@ def status(args):
     return Output(report, "\n".join(lines), [refusal] if refusal else [])
 
 
+def _from_the_peers(what, nothing):
+    """Run cluster.<what>(confdir, statedir) and say what it did (``nothing`` when it found nothing to do)."""
+    cluster, config, _runner, _state = _engine()
+    paths = _paths()
+    try:
+        restored = getattr(cluster, what)(paths.confdir, paths.statedir)
+    except (cluster.ClusterError, config.ConfigError) as exc:
+        raise CliError(_one_line(exc)) from None
+    if restored is None:
+        return Output({"restored": False}, nothing)
+    return Output({"restored": True, "generation": restored.generation, "source": restored.source, "kept": restored.kept},
+                  restored.message)
+
+
 @subcommand("restore-config", "Restore this node's damaged cluster configuration from a majority of its peers.",
             _no_arguments)
 def restore_config(args):
     del args
-    cluster, _config, _runner, _state = _engine()
-    paths = _paths()
-    try:
-        restored = cluster.restore_config(paths.confdir, paths.statedir)
-    except cluster.ClusterError as exc:
-        raise CliError(_one_line(exc)) from None
-    if restored is None:
-        return Output({"restored": False}, "the cluster configuration of this node is readable: nothing to restore")
-    return _restored_output(restored)
-
-
-def _restored_output(restored):
-    return Output({"restored": True, "generation": restored.generation, "source": restored.source, "kept": restored.kept},
-                  restored.message)
+    return _from_the_peers("restore_config", "the cluster configuration of this node is readable: nothing to restore")
 
 
 @subcommand("resolve-conflict", "Take the cluster configuration a majority holds when this node holds another under "
             "the same generation (after a change forced without quorum); this node's own is kept aside.", _no_arguments)
 def resolve_conflict(args):
     del args
-    cluster, config, _runner, _state = _engine()
-    paths = _paths()
-    try:
-        resolved = cluster.resolve_conflict(paths.confdir, paths.statedir)
-    except (cluster.ClusterError, config.ConfigError) as exc:
-        raise CliError(_one_line(exc)) from None
-    if resolved is None:
-        return Output({"restored": False}, "no configuration conflict: the nodes that answer hold this node's version "
-                      "or newer ones")
-    return _restored_output(resolved)
+    return _from_the_peers("resolve_conflict", "no configuration conflict: the nodes that answer hold this node's "
+                           "version or newer ones")
 
 
 @subcommand("schedule-now", "Make a job due at the next run of the runner.", _id_argument)

@@ -35,7 +35,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
-from ansible_collections.storage.replication.plugins.module_utils.state import DEFAULT_STATEDIR, atomic_write
+from ansible_collections.storage.replication.plugins.module_utils.state import (
+    DEFAULT_STATEDIR, atomic_write, read_json_object)
 
 STATE_FILE = "fence.json"
 LOCK_FILE = "fence.lck"
@@ -82,17 +83,11 @@ def read_state(statedir=DEFAULT_STATEDIR):
     """The fence state of this node, or None when no fence has ever run here; FenceStateError if unreadable."""
     path = state_path(statedir)
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        return None
+        return read_json_object(path)
     except (OSError, ValueError) as exc:
         raise FenceStateError("the fence state %s cannot be read (%s) - the fence service ('storage-replication "
                               "fence') rewrites it at its next tick; check that it runs (systemctl status "
                               "storage-replication-fence)" % (path, exc)) from None
-    if not isinstance(data, dict):
-        raise FenceStateError("the fence state %s is not a JSON object - remove it; the fence service rewrites it" % path)
-    return data
 
 
 def start_refusal(statedir=DEFAULT_STATEDIR):

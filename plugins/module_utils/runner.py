@@ -53,7 +53,7 @@ from ansible_collections.storage.replication.plugins.module_utils.replicate impo
 from ansible_collections.storage.replication.plugins.module_utils.schedule import DEFAULT_SCHEDULE
 from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs, ZfsError
 from ansible_collections.storage.replication.plugins.module_utils.state import (
-    DEFAULT_STATEDIR, STATUS_INTERRUPTED, LockError, StateError, StateFile, atomic_write, job_is_running, job_state_in,
+    DEFAULT_STATEDIR, STATUS_INTERRUPTED, read_json_object, LockError, StateError, StateFile, atomic_write, job_is_running, job_state_in,
     job_status, jobs_to_run, job_order_key, next_sync, read_local_node, rebuild_state, runner_lock)
 
 DEFAULT_LOGDIR = "/var/log/storage-replication"
@@ -118,14 +118,12 @@ def load_settings(path):
     """The runner settings: DEFAULT_SETTINGS updated from ``path`` (missing file = defaults); SettingsError."""
     settings = dict(DEFAULT_SETTINGS)
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        return settings
+        data = read_json_object(path)
     except ValueError as exc:
-        raise SettingsError("%s is not valid JSON (%s); fix it or remove it to use the defaults" % (path, exc)) from None
-    if not isinstance(data, dict):
-        raise SettingsError("%s must hold a JSON object of settings (%s)" % (path, ", ".join(sorted(DEFAULT_SETTINGS))))
+        raise SettingsError("%s is not a JSON object of settings (%s): %s; fix it or remove it to use the defaults"
+                            % (path, ", ".join(sorted(DEFAULT_SETTINGS)), exc)) from None
+    if data is None:
+        return settings
     problems = ["%s: %s" % (path, problem) for problem in _settings_problems(data)]
     if problems:
         raise SettingsError(problems)
@@ -728,11 +726,9 @@ def last_peer_check(statedir):
     """What the runner's last look at its peers found (peer-check.json): {time, generation, unreachable, adopted,
     source, error, conflict}; {} if it never looked."""
     try:
-        with open(os.path.join(statedir, PEER_CHECK_FILE), encoding="utf-8") as handle:
-            found = json.load(handle)
-    except (FileNotFoundError, ValueError):
+        return read_json_object(os.path.join(statedir, PEER_CHECK_FILE)) or {}
+    except ValueError:
         return {}
-    return found if isinstance(found, dict) else {}
 
 
 def run(paths, settings, job_id=None, notify=False, echo=None):

@@ -102,6 +102,18 @@ def write_synced(path, data, mode=0o644):
         os.close(fd)
 
 
+def read_json_object(path):
+    """The JSON object in ``path``; None if there is no such file; ValueError (saying why) if it holds anything else."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        return None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
 def atomic_write(path, data, mode=0o644):
     """Replace ``path`` with ``data`` atomically: temporary file in the same directory, fsync, rename, fsync dir."""
     directory = os.path.dirname(os.path.abspath(path))

@@ -19,8 +19,7 @@ import pytest
 
 import cluster_setup as cs
 from ansible_runner import ansible_environment, run_playbook
-from ansible_collections.storage.replication.plugins.module_utils import config as configmod
-from workload.guest import RUNNER_VENV, ServiceGuest, assert_continuous, config_of, runner, setup_cluster
+from workload.guest import RUNNER_VENV, assert_continuous, config_of, runner, serve_guest, setup_cluster
 
 pytestmark = pytest.mark.lab
 
@@ -47,15 +46,7 @@ class Story:
 
 @pytest.fixture(scope="module")
 def service(lab):
-    cfg = setup_cluster(lab)
-    guest = ServiceGuest(lab, GUEST)
-    guest.create("node1")
-    cfg.guests[GUEST] = guest.definition("node1")
-    cfg.jobs[JOB_TO_NODE2] = configmod.Job(id=JOB_TO_NODE2, target="node2", schedule="*/1")
-    cfg.jobs[JOB_TO_NODE3] = configmod.Job(id=JOB_TO_NODE3, target="node3", schedule="*/1")
-    cfg.generation += 1
-    cs.write_config(lab, cfg)
-    guest.start("node1")
+    guest = serve_guest(lab, setup_cluster(lab), GUEST, ["node2", "node3"])
     yield guest
     for node in lab.nodes:
         lab.revive(node)

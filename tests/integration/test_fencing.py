@@ -22,9 +22,8 @@ import pytest
 
 import cluster_setup as cs
 from ansible_runner import run_playbook
-from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils import fence
-from workload.guest import ServiceGuest, config_of, setup_cluster
+from workload.guest import config_of, serve_guest, setup_cluster
 
 pytestmark = pytest.mark.lab
 
@@ -46,14 +45,7 @@ def lab(module_lab):
 
 @pytest.fixture(scope="module")
 def service(lab):
-    cfg = setup_cluster(lab)
-    guest = ServiceGuest(lab, GUEST)
-    guest.create("node1")
-    cfg.guests[GUEST] = guest.definition("node1")
-    cfg.jobs[JOB] = configmod.Job(id=JOB, target="node2", schedule="*/1")
-    cfg.generation += 1
-    cs.write_config(lab, cfg)
-    guest.start("node1")
+    guest = serve_guest(lab, setup_cluster(lab), GUEST, ["node2"])
     yield guest
     for node in lab.nodes:
         lab.heal(node)

@@ -9,8 +9,7 @@ import pytest
 
 import cluster_setup as cs
 from ansible_runner import run_playbook
-from ansible_collections.storage.replication.plugins.module_utils import config as configmod
-from workload.guest import ServiceGuest, assert_continuous, config_of, runs_of, setup_cluster
+from workload.guest import assert_continuous, config_of, runs_of, serve_guest, setup_cluster
 
 pytestmark = pytest.mark.lab
 
@@ -27,15 +26,7 @@ MIGRATE_TASK = "Copy the data, stop the guest, send the last delta, hand over th
 
 @pytest.fixture(scope="module")
 def service(lab):
-    cfg = setup_cluster(lab)
-    guest = ServiceGuest(lab, GUEST)
-    guest.create("node1")
-    cfg.guests[GUEST] = guest.definition("node1")
-    cfg.jobs["%d-0" % GUEST] = configmod.Job(id="%d-0" % GUEST, target="node2", schedule="*/1")
-    cfg.jobs["%d-1" % GUEST] = configmod.Job(id="%d-1" % GUEST, target="node3", schedule="*/1")
-    cfg.generation += 1
-    cs.write_config(lab, cfg)
-    guest.start("node1")
+    guest = serve_guest(lab, setup_cluster(lab), GUEST, ["node2", "node3"])
     for job in ("%d-0" % GUEST, "%d-1" % GUEST):
         result = cs.run_job(lab, "node1", job)
         assert result["ok"] and result["volumes"][0]["mode"] == "full", result
@@ -112,14 +103,7 @@ LONE_JOB, COPY_JOB = "%d-0" % LONE_GUEST, "%d-999999999" % LONE_GUEST
 
 @pytest.fixture(scope="module")
 def lone(lab, service):
-    cfg = config_of(lab, "node1")
-    guest = ServiceGuest(lab, LONE_GUEST)
-    guest.create("node1")
-    cfg.guests[LONE_GUEST] = guest.definition("node1")
-    cfg.jobs[LONE_JOB] = configmod.Job(id=LONE_JOB, target="node2", schedule="*/1")
-    cfg.generation += 1
-    cs.write_config(lab, cfg)
-    guest.start("node1")
+    guest = serve_guest(lab, config_of(lab, "node1"), LONE_GUEST, ["node2"])
     result = cs.run_job(lab, "node1", LONE_JOB)
     assert result["ok"] and result["volumes"][0]["mode"] == "full", result
     yield guest

@@ -101,6 +101,21 @@ def setup_cluster(lab):
     return cfg
 
 
+def serve_guest(lab, cfg, guest_id, targets, node="node1"):
+    """A ServiceGuest on ``node``, replicated by one job per target (schedule */1), added to ``cfg`` (written to
+    every node) and started: the guest the failover, migration and fencing tests watch."""
+    guest = ServiceGuest(lab, guest_id)
+    guest.create(node)
+    cfg.guests[guest_id] = guest.definition(node)
+    for number, target in enumerate(targets):
+        job = "%d-%d" % (guest_id, number)
+        cfg.jobs[job] = configmod.Job(id=job, target=target, schedule="*/1")
+    cfg.generation += 1
+    cs.write_config(lab, cfg)
+    guest.start(node)
+    return guest
+
+
 def config_of(lab, node):
     return configmod.load(str(lab.private_path(node, "/etc/storage-replication")))
 

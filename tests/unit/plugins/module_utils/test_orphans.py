@@ -21,7 +21,7 @@ import pytest
 
 from ansible_collections.storage.replication.plugins.module_utils import orphans
 
-from test_receiver import prepare_request, receiver, serve  # noqa: F401  pylint: disable=unused-import
+from test_receiver import ListingZfs, prepare_request, receiver, serve  # noqa: F401  pylint: disable=unused-import
 
 DATASET = "rpool/data/vm-100-disk-0"
 
@@ -84,31 +84,10 @@ def test_a_receive_that_ignores_sigterm_is_killed(leftover):
     assert orphans.leftover_receives([DATASET]) == {}
 
 
-class EmptyPool:
-    """ZFS of a target that holds nothing yet for the job: prepare only lists."""
-
-    class features:  # pylint: disable=invalid-name
-        @staticmethod
-        def as_dict():
-            return {"implementation": "openzfs"}
-
-    @staticmethod
-    def exists(_dataset):
-        return True
-
-    @staticmethod
-    def child_volumes(_pool):
-        return {}
-
-    @staticmethod
-    def resume_tokens(_pool):
-        return {}
-
-
 def test_prepare_ends_a_leftover_receive_and_waits_for_its_session(receiver, leftover):  # noqa: F811
     pid, session = leftover(DATASET)
     assert pid in wait_found(pid, DATASET)
-    receiver.zfs = EmptyPool()
+    receiver.zfs = ListingZfs()
     reply = serve(receiver, "prepare", prepare_request())
     assert reply["ok"] and reply["volumes"] == {}
     assert session.poll() == 0, "prepare answered before the old session had finished"
@@ -119,7 +98,7 @@ def test_prepare_ends_a_leftover_receive_and_waits_for_its_session(receiver, lef
 def test_prepare_ends_a_session_that_does_not_finish_by_itself(receiver, leftover):  # noqa: F811
     pid, session = leftover(DATASET, stuck=True)
     assert pid in wait_found(pid, DATASET)
-    receiver.zfs = EmptyPool()
+    receiver.zfs = ListingZfs()
     started = time.monotonic()
     assert serve(receiver, "prepare", prepare_request())["ok"]
     assert session.poll() == -15 and time.monotonic() - started < orphans.SESSION_GRACE_SECONDS + 5
@@ -128,7 +107,7 @@ def test_prepare_ends_a_session_that_does_not_finish_by_itself(receiver, leftove
 def test_a_leftover_receive_into_another_volume_is_left_alone(receiver, leftover):  # noqa: F811
     pid, session = leftover("rpool/data/vm-200-disk-0")
     assert pid in wait_found(pid, "rpool/data/vm-200-disk-0")
-    receiver.zfs = EmptyPool()
+    receiver.zfs = ListingZfs()
     reply = serve(receiver, "prepare", prepare_request())
     assert reply["ok"] and not [line for line in reply["log"] if "end the receive" in line]
     assert session.poll() is None and pid in orphans.leftover_receives(["rpool/data/vm-200-disk-0"])

@@ -36,13 +36,18 @@ def receiver(tmp_path):
     cfg.jobs["100-1"] = configmod.Job(id="100-1", target="node3")
     cfg.jobs["300-0"] = configmod.Job(id="300-0", target="node2")
     cfg.jobs["200-0"] = configmod.Job(id="200-0", target="node1")
-    confdir = tmp_path / "etc"
+    confdir, statedir = node_dirs(tmp_path, cfg, "node2")
+    return Receiver(confdir=confdir, statedir=statedir, zfs=NoZfs(), peer="node1")
+
+
+def node_dirs(tmp_path, cfg, node):
+    """(confdir, statedir) of a node holding ``cfg``."""
+    confdir, statedir = tmp_path / "etc", tmp_path / "lib"
     confdir.mkdir()
-    configmod.save(cfg, str(confdir))
-    statedir = tmp_path / "lib"
     statedir.mkdir()
-    (statedir / "local-node").write_text("node2\n")
-    return Receiver(confdir=str(confdir), statedir=str(statedir), zfs=NoZfs(), peer="node1")
+    configmod.save(cfg, str(confdir))
+    (statedir / "local-node").write_text(node + "\n")
+    return str(confdir), str(statedir)
 
 
 def serve(receiver, command, request=None, raw=None):
@@ -94,7 +99,7 @@ class ListingZfs(NoZfs):
     class features:  # pylint: disable=invalid-name
         @staticmethod
         def as_dict():
-            return {}
+            return {"implementation": "openzfs"}
 
     @staticmethod
     def exists(_name):

@@ -21,6 +21,8 @@ from ansible_collections.storage.replication.plugins.module_utils import config 
 from ansible_collections.storage.replication.plugins.module_utils import receiver as receivermod
 from ansible_collections.storage.replication.plugins.module_utils.zfs import Features
 
+from test_receiver import node_dirs
+
 SNAP = "__replicate_100-0_1700000900__"
 CHANGES = ("destroy", "rollback", "keep_for_next_sync", "abort_resume", "snapshot", "copy_local_snapshot", "recv",
            "set_property")
@@ -108,17 +110,12 @@ def node(tmp_path, monkeypatch):
     cfg.guests[400] = configmod.Guest(id=400, type="vm", node="node1", volumes=["local-zfs:vm-400-disk-0"])
     for job, target in (("100-0", "node2"), ("200-0", "node1"), ("400-0", "node2")):
         cfg.jobs[job] = configmod.Job(id=job, target=target)
-    confdir = tmp_path / "etc"
-    confdir.mkdir()
-    configmod.save(cfg, str(confdir))
-    statedir = tmp_path / "lib"
-    statedir.mkdir()
-    (statedir / "local-node").write_text("node2\n")
+    confdir, statedir = node_dirs(tmp_path, cfg, "node2")
     zfs = RecordingZfs()
     monkeypatch.setattr(RecordingPopen, "zfs", zfs)
     monkeypatch.setattr(receivermod.subprocess, "Popen", RecordingPopen)
     monkeypatch.setattr(receivermod.orphans, "leftover_receives", lambda datasets: {})
-    return receivermod.Receiver(confdir=str(confdir), statedir=str(statedir), zfs=zfs, now=lambda: 1700003600.0,
+    return receivermod.Receiver(confdir=confdir, statedir=statedir, zfs=zfs, now=lambda: 1700003600.0,
                                 peer="node1")
 
 
