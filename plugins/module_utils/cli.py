@@ -494,7 +494,7 @@ def status(args):
     lines = [form % ("JobID", "Enabled", "Target", "LastSync", "NextSync", "Duration", "FailCount", "State")]
     for job in report:
         lines.append(form % (job["id"], "Yes" if job["enabled"] else "No", "local/" + job["target"], _status_time(job["last_sync"]),
-                             _next_sync_text(job["next_sync"], now), job["duration"] if job["duration"] is not None else "-",
+                             _next_sync_text(job["next_sync"], now), _duration_text(job["duration"]),
                              job["fail_count"], job["state"].replace("\n", " ")))
     # A configuration conflict or a failed catch-up stops every job of this node: say so above the table.
     refusal = runner.last_peer_check(paths.statedir).get("error")
@@ -513,6 +513,11 @@ def _from_the_peers(what, nothing):
         return Output({"restored": False}, nothing)
     return Output({"restored": True, "generation": restored.generation, "source": restored.source, "kept": restored.kept},
                   restored.message)
+
+
+def _duration_text(seconds):
+    """As pvesr prints a float (Perl's 15 significant digits): 1.208116453, not Python's 1.2081164530000024."""
+    return "-" if seconds is None else "%.15g" % seconds
 
 
 @subcommand("restore-config", "Restore this node's damaged cluster configuration from a majority of its peers.",

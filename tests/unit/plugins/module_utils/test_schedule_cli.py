@@ -138,3 +138,9 @@ def test_subcommands_register_through_the_table(capsys, monkeypatch):
     assert capsys.readouterr().err == "storage-replication: error: the operation failed\n"
     with pytest.raises(ValueError, match="registered twice"):
         cli.subcommand("echo-test", "again", add_arguments)(echo_test)
+
+
+@pytest.mark.parametrize("seconds, text", [(1.2081164530000024, "1.208116453"), (3.412771, "3.412771"), (2.0, "2"),
+                                           (None, "-")])
+def test_status_prints_a_duration_as_pvesr_does(seconds, text):
+    assert cli._duration_text(seconds) == text  # pylint: disable=protected-access
