@@ -1,7 +1,7 @@
 # Copyright (c) 2026, storage.replication developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""python -m lab {up,down,status,exec,ssh,kill,revive,partition,heal,fill,unfill} [--name NAME] ..."""
+"""python -m lab [--name NAME] {up,down,status,exec,ssh,kill,revive,partition,heal,fill,unfill} [--name NAME] ..."""
 
 from __future__ import annotations
 
@@ -23,9 +23,11 @@ NODE_ACTIONS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # --name before or after the command: the command's own copy only counts when it is given (SUPPRESS).
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--name", default="srlab", help="lab name (default: srlab)")
+    common.add_argument("--name", default=argparse.SUPPRESS, help="lab name (default: srlab)")
     parser = argparse.ArgumentParser(prog="python -m lab", description="A lab of real ZFS nodes on this machine.")
+    parser.add_argument("--name", default="srlab", help="lab name (default: srlab)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     up = commands.add_parser("up", parents=[common], help="create the lab, or repair it (harmless when it is up)")
     up.add_argument("--nodes", type=int, help="number of nodes, node1..nodeN (default: as the lab has, else 3)")

@@ -250,6 +250,7 @@ def test_up_without_zfs_fuse_or_sshd_says_what_to_install_and_creates_nothing():
     (["up", "--name", "srtbad", "--pool-size", "lots"], "lab: pool size 'lots' is not a size"),
     (["up", "--name", "srtbad", "--nodes", "0"], "lab: --nodes 0: a lab has 1 to 50 nodes"),
     (["exec", "--name", "srtbad", "node1", "--", "true"], "lab: lab srtbad is not up"),
+    (["--name", "srtbad", "kill", "node3"], "lab: lab srtbad is not up"),  # --name before the command works too
 ])
 def test_bad_arguments_are_refused_without_a_trace(args, message):
     result = lab_cli(*args)
