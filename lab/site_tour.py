@@ -9,8 +9,11 @@ fire, `storage-replication status` on each node, then a change and its increment
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -82,8 +85,14 @@ def site_tour(lab, step, show, check, first_step):
     for name, mib in VOLUMES.items():
         lab.exec("node1", ["zfs", "create", "-p", "rpool/data/" + name])
         write_data(lab, name, mib)
+    started = int(time.time())
     show(lab.exec("node1", ["storage-replication", "run"], timeout=600).stdout)
+    jobs = {job["id"]: job for job in json.loads(lab.exec("node1", ["storage-replication", "status", "--output-format",
+                                                                     "json"]).stdout)}
     for target, job_id in (("node2", "100-0"), ("node3", "100-1")):
+        job = jobs.get(job_id, {})
+        check(job.get("fail_count") == 0 and (job.get("last_sync") or 0) >= started,
+              "%s synced just now (%s)" % (job_id, job.get("state")))
         source, replica = replica_digests(lab, target, "vm-100-disk-0", job_id)
         check(source == replica, "%s holds guest 100's data (sha256 %s...)" % (target, replica[:16]))
 
@@ -96,7 +105,9 @@ def site_tour(lab, step, show, check, first_step):
     show(lab.exec("node1", ["storage-replication", "run", "--id", "100-0"], timeout=600).stdout)
     log = lab.exec("node1", ["cat", "/var/log/storage-replication/100-0.log"]).stdout
     show("\n".join(line for line in log.splitlines() if "sync" in line))
-    check("incremental sync 'local-zfs:vm-100-disk-0'" in log, "only the delta was sent")
+    sent = re.search(r"volume 'local-zfs:vm-100-disk-0': sent (\d+) bytes", log)
+    check("incremental sync 'local-zfs:vm-100-disk-0'" in log and sent and int(sent.group(1)) < (3 << 19),
+          "only the delta was sent (%s bytes for 1 MiB rewritten)" % (sent.group(1) if sent else "no"))
     source, replica = replica_digests(lab, "node2", "vm-100-disk-0", "100-0")
     check(source == replica, "node2 matches node1 again (sha256 %s...)" % replica[:16])
     return first_step + 4
