@@ -150,7 +150,9 @@ def replicate(ctx, state, start):
     jobstate = state.job_state(job)
     last_sync = jobstate["last_sync"]
     volumes = sorted(guest.volumes)
-    log("guest => %s %d, running => 0" % (GUEST_WORDS.get(guest.type, guest.type), guest.id))
+    # pvesr says whether the guest runs: here its status hook does (exit 0 = running, 3 = stopped), if it has one
+    running = 1 if guest.hook("status") and run_guest_hook(guest, "status", allowed_codes=(0, 3)) == 0 else 0
+    log("guest => %s %d, running => %d" % (GUEST_WORDS.get(guest.type, guest.type), guest.id, running))
     log("volumes => %s" % ",".join(volumes))
     storeid_list = [s for s in jobstate.get("storeid_list", []) if s in ctx.cfg.storages]
     if job.remove_job:

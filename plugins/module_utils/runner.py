@@ -643,7 +643,11 @@ class Runner:
         except (configmod.ConfigError, StateError, OSError, ReplicationError) as exc:
             outcome = {"ok": False, "error": str(exc)}
         entry = {"ok": outcome["ok"], "error": outcome.get("error"), "start": outcome.get("start"),
-                 "bytes": outcome.get("bytes", 0), "seconds": round(time.monotonic() - began, 3)}
+                 "bytes": outcome.get("bytes", 0), "seconds": round(time.monotonic() - began, 3),
+                 # what each volume took (full, incremental or resumed, from which base) and the run's log lines
+                 "volumes": [{key: volume.get(key) for key in ("volume", "mode", "base", "bytes", "seconds")}
+                             for volume in outcome.get("volumes", [])],
+                 "log": outcome.get("log", [])}
         if not outcome["ok"]:
             self.result["warnings"].append("%s: got unexpected replication job error - %s" % (job.id, outcome.get("error")))
         entry["notified"] = self._notify(job, previous, outcome["ok"])

@@ -82,14 +82,16 @@ result:
   description: The job's run, as C(storage-replication run --output-format json) reports it.
   returned: when the job ran
   type: dict
-  sample: {"job": "100-0", "ok": true, "error": null, "bytes": 1048576,
-           "volumes": [{"volume": "local-zfs:vm-100-disk-0", "mode": "incremental", "bytes": 1048576}]}
+  sample: {"job": "100-0", "ok": true, "error": null, "bytes": 1048576, "seconds": 1.2,
+           "volumes": [{"volume": "local-zfs:vm-100-disk-0", "mode": "incremental",
+                        "base": "__replicate_100-0_1700000000__", "bytes": 1048576, "seconds": 0.8}]}
 log:
   description: The lines of the job's run log.
   returned: when the job ran
   type: list
   elements: str
-  sample: ["2026-01-01 10:00:01 100-0: start replication job", "2026-01-01 10:00:03 100-0: end replication job"]
+  sample: ["start replication job", "incremental sync 'local-zfs:vm-100-disk-0' (__replicate_100-0_1700000000__ =>
+           __replicate_100-0_1700000900__)", "end replication job"]
 """
 
 import time

@@ -251,6 +251,11 @@ def test_run_and_job_info(site, tmp_path):
     statuses = {r["host"]: r["status"] for r in run.results if r["task"] == "Run"}
     assert statuses == {"node1": "changed", "node2": "skipped", "node3": "skipped"}, statuses
     assert_replica(site.lab, "node3", "100-1")
+    ran = run.task_results("Run", "node1")[0]
+    volume = ran["result"]["volumes"][0]
+    assert (volume["volume"], volume["mode"]) == ("local-zfs:vm-100-disk-0", "incremental") and volume["base"]
+    assert 1 << 20 <= volume["bytes"] < 3 << 20  # the rewritten MiB, not the whole volume
+    assert ran["log"][0] == "start replication job" and ran["log"][-1] == "end replication job"
 
     info = site.task(tmp_path, [{"name": "Info", "storage.replication.job_info": {"guest": 100, "query": "[?fail_count == `0`].id"}}])
     info.assert_ok()
