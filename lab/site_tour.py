@@ -87,8 +87,8 @@ def site_tour(lab, step, show, check, first_step):
         write_data(lab, name, mib)
     started = int(time.time())
     show(lab.exec("node1", ["storage-replication", "run"], timeout=600).stdout)
-    jobs = {job["id"]: job for job in json.loads(lab.exec("node1", ["storage-replication", "status", "--output-format",
-                                                                     "json"]).stdout)}
+    status = lab.exec("node1", ["storage-replication", "status", "--output-format", "json"]).stdout
+    jobs = {job["id"]: job for job in json.loads(status)}
     for target, job_id in (("node2", "100-0"), ("node3", "100-1")):
         job = jobs.get(job_id, {})
         check(job.get("fail_count") == 0 and (job.get("last_sync") or 0) >= started,

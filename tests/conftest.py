@@ -1,9 +1,10 @@
 # Copyright (c) 2026, storage.replication developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""How `make test` shares two cores (pytest-xdist, --dist loadgroup): the tests on the lab of real nodes run one
-after another in one worker (they share the session lab and break nodes of their modules' labs), the collection-level
-checks (ansible-test sanity, ansible-lint, the galaxy build) in the other, and the unit tests fill both."""
+"""How the tests share two workers (pytest-xdist, --dist loadgroup): tests that would disturb each other from two
+processes keep to one worker.  The orphan-receive tests start and end real processes that every test of the same
+namespaces can see (a test in the other worker would end them as leftovers); the collection-level checks
+(ansible-test sanity and friends) run one after another."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pathlib
 
 import pytest
 
-GROUPS = {"integration": "lab", "openzfs": "lab", "sanity": "sanity"}
+GROUPS = {"test_orphans.py": "processes", "sanity": "sanity", "integration": "lab", "openzfs": "lab"}
 
 
 def pytest_collection_modifyitems(items):
