@@ -13,6 +13,7 @@ import pathlib
 import pytest
 
 GROUPS = {"test_orphans.py": "processes", "sanity": "sanity", "integration": "lab", "openzfs": "lab"}
+# (make test runs test_orphans.py after the others all the same, in the lab's serial run: see the Makefile)
 
 
 def pytest_collection_modifyitems(items):
