@@ -65,8 +65,10 @@ def _send_as_node1(lab, name, snap, base, arguments):
     """What a hostile node1 can do with its own replication key: feed node2's forced command an incremental stream
     of its own making, with arguments of its choosing.  Returns the receiver's JSON reply line."""
     node2 = lab.address("node2")
-    argv = ("zfs send -i @%s %s@%s | ssh -i /root/.ssh/id_ed25519 -o BatchMode=yes -o StrictHostKeyChecking=no "
-            "-o UserKnownHostsFile=/dev/null root@%s %s" % (base, cs.dataset(name), snap, node2, arguments))
+    # node2's host key as the engine pins it (the known_hosts its runs wrote, keyed by node name)
+    argv = ("zfs send -i @%s %s@%s | ssh -i /root/.ssh/id_ed25519 -o BatchMode=yes -o StrictHostKeyChecking=yes "
+            "-o UserKnownHostsFile=/var/lib/storage-replication/known_hosts -o HostKeyAlias=node2 root@%s %s"
+            % (base, cs.dataset(name), snap, node2, arguments))
     proc = lab.exec("node1", ["sh", "-c", argv], check=False)
     return proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr
 

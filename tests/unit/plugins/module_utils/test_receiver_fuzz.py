@@ -85,8 +85,8 @@ def test_oracle_catches_what_it_is_meant_to(harness):
 
 @pytest.mark.slow
 def test_bounded_fuzzing_finds_no_new_defect(tmp_path):
-    if importlib.util.find_spec("atheris") is None:
-        pytest.skip("atheris is not installed (requirements/test.txt pins it; run `make deps`)")
+    assert importlib.util.find_spec("atheris") is not None, \
+        "atheris is not installed (requirements/test.txt pins it; run `make deps`)"
     seconds = int(os.environ.get("FUZZ_TEST_SECONDS", "20"))
     result = subprocess.run([sys.executable, str(FUZZER), "--seconds", str(seconds), "--workdir", str(tmp_path),
                              "--quiet", "--coverage-limit", "300"],
