@@ -287,9 +287,7 @@ class _Built:
 
 def _check_quorum(calls, peers, local_node, before, force, force_quorum, outcome):
     """Check mode: what the change would meet, from every node's committed version; nothing is written."""
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(peers) + 1))) as pool:
-        futures = {name: pool.submit(_status_or_error, calls, name) for name in [local_node] + peers}
-    replies = {name: future.result() for name, future in futures.items()}
+    replies = _statuses(calls, [local_node] + peers)
     missing = {n: describe(r) for n, r in replies.items() if isinstance(r, Exception)}
     newer = {n: quorum.Version.parse(r["version"]).generation for n, r in replies.items()
              if not isinstance(r, Exception) and quorum.Version.parse(r["version"]).generation > before.generation}
@@ -310,16 +308,19 @@ def _check_quorum(calls, peers, local_node, before, force, force_quorum, outcome
 
 
 def _has_majority(calls, peers, local_node):
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(peers) + 1))) as pool:
-        answers = list(pool.map(lambda name: _status_or_error(calls, name), [local_node] + peers))
+    answers = _statuses(calls, [local_node] + peers).values()
     return 2 * sum(1 for a in answers if not isinstance(a, Exception)) > len(peers) + 1
 
 
-def _status_or_error(calls, name):
-    try:
-        return calls(name, quorum.STATUS, {})
-    except (quorum.Unreachable, configmod.ConfigError) as exc:
-        return exc
+def _statuses(calls, names):
+    """{name: quorum status reply, or the exception that stood for it} of every node, asked in parallel."""
+    def status(name):
+        try:
+            return calls(name, quorum.STATUS, {})
+        except (quorum.Unreachable, configmod.ConfigError) as exc:
+            return exc
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(names)))) as pool:
+        return dict(zip(names, pool.map(status, names)))
 
 
 def _content_config(content, what):
@@ -379,9 +380,7 @@ def catch_up(confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, key=N
 
 def _would_catch_up(calls, local_node, peers, current):
     """What catch_up would adopt, from every node's committed version; nothing is written."""
-    with ThreadPoolExecutor(max_workers=max(1, min(16, len(peers) + 1))) as pool:
-        futures = {name: pool.submit(_status_or_error, calls, name) for name in [local_node] + peers}
-    replies = {name: future.result() for name, future in futures.items()}
+    replies = _statuses(calls, [local_node] + peers)
     result = CatchUp(current.generation)
     result.unreachable = {n: describe(r) for n, r in replies.items() if isinstance(r, Exception)}
     peer_versions = {n: quorum.Version.parse(r["version"]) for n, r in replies.items()
@@ -415,9 +414,7 @@ def resolve_conflict(confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDI
     nodes = {node.name: node for node in peer_nodes(current, local_node)}
     calls = _Calls(nodes, local_node, confdir, key, connect)
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(16, len(nodes)))) as pool:
-            futures = {name: pool.submit(_status_or_error, calls, name) for name in sorted(nodes)}
-        replies = {name: future.result() for name, future in futures.items()}
+        replies = _statuses(calls, sorted(nodes))
         mine = quorum.Version.of(current.generation, current.content())
         versions = {n: quorum.Version.parse(r["version"]) for n, r in replies.items() if not isinstance(r, Exception)}
         differing, _majority = quorum.conflicts(mine, versions)

@@ -232,12 +232,13 @@ class Receiver:
         """Refuse to touch a dataset bound to another guest (safety rule 2); ``bound`` is its (identity, guid) when
         the caller has read it already.  A configured volume of the guest that carries no identity (a replica made
         before identities, or the guest's former own volume after a migration) is the guest's, as pvesr treats it."""
-        identity, guid = bound if bound is not None else self.zfs.replica_identity(dataset)
+        identity, guid = bound = bound if bound is not None else self.zfs.replica_identity(dataset)
         if identity is not None and identity["guid"] == guid and identity["guest"] != guest:
             raise Refused("volume '%s' on node '%s' (dataset '%s') is a replica of guest %d (job %s from node '%s'), not "
                           "of guest %d: refused, nothing was changed - check the guests' volume lists"
                           % (volume, self.node, dataset, identity["guest"], identity["job"], identity["source"], guest),
                           "not-ours")
+        return bound
 
     def checked_replicas(self, guest, volumes):
         """{volume: dataset} once every volume has passed every check: nothing is touched for a request that is
@@ -247,10 +248,11 @@ class Receiver:
             self.check_replica(volume, dataset, guest)
         return datasets
 
-    def bind_replica(self, volume, dataset, guest, job, source):
+    def bind_replica(self, dataset, guest, job, source, bound=None):
         """Mark what this receive made (or took over) as the guest's replica: REPLICA_PROPERTY names the guest, the
-        job, the source and the dataset's own guid (names.py says why the guid)."""
-        identity, guid = self.zfs.replica_identity(dataset)
+        job, the source and the dataset's own guid (names.py says why the guid).  ``bound``: the (identity, guid)
+        read before an incremental receive, which keeps the dataset and its guid (one `zfs get` less per volume)."""
+        identity, guid = bound if bound is not None else self.zfs.replica_identity(dataset)
         value = replica_identity(guest, job, source, guid)
         if identity is None or replica_identity(**identity) != value:
             self.zfs.set_property(dataset, REPLICA_PROPERTY, value)
@@ -436,16 +438,16 @@ class Receiver:
         if base is not None:
             check(base, SNAPSHOT_RE, "base snapshot")
         dataset = self.dataset(volume)
-        kept = []
+        kept, bound = [], None
         if args.get("resume") == "1":  # the rest of an interrupted stream: it goes where the first part went
             received = self.feed_zfs_recv(recv_argv(dataset, force=False, resumable=True), stdin, volume)
         elif base:
-            self.check_replica(volume, dataset, guest)
+            bound = self.check_replica(volume, dataset, guest)
             kept = self.protect_diverged(volume, dataset, base)
             received = self.feed_zfs_recv(self.recv_argv(dataset, True, args.get("raw") == "1"), stdin, volume)
         else:
             received = self.receive_full(volume, dataset, stdin, args.get("raw") == "1")
-        self.bind_replica(volume, dataset, guest, job, source)
+        self.bind_replica(dataset, guest, job, source, bound)
         self.say("successfully imported '%s'" % volume)
         return {"bytes": received, "kept": kept}
 
