@@ -1,24 +1,22 @@
 # Copyright (c) 2026, storage.replication developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Runs the job_info module on the node, then evaluates ``query`` (JMESPath) on the controller, where jmespath is
-installed, so that the nodes need nothing beyond the runner."""
+"""Runs the job_info module on the node (as every module of the collection, with the engine identity of
+runner_module.py), then evaluates ``query`` (JMESPath) on the controller, where jmespath is installed, so that the
+nodes need nothing beyond the runner."""
 
 from __future__ import annotations
 
-from ansible.plugins.action import ActionBase
+from ansible_collections.storage.replication.plugins.action.runner_module import ActionModule as RunnerModuleAction
 
 
-class ActionModule(ActionBase):
+class ActionModule(RunnerModuleAction):
 
     _supports_check_mode = True
     _supports_async = False
 
     def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        del tmp
-        result.update(self._execute_module(module_name="storage.replication.job_info", module_args=self._task.args,
-                                           task_vars=task_vars))
+        result = super().run(tmp, task_vars)  # the module on the node
         query = self._task.args.get("query")
         if query and not result.get("failed"):
             result.update(self._query(query, result.get("jobs", [])))

@@ -98,15 +98,13 @@ generation:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.storage.replication.plugins.module_utils._module import run_module_step
-from ansible_collections.storage.replication.plugins.module_utils import migrate
+from ansible_collections.storage.replication.plugins.module_utils._runner_call import run_module
 
 
 def main():
     module = AnsibleModule(argument_spec={"guest": {"type": "int", "required": True}, "target": {"type": "str", "required": True}},
                            supports_check_mode=True)
-    run_module_step(module, lambda: migrate.migrate(module.params["guest"], module.params["target"],
-                                                    check_mode=module.check_mode))
+    run_module(module, "guest_migrate")
 
 
 if __name__ == "__main__":

@@ -198,31 +198,14 @@ problems:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.storage.replication.plugins.module_utils import config as configmod
-from ansible_collections.storage.replication.plugins.module_utils._converge import apply_jobs, describe_item, job_view
-from ansible_collections.storage.replication.plugins.module_utils._module import ItemsTask, cluster_argument_spec, list_spec
-
-ITEM_OPTIONS = {
-    "id": {"type": "str"},
-    "guest": {"type": "int"},
-    "target": {"type": "str"},
-    "schedule": {"type": "str"},
-    "rate": {"type": "float"},
-    "comment": {"type": "str"},
-    "enabled": {"type": "bool", "default": True},
-    "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-}
+from ansible_collections.storage.replication.plugins.module_utils._runner_call import run_module
+from ansible_collections.storage.replication.plugins.module_utils._specs import JOB_OPTIONS, items_spec
 
 
 def argument_spec():
-    options = dict(ITEM_OPTIONS, keep={"type": "bool", "default": False}, force={"type": "bool", "default": False},
-                   jobs=list_spec(ITEM_OPTIONS), purge={"type": "bool", "default": False})
-    return cluster_argument_spec(options)
-
-
-def sections(cfg, names):
-    """The pvesr sections of the named jobs, as replication.cfg shows them."""
-    return configmod.format_replication_cfg(cfg.jobs[n] for n in cfg.jobs if n in names)
+    spec = items_spec(JOB_OPTIONS, "jobs", required=())
+    spec.update(keep={"type": "bool", "default": False}, force={"type": "bool", "default": False})
+    return spec
 
 
 def main():
@@ -232,18 +215,7 @@ def main():
         required_one_of=[("jobs", "id", "guest")],
         supports_check_mode=True,
     )
-    params = module.params
-    if params["keep"] and params["force"]:
-        module.fail_json(msg="keep conflicts with force: a forced removal cleans up nothing, so there is nothing to keep; "
-                             "use one of them")
-    if params["purge"] and params["jobs"] is None:
-        module.fail_json(msg="purge needs jobs: the whole set of jobs to keep")
-    task = ItemsTask(module, "jobs", "job", "jobs", ITEM_OPTIONS, apply_jobs, job_view, diff_text=sections)
-    for number, item in enumerate(task.items, 1):
-        if not item.get("id") and item.get("guest") is None:
-            module.fail_json(msg="jobs[%d]: give the job's id, or its guest and target" % number)
-    what = "the jobs" if params["jobs"] is not None else describe_item(task.items[0])
-    task.run(what, purge=params["purge"], keep=params["keep"], force=params["force"])
+    run_module(module, "job")
 
 
 if __name__ == "__main__":

@@ -67,13 +67,12 @@ owner:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.storage.replication.plugins.module_utils._module import run_module_step
-from ansible_collections.storage.replication.plugins.module_utils import failover
+from ansible_collections.storage.replication.plugins.module_utils._runner_call import run_module
 
 
 def main():
     module = AnsibleModule(argument_spec={"guest": {"type": "int", "required": True}}, supports_check_mode=True)
-    run_module_step(module, lambda: failover.promote_replica(module.params["guest"], check_mode=module.check_mode))
+    run_module(module, "replica_promote")
 
 
 if __name__ == "__main__":
