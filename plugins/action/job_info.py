@@ -1,16 +1,16 @@
 # Copyright (c) 2026, storage.replication developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Runs the job_info module on the node (as every module of the collection, with the engine identity of
-runner_module.py), then evaluates ``query`` (JMESPath) on the controller, where jmespath is installed, so that the
+"""Runs the job_info module on the node (as every module of the collection, told which engine to expect there:
+plugin_utils/runner_action.py), then evaluates ``query`` (JMESPath) on the controller, where jmespath is installed, so that the
 nodes need nothing beyond the runner."""
 
 from __future__ import annotations
 
-from ansible_collections.storage.replication.plugins.action.runner_module import ActionModule as RunnerModuleAction
+from ansible_collections.storage.replication.plugins.plugin_utils.runner_action import RunnerAction
 
 
-class ActionModule(RunnerModuleAction):
+class ActionModule(RunnerAction):
 
     _supports_check_mode = True
     _supports_async = False

@@ -160,15 +160,16 @@ def requested_items(params, item_options, plural):
 class ItemsTask:
     """A task over one table of the configuration (nodes, storages, guests or jobs), in its single or list form.
 
-    ``apply(cfg, items, **options) -> (keys, warnings)`` edits the configuration; ``view(obj, cfg)`` shapes one
-    object for the result; ``diff_text(cfg, keys)`` (optional) renders the managed objects for the diff, else
-    they are shown as JSON of their views.
+    ``key`` is the option that names an object; ``apply(cfg, items, **options) -> (keys, warnings)`` edits the
+    configuration; ``view(obj, cfg)`` shapes one object for the result; ``diff_text(cfg, keys)`` (optional) renders
+    the managed objects for the diff, else they are shown as JSON of their views.
     """
 
-    def __init__(self, params, table, singular, item_options, apply, view, diff_text=None):
+    def __init__(self, params, table, singular, key, item_options, apply, view, diff_text=None):
         self.params = params
         self.table = table
         self.singular = singular
+        self.key = key
         self.items = requested_items(params, item_options, table)
         self.apply = apply
         self.view = view
@@ -198,11 +199,17 @@ class ItemsTask:
             result[self.singular] = views[0] if views else None
         return result
 
-    def what(self, key):
+    def what(self):
         """The object(s) of the task for messages: "the guests", or "guest '100'"."""
         if self.params[self.table] is not None:
             return "the %s" % self.table
-        return "%s '%s'" % (self.singular, self.params[key])
+        return "%s '%s'" % (self.singular, self.params[self.key])
+
+    def require(self, option, advice):
+        """Refuse an item that is to be present without ``option``; ``advice`` says what to give."""
+        for item in self.items:
+            if item["state"] == "present" and not item.get(option):
+                raise ModuleFailure("%s '%s': %s" % (self.singular, item[self.key], advice))
 
     def run(self, what, check_mode, diff, **options):
         result = converge(self.params, check_mode, diff, lambda cfg: self.change(cfg, **options), what, self.diff_of,
@@ -230,26 +237,22 @@ def job_sections(cfg, names):
 
 @module_task("node")
 def node_module(params, check_mode, diff):
-    task = ItemsTask(params, "nodes", "node", NODE_OPTIONS, apply_nodes, node_view)
-    return task.run(task.what("name"), check_mode, diff, purge=params["purge"])
+    task = ItemsTask(params, "nodes", "node", "name", NODE_OPTIONS, apply_nodes, node_view)
+    return task.run(task.what(), check_mode, diff, purge=params["purge"])
 
 
 @module_task("storage")
 def storage_module(params, check_mode, diff):
-    task = ItemsTask(params, "storages", "storage", STORAGE_OPTIONS, apply_storages, storage_view)
-    for item in task.items:
-        if item["state"] == "present" and not item.get("pool"):
-            raise ModuleFailure("storage '%s': give its dataset prefix (pool), e.g. rpool/data" % item["id"])
-    return task.run(task.what("id"), check_mode, diff, purge=params["purge"])
+    task = ItemsTask(params, "storages", "storage", "id", STORAGE_OPTIONS, apply_storages, storage_view)
+    task.require("pool", "give its dataset prefix (pool), e.g. rpool/data")
+    return task.run(task.what(), check_mode, diff, purge=params["purge"])
 
 
 @module_task("guest")
 def guest_module(params, check_mode, diff):
-    task = ItemsTask(params, "guests", "guest", GUEST_OPTIONS, apply_guests, guest_view)
-    for item in task.items:
-        if item["state"] == "present" and not item.get("type"):
-            raise ModuleFailure("guest '%s': give its type (vm, ct or service)" % item["id"])
-    return task.run(task.what("id"), check_mode, diff, purge=params["purge"])
+    task = ItemsTask(params, "guests", "guest", "id", GUEST_OPTIONS, apply_guests, guest_view)
+    task.require("type", "give its type (vm, ct or service)")
+    return task.run(task.what(), check_mode, diff, purge=params["purge"])
 
 
 @module_task("job")
@@ -259,7 +262,7 @@ def job_module(params, check_mode, diff):
                             "use one of them")
     if params["purge"] and params["jobs"] is None:
         raise ModuleFailure("purge needs jobs: the whole set of jobs to keep")
-    task = ItemsTask(params, "jobs", "job", JOB_OPTIONS, apply_jobs, job_view, diff_text=job_sections)
+    task = ItemsTask(params, "jobs", "job", "id", JOB_OPTIONS, apply_jobs, job_view, diff_text=job_sections)
     for number, item in enumerate(task.items, 1):
         if not item.get("id") and item.get("guest") is None:
             raise ModuleFailure("jobs[%d]: give the job's id, or its guest and target" % number)

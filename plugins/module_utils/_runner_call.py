@@ -11,7 +11,7 @@ by the engine the role installed (``_module.py``), so a module and the runner's 
 
 Both ends know an engine by its identity: the collection's version and a digest of the engine's files, the
 ``plugins/module_utils/*.py`` that the role bundles (``roles/runner/files/make_bundle.py``) and installs. The
-controller computes the identity of its collection (the modules' action plugin, ``plugins/action/runner_module.py``)
+controller computes the identity of its collection (the modules' action, ``plugins/plugin_utils/runner_action.py``)
 and passes it in the environment; the runner computes its own from the files it runs, and refuses a request that
 expects another engine before it does anything. A runner installed from another version of the collection
 (after an upgrade without re-running the role) is so reported with the fix, never half-used.

@@ -66,8 +66,8 @@ attributes:
     support: full
     platforms: posix
     description: Runs on a replication node prepared by the C(storage.replication.runner) role.
-requirements:
-  - The runner installed by the C(storage.replication.runner) role; use its interpreter.
+extends_documentation_fragment:
+  - storage.replication.runner
 seealso:
   - module: storage.replication.replica_promote
   - module: storage.replication.guest_takeover
@@ -81,8 +81,6 @@ EXAMPLES = r"""
   storage.replication.failover_plan:
     failed_node: node1
   register: plan
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 """
 
 RETURN = r"""

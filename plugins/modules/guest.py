@@ -91,6 +91,7 @@ options:
 extends_documentation_fragment:
   - storage.replication.attributes
   - storage.replication.cluster
+  - storage.replication.runner
 seealso:
   - module: storage.replication.job
   - module: storage.replication.storage
@@ -106,8 +107,6 @@ EXAMPLES = r"""
     node: node1
     volumes: [local-zfs:vm-100-disk-0]
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 
 - name: A service with hooks that freeze its file system around the snapshot
   storage.replication.guest:
@@ -119,15 +118,11 @@ EXAMPLES = r"""
       freeze: [/usr/sbin/fsfreeze, -f, /rpool/data/subvol-300-disk-0]
       thaw: [/usr/sbin/fsfreeze, -u, /rpool/data/subvol-300-disk-0]
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 
 - name: Converge the guests from the inventory
   storage.replication.guest:
     guests: "{{ replication_guests }}"
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 """
 
 RETURN = r"""

@@ -45,8 +45,8 @@ attributes:
     support: full
     platforms: posix
     description: Runs on a replication node prepared by the C(storage.replication.runner) role.
-requirements:
-  - The runner installed by the C(storage.replication.runner) role; use its interpreter.
+extends_documentation_fragment:
+  - storage.replication.runner
 seealso:
   - module: storage.replication.guest_service
 author:
@@ -59,8 +59,6 @@ EXAMPLES = r"""
     guest: 100
     target: node2
   delegate_to: node1
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 """
 
 RETURN = r"""

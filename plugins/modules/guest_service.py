@@ -36,8 +36,8 @@ attributes:
     support: full
     platforms: posix
     description: Runs on a replication node prepared by the C(storage.replication.runner) role.
-requirements:
-  - The runner installed by the C(storage.replication.runner) role; use its interpreter.
+extends_documentation_fragment:
+  - storage.replication.runner
 seealso:
   - module: storage.replication.guest
   - module: storage.replication.guest_takeover
@@ -51,8 +51,6 @@ EXAMPLES = r"""
     guest: 100
     state: started
   delegate_to: node2
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 """
 
 RETURN = r"""

@@ -42,6 +42,7 @@ options:
 extends_documentation_fragment:
   - storage.replication.attributes
   - storage.replication.cluster
+  - storage.replication.runner
 seealso:
   - module: storage.replication.failover_plan
   - module: storage.replication.guest_service
@@ -55,8 +56,6 @@ EXAMPLES = r"""
     guests: [{id: 100, node: node2}]
     allow_unreachable: true
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 """
 
 RETURN = r"""

@@ -117,6 +117,7 @@ options:
 extends_documentation_fragment:
   - storage.replication.attributes
   - storage.replication.cluster
+  - storage.replication.runner
 seealso:
   - module: storage.replication.guest
   - module: storage.replication.job_info
@@ -132,8 +133,6 @@ EXAMPLES = r"""
     target: node2
     rate: 50
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 
 - name: Replicate guest 200 to node3 nightly, disabled for now
   storage.replication.job:
@@ -143,8 +142,6 @@ EXAMPLES = r"""
     comment: nightly copy
     enabled: false
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 
 - name: Remove job 100-1 but keep the replica on its target
   storage.replication.job:
@@ -152,16 +149,12 @@ EXAMPLES = r"""
     state: absent
     keep: true
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 
 - name: Converge every job of the cluster from the inventory, removing the others
   storage.replication.job:
     jobs: "{{ replication_jobs }}"
     purge: true
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 """
 
 RETURN = r"""

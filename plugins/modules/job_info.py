@@ -33,6 +33,7 @@ options:
     type: str
 extends_documentation_fragment:
   - storage.replication.attributes.info_module
+  - storage.replication.runner
 requirements:
   - jmespath on the controller, for O(query).
 seealso:

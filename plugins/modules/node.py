@@ -74,6 +74,7 @@ options:
 extends_documentation_fragment:
   - storage.replication.attributes
   - storage.replication.cluster
+  - storage.replication.runner
 seealso:
   - module: storage.replication.guest
 author:
@@ -89,8 +90,6 @@ EXAMPLES = r"""
          | map('items2dict') | list }}
     purge: true
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 
 - name: Add one node by hand
   storage.replication.node:
@@ -98,8 +97,6 @@ EXAMPLES = r"""
     address: 192.0.2.14
     host_key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFOmI4sx3vPGCUxrBYrxB1NvD5x4Uc8mfv7wbJxeD1oW
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 """
 
 RETURN = r"""

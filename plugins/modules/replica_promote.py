@@ -33,8 +33,8 @@ attributes:
     support: full
     platforms: posix
     description: Runs on a replication node prepared by the C(storage.replication.runner) role.
-requirements:
-  - The runner installed by the C(storage.replication.runner) role; use its interpreter.
+extends_documentation_fragment:
+  - storage.replication.runner
 seealso:
   - module: storage.replication.failover_plan
 author:
@@ -45,8 +45,6 @@ EXAMPLES = r"""
 - name: Bring the replica of guest 100 to its last replication snapshot
   storage.replication.replica_promote:
     guest: 100
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 """
 
 RETURN = r"""

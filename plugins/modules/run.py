@@ -47,9 +47,8 @@ attributes:
     membership:
       - storage.replication.cluster
     description: Use C(group/storage.replication.cluster) in C(module_defaults) to set defaults for all of them.
-requirements:
-  - The runner installed on the node by the C(storage.replication.runner) role; run the task with its interpreter
-    (C(ansible_python_interpreter=/opt/storage-replication/venv/bin/python)), which has paramiko.
+extends_documentation_fragment:
+  - storage.replication.runner
 seealso:
   - module: storage.replication.job_info
   - module: storage.replication.job
@@ -61,15 +60,11 @@ EXAMPLES = r"""
 - name: Replicate guest 100 to node2 now and wait for it
   storage.replication.run:
     id: 100-0
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 
 - name: Make job 200-0 due at the next run of the timer
   storage.replication.run:
     id: 200-0
     schedule_now: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 """
 
 RETURN = r"""

@@ -66,6 +66,7 @@ options:
 extends_documentation_fragment:
   - storage.replication.attributes
   - storage.replication.cluster
+  - storage.replication.runner
 seealso:
   - module: storage.replication.guest
 author:
@@ -78,23 +79,17 @@ EXAMPLES = r"""
     id: local-zfs
     pool: rpool/data
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 
 - name: Converge the storages from the inventory
   storage.replication.storage:
     storages: "{{ replication_storages }}"
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 
 - name: Remove a storage no guest uses any more
   storage.replication.storage:
     id: old-zfs
     state: absent
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 """
 
 RETURN = r"""

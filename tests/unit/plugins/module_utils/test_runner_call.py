@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ansible.module_utils.common import warnings
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.storage.replication.plugins.module_utils import _module, _runner_call, config as configmod
@@ -125,6 +126,7 @@ def test_a_runner_from_before_module_calls_and_a_broken_runner():
 # The module's side, through a module's main()
 
 def run_main(main, args, capsys):
+    warnings._global_warnings.clear()  # pylint: disable=protected-access
     with patch_module_args(dict(args, _ansible_check_mode=False, _ansible_diff=False)):
         with pytest.raises(SystemExit):
             main()
@@ -164,13 +166,23 @@ def test_the_module_runs_the_runner_with_its_request_and_exits_with_its_result(t
 # ---------------------------------------------------------------------------------------------------------------
 # The runner's side: the dispatch table
 
+CHECK_ACTIONS = r"""
+import importlib, json, sys
+from ansible_collections.storage.replication.plugins.plugin_utils.runner_action import RunnerAction
+
+print(json.dumps({name: issubclass(importlib.import_module("ansible_collections.storage.replication.plugins.action."
+                                                           + name).ActionModule, RunnerAction) for name in sys.argv[1:]}))
+"""
+
+
 def test_every_module_has_its_work_on_the_runner_and_runs_through_the_action():
     modules = sorted(path.stem for path in (ROOT / "plugins" / "modules").glob("*.py"))
     assert sorted(_module.MODULES) == modules
-    routing = yaml.safe_load((ROOT / "meta" / "runtime.yml").read_text())["plugin_routing"]["action"]
-    own = {path.stem for path in (ROOT / "plugins" / "action").glob("*.py")} - {"runner_module"}
-    assert {name: "storage.replication.runner_module" for name in modules if name not in own} == \
-        {name: route["redirect"] for name, route in routing.items()}
+    assert sorted(path.stem for path in (ROOT / "plugins" / "action").glob("*.py")) == modules
+    # In a process of its own: importing the controller's side of Ansible makes module warnings go to its display.
+    proc = subprocess.run([sys.executable, "-c", CHECK_ACTIONS] + modules, capture_output=True, text=True, timeout=60,
+                          check=True, env=dict(os.environ, PYTHONPATH=PYTHONPATH))
+    assert json.loads(proc.stdout) == dict.fromkeys(modules, True)
 
 
 def test_refusals_become_failed_results(recorded, monkeypatch):
@@ -243,9 +255,9 @@ def test_the_command_refuses_another_engine(tmp_path):
 
 ACTION = r"""
 import json, types
-from ansible_collections.storage.replication.plugins.action.runner_module import ActionModule
+from ansible_collections.storage.replication.plugins.plugin_utils.runner_action import RunnerAction
 
-action = object.__new__(ActionModule)
+action = object.__new__(RunnerAction)
 action._task = types.SimpleNamespace(environment=[{"LANG": "C.UTF-8"}])
 action._templar = types.SimpleNamespace(template=lambda value: value)
 shell = types.SimpleNamespace(env_prefix=lambda **env: " ".join("%s=%s" % item for item in sorted(env.items())))
@@ -256,7 +268,6 @@ print(json.dumps([action._compute_environment_string(raw), raw]))
 
 
 def test_the_action_adds_the_expected_engine_to_the_task_environment():
-    # In a process of its own: importing the controller's side of Ansible makes module warnings go to its display.
     proc = subprocess.run([sys.executable, "-c", ACTION], capture_output=True, text=True, timeout=60, check=True,
                           env=dict(os.environ, PYTHONPATH=PYTHONPATH))
     prefix, raw = json.loads(proc.stdout)

@@ -1,7 +1,7 @@
 # Copyright (c) 2026, storage.replication developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The action of every storage.replication module (meta/runtime.yml routes them here): it runs the module as
+"""The action of every storage.replication module (plugins/action/<module>.py subclass it): it runs the module as
 ansible.builtin's normal action does, and tells it, in its environment, the identity of this collection's engine
 (version and digest, module_utils/_runner_call.py). The module hands its work to the runner installed on the node,
 which refuses a request that expects another engine than its own: a runner installed from another version of the
@@ -14,7 +14,7 @@ from ansible.plugins.action.normal import ActionModule as NormalAction
 from ansible_collections.storage.replication.plugins.module_utils._runner_call import EXPECT_ENV, expect_text, identity
 
 
-class ActionModule(NormalAction):
+class RunnerAction(NormalAction):
 
     def _compute_environment_string(self, raw_environment_out=None):
         # The task's own environment, plus the engine the controller expects on the node.
