@@ -19,6 +19,7 @@ import os
 import sys
 import time
 
+from ansible_collections.storage.replication.plugins.module_utils.files import LockError, atomic_write
 from ansible_collections.storage.replication.plugins.module_utils.names import NODE_RE
 from ansible_collections.storage.replication.plugins.module_utils.schedule import (
     DEFAULT_SCHEDULE as DEFAULT_SCHEDULE_TEXT,
@@ -309,7 +310,7 @@ def _schedule_warnings(schedule):
 
 def _apply(args, change, done, warnings=()):
     """Run a cluster-wide change; ``done(outcome)`` is the text for people. ConfigError is bad input (exit 2)."""
-    cluster, config, _runner, state = _engine()
+    cluster, config, _runner, _state = _engine()
     paths = _paths()
     try:
         outcome = cluster.change_cluster(change, paths.confdir, paths.statedir, force=args.allow_unreachable)
@@ -317,7 +318,7 @@ def _apply(args, change, done, warnings=()):
         raise CliError(_one_line(exc)) from None
     except config.ConfigError as exc:
         raise UsageError(_one_line(exc)) from None
-    except (cluster.ClusterError, state.LockError) as exc:
+    except (cluster.ClusterError, LockError) as exc:
         raise CliError(_one_line(exc)) from None
     data = dict(outcome.as_dict(), job=args.id)
     if not outcome.changed:
@@ -753,7 +754,7 @@ def fence(args):
         started = time.monotonic()
         current = watcher.tick()
         if metrics and os.path.isdir(os.path.dirname(metrics)):
-            state.atomic_write(metrics, fencemod.metrics_text(current, node).encode("utf-8"))
+            atomic_write(metrics, fencemod.metrics_text(current, node).encode("utf-8"))
         if args.once:
             return Output(current, fencemod.describe(current, node))
         summary = (current.get("quorate"), bool(current.get("fenced")), json.dumps(current.get("fenced"), sort_keys=True),

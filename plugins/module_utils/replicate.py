@@ -22,8 +22,8 @@ from ansible_collections.storage.replication.plugins.module_utils import failpoi
 from ansible_collections.storage.replication.plugins.module_utils.cluster import ClusterError, change_cluster
 from ansible_collections.storage.replication.plugins.module_utils.names import is_job_snapshot, replication_snapshot
 from ansible_collections.storage.replication.plugins.module_utils.receiver import prune_job_snapshots
-from ansible_collections.storage.replication.plugins.module_utils.state import (
-    DEFAULT_STATEDIR, LockError, StateError, StateFile, guest_lock, read_local_node)
+from ansible_collections.storage.replication.plugins.module_utils.files import LockError
+from ansible_collections.storage.replication.plugins.module_utils.state import DEFAULT_STATEDIR, StateError, StateFile, guest_lock, read_local_node
 from ansible_collections.storage.replication.plugins.module_utils.transport import (
     NODE_KEY, ControlChannel, RemoteError, TransportError, ssh_argv, stream, write_known_hosts)
 from ansible_collections.storage.replication.plugins.module_utils.zfs import (

@@ -52,9 +52,10 @@ from ansible_collections.storage.replication.plugins.module_utils.names import p
 from ansible_collections.storage.replication.plugins.module_utils.replicate import ReplicationError, run_job
 from ansible_collections.storage.replication.plugins.module_utils.schedule import DEFAULT_SCHEDULE
 from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs, ZfsError
+from ansible_collections.storage.replication.plugins.module_utils.files import LockError, atomic_write, read_json_object
 from ansible_collections.storage.replication.plugins.module_utils.state import (
-    DEFAULT_STATEDIR, STATUS_INTERRUPTED, read_json_object, LockError, StateError, StateFile, atomic_write, job_is_running, job_state_in,
-    job_status, jobs_to_run, job_order_key, next_sync, read_local_node, rebuild_state, runner_lock)
+    DEFAULT_STATEDIR, STATUS_INTERRUPTED, StateError, StateFile, job_is_running, job_state_in, job_status, jobs_to_run,
+    job_order_key, next_sync, read_local_node, rebuild_state, runner_lock)
 
 DEFAULT_LOGDIR = "/var/log/storage-replication"
 SETTINGS_FILE = "runner.json"
