@@ -20,6 +20,7 @@ import sys
 import time
 
 from ansible_collections.storage.replication.plugins.module_utils.files import LockError, atomic_write
+from ansible_collections.storage.replication.plugins.module_utils.joblog import read_logs
 from ansible_collections.storage.replication.plugins.module_utils.names import NODE_RE
 from ansible_collections.storage.replication.plugins.module_utils.schedule import (
     DEFAULT_SCHEDULE as DEFAULT_SCHEDULE_TEXT,
@@ -702,8 +703,7 @@ def _log_arguments(parser):
 
 @subcommand("log", "Show the log of a job's last run(s), oldest first.", _log_arguments)
 def log(args):
-    runner = _engine()[2]
-    runs = runner.read_logs(_paths().logdir, args.id, args.runs)
+    runs = read_logs(_paths().logdir, args.id, args.runs)
     if not runs and args.id not in _load_config().jobs:
         raise UsageError("no such job '%s' and no logs of it - 'storage-replication list' shows the jobs" % args.id)
     data = [{"run": -age, "lines": lines} for age, lines in runs]

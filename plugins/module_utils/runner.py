@@ -48,6 +48,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from ansible_collections.storage.replication.plugins.module_utils import cluster
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+from ansible_collections.storage.replication.plugins.module_utils.joblog import DEFAULT_LOGDIR, rotate_logs
 from ansible_collections.storage.replication.plugins.module_utils.names import parse_replication_snapshot
 from ansible_collections.storage.replication.plugins.module_utils.replicate import ReplicationError, run_job
 from ansible_collections.storage.replication.plugins.module_utils.schedule import DEFAULT_SCHEDULE
@@ -57,7 +58,6 @@ from ansible_collections.storage.replication.plugins.module_utils.state import (
     DEFAULT_STATEDIR, STATUS_INTERRUPTED, StateError, StateFile, job_is_running, job_state_in, job_status, jobs_to_run,
     job_order_key, next_sync, read_local_node, rebuild_state, runner_lock)
 
-DEFAULT_LOGDIR = "/var/log/storage-replication"
 SETTINGS_FILE = "runner.json"
 PEER_CHECK_FILE = "peer-check.json"
 # The node's refusal to act (damaged configuration) and how many runs in a row refused: notified with the failed
@@ -266,43 +266,6 @@ def write_metrics(path, cfg, state, node, now, tick, conflict=False):
     readable = {"config": cfg is not None, "state": state is not None, "conflict": conflict}
     os.makedirs(os.path.dirname(path), exist_ok=True)
     atomic_write(path, format_metrics(report, node, cfg.generation if cfg is not None else None, tick, readable))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Job logs: the last N runs
-
-def log_path(logdir, job_id, age=0):
-    """The log of the run ``age`` runs ago (0: the latest): <job>.log, <job>.log.1, ..."""
-    name = "%s.log" % job_id
-    return os.path.join(logdir, name if age == 0 else "%s.%d" % (name, age))
-
-
-def rotate_logs(logdir, job_id, keep):
-    """Before a run: <job>.log becomes <job>.log.1 and so on; runs older than the last ``keep`` are dropped."""
-    oldest = log_path(logdir, job_id, keep - 1)
-    if os.path.exists(oldest):
-        os.unlink(oldest)
-    for age in range(keep - 2, -1, -1):
-        source = log_path(logdir, job_id, age)
-        if os.path.exists(source):
-            os.replace(source, log_path(logdir, job_id, age + 1))
-    for age in range(keep, keep + 100):  # left over from a larger log_runs setting
-        stale = log_path(logdir, job_id, age)
-        if not os.path.exists(stale):
-            break
-        os.unlink(stale)
-
-
-def read_logs(logdir, job_id, runs=1):
-    """The lines of the last ``runs`` runs, oldest run first: [(age, [lines])]."""
-    found = []
-    for age in range(runs - 1, -1, -1):
-        try:
-            with open(log_path(logdir, job_id, age), encoding="utf-8", errors="replace") as handle:
-                found.append((age, handle.read().splitlines()))
-        except FileNotFoundError:
-            continue
-    return found
 
 
 # ---------------------------------------------------------------------------------------------------------------

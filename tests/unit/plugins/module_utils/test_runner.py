@@ -17,6 +17,7 @@ import time
 import pytest
 
 from ansible_collections.storage.replication.plugins.module_utils import config as C
+from ansible_collections.storage.replication.plugins.module_utils import joblog
 from ansible_collections.storage.replication.plugins.module_utils import runner as R
 from ansible_collections.storage.replication.plugins.module_utils.state import StateFile, runner_lock
 
@@ -85,11 +86,11 @@ def test_job_report_and_metrics(tmp_path):
 
 def test_logs_keep_the_last_n_runs(tmp_path):
     for run in range(1, 6):
-        R.rotate_logs(str(tmp_path), "100-0", 3)
+        joblog.rotate_logs(str(tmp_path), "100-0", 3)
         (tmp_path / "100-0.log").write_text("run %d\n" % run)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["100-0.log", "100-0.log.1", "100-0.log.2"]
-    assert R.read_logs(str(tmp_path), "100-0", 10) == [(2, ["run 3"]), (1, ["run 4"]), (0, ["run 5"])]
-    R.rotate_logs(str(tmp_path), "100-0", 1)  # a smaller setting drops the older runs
+    assert joblog.read_logs(str(tmp_path), "100-0", 10) == [(2, ["run 3"]), (1, ["run 4"]), (0, ["run 5"])]
+    joblog.rotate_logs(str(tmp_path), "100-0", 1)  # a smaller setting drops the older runs
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
