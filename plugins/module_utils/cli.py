@@ -27,6 +27,7 @@ from ansible_collections.storage.replication.plugins.module_utils.schedule impor
     ScheduleError,
     interval_warnings,
     parse,
+    setting_warnings,
     time_zone,
 )
 
@@ -300,15 +301,6 @@ def _existing_job(cfg, wanted):
     return cfg.jobs[wanted]
 
 
-def _schedule_warnings(schedule):
-    if schedule is None:
-        return []
-    try:
-        return interval_warnings(schedule)
-    except ScheduleError:
-        return []  # the change itself reports an invalid schedule
-
-
 def _apply(args, change, done, warnings=()):
     """Run a cluster-wide change; ``done(outcome)`` is the text for people. ConfigError is bad input (exit 2)."""
     cluster, config, _runner, _state = _engine()
@@ -357,7 +349,7 @@ def create_local_job(args):
     job = config.Job(id=args.id, target=args.target, schedule=args.schedule, rate=args.rate, comment=args.comment,
                      disable=bool(args.disable))
     return _apply(args, lambda cfg: cfg.add_job(job), "replication job '%s' to '%s' created" % (args.id, args.target),
-                  _schedule_warnings(args.schedule))
+                  setting_warnings(args.schedule))
 
 
 def _update_arguments(parser):
@@ -377,7 +369,7 @@ def update(args):
     if not changes and not delete:
         raise UsageError("update: nothing to change; give --schedule, --rate, --comment, --disable or --delete")
     return _apply(args, lambda cfg: cfg.update_job(args.id, delete=delete, **changes),
-                  "replication job '%s' updated" % args.id, _schedule_warnings(changes.get("schedule")))
+                  "replication job '%s' updated" % args.id, setting_warnings(changes.get("schedule")))
 
 
 def _id_and_force_arguments(parser):
