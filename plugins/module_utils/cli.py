@@ -277,13 +277,19 @@ def _engine():
     return cluster, config, runner, state
 
 
+def _node_settings():
+    """settings.py (the node's directories and runner.json), imported when a command needs them."""
+    from ansible_collections.storage.replication.plugins.module_utils import settings  # pylint: disable=import-outside-toplevel
+    return settings
+
+
 def _one_line(exc):
     problems = getattr(exc, "problems", None) or str(exc).split("\n")
     return "; ".join(p for p in problems if p)
 
 
 def _paths():
-    return _engine()[2].Paths.from_environment()
+    return _node_settings().Paths.from_environment()
 
 
 def _load_config(data=None):
@@ -472,6 +478,7 @@ def _next_sync_text(epoch, now):
 
 @subcommand("status", "Show the state of the replication jobs this node runs.", _status_arguments)
 def status(args):
+    from ansible_collections.storage.replication.plugins.module_utils.report import job_report  # pylint: disable=import-outside-toplevel
     _cluster, _config, runner, state = _engine()
     paths = _paths()
     now = int(time.time())
@@ -480,7 +487,7 @@ def status(args):
     cfg = _load_config(readable)
     readable["config_readable"] = True
     try:
-        report = runner.job_report(cfg, state.StateFile(paths.statedir).read(), node, now)
+        report = job_report(cfg, state.StateFile(paths.statedir).read(), node, now)
     except state.StateError as exc:
         raise CliError(str(exc), dict(readable, error=str(exc))) from None
     report = [job for job in report if args.guest is None or job["guest"] == args.guest]
@@ -574,7 +581,7 @@ def run(args):
         raise UsageError("Mail and id are mutually exclusive! (--mail is for the scheduled runs; --id runs one job now)")
     paths = _paths()
     try:
-        settings = runner.load_settings(paths.settings_file)
+        settings = _node_settings().load_settings(paths.settings_file)
         result = runner.run(paths, settings, job_id=args.id, notify=args.mail, echo=print if args.verbose else None)
     except runner.RunnerBusy as exc:
         if args.id:
@@ -733,7 +740,7 @@ def fence(args):
     _cluster, config, runner, state = _engine()
     paths = _paths()
     try:
-        settings = runner.load_settings(paths.settings_file)
+        settings = _node_settings().load_settings(paths.settings_file)
     except config.ConfigError as exc:
         raise CliError(_one_line(exc)) from None
     interval = args.interval or settings["fence_interval"]
