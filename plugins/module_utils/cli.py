@@ -213,8 +213,8 @@ def _serve_arguments(parser):
             _serve_arguments)
 def serve(args):
     """Answers on stdout itself (one JSON line); a refused operation exits 1."""
-    from ansible_collections.storage.replication.plugins.module_utils import receiver  # pylint: disable=import-outside-toplevel
-    if receiver.main(peer=args.peer) != 0:
+    from ansible_collections.storage.replication.plugins.module_utils import serve as serving  # pylint: disable=import-outside-toplevel
+    if serving.main(peer=args.peer) != 0:
         raise SystemExit(EXIT_FAILED)
     return Output(None, "")
 
@@ -612,16 +612,16 @@ def _prepare_arguments(parser):
 
 def _receiver_call(operation, cfg, request):
     """Run receiver operation ``operation`` (prepare, finalize) on this node, as a peer would over SSH."""
-    from ansible_collections.storage.replication.plugins.module_utils import receiver  # pylint: disable=import-outside-toplevel
+    from ansible_collections.storage.replication.plugins.module_utils import protocol, receiver, serve as serving  # pylint: disable=import-outside-toplevel
     config = _engine()[1]
     paths = _paths()
     # root on this node speaks for the guest's owner here (pvesr's internal commands); the receiver's rules still apply
     local = receiver.Receiver(paths.confdir, paths.statedir, peer=request["source"])
     try:
-        reply = receiver.CONTROL_OPERATIONS[operation](local, dict(request, generation=cfg.generation))
-    except receiver.Refused as exc:
+        reply = serving.CONTROL_OPERATIONS[operation](local, dict(request, generation=cfg.generation))
+    except protocol.Refused as exc:
         raise CliError(str(exc)) from None
-    except (receiver.ZfsError, config.ConfigError, OSError) as exc:
+    except (serving.ZfsError, config.ConfigError, OSError) as exc:
         raise CliError(_one_line(exc)) from None
     finally:
         for line in local.log:
