@@ -30,6 +30,9 @@ from ansible_collections.storage.replication.plugins.module_utils._converge impo
 from ansible_collections.storage.replication.plugins.module_utils._specs import (
     GUEST_OPTIONS, JOB_OPTIONS, NODE_OPTIONS, STORAGE_OPTIONS)
 from ansible_collections.storage.replication.plugins.module_utils.replicate import ReplicationError
+from ansible_collections.storage.replication.plugins.module_utils.files import LockError
+from ansible_collections.storage.replication.plugins.module_utils.report import job_report
+from ansible_collections.storage.replication.plugins.module_utils.settings import Paths, load_settings
 from ansible_collections.storage.replication.plugins.module_utils.transport import RemoteError, TransportError
 from ansible_collections.storage.replication.plugins.module_utils.zfs import ZfsError
 
@@ -47,7 +50,7 @@ class ModuleFailure(Exception):
 
 # The exceptions by which the engine refuses or reports a failure, each with a message for the operator.
 ENGINE_ERRORS = (failover.FailoverError, fence.FenceStateError, migrate.MigrationError, cluster.ClusterError,
-                 configmod.ConfigError, ReplicationError, state.LockError, state.StateError, RemoteError,
+                 configmod.ConfigError, ReplicationError, LockError, state.StateError, RemoteError,
                  TransportError, ZfsError, OSError)
 
 MODULES = {}  # module name -> task(params, check_mode, diff) -> result
@@ -127,7 +130,7 @@ def converge(params, check_mode, diff, change, what, diff_of, result_of):
         outcome = cluster.change_cluster(change, force=params["allow_unreachable"], check_mode=check_mode)
     except configmod.ConfigError as exc:
         raise ModuleFailure(failure_message(exc, "The change of %s was" % what), problems=list(exc.problems)) from None
-    except (cluster.ClusterError, state.LockError, state.StateError, OSError) as exc:
+    except (cluster.ClusterError, LockError, state.StateError, OSError) as exc:
         raise ModuleFailure(failure_message(exc, "The change of %s was" % what)) from None
     except ImportError as exc:
         raise ModuleFailure(missing_module_message(exc, "%s: the change on the other nodes" % what)) from None
@@ -279,11 +282,11 @@ def _matches(job, params):
 
 @module_task("job_info")
 def job_info_module(params, _check_mode, _diff):
-    paths = runner.Paths.from_environment()
+    paths = Paths.from_environment()
     try:
         cfg = configmod.load(paths.confdir)
         node = state.read_local_node(paths.statedir)
-        report = runner.job_report(cfg, state.StateFile(paths.statedir).read(), node, int(time.time()))
+        report = job_report(cfg, state.StateFile(paths.statedir).read(), node, int(time.time()))
     except (configmod.ConfigError, state.StateError, OSError) as exc:
         raise ModuleFailure("cannot read the replication jobs on node '%s': %s" % (state.read_local_node(paths.statedir), exc)) from None
     jobs = [figures for figures in report if _matches(cfg.jobs[figures["id"]], params)]
@@ -309,7 +312,7 @@ def _run_when_free(paths, job_id, timeout):
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return runner.run(paths, runner.load_settings(paths.settings_file), job_id=job_id)
+            return runner.run(paths, load_settings(paths.settings_file), job_id=job_id)
         except runner.RunnerBusy:
             if time.monotonic() >= deadline:
                 raise
@@ -330,7 +333,7 @@ def _schedule_now(paths, cfg, job_id, node, check_mode):
 @module_task("run")
 def run_module(params, check_mode, _diff):
     job_id = params["id"]
-    paths = runner.Paths.from_environment()
+    paths = Paths.from_environment()
     node = state.read_local_node(paths.statedir)
     try:
         cfg = configmod.load(paths.confdir)
@@ -374,7 +377,7 @@ def failover_plan_module(params, check_mode, _diff):
     cluster.catch_up(check_mode=check_mode)
     cfg = configmod.load()
     views = failover.survey(cfg)
-    local = cluster.read_local_node()
+    local = state.read_local_node()
     result = failover.plan_failover(cfg, local, params["failed_node"], views, params["guests"], params["to"],
                                     params["force_quorum"])
     command = None
