@@ -31,6 +31,7 @@ from ansible_collections.storage.replication.plugins.module_utils._specs import 
     GUEST_OPTIONS, JOB_OPTIONS, NODE_OPTIONS, STORAGE_OPTIONS)
 from ansible_collections.storage.replication.plugins.module_utils.replicate import ReplicationError
 from ansible_collections.storage.replication.plugins.module_utils.files import LockError
+from ansible_collections.storage.replication.plugins.module_utils.plan import summary, volume_lines
 from ansible_collections.storage.replication.plugins.module_utils.report import job_report
 from ansible_collections.storage.replication.plugins.module_utils.settings import Paths, load_settings
 from ansible_collections.storage.replication.plugins.module_utils.transport import RemoteError, TransportError
@@ -330,6 +331,16 @@ def _schedule_now(paths, cfg, job_id, node, check_mode):
     return {"changed": changed, "node": node, "msg": "job '%s' is due at the next run on node '%s'" % (job_id, node)}
 
 
+def _check_run(paths, job_id, node):
+    """Check mode: what the run would send, changing nothing on either node."""
+    try:
+        planned = runner.Runner(paths, load_settings(paths.settings_file)).check(job_id)["jobs"][0]
+    except (runner.RunnerRefused, configmod.ConfigError, state.StateError) as exc:
+        raise ModuleFailure("job '%s' on node '%s' cannot be planned: %s" % (job_id, node, exc), node=node) from None
+    msg = "job '%s' on node '%s' %s%s" % (job_id, node, summary(planned), "".join("; " + line for line in volume_lines(planned)))
+    return {"changed": True, "node": node, "plan": planned, "msg": msg}
+
+
 @module_task("run")
 def run_module(params, check_mode, _diff):
     job_id = params["id"]
@@ -348,7 +359,7 @@ def run_module(params, check_mode, _diff):
     if params["schedule_now"]:
         return _schedule_now(paths, cfg, job_id, node, check_mode)
     if check_mode:
-        return {"changed": True, "node": node, "msg": "job '%s' would run now on node '%s'" % (job_id, node)}
+        return _check_run(paths, job_id, node)
     try:
         outcome = _run_when_free(paths, job_id, params["timeout"])
     except runner.RunnerBusy as exc:

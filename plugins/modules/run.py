@@ -34,7 +34,10 @@ options:
 attributes:
   check_mode:
     support: full
-    description: Reports whether the job would run (or be scheduled) and runs nothing.
+    description:
+      - Reports what the job would send (RV(plan)): per volume a full or an incremental stream, from which base
+        snapshot, and about how many bytes. Nothing changes on either node (no snapshot, deletion, log or state).
+      - With O(schedule_now=true), reports whether the job would be made due.
   diff_mode:
     support: none
     description: Running a job changes data, not configuration.
@@ -80,6 +83,18 @@ result:
   sample: {"job": "100-0", "ok": true, "error": null, "bytes": 1048576, "seconds": 1.2,
            "volumes": [{"volume": "local-zfs:vm-100-disk-0", "mode": "incremental",
                         "base": "__replicate_100-0_1700000000__", "bytes": 1048576, "seconds": 0.8}]}
+plan:
+  description:
+    - In check mode, what the run would do, as C(storage-replication run --check --id ID --output-format json)
+      reports it. C(ok) is false with C(error) when the run would fail (the target unreachable, no common base).
+    - C(estimated_bytes) is null where the node's ZFS cannot size a delta without a snapshot (zfs-fuse).
+    - C(log) holds what the run would delete on either node besides sending.
+  returned: in check mode, when the job runs on this node
+  type: dict
+  sample: {"job": "100-0", "target": "node2", "ok": true, "error": null, "estimated_bytes": 1572864,
+           "volumes": [{"volume": "local-zfs:vm-100-disk-0", "mode": "incremental",
+                        "base": "__replicate_100-0_1700000000__", "estimated_bytes": 1572864,
+                        "estimate": "written since '__replicate_100-0_1700000000__'"}], "log": []}
 log:
   description: The lines of the job's run log.
   returned: when the job ran
