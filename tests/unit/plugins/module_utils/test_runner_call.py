@@ -78,6 +78,11 @@ def test_the_identity_is_the_collection_version_and_a_digest_of_the_engine_files
     assert _runner_call.engine_digest(str(copy)) != THIS["digest"]
 
 
+def test_the_modules_look_for_the_runner_where_the_role_links_it():
+    role_vars = yaml.safe_load((ROOT / "roles" / "runner" / "vars" / "main.yml").read_text())
+    assert _runner_call.RUNNER == role_vars["_runner_cli_link"]
+
+
 def test_the_expected_identity_comes_from_the_controller_else_the_version_alone():
     assert _runner_call.expected_identity({_runner_call.EXPECT_ENV: _runner_call.expect_text(THIS)}) == THIS
     assert _runner_call.expected_identity({}) == {"version": _runner_call.VERSION, "digest": None}
