@@ -16,8 +16,8 @@ import pytest
 ENGINE = pathlib.Path(__file__).resolve().parents[4] / "plugins" / "module_utils"
 
 LAYERS = [
-    # names, file helpers, fault points: import nothing of ours
-    "names", "files", "failpoints",
+    # names, file helpers, fault points, the restore-point grid: import nothing of ours
+    "names", "files", "failpoints", "retention",
     # schedules, state and the configuration model
     "schedule", "state", "config",
     # ZFS, processes, the quorum protocol and the transport
