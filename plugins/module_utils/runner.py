@@ -189,6 +189,7 @@ def _job_figures(job, jobstate, now):
         "status": job_status(job, jobstate),
         "pid": jobstate.get("pid") if running else None,
     }
+    figures.update(_point_figures(job, jobstate, now, last_sync))
     if running:
         figures["state"] = "SYNCING"
     elif figures["status"] == STATUS_INTERRUPTED:
@@ -197,6 +198,18 @@ def _job_figures(job, jobstate, now):
     else:
         figures["state"] = figures["error"] or "OK"
     return figures
+
+
+def _point_figures(job, jobstate, now, last_sync):
+    """The job's restore points on its target, as its last finalize reported them (before any: the newest replica,
+    if there is one): count, oldest, its age, bytes held (None: not known yet), and the points the target had to
+    delete in the last run for lack of space."""
+    points = jobstate.get("points") if isinstance(jobstate.get("points"), dict) else {}
+    oldest = points.get("oldest", last_sync or None)
+    return {"keep": job.keep, "keep_source": job.keep_source,
+            "restore_points": int(points.get("count", 1 if last_sync else 0)), "oldest_point": oldest,
+            "oldest_point_age": max(0, int(now) - int(oldest)) if oldest else None,
+            "points_bytes": points.get("bytes"), "space_pruned": list(jobstate.get("space_pruned") or [])}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -213,6 +226,14 @@ _JOB_METRICS = (
     ("storage_replication_job_next_sync_timestamp_seconds", "When the job is due next (0: not scheduled).", "next_sync",
      lambda v: float(v or 0)),
     ("storage_replication_job_enabled", "1 if the job is enabled, 0 if disabled.", "enabled", float),
+    ("storage_replication_job_restore_points", "Restore points of the job on its target (its keep rules).",
+     "restore_points", float),
+    ("storage_replication_job_oldest_point_age_seconds", "Age of the oldest restore point on the target (+Inf: none).",
+     "oldest_point_age", lambda v: math.inf if v is None else float(v)),
+    ("storage_replication_job_points_bytes", "Bytes the job's restore points hold on the target (0: not known yet).",
+     "points_bytes", lambda v: float(v or 0)),
+    ("storage_replication_job_points_pruned_for_space", "Restore points the target deleted in the last run because "
+     "its pool was full (the keep rules wanted them).", "space_pruned", lambda v: float(len(v))),
 )
 
 

@@ -515,13 +515,15 @@ class Zfs:
             raise ZfsError(argv, proc.returncode, err.decode("utf-8", "replace"))
         return found
 
-    def copy_local_snapshot(self, source_snapshot, target_dataset):
-        """Independent local copy of one snapshot's data (no other snapshots) as a new dataset."""
+    def copy_local_snapshot(self, source_snapshot, target_dataset, replicate=False):
+        """Independent local copy of one snapshot's data as a new dataset; with ``replicate`` the dataset's older
+        snapshots come along (`send -R`: same names and guids), else none."""
         env = dict(os.environ)
         env.update(C_LOCALE_ENV)
         dataset, snap = split_snapshot(source_snapshot)
         # pylint: disable-next=ansible-bad-function
-        send = subprocess.Popen(send_argv(dataset, snap, replicate=False), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        send = subprocess.Popen(send_argv(dataset, snap, replicate=replicate), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env)
         # pylint: disable-next=ansible-bad-function
         recv = subprocess.run(recv_argv(target_dataset, force=False), stdin=send.stdout, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, env=env, check=False)

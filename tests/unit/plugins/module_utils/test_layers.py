@@ -21,13 +21,13 @@ LAYERS = [
     # schedules, state and the configuration model
     "schedule", "state", "config",
     # ZFS, processes, the quorum protocol and the transport
-    "zfs", "orphans", "quorum", "transport",
+    "zfs", "points", "orphans", "quorum", "transport",
     # the cluster configuration layer, and the node's own view of its quorum (self-fencing)
     "cluster", "fence",
     # one replication: the receiving side, then the sending side
     "receiver", "replicate",
     # what runs replications: the runner, failover, migration
-    "runner", "failover", "migrate",
+    "runner", "rollback", "failover", "migrate",
     # entry points: the CLI and the Ansible modules' plumbing
     "cli", "_converge", "_module",
 ]
