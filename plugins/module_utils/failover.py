@@ -28,7 +28,7 @@ from ansible_collections.storage.replication.plugins.module_utils import fence a
 from ansible_collections.storage.replication.plugins.module_utils.names import parse_replication_snapshot
 from ansible_collections.storage.replication.plugins.module_utils.receiver import Receiver
 from ansible_collections.storage.replication.plugins.module_utils import rollback
-from ansible_collections.storage.replication.plugins.module_utils.rollback import time_text
+from ansible_collections.storage.replication.plugins.module_utils.report import time_text
 from ansible_collections.storage.replication.plugins.module_utils.replicate import run_guest_hook
 from ansible_collections.storage.replication.plugins.module_utils.cluster import (
     ask_generation, connect_peer, describe, on_every_peer, peer_nodes, change_cluster)

@@ -42,6 +42,7 @@ from ansible_collections.storage.replication.plugins.module_utils.cluster import
 from ansible_collections.storage.replication.plugins.module_utils.names import REPLICA_PROPERTY, REPLICATION_SNAPSHOT_RE
 from ansible_collections.storage.replication.plugins.module_utils.receiver import Receiver, Refused
 from ansible_collections.storage.replication.plugins.module_utils.replicate import run_guest_hook
+from ansible_collections.storage.replication.plugins.module_utils.report import time_text
 from ansible_collections.storage.replication.plugins.module_utils.state import DEFAULT_STATEDIR, guest_lock, read_local_node
 from ansible_collections.storage.replication.plugins.module_utils.transport import (
     NODE_KEY, ControlChannel, ssh_argv, write_known_hosts)
@@ -54,10 +55,6 @@ _TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y
 
 class RollbackError(RuntimeError):
     """A rollback (or a point) is refused; the message names the object and what to do. Nothing was changed."""
-
-
-def time_text(epoch):
-    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(epoch)) if epoch else "never"
 
 
 # ---------------------------------------------------------------------------------------------------------------
