@@ -352,7 +352,8 @@ class Receiver:
         for volume in tokens:
             if not remaining.get(volume):  # an interrupted first receive: no replica yet, only its saved state
                 remaining.pop(volume, None)
-        room = self.room_for(job, keep, {v: d for v, d in wanted.items() if v in remaining}, need, last_sync, parent)
+        room = [] if need is None else self.room_for(job, keep, {v: d for v, d in wanted.items() if v in remaining}, need,
+                                                     last_sync, parent)
         return {"volumes": remaining, "resume_tokens": tokens, "features": self.zfs.features.as_dict(),
                 "inline_receive": True, "keeps_points": keep.history, "space_pruned": room}
 
