@@ -322,7 +322,12 @@ def send_volumes(ctx, target, datasets, bases, snap, channel=None, last_sync=0):
                     sent.append(send_volume(ctx, target, known_hosts, volume, dataset, bases[volume], snap))
                     break
                 except RemoteError as exc:
-                    if attempt == ROOM_RETRIES or not made_room(ctx, channel, exc, list(datasets), last_sync):
+                    if not target_full(ctx, exc):
+                        raise
+                    if attempt == ROOM_RETRIES or not made_room(ctx, channel, list(datasets), last_sync):
+                        ctx.log("the pool on '%s' is full and holds no more restore points of job %s it may delete (the "
+                                "newest and the bases are never deleted): this run's point cannot be kept there"
+                                % (ctx.job.target, ctx.job.id))
                         raise
             failpoints.reach("after-volume-%d" % index)
     except (TransportError, RemoteError, ZfsError):
@@ -339,20 +344,21 @@ def send_volumes(ctx, target, datasets, bases, snap, channel=None, last_sync=0):
     return sent
 
 
-def made_room(ctx, channel, exc, volumes, last_sync):
-    """A receive failed because the target's pool is full: for a job that keeps restore points, the target deletes
-    its oldest one (never the newest or a base) and says which; True if the volume can be sent again now (not when
-    the target saved the partial receive to resume: the next run resumes it, in the room made now)."""
-    if not ctx.points or channel is None or exc.reply.get("reason") != "receive-failed" or " is full" not in str(exc):
+def target_full(ctx, exc):
+    """The receive of a job that keeps restore points failed because the target's pool is full."""
+    return ctx.points and exc.reply.get("reason") == "receive-failed" and " is full" in str(exc)
+
+
+def made_room(ctx, channel, volumes, last_sync):
+    """The target deletes its oldest restore point of the job (never the newest or a base) and says which; True if
+    the volume can be sent again now (not when the target saved the partial receive to resume: the next run
+    resumes it, in the room made now)."""
+    if channel is None:
         return False
     reply = call(ctx, channel, "make-room", "remote_make_room", volumes=volumes, last_sync=last_sync)
     pruned = reply.get("space_pruned") or []
     ctx.space_pruned += pruned
-    if not pruned:
-        ctx.log("the pool on '%s' is full and holds no restore point of job %s it may delete (the newest and the "
-                "bases are never deleted): this run's point cannot be kept there" % (ctx.job.target, ctx.job.id))
-        return False
-    return not ctx.resumable
+    return bool(pruned) and not ctx.resumable
 
 
 def drop_snapshot(ctx, datasets, snap):

@@ -22,7 +22,8 @@ from workload.guest import assert_continuous, config_of, serve_guest, setup_clus
 
 pytestmark = pytest.mark.lab
 
-ROLLED, FAILED = 500, 600  # the guest rolled back on its owner, the guest failed over to a point
+ROLLED, FAILED, FULL = 500, 600, 700  # rolled back on its owner; failed over to a point; replicated to a full pool
+FILLER = "rpool/sr-test-space"
 KEEP = "last=3,hourly=3"
 GARBAGE = r"""
 import os, sys
@@ -59,11 +60,13 @@ def guests(lab):
     cfg = setup_cluster(lab)
     rolled = serve_guest(lab, cfg, ROLLED, ["node2"])
     failed = serve_guest(lab, cfg, FAILED, ["node2", "node3"])
-    yield {ROLLED: rolled, FAILED: failed}
+    full = serve_guest(lab, cfg, FULL, ["node3"])
+    yield {ROLLED: rolled, FAILED: failed, FULL: full}
     for node in lab.nodes:
         lab.revive(node)
-        for guest in (rolled, failed):
+        for guest in (rolled, failed, full):
             guest.stop(node)
+    cs.destroy(lab, "node3", FILLER)
 
 
 def cli(lab, node, *argv):
@@ -172,6 +175,56 @@ def test_ransomware_then_rollback_to_the_point_before_pulled_from_the_replica(la
     assert cs.exists(lab, "node2", "%s@__replicate_%d-0_%d__" % (newer, ROLLED, Story.bad[ROLLED]))
     assert cs.tree_checksum(lab, "node2", guest.name, "__replicate_%d-0_%d__" % (ROLLED, again["start"])) == \
         cs.tree_checksum(lab, "node1", guest.name, "__replicate_%d-0_%d__" % (ROLLED, again["start"]))
+
+
+def leave_free(lab, node, megabytes):
+    """Reserve all but about ``megabytes`` of the node's pool (a dataset with a reservation)."""
+    cs.destroy(lab, node, FILLER)
+    available = int(cs.zfs(lab, node, "get", "-Hp", "-o", "value", "available", "rpool").stdout)
+    cs.zfs(lab, node, "create", "-o", "reservation=%d" % (available - megabytes * (1 << 20)), "-o", "mountpoint=none",
+           FILLER)
+
+
+def test_a_full_target_gives_up_its_oldest_points_never_the_base_and_says_so(lab, guests):
+    """Each run overwrites 6 MiB, so each older point holds 6 MiB of its own on the target. With 3 MiB free the
+    receive fails for lack of space; the target deletes its oldest point (never the newest, the base), the volume
+    is sent again and the run succeeds, reporting the point it lost. With no point left to give up, the run fails
+    and says that this point cannot be kept there."""
+    guest, job = guests[FULL], "%d-0" % FULL
+    cli(lab, "node1", "update", job, "--keep", "last=4")
+    for _ in range(4):
+        cs.write_random(lab, "node1", guest.name, "ballast.bin", 6)
+        run(lab, "node1", job)
+    points = sorted(s for s in cs.snapshots(lab, "node3", guest.name) if s.startswith("__replicate_"))
+    assert len(points) == 4
+    leave_free(lab, "node3", 3)
+    cs.write_random(lab, "node1", guest.name, "ballast.bin", 6)
+    result = run(lab, "node1", job)
+    assert result["space_pruned"] and set(result["space_pruned"]) <= set(points[:-1]), result
+    assert points[0] in result["space_pruned"]  # the oldest first
+    log = "\n".join(result["log"])
+    assert "deleted the oldest restore point '%s'" % points[0] in log
+    assert "restore point(s) deleted on 'node3' for lack of space" in log
+    after = sorted(s for s in cs.snapshots(lab, "node3", guest.name) if s.startswith("__replicate_"))
+    assert after[-1] == "__replicate_%s_%d__" % (job, result["start"]) and points[-1] in after  # the base stayed
+    status = {j["id"]: j for j in cli(lab, "node1", "status")}[job]
+    assert status["space_pruned"] == result["space_pruned"]
+
+    lab.fill("node3")
+    try:  # 20 MiB more than the three older points hold together (18 MiB): even without them it does not fit
+        cs.write_random(lab, "node1", guest.name, "ballast.bin", 20)
+        outcome = cs.run_job(lab, "node1", job)
+        assert not outcome["ok"] and "is full" in outcome["error"], outcome
+        assert any("this run's point cannot be kept there" in line for line in outcome["log"]), outcome["log"]
+        left = [s for s in cs.snapshots(lab, "node3", guest.name) if s.startswith("__replicate_")]
+        assert left == ["__replicate_%s_%d__" % (job, result["start"])]  # only the base is left: never deleted
+        assert sorted(outcome["space_pruned"]) == sorted(set(after) - set(left))  # each loss is reported
+        status = {j["id"]: j for j in cli(lab, "node1", "status")}[job]
+        assert status["space_pruned"] == sorted(outcome["space_pruned"]) and status["fail_count"] == 1
+    finally:
+        lab.unfill("node3")
+        cs.destroy(lab, "node3", FILLER)
+    assert run(lab, "node1", job)["ok"]
 
 
 def test_ransomware_then_failover_to_the_point_before_after_the_owner_died(lab, guests):
