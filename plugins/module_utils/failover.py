@@ -27,7 +27,7 @@ from ansible_collections.storage.replication.plugins.module_utils import config 
 from ansible_collections.storage.replication.plugins.module_utils import fence as fencemod
 from ansible_collections.storage.replication.plugins.module_utils.names import parse_replication_snapshot
 from ansible_collections.storage.replication.plugins.module_utils.receiver import Receiver
-from ansible_collections.storage.replication.plugins.module_utils import rollback
+from ansible_collections.storage.replication.plugins.module_utils import points, rollback
 from ansible_collections.storage.replication.plugins.module_utils.report import time_text
 from ansible_collections.storage.replication.plugins.module_utils.replicate import run_guest_hook
 from ansible_collections.storage.replication.plugins.module_utils.cluster import (
@@ -367,7 +367,7 @@ def promote_replica(guest_id, confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAUL
             if promotion["written"] or promotion["newer"]:
                 dataset = receiver.dataset(volume)
                 promotion["kept"] = receiver.keep_aside(volume, dataset, promotion["newer"])
-                receiver.zfs.rollback(dataset, promotion["snapshot"])
+                points.roll_back(receiver.zfs, dataset, promotion["snapshot"], promotion["newer"])
     return {"changed": changed, "volumes": volumes, "recovery_point": replica_snapshot_time(snapshots.pop()),
             "owner": False, "log": receiver.log}
 

@@ -124,14 +124,24 @@ def _release_our_holds(zfs, dataset, names):
             zfs.release_holds(full)
 
 
-def release_older_holds(zfs, dataset, snaps, job, newest):
+def release_older_holds(zfs, dataset, snaps, job, newest, gone=()):
     """The engine holds only the snapshot the next incremental starts from: release its hold on the job's older
-    points (OpenZFS), so that a point the grid drops later, or an admin, can destroy it. ``snaps`` is a listing."""
+    points (OpenZFS), so that a point the grid drops later, or an admin, can destroy it. ``snaps`` is a listing
+    taken before ``gone`` were destroyed."""
     if not zfs.features.holds:
         return
     for name, info in snaps.items():
-        if name != newest and info.get("userrefs") and is_job_snapshot(name, job):
+        if name != newest and name not in gone and info.get("userrefs") and is_job_snapshot(name, job):
             zfs.release_holds("%s@%s" % (dataset, name))
+
+
+def roll_back(zfs, dataset, snapshot, newer):
+    """`zfs rollback -r` to ``snapshot`` once the engine's holds on the ``newer`` snapshots are released (OpenZFS
+    refuses to destroy a held snapshot); callers keep those snapshots aside first."""
+    if zfs.features.holds:
+        for name in newer:
+            zfs.release_holds("%s@%s" % (dataset, name))
+    zfs.rollback(dataset, snapshot)
 
 
 def prune(zfs, say, job, dataset, snaps, keep, protected=(), localtime=time.localtime):

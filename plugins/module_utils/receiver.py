@@ -533,7 +533,7 @@ class Receiver:
         if points and newer:
             copy = self.keep_aside(volume, dataset, newer)
             self.say("roll back %s to %s" % (volume, base))
-            self.zfs.rollback(dataset, base)
+            pointsmod.roll_back(self.zfs, dataset, base, newer)
             return [copy]
         latest = list(snaps)[-1]
         if not self.zfs.written_since(dataset, latest):
@@ -602,7 +602,7 @@ class Receiver:
             self.zfs.keep_for_next_sync("%s@%s" % (dataset, keep))
             if grid.history:  # the job's restore points: the grid decides, the newest stays
                 deleted = pointsmod.prune(self.zfs, self.say, job, dataset, snaps, grid, [keep])
-                pointsmod.release_older_holds(self.zfs, dataset, snaps, job, keep)
+                pointsmod.release_older_holds(self.zfs, dataset, snaps, job, keep, deleted)
             else:
                 deleted = [snap for snap in snaps if is_job_snapshot(snap, job) and snap != keep]
                 for snap in deleted:

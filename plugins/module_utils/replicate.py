@@ -423,9 +423,10 @@ def drop_previous_snapshots(ctx, datasets, local, previous, resumed, snap=None):
     grid = ctx.job.retention("source")
     if grid.history and snap is not None:
         for volume, dataset in datasets.items():
-            snaps = ctx.zfs.snapshots(dataset)
-            points.prune(ctx.zfs, ctx.log, ctx.job.id, dataset, snaps, grid,
-                         [snap] + ([resumed[volume]] if volume in resumed else []) + fallback_bases(ctx, snaps))
+            snaps = points.listing(ctx.zfs, dataset)
+            gone = points.prune(ctx.zfs, ctx.log, ctx.job.id, dataset, snaps, grid,
+                                [snap] + ([resumed[volume]] if volume in resumed else []) + fallback_bases(ctx, snaps))
+            points.release_older_holds(ctx.zfs, dataset, snaps, ctx.job.id, snap, gone)
         return
     for volume, dataset in datasets.items():
         for snap in dict.fromkeys([previous] + ([resumed[volume]] if volume in resumed else [])):

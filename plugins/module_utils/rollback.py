@@ -37,6 +37,7 @@ import subprocess
 import time
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+from ansible_collections.storage.replication.plugins.module_utils import points
 from ansible_collections.storage.replication.plugins.module_utils.cluster import (
     connect_peer, describe, on_every_peer, peer_nodes)
 from ansible_collections.storage.replication.plugins.module_utils.names import REPLICA_PROPERTY, REPLICATION_SNAPSHOT_RE
@@ -248,7 +249,9 @@ def rollback_guest(guest_id, point_text, check_mode=False, confdir=configmod.DEF
                 item["kept"] = None
         for volume, item in plan["volumes"].items():
             if plan["local"]:
-                zfs.rollback(item["dataset"], plan["point"]["snapshot"])
+                snaps = list(zfs.snapshots(item["dataset"]))
+                newer = snaps[snaps.index(plan["point"]["snapshot"]) + 1:]
+                points.roll_back(zfs, item["dataset"], plan["point"]["snapshot"], newer)
             else:
                 if present[volume]:
                     _replace_after_copy(zfs, item["dataset"], item["kept"])
