@@ -41,7 +41,8 @@ from ansible_collections.storage.replication.plugins.module_utils import points
 from ansible_collections.storage.replication.plugins.module_utils.cluster import (
     connect_peer, describe, on_every_peer, peer_nodes)
 from ansible_collections.storage.replication.plugins.module_utils.names import REPLICA_PROPERTY, REPLICATION_SNAPSHOT_RE
-from ansible_collections.storage.replication.plugins.module_utils.receiver import Receiver, Refused
+from ansible_collections.storage.replication.plugins.module_utils.protocol import POINTS, SEND_POINT, Refused
+from ansible_collections.storage.replication.plugins.module_utils.receiver import Receiver
 from ansible_collections.storage.replication.plugins.module_utils.replicate import run_guest_hook
 from ansible_collections.storage.replication.plugins.module_utils.report import time_text
 from ansible_collections.storage.replication.plugins.module_utils.state import DEFAULT_STATEDIR, guest_lock, read_local_node
@@ -95,7 +96,7 @@ def survey_points(cfg, guest_id, confdir=configmod.DEFAULT_CONFDIR, statedir=DEF
     def ask(node):
         channel = connect_peer(node, key, connect)
         try:
-            return channel.call("points", request, timeout=POINTS_TIMEOUT)
+            return channel.call(POINTS, request, timeout=POINTS_TIMEOUT)
         finally:
             channel.close()
 
@@ -291,7 +292,7 @@ def _pull_point(zfs, cfg, plan, volume, local, statedir, key):
     point = plan["point"]
     known_hosts = write_known_hosts(os.path.join(statedir, "known_hosts"),
                                     [(n.name, n.host_key) for n in cfg.nodes.values()])
-    arguments = ["send-point", "job=%s" % point["job"], "guest=%d" % plan["guest"], "volume=%s" % volume,
+    arguments = [SEND_POINT, "job=%s" % point["job"], "guest=%d" % plan["guest"], "volume=%s" % volume,
                  "snapshot=%s" % point["snapshot"], "generation=%d" % cfg.generation, "source=%s" % local]
     env = dict(os.environ, LC_ALL="C")
     # pylint: disable-next=ansible-bad-function
