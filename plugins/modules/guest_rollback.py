@@ -22,7 +22,7 @@ description:
   - The guest's jobs continue incrementally from the point where their target holds it; the result names the others.
 options:
   guest:
-    description: The guest ID.
+    description: The ID of the guest to roll back (this node owns it).
     type: int
     required: true
   point:
@@ -39,12 +39,8 @@ attributes:
   diff_mode:
     support: none
     description: Nothing to show as a diff; the plan is in RV(summary).
-  platform:
-    support: full
-    platforms: posix
-    description: Runs on a replication node prepared by the C(storage.replication.runner) role.
-requirements:
-  - The runner installed by the C(storage.replication.runner) role; use its interpreter.
+extends_documentation_fragment:
+  - storage.replication.attributes.node_step
 seealso:
   - module: storage.replication.guest_service
   - module: storage.replication.job
