@@ -23,8 +23,8 @@ from ansible_collections.storage.replication.plugins.module_utils import config 
 from ansible_collections.storage.replication.plugins.module_utils.authority import Authority, check, check_int, check_job, check_volumes, int_or_none
 from ansible_collections.storage.replication.plugins.module_utils.files import LockError, atomic_write
 from ansible_collections.storage.replication.plugins.module_utils.names import (
-    GUEST_ID_MAX, GUEST_ID_MIN, REPLICA_PROPERTY, SNAPSHOT_RE, STORAGE_RE, VOLUME_RE, is_job_snapshot,
-    migration_copy_job, replica_identity, replication_snapshot)
+    ENGINE_SNAPSHOT_PREFIX, GUEST_ID_MAX, GUEST_ID_MIN, REPLICA_PROPERTY, SNAPSHOT_RE, STORAGE_RE, VOLUME_RE, is_job_snapshot,
+    kept_aside_snapshot, migration_copy_job, replica_identity, replication_snapshot)
 from ansible_collections.storage.replication.plugins.module_utils.protocol import (
     DROP_COPY, Refused, check_request_keys, parse_arguments)
 from ansible_collections.storage.replication.plugins.module_utils.pruning import drop_job_snapshots, prune_job_snapshots
@@ -287,7 +287,7 @@ class Receiver(Authority):
             raise Refused("base snapshot '%s' of volume '%s' does not exist on node '%s' - the next run selects a new "
                           "base" % (base, volume, self.node), "base-missing")
         newer = [s for s, i in snaps.items() if i["createtxg"] > snaps[base]["createtxg"]]
-        foreign = [s for s in newer if not s.startswith("__replicate_")]
+        foreign = [s for s in newer if not s.startswith(ENGINE_SNAPSHOT_PREFIX)]
         if foreign:
             raise Refused("volume '%s' on node '%s' has snapshots the source does not have (%s): receiving would "
                           "destroy them - copy them elsewhere (zfs send) and destroy them on '%s', then the next run "
@@ -299,7 +299,7 @@ class Receiver(Authority):
 
     def keep_aside(self, volume, dataset):
         stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(self.now()))
-        mark = "__kept_%s__" % stamp
+        mark = kept_aside_snapshot(stamp)
         copy = "%s%s%s" % (dataset, DIVERGED_INFIX, stamp)
         self.zfs.snapshot([dataset], mark)
         try:
