@@ -488,12 +488,17 @@ class FakeZfs:
             self.datasets[dataset]["snaps"][snap] = self._tick()
         return 0, "", ""
 
+    def _holds(self, name, create=False):
+        """The hold tags of snapshot ``name`` (with ``create``, a set stored for it)."""
+        dataset, _sep, snap = name.partition("@")
+        holds = self.datasets[dataset]["holds"]
+        return holds.setdefault(snap, set()) if create else holds.get(snap, set())
+
     def do_hold(self, args):
         tag, name = args
         if not self._exists(name) or "@" not in name:
             return self._missing(name)
-        dataset, _sep, snap = name.partition("@")
-        holds = self.datasets[dataset]["holds"].setdefault(snap, set())
+        holds = self._holds(name, create=True)
         if tag in holds:
             return 1, "", "cannot hold snapshot '%s': tag already exists on this dataset\n" % name
         holds.add(tag)
@@ -503,8 +508,7 @@ class FakeZfs:
         tag, name = args
         if not self._exists(name):
             return self._missing(name)
-        dataset, _sep, snap = name.partition("@")
-        holds = self.datasets[dataset]["holds"].get(snap, set())
+        holds = self._holds(name)
         if tag not in holds:
             return 1, "", "cannot release hold from snapshot '%s': no such tag on this dataset\n" % name
         holds.discard(tag)
@@ -514,8 +518,7 @@ class FakeZfs:
         name = args[-1]
         if not self._exists(name):
             return self._missing(name)
-        dataset, _sep, snap = name.partition("@")
-        tags = sorted(self.datasets[dataset]["holds"].get(snap, ()))
+        tags = sorted(self._holds(name))
         return 0, "".join("%s\t%s\tThu Jan  1 00:00 2026\n" % (name, t) for t in tags), ""
 
     def do_list(self, args):
