@@ -49,13 +49,13 @@ def make_points(lab, base_epoch):
 
 def grid_seconds(points):
     keep = retention.parse(KEEP)
-    best = None
-    for _ in range(5):
+    timings = []
+    for attempt in range(5):
         started = time.perf_counter()
         retention.select(points, keep)
-        elapsed = time.perf_counter() - started
-        best = elapsed if best is None else min(best, elapsed)
-    return best
+        timings.append(time.perf_counter() - started)
+        del attempt
+    return min(timings)
 
 
 def main():
@@ -92,8 +92,8 @@ def main():
                "prune_1000_points_kept": len(expected), "grid_select_1000_points_ms": round(select_s * 1000, 2),
                "make_1000_points_s": round(made_s, 1)}
     print("%-46s %s" % ("figure", "value"))
-    print("%-46s %.2f s (%d destroyed, %d kept)" % ("prune_1000_points_s (finalize on the target)", prune_s,
-                                                   POINTS - len(expected), len(expected)))
+    print("%-46s %.2f s (%d destroyed, %d kept)" % (
+        "prune_1000_points_s (finalize on the target)", prune_s, POINTS - len(expected), len(expected)))
     print("%-46s %.2f ms" % ("grid_select_1000_points_ms (the decision alone)", select_s * 1000))
     print("%-46s %.1f s" % ("making the 1,000 points (zfs snapshot, one each)", made_s))
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -73,7 +73,9 @@ local:
   returned: success
   type: bool
 volumes:
-  description: Per volume, its dataset, the dataset its current data and snapshots were kept in, the newer points that copy holds, and the data it goes back to (bytes).
+  description:
+    - Per volume, its dataset, the dataset its current data and snapshots were kept in, the newer points that copy
+      holds, and the data it goes back to (bytes).
   returned: success
   type: dict
   sample: {"local-zfs:subvol-100-disk-0": {"dataset": "rpool/data/subvol-100-disk-0", "kept": "rpool/data/subvol-100-disk-0-rollback-20260501143512",

@@ -96,8 +96,8 @@ def test_restore_points_in_the_report_and_the_metrics():
                                                  "bytes": 123456})},
              "200": {"local/node2": jobstate(NOW - 60, NOW - 60)}}
     report = {job["id"]: job for job in reportmod.job_report(cfg, state, "node1", NOW)}
-    assert {k: report["100-0"][k] for k in ("keep", "restore_points", "oldest_point", "oldest_point_age", "points_bytes",
-                                              "space_pruned")} == {
+    keys = ("keep", "restore_points", "oldest_point", "oldest_point_age", "points_bytes", "space_pruned")
+    assert {k: report["100-0"][k] for k in keys} == {
         "keep": "last=4,daily=7", "restore_points": 9, "oldest_point": NOW - 86400, "oldest_point_age": 86400,
         "points_bytes": 123456, "space_pruned": ["__replicate_100-0_5__"]}
     assert (report["200-0"]["restore_points"], report["200-0"]["oldest_point_age"], report["200-0"]["points_bytes"]) \
