@@ -53,7 +53,7 @@ from ansible_collections.storage.replication.plugins.module_utils.replicate impo
 from ansible_collections.storage.replication.plugins.module_utils.schedule import DEFAULT_SCHEDULE
 from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs, ZfsError
 from ansible_collections.storage.replication.plugins.module_utils.state import (
-    DEFAULT_STATEDIR, STATUS_INTERRUPTED, read_json_object, LockError, StateError, StateFile, atomic_write, job_is_running, job_state_in,
+    DEFAULT_STATEDIR, STATUS_INTERRUPTED, STATUS_WAITING, read_json_object, LockError, StateError, StateFile, atomic_write, job_is_running, job_state_in,
     job_status, jobs_to_run, job_order_key, next_sync, read_local_node, rebuild_state, runner_lock)
 
 DEFAULT_LOGDIR = "/var/log/storage-replication"
@@ -176,6 +176,10 @@ def job_report(cfg, state, node, now):
 def _job_figures(job, jobstate, now):
     running = job_is_running(jobstate)
     due = None if job.disable and not job.remove_job else memo_next_sync(job, jobstate)
+    if due and due < now and (job.remove_job or not jobstate.get("last_try")):
+        # pvesr's "due at the next tick" values are not times: 1 for a removal, and for a job that never ran (or was
+        # scheduled now) the schedule's first event after last_try 0, i.e. 1970-01-01 00:15. Such a job is due now.
+        due = int(now)
     last_sync = int(jobstate.get("last_sync", 0))
     figures = {
         "id": job.id, "guest": job.guest, "jobnum": job.jobnum, "target": job.target, "source": job.source,
@@ -194,6 +198,9 @@ def _job_figures(job, jobstate, now):
     elif figures["status"] == STATUS_INTERRUPTED:
         figures["state"] = "interrupted: the run started %s did not end (its process %s is gone); the next run starts " \
                            "over" % (_time_text(jobstate.get("last_try")), jobstate.get("pid"))
+    elif figures["status"] == STATUS_WAITING:
+        # pvesr shows only the error and stops trying; we retry (next_sync) and say why the job waits.
+        figures["state"] = "waiting for target: %s" % figures["error"]
     else:
         figures["state"] = figures["error"] or "OK"
     return figures
