@@ -127,6 +127,7 @@ def take_the_tour(lab):
     demo = subprocess.run(demo_argv(lab.name), capture_output=True, text=True, timeout=1800, cwd=REPO, check=False)
     assert demo.returncode == 0 and "demo: all steps passed" in demo.stdout, demo.stdout[-6000:] + demo.stderr[-3000:]
     assert "OK:" in demo.stdout and "FAILED" not in demo.stdout + demo.stderr
+    print(demo.stdout.rstrip().splitlines()[-1])  # "demo: all steps passed in N s" (pytest -s shows it)
     tour = Tour(lab)
     for argv in lines[1:]:
         named = argv[:3] + ["--name", lab.name] + argv[3:]  # the README's lines use the default lab; ours has its own
