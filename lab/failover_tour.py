@@ -62,6 +62,12 @@ def run_job(lab, node, job_id):
     return json.loads(proc.stdout)["jobs"][0]
 
 
+def show_failures(show, *results):
+    for result in results:
+        if not result["ok"]:
+            show("%s failed: %s" % (result.get("job", "the job"), result.get("error")))
+
+
 def tour_job(lab, target):
     """The job of the tour guest to ``target`` in the cluster configuration (node1's view), or {}."""
     jobs = [job for job in cli_json(lab, "node1", "list") if job["guest"] == GUEST and job["target"] == target
@@ -101,6 +107,7 @@ def failover_tour(lab, step, show, check, first_step):
     first = run_job(lab, owner, job_id)
     guest.wait_records(owner, 10)
     replica = run_job(lab, owner, job_id)
+    show_failures(show, first, replica)
     modes = [volume.get("mode") for volume in first["volumes"] + replica["volumes"]]
     check(first["ok"] and replica["ok"] and modes == ["full", "incremental"],
           "full sync (%s bytes), then a delta (%s bytes)" % (first.get("bytes"), replica.get("bytes")))
@@ -134,9 +141,9 @@ def failover_tour(lab, step, show, check, first_step):
 
     step(first_step + 5, "%s replicates to %s: incremental, %s's writes after the replica kept aside" % (target, owner, owner))
     resync = run_job(lab, target, job_id)
+    show_failures(show, resync)
     volume = resync["volumes"][0] if resync["ok"] else {}
-    check(volume.get("mode") == "incremental",
-          "incremental resync %s -> %s (%s bytes)" % (target, owner, volume.get("bytes") or resync.get("error")))
+    check(volume.get("mode") == "incremental", "incremental resync %s -> %s (%s bytes)" % (target, owner, volume.get("bytes")))
     kept = volume.get("kept") or []
     lost = len(guest.records(owner, "/" + kept[0])) - len(guest.records_at(target, volume["base"])) if kept else 0
     check(lost > 0, "%s's %d records written after the replica are kept in %s" % (owner, lost, ", ".join(kept) or "nothing"))
