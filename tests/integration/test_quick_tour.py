@@ -63,7 +63,9 @@ def job_options(argv):
     for option in ("--schedule", "--rate", "--comment"):
         parser.add_argument(option)
     parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--id")
+    for flag in ("--verbose", "--check"):
+        parser.add_argument(flag, action="store_true")
     known, _rest = parser.parse_known_args(argv)
     return known
 
@@ -75,13 +77,18 @@ class Tour:
         self.lab = lab
         self.created = []
         self.began = int(time.time())
+        self.tries = {}  # job -> last_try after the previous line, by node
 
     def check(self, node, cli_argv, out):
         command, args = cli_argv[0], cli_argv[1:]
         checks = {"status": self.status, "create-local-job": self.created_job, "update": self.updated_job,
-                  "run": self.ran, "log": self.logged}
+                  "run": self.checked_run if job_options(args).check else self.ran, "log": self.logged}
         assert command in checks, "the Quick tour runs 'storage-replication %s': teach this test its effect" % command
         checks[command](node, args, out)
+        self.tries[node] = self.last_tries(node)
+
+    def last_tries(self, node):
+        return {job["id"]: job["last_try"] for job in cli_json(self.lab, node, "status")}
 
     def status(self, node, _args, out):
         jobs = cli_json(self.lab, node, "status")
@@ -101,6 +108,12 @@ class Tour:
         options = job_options(args[1:])
         assert options.schedule, "the tour's update changes a schedule: %s" % args
         assert cli_json(self.lab, node, "read", args[0])["schedule"] == options.schedule
+
+    def checked_run(self, node, args, out):
+        """run --check: says what a run would do, and runs nothing."""
+        job_id = job_options(args).id
+        assert self.last_tries(node) == self.tries[node], out
+        assert "would" in out and (job_id is None or out.startswith("%s: would run" % job_id)), out
 
     def ran(self, node, args, out):
         status = {job["id"]: job for job in cli_json(self.lab, node, "status")}
