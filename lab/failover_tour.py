@@ -80,8 +80,8 @@ def failover_tour(lab, step, show, check, first_step):
     known = workload.config_of(lab, "node1").guests.get(GUEST)
     owner = known.node if known else TOUR_NODES[0]  # an earlier demo run left it where its failover put it
     if owner not in TOUR_NODES:
-        move = "ansible-playbook -i %s playbooks/migrate.yml -e guest=%d -e target=%s" % (lab.inventory_path, GUEST,
-                                                                                         TOUR_NODES[0])
+        move = "ansible-playbook -i %s playbooks/migrate.yml -e guest=%d -e target=%s" % (
+            lab.inventory_path, GUEST, TOUR_NODES[0])
         raise LabError("guest %d runs on %s: the tour kills the node that runs it, and node1 must keep the example's "
                        "guests for the Quick tour. Move it first (%s) or start over (make lab-down)" % (GUEST, owner, move))
     target = TOUR_NODES[1 - TOUR_NODES.index(owner)]
