@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lab._system import (LabCommandError, LabError, describe_failure, end_processes, is_mount_point, mount_targets,
-                         ns_inode, processes_in, run, spawn_detached, tcp_open, wait_until)
+                         ns_inode, process_argv, processes_in, run, spawn_detached, tcp_open, wait_until)
 
 LAB_ROOT = Path("/var/tmp/storage-replication-lab")
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
@@ -550,6 +550,11 @@ class Lab:
         self._node(node)
         with flocked(self.dir):
             self._ensure_node(node)
+
+    def processes(self, node: str) -> dict:
+        """{pid: argv} of the processes that run in the node's namespaces (what `ps` would list inside it)."""
+        self._node(node)
+        return {pid: process_argv(pid) for pid in processes_in(self._namespaces(node))}
 
     def partition(self, node: str) -> None:
         """Cut the node off the network: its link to the bridge goes down."""

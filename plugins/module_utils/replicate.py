@@ -389,7 +389,7 @@ def resume_transfers(ctx, channel, target, datasets, tokens, remote):
 
 
 # What the target's `zfs recv -s` says for any EINVAL, whatever the modules' versions: for a resumed stream, that the
-# saved receive state does not match the token's (see orphans.py for how that came about once).  Such a resume
+# saved receive state does not match the token's (receive_stream.py says how that came about once).  Such a resume
 # may fail the same way on every retry, so the token goes; any other failure (an incomplete stream, the link) keeps it.
 RESUME_REFUSED = "kernel modules must be upgraded to receive this stream"
 

@@ -138,7 +138,7 @@ def test_runner_settings_are_written_and_accepted_by_the_runner(role):
         settings = json.loads(role.read(node, "/etc/storage-replication/runner.json"))
         assert settings == {"max_parallel": 4, "log_runs": 10, "notify_command": None,
                             "metrics_file": "/var/lib/prometheus/node-exporter/storage-replication.prom",
-                            "fence_after": 60, "fence_interval": 5}
+                            "fence_after": 60, "fence_interval": 5, "receive_stall_seconds": 120}
         # The runner itself reads them without complaint (an idle run: no jobs are configured yet).
         idle = role.lab.exec(node, [INSTALL_DIR + "/bin/storage-replication", "run"], check=False)
         assert idle.returncode == 0, idle.stderr

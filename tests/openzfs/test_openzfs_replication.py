@@ -140,8 +140,9 @@ def test_transfer_cut_by_link_down_resumes_from_the_token(cluster):
     cluster.create_zvol("node1", name, "256M", 96)
     try:
         rx_before = interrupt_mid_stream(cluster, "310-0", dataset, 40 * MiB, lambda: cluster.tier.partition("node2"))
-        # The source's run has ended, but the target's receive never saw its connection close: it is still running,
-        # and once the link is back it may take in the source's last packets and move its saved state on.
+        # The source's run has ended, but the target's receive never saw its connection close: it is still running
+        # (until its stall deadline), and once the link is back it may take in the source's last packets and move its
+        # saved state on: the next run's prepare waits for it to end before it reads the token.
         leftover = cluster.receives_running("node2", dataset)
         assert leftover, "the target's receive ended although its connection never closed"
     finally:
