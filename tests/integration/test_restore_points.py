@@ -117,7 +117,7 @@ def test_a_job_keeps_its_restore_points_by_its_grid(lab, guests):
     done = cli(lab, "node1", "update", "%d-0" % ROLLED, "--keep", "hourly=3, last=3")
     assert done["changed"] and config_of(lab, "node3").jobs["%d-0" % ROLLED].keep == KEEP
     assert "keep" not in (lab.private_path("node2", "/etc/storage-replication") / "replication.cfg").read_text()
-    starts = [run(lab, "node1", "%d-0" % ROLLED)["start"] for count in range(5) if count is not None]
+    starts = [run(lab, "node1", "%d-0" % ROLLED)["start"] for run_number in range(5)]
     on_target = sorted(s for s in cs.snapshots(lab, "node2", guests[ROLLED].name) if s.startswith("__replicate_"))
     # last=3 keeps the three newest; hourly=3 adds the newest of earlier hours, and these runs are in one or two hours
     assert on_target[-3:] == ["__replicate_%d-0_%d__" % (ROLLED, s) for s in starts[-3:]]
