@@ -50,8 +50,9 @@ so that one run reports every kind it meets; the run then fails.  ``--stop-on-de
 To reach the receiver's paths the emulator injects failures from the stream's first bytes (``FAIL``, ``FAILCREATED``,
 ``ENOSPC``, ``PARTIAL``, ``KILLED``; ``EPIPE`` anywhere in the input makes ``zfs recv`` die at once), the calling node
 ``node9`` makes catching up with a newer generation fail, one volume has a receive left by a run that was cut off and
-that does not end (the harness holds its receive lock; the receiver waits 0 s for it), and protocol.MAX_REQUEST is lowered to 4096 bytes during the run so that its size checks are within
-libFuzzer's -max_len.  Durability (fsync) is switched off in the harness process: it is not what is fuzzed.
+that does not end (the harness holds its receive lock; the receiver waits 0 s for it), and protocol.MAX_REQUEST is
+lowered to 4096 bytes during the run so that its size checks are within libFuzzer's -max_len.  Durability (fsync)
+is switched off in the harness process: it is not what is fuzzed.
 
 Run (from the work tree, with PYTHONPATH as the Makefile sets it)::
 

@@ -96,8 +96,8 @@ def interrupt_mid_stream(cluster, job, volume_dataset, after_bytes, interrupt):
     """Start the job with the CLI, call interrupt() once the target received after_bytes; returns rx before."""
     rx_before = cluster.link_rx_bytes("node2")
     with subprocess.Popen(cluster.run_job_argv(job), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
-        wait_until(lambda: cluster.link_rx_bytes("node2") - rx_before > after_bytes, 300, "the transfer to get going", 0.5,
-               error=AssertionError)
+        wait_until(lambda: cluster.link_rx_bytes("node2") - rx_before > after_bytes, 300, "the transfer to get going",
+                   0.5, error=AssertionError)
         interrupt()
         _out, err = run.communicate(timeout=300)
     assert run.returncode != 0, "the interrupted run succeeded"
