@@ -58,3 +58,13 @@ attributes:
       - storage.replication.cluster
     description: Use C(group/storage.replication.cluster) in C(module_defaults) to set defaults for all of them.
 """
+
+    # Modules that act on one node for a playbook step (the platform; what they need there is in the runner fragment).
+    NODE_STEP = r"""
+options: {}
+attributes:
+  platform:
+    support: full
+    platforms: posix
+    description: Runs on a replication node prepared by the C(storage.replication.runner) role.
+"""

@@ -24,7 +24,7 @@ import time
 import traceback
 
 from ansible_collections.storage.replication.plugins.module_utils import _runner_call, cluster, config as configmod
-from ansible_collections.storage.replication.plugins.module_utils import failover, fence, migrate, runner, state
+from ansible_collections.storage.replication.plugins.module_utils import failover, fence, migrate, rollback, runner, state
 from ansible_collections.storage.replication.plugins.module_utils._converge import (
     apply_guests, apply_jobs, apply_nodes, apply_storages, describe_item, job_view)
 from ansible_collections.storage.replication.plugins.module_utils._specs import (
@@ -50,8 +50,8 @@ class ModuleFailure(Exception):
 
 
 # The exceptions by which the engine refuses or reports a failure, each with a message for the operator.
-ENGINE_ERRORS = (failover.FailoverError, fence.FenceStateError, migrate.MigrationError, cluster.ClusterError,
-                 configmod.ConfigError, ReplicationError, LockError, state.StateError, RemoteError,
+ENGINE_ERRORS = (failover.FailoverError, fence.FenceStateError, migrate.MigrationError, rollback.RollbackError,
+                 cluster.ClusterError, configmod.ConfigError, ReplicationError, LockError, state.StateError, RemoteError,
                  TransportError, ZfsError, OSError)
 
 MODULES = {}  # module name -> task(params, check_mode, diff) -> result
@@ -235,8 +235,30 @@ def guest_view(guest, _cfg):
 
 
 def job_sections(cfg, names):
-    """The pvesr sections of the named jobs, as replication.cfg shows them."""
-    return configmod.format_replication_cfg(cfg.jobs[n] for n in cfg.jobs if n in names)
+    """The pvesr sections of the named jobs, as replication.cfg shows them, with our options (kept in cluster.json)
+    after each section, so that a change of keep shows in the diff too."""
+    text = ""
+    for job in (cfg.jobs[n] for n in cfg.jobs if n in names):
+        ours = "".join("# %s %s\n" % (key, getattr(job, key)) for key in configmod.EXTENSION_KEYS if getattr(job, key))
+        text += configmod.format_job(job) + ours + "\n"
+    return text
+
+
+BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def split_keep(params):
+    """The job module's top-level keep: a boolean is pvesr's ``delete --keep`` (returned, and the single item keeps
+    no restore points), a text the single job's restore points (left in the item's ``keep``, False returned)."""
+    value = params["keep"]
+    if value is None or isinstance(value, bool) or str(value).strip().lower() in BOOLEAN_WORDS:
+        params["keep"] = None
+        return value if isinstance(value, bool) else BOOLEAN_WORDS.get(str(value).strip().lower(), False)
+    if params["jobs"] is not None:
+        raise ModuleFailure("keep: with jobs, keep is the boolean of pvesr delete --keep for the jobs purge removes; "
+                            "give each job's restore points as jobs[].keep")
+    params["keep"] = str(value)
+    return False
 
 
 @module_task("node")
@@ -261,7 +283,8 @@ def guest_module(params, check_mode, diff):
 
 @module_task("job")
 def job_module(params, check_mode, diff):
-    if params["keep"] and params["force"]:
+    removal_keep = split_keep(params)
+    if removal_keep and params["force"]:
         raise ModuleFailure("keep conflicts with force: a forced removal cleans up nothing, so there is nothing to keep; "
                             "use one of them")
     if params["purge"] and params["jobs"] is None:
@@ -271,7 +294,7 @@ def job_module(params, check_mode, diff):
         if not item.get("id") and item.get("guest") is None:
             raise ModuleFailure("jobs[%d]: give the job's id, or its guest and target" % number)
     what = "the jobs" if params["jobs"] is not None else describe_item(task.items[0])
-    return task.run(what, check_mode, diff, purge=params["purge"], keep=params["keep"], force=params["force"])
+    return task.run(what, check_mode, diff, purge=params["purge"], keep=removal_keep, force=params["force"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -389,8 +412,12 @@ def failover_plan_module(params, check_mode, _diff):
     cfg = configmod.load()
     views = failover.survey(cfg)
     local = state.read_local_node()
+    points = None
+    if params["point"] is not None:  # the restore points of the failed node's guests on every node that answers
+        points = {guest: rollback.survey_points(cfg, guest) for guest, item in cfg.guests.items()
+                  if item.node == params["failed_node"] and (params["guests"] is None or guest in params["guests"])}
     result = failover.plan_failover(cfg, local, params["failed_node"], views, params["guests"], params["to"],
-                                    params["force_quorum"])
+                                    params["force_quorum"], point=params["point"], points=points)
     command = None
     if params["fence_command"] and not check_mode:
         command = failover.run_fence_command(params["fence_command"])
@@ -411,7 +438,12 @@ def failover_plan_module(params, check_mode, _diff):
 
 @module_task("replica_promote")
 def replica_promote_module(params, check_mode, _diff):
-    return failover.promote_replica(params["guest"], check_mode=check_mode)
+    return failover.promote_replica(params["guest"], check_mode=check_mode, point=params["point"])
+
+
+@module_task("guest_rollback")
+def guest_rollback_module(params, check_mode, _diff):
+    return rollback.rollback_guest(params["guest"], params["point"], check_mode=check_mode)
 
 
 def _owners(cfg, guests):

@@ -49,6 +49,8 @@ JOB_OPTIONS = {
     "rate": {"type": "float"},
     "comment": {"type": "str"},
     "enabled": {"type": "bool", "default": True},
+    "keep": {"type": "str"},
+    "keep_source": {"type": "str"},
     "state": dict(STATE),
 }
 

@@ -37,6 +37,12 @@ options:
   to:
     description: Recover every guest on this node instead of the node with the newest replica; it must hold a complete replica.
     type: str
+  point:
+    description:
+      - Recover each guest from a restore point instead of its newest replica, the newest point at or before this time
+        (an epoch, or a local time V(2026-05-01 14:30)) or the point of this snapshot name, on the surviving node
+        that holds the newest such point. The newer points are kept aside there (M(storage.replication.replica_promote)).
+    type: str
   force_quorum:
     description:
       - Go on although fewer than a majority of the nodes answer (the equivalent of C(pvecm expected 1)). Make no other
@@ -62,11 +68,8 @@ attributes:
   diff_mode:
     support: none
     description: Nothing to show as a diff.
-  platform:
-    support: full
-    platforms: posix
-    description: Runs on a replication node prepared by the C(storage.replication.runner) role.
 extends_documentation_fragment:
+  - storage.replication.attributes.node_step
   - storage.replication.runner
 seealso:
   - module: storage.replication.replica_promote
@@ -91,7 +94,8 @@ guests:
   elements: dict
   sample: [{"guest": 100, "type": "service", "from": "node1", "to": "node2", "job": "100-0", "recovery_point": 1767225600,
             "recovery_point_text": "2026-01-01 00:00:00 UTC", "lost_writes_window": 42, "replicas": {"node2": 1767225600},
-            "volumes": ["local-zfs:subvol-100-disk-0"], "jobs_after": {"100-0": "node2 -> node1"}}]
+            "volumes": ["local-zfs:subvol-100-disk-0"], "jobs_after": {"100-0": "node2 -> node1"},
+            "point": {"snapshot": "__replicate_100-0_1767225600__", "job": "100-0", "time": 1767225600}}]
 unrecoverable:
   description: Guests no surviving node holds a complete replica of, each with the reason.
   returned: success
@@ -146,7 +150,7 @@ from ansible_collections.storage.replication.plugins.module_utils._runner_call i
 def main():
     module = AnsibleModule(
         argument_spec={"failed_node": {"type": "str", "required": True}, "guests": {"type": "list", "elements": "int"},
-                       "to": {"type": "str"}, "force_quorum": {"type": "bool", "default": False},
+                       "to": {"type": "str"}, "point": {"type": "str"}, "force_quorum": {"type": "bool", "default": False},
                        "failed_node_is_off": {"type": "bool", "default": False},
                        "fence_command": {"type": "list", "elements": "str"}},
         supports_check_mode=True,

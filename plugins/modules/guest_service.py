@@ -32,11 +32,8 @@ attributes:
   diff_mode:
     support: none
     description: Nothing to show as a diff.
-  platform:
-    support: full
-    platforms: posix
-    description: Runs on a replication node prepared by the C(storage.replication.runner) role.
 extends_documentation_fragment:
+  - storage.replication.attributes.node_step
   - storage.replication.runner
 seealso:
   - module: storage.replication.guest

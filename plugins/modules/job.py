@@ -54,6 +54,23 @@ options:
       - Whether the runner runs the job. A disabled job keeps its snapshots and state.
     type: bool
     default: true
+  keep:
+    description:
+      - Two meanings, told apart by the value's type.
+      - A text is the restore points the job keeps on its target, applied after every successful run, for example
+        V(last=4,hourly=24,daily=7,weekly=4,monthly=6). Rules C(last), C(hourly), C(daily), C(weekly), C(monthly),
+        C(yearly), each C(<rule>=<count>) at most once; each keeps the newest point of each of its last <count>
+        periods that have points (C(last) the <count> newest points); the newest point and any base a job needs are
+        always kept. Omitted is pvesr's behaviour, the newest replica only. See the README, "Restore points".
+      - A boolean, with O(state=absent) (or for the jobs O(purge) removes), keeps the replicated volumes on the
+        target (C(pvesr delete --keep)).
+    type: raw
+  keep_source:
+    description:
+      - The restore points the job keeps on the source too (same rules as O(keep)); omitted is the newest only.
+      - With it, a rollback to a point the source holds needs no transfer, and the guest's other jobs carry the
+        points to their targets too, so that they continue incrementally after a rollback or a failover to a point.
+    type: str
   state:
     description:
       - V(present) creates or updates the job.
@@ -63,12 +80,6 @@ options:
     type: str
     choices: [present, absent]
     default: present
-  keep:
-    description:
-      - With O(state=absent), keep the replicated volumes on the target (C(pvesr delete --keep)).
-      - Also applies to the jobs that O(purge) removes.
-    type: bool
-    default: false
   force:
     description:
       - With O(state=absent), drop the job from the configuration at once, without cleaning up snapshots or
@@ -104,6 +115,12 @@ options:
         description: Whether the job runs, as O(enabled).
         type: bool
         default: true
+      keep:
+        description: The restore points kept on the target, a text as O(keep) (V(last=4,daily=7)); omitted is the newest replica only.
+        type: str
+      keep_source:
+        description: The restore points kept on the source, as O(keep_source).
+        type: str
       state:
         description: V(present) or V(absent), as O(state).
         type: str
@@ -143,6 +160,13 @@ EXAMPLES = r"""
     enabled: false
   run_once: true
 
+- name: Keep restore points of guest 100 on node2 (four newest, a day of hours, a week of days, ...)
+  storage.replication.job:
+    guest: 100
+    target: node2
+    keep: last=4,hourly=24,daily=7,weekly=4,monthly=6
+  run_once: true
+
 - name: Remove job 100-1 but keep the replica on its target
   storage.replication.job:
     id: 100-1
@@ -163,7 +187,7 @@ job:
   returned: success, with a single job
   type: dict
   sample: {"id": "100-0", "guest": 100, "jobnum": 0, "target": "node2", "source": "node1", "schedule": "*/15",
-           "rate": 50.0, "comment": null, "enabled": true, "remove_job": null}
+           "rate": 50.0, "comment": null, "enabled": true, "remove_job": null, "keep": "last=4,daily=7", "keep_source": null}
 jobs:
   description: The jobs the task manages after the change, in the order of the configuration.
   returned: success
@@ -197,7 +221,8 @@ from ansible_collections.storage.replication.plugins.module_utils._specs import 
 
 def argument_spec():
     spec = items_spec(JOB_OPTIONS, "jobs", required=())
-    spec.update(keep={"type": "bool", "default": False}, force={"type": "bool", "default": False})
+    # keep is raw at the top: a text is the single job's restore points, a boolean pvesr's delete --keep.
+    spec.update(keep={"type": "raw"}, force={"type": "bool", "default": False})
     return spec
 
 

@@ -22,20 +22,20 @@ MODULES = ENGINE.parent / "modules"
 THIN = {"_runner_call", "_specs"}
 
 LAYERS = [
-    # names, file helpers, job logs, fault points, the wire between nodes, the modules' side of a module call: import
-    # nothing of ours but names
-    "names", "files", "joblog", "failpoints", "protocol", "_specs", "_runner_call",
+    # names, file helpers, job logs, fault points, the wire between nodes, the restore-point grid, the modules' side
+    # of a module call: import nothing of ours but names
+    "names", "files", "joblog", "failpoints", "protocol", "retention", "_specs", "_runner_call",
     # schedules, state, the configuration model; the node's settings and what it reports (status, metrics,
     # notifications)
     "schedule", "state", "config", "settings", "report", "metrics", "notify",
     # ZFS, processes, the quorum protocol and the transport
-    "zfs", "pruning", "receive_stream", "orphans", "quorum", "transport",
+    "zfs", "points", "pruning", "receive_stream", "quorum", "transport",
     # the cluster configuration layer, and the node's own view of its quorum (self-fencing)
     "cluster", "fence",
     # one replication: the receiving side (who may ask what, the operations, the forced command), the sending side
     "authority", "receiver", "serve", "replicate", "plan",
     # what runs replications: the runner, failover, migration
-    "runner", "failover", "migrate",
+    "runner", "rollback", "failover", "migrate",
     # what the Ansible modules do (run by the runner's module-call), then the entry point: the CLI
     "_converge", "_module", "cli",
 ]
