@@ -271,8 +271,8 @@ def test_run_and_job_info(site, tmp_path):
 # The modules in a user's own playbook, and a runner from another version of the collection
 
 USER_TASKS = [
-    {"name": "Job", "storage.replication.job": {"guest": 100, "target": "node2", "schedule": "*/10",
-                                                 "comment": "set by a user's playbook"}, "run_once": True},
+    {"name": "Job", "run_once": True,
+     "storage.replication.job": {"guest": 100, "target": "node2", "schedule": "*/10", "comment": "set by a user's playbook"}},
     {"name": "Info", "storage.replication.job_info": {"guest": 100}},
 ]
 
