@@ -131,10 +131,15 @@ def parse_arguments(tokens, allowed):
 class Receiver:
     """Carries out peer requests on this node."""
 
-    def __init__(self, confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, zfs=None, now=time.time, peer=None):
+    def __init__(self, confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, zfs=None, now=time.time, peer=None,
+                 operations=None):
         self.confdir = confdir
         # The node whose key opened this session: authorized_keys binds each peer's key to `serve --peer <node>`.
         self.peer = peer
+        # What this key may run: every control operation and `receive`, or only the table it was given (the web
+        # service's key, `serve --read-only`: operations that read and nothing else, no stream).
+        self.operations = CONTROL_OPERATIONS if operations is None else operations
+        self.receives = operations is None
         self.statedir = statedir
         self.zfs = zfs or Zfs()
         self.now = now
@@ -690,19 +695,23 @@ def handle(command, receiver, stdin):
     if not tokens:
         raise Refused("no operation given: this key may only run the replication receiver", "invalid-operation")
     operation, arguments = tokens[0], tokens[1:]
-    if operation == "receive":
+    if operation == "receive" and receiver.receives:
         return receiver.receive(arguments, stdin)
-    if operation not in CONTROL_OPERATIONS or arguments:
+    if operation not in receiver.operations or arguments:
         raise Refused("operation %r is not allowed: this key may only run the replication receiver's operations "
-                      "(%s)" % (command[:80], ", ".join(sorted(list(CONTROL_OPERATIONS) + ["receive", "session"]))),
-                      "invalid-operation")
+                      "(%s)" % (command[:80], allowed_operations(receiver, "session")), "invalid-operation")
     return control(receiver, operation, read_request(stdin))
+
+
+def allowed_operations(receiver, *more):
+    """The names this key may send, for the refusal's message."""
+    return ", ".join(sorted(list(receiver.operations) + (["receive"] if receiver.receives else []) + list(more)))
 
 
 def control(receiver, operation, request):
     """One control operation; whatever it is, the key must name a node and the request may not claim another."""
     receiver.caller(request)
-    return CONTROL_OPERATIONS[operation](receiver, request)
+    return receiver.operations[operation](receiver, request)
 
 
 def answer(receiver, work):
@@ -752,11 +761,11 @@ def session_request(receiver, line, stdin):
     operation = message.get("operation") if isinstance(message, dict) else None
     if not isinstance(operation, str):
         raise Refused("operation %r is not an operation name: refused" % (str(operation)[:80],), "invalid-operation")
-    if operation == "receive":
+    if operation == "receive" and receiver.receives:
         return receive_inline(receiver, message.get("request"), stdin)
-    if operation not in CONTROL_OPERATIONS:
+    if operation not in receiver.operations:
         raise Refused("operation %r is not allowed in a session (%s)" % (
-            str(operation)[:80], ", ".join(sorted(list(CONTROL_OPERATIONS) + ["receive"]))), "invalid-operation")
+            str(operation)[:80], allowed_operations(receiver)), "invalid-operation")
     return control(receiver, operation, message.get("request"))
 
 
@@ -779,14 +788,15 @@ def receive_inline(receiver, request, stdin):
     return receiver.receive(arguments, data)
 
 
-def main(argv=None, environ=None, stdin=None, stdout=None, receiver=None, peer=None):
+def main(argv=None, environ=None, stdin=None, stdout=None, receiver=None, peer=None, operations=None):
     """The `serve` entry point: one operation, or a session of control operations, per SSH session.  ``peer`` is the
-    calling node, from the key's forced command (`serve --peer <node>`)."""
+    calling node, from the key's forced command (`serve --peer <node>`); ``operations``, if given, is all this key
+    may run (`serve --read-only`)."""
     del argv
     environ = os.environ if environ is None else environ
     stdin = stdin or sys.stdin.buffer
     stdout = stdout or sys.stdout
-    receiver = receiver or Receiver(peer=peer)
+    receiver = receiver or Receiver(peer=peer, operations=operations)
     command = environ.get("SSH_ORIGINAL_COMMAND", "")
     if command.strip() == "session":
         return session(receiver, stdin, stdout)

@@ -26,10 +26,10 @@ LAYERS = [
     "cluster", "fence",
     # one replication: the receiving side, then the sending side
     "receiver", "replicate",
-    # what runs replications: the runner, failover, migration
-    "runner", "failover", "migrate",
-    # entry points: the CLI and the Ansible modules' plumbing
-    "cli", "_converge", "_module",
+    # what runs replications: the runner, what a node tells of them (read-only), failover, migration
+    "runner", "nodeview", "failover", "migrate",
+    # entry points: the web views, the CLI and the Ansible modules' plumbing
+    "web", "cli", "_converge", "_module",
 ]
 LAZY_ALLOWED = {"cli"}
 
