@@ -36,8 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils import quorum
-from ansible_collections.storage.replication.plugins.module_utils.state import (
-    DEFAULT_STATEDIR, atomic_write, read_local_node)
+from ansible_collections.storage.replication.plugins.module_utils.files import atomic_write
+from ansible_collections.storage.replication.plugins.module_utils.state import DEFAULT_STATEDIR, read_local_node
 from ansible_collections.storage.replication.plugins.module_utils.transport import (
     NODE_KEY, ControlChannel, RemoteError, TransportError)
 

@@ -31,6 +31,7 @@ import copy
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils import failover
 from ansible_collections.storage.replication.plugins.module_utils.cluster import ClusterError, change_cluster
+from ansible_collections.storage.replication.plugins.module_utils.joblog import DEFAULT_LOGDIR
 from ansible_collections.storage.replication.plugins.module_utils.names import migration_copy_job
 from ansible_collections.storage.replication.plugins.module_utils.receiver import DROP_COPY, SET_STATE, drop_job_snapshots
 from ansible_collections.storage.replication.plugins.module_utils.replicate import run_job
@@ -40,7 +41,6 @@ from ansible_collections.storage.replication.plugins.module_utils.transport impo
     NODE_KEY, ControlChannel, RemoteError, TransportError)
 from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs
 
-DEFAULT_LOGDIR = "/var/log/storage-replication"
 DELTA, FULL_COPY = "delta", "full copy"
 
 

@@ -26,12 +26,12 @@ import time
 from ansible_collections.storage.replication.plugins.module_utils import cluster
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils import orphans
-from ansible_collections.storage.replication.plugins.module_utils.files import copy_stream, write_all
+from ansible_collections.storage.replication.plugins.module_utils.files import atomic_write, copy_stream, write_all
 from ansible_collections.storage.replication.plugins.module_utils.names import (
     GUEST_ID_MAX, GUEST_ID_MIN, JOB_ID_RE, NUMBER_RE, REPLICA_PROPERTY, SNAPSHOT_RE, STORAGE_RE, VOLUME_RE,
     is_job_snapshot, job_guest, migration_copy_job, replica_identity, replication_snapshot)
 from ansible_collections.storage.replication.plugins.module_utils.state import (
-    DEFAULT_STATEDIR, StateFile, atomic_write, read_local_node)
+    DEFAULT_STATEDIR, StateFile, read_local_node)
 from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs, ZfsError, recv_argv
 
 MAX_REQUEST = 4 * 1024 * 1024

@@ -20,16 +20,16 @@ import time
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils import failpoints
 from ansible_collections.storage.replication.plugins.module_utils.cluster import ClusterError, change_cluster
+from ansible_collections.storage.replication.plugins.module_utils.joblog import DEFAULT_LOGDIR, RunLog
 from ansible_collections.storage.replication.plugins.module_utils.names import is_job_snapshot, replication_snapshot
 from ansible_collections.storage.replication.plugins.module_utils.receiver import prune_job_snapshots
-from ansible_collections.storage.replication.plugins.module_utils.state import (
-    DEFAULT_STATEDIR, LockError, StateError, StateFile, guest_lock, read_local_node)
+from ansible_collections.storage.replication.plugins.module_utils.files import LockError
+from ansible_collections.storage.replication.plugins.module_utils.state import DEFAULT_STATEDIR, StateError, StateFile, guest_lock, read_local_node
 from ansible_collections.storage.replication.plugins.module_utils.transport import (
     NODE_KEY, ControlChannel, RemoteError, TransportError, ssh_argv, stream, write_known_hosts)
 from ansible_collections.storage.replication.plugins.module_utils.zfs import (
     Zfs, ZfsError, resume_send_argv, send_argv, split_snapshot)
 
-DEFAULT_LOGDIR = "/var/log/storage-replication"
 SERVE_PATH = "/opt/storage-replication/bin/storage-replication"
 GUEST_WORDS = {"vm": "VM", "ct": "CT", "service": "service"}
 HOOK_TIMEOUT = 60
@@ -37,29 +37,6 @@ HOOK_TIMEOUT = 60
 
 class ReplicationError(Exception):
     """A run failed; the message names the cause and the fix."""
-
-
-class RunLog:
-    """/var/log/storage-replication/<jobid>.log, truncated at every run, pvesr's line format."""
-
-    def __init__(self, path, job_id, echo=None):
-        self.job_id = job_id
-        self.echo = echo
-        self.lines = []
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        self.handle = open(path, "w", encoding="utf-8")  # pylint: disable=consider-using-with
-
-    def __call__(self, message):
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
-        for line in str(message).rstrip("\n").split("\n"):
-            self.handle.write("%s %s: %s\n" % (stamp, self.job_id, line))
-            self.lines.append(line)
-            if self.echo is not None:
-                self.echo(line)
-        self.handle.flush()
-
-    def close(self):
-        self.handle.close()
 
 
 class Context:

@@ -25,8 +25,7 @@ import subprocess
 import threading
 import time
 
-from ansible_collections.storage.replication.plugins.module_utils.files import copy_stream
-from ansible_collections.storage.replication.plugins.module_utils.state import atomic_write
+from ansible_collections.storage.replication.plugins.module_utils.files import atomic_write, copy_stream
 
 NODE_KEY = "/root/.ssh/id_ed25519"
 CONNECT_TIMEOUT = 10

@@ -99,7 +99,7 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
-from ansible_collections.storage.replication.plugins.module_utils import runner, state
+from ansible_collections.storage.replication.plugins.module_utils import runner, settings, state
 
 POLL_SECONDS = 1.0
 
@@ -116,7 +116,7 @@ def run_when_free(paths, job_id, timeout):
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return runner.run(paths, runner.load_settings(paths.settings_file), job_id=job_id)
+            return runner.run(paths, settings.load_settings(paths.settings_file), job_id=job_id)
         except runner.RunnerBusy:
             if time.monotonic() >= deadline:
                 raise
@@ -141,7 +141,7 @@ def main():
         supports_check_mode=True,
     )
     job_id = module.params["id"]
-    paths = runner.Paths.from_environment()
+    paths = settings.Paths.from_environment()
     node = state.read_local_node(paths.statedir)
     try:
         cfg = configmod.load(paths.confdir)

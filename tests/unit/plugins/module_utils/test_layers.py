@@ -16,10 +16,11 @@ import pytest
 ENGINE = pathlib.Path(__file__).resolve().parents[4] / "plugins" / "module_utils"
 
 LAYERS = [
-    # names, file helpers, fault points: import nothing of ours
-    "names", "files", "failpoints",
-    # schedules, state and the configuration model
-    "schedule", "state", "config",
+    # names, file helpers, job logs, fault points: import nothing of ours
+    "names", "files", "joblog", "failpoints",
+    # schedules, state, the configuration model; the node's settings and what it reports (status, metrics,
+    # notifications)
+    "schedule", "state", "config", "settings", "report", "metrics", "notify",
     # ZFS, processes, the quorum protocol and the transport
     "zfs", "orphans", "quorum", "transport",
     # the cluster configuration layer, and the node's own view of its quorum (self-fencing)
