@@ -556,11 +556,11 @@ def time_text(epoch):
 
 
 def duration_text(seconds):
-    """1.2s, 4m 05s, 3h 07m, 2d 04h: as long as it takes to say."""
+    """1.2s (a float), 12s (whole seconds), 4m 05s, 3h 07m, 2d 04h: as long as it takes to say."""
     if seconds is None:
         return "-"
     if seconds < 60:
-        return "%.1fs" % seconds
+        return "%ds" % seconds if isinstance(seconds, int) else "%.1fs" % seconds
     seconds = int(seconds)
     for unit, size, rest_unit, rest_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
         if seconds >= size:
