@@ -9,7 +9,7 @@ it asks each node over the nodes' SSH trust, with a key of its own that every no
 stream, no configuration change, no other receiver operation): a web service that is broken into can read what
 its pages show, and no more.
 
-The answer is what ``status`` shows on that node (runner.job_report: pvesr's status fields, lag, state), the
+The answer is what ``status`` shows on that node (report.job_report: pvesr's status fields, lag, state), the
 configuration's guests and jobs (so that the cluster page lists the jobs of a node that does not answer), the
 replicas this node holds (their newest replication snapshot: the point a failover would start from), the fence's
 and the runner's view of the cluster, and, when asked, the last runs' logs of some of its jobs. A damaged
@@ -25,9 +25,11 @@ from ansible_collections.storage.replication.plugins.module_utils import fence
 from ansible_collections.storage.replication.plugins.module_utils.names import JOB_ID_RE, replication_snapshot
 from ansible_collections.storage.replication.plugins.module_utils.receiver import (
     Refused, check, check_int, check_request_keys)
-from ansible_collections.storage.replication.plugins.module_utils.runner import (
-    Paths, job_report, last_peer_check, read_logs)
+from ansible_collections.storage.replication.plugins.module_utils.joblog import read_logs
+from ansible_collections.storage.replication.plugins.module_utils.report import job_report
+from ansible_collections.storage.replication.plugins.module_utils.runner import last_peer_check
 from ansible_collections.storage.replication.plugins.module_utils.schedule import DEFAULT_SCHEDULE
+from ansible_collections.storage.replication.plugins.module_utils.settings import Paths
 from ansible_collections.storage.replication.plugins.module_utils.state import StateError, StateFile
 
 NODE_STATUS = "node-status"

@@ -459,7 +459,7 @@ def status_text(row):
 
 
 def _row(job, guests, figures=None, owner_answer=None):
-    """A job's row: its configuration, and what its owner said about it (``figures``, runner.job_report)."""
+    """A job's row: its configuration, and what its owner said about it (``figures``, report.job_report)."""
     guest = guests.get(str(job["guest"]), {})
     row = dict(job, guest_type=guest.get("type"), owner=guest.get("node"))
     if figures is not None:
