@@ -215,12 +215,12 @@ def _serve_arguments(parser):
             _serve_arguments)
 def serve(args):
     """Answers on stdout itself (one JSON line); a refused operation exits 1."""
-    from ansible_collections.storage.replication.plugins.module_utils import receiver  # pylint: disable=import-outside-toplevel
+    from ansible_collections.storage.replication.plugins.module_utils import serve as serving  # pylint: disable=import-outside-toplevel
     operations = None
     if args.read_only:
         from ansible_collections.storage.replication.plugins.module_utils import nodeview  # pylint: disable=import-outside-toplevel
         operations = nodeview.OPERATIONS
-    if receiver.main(peer=args.peer, operations=operations) != 0:
+    if serving.main(peer=args.peer, operations=operations) != 0:
         raise SystemExit(EXIT_FAILED)
     return Output(None, "")
 
@@ -687,16 +687,16 @@ def _prepare_arguments(parser):
 
 def _receiver_call(operation, cfg, request):
     """Run receiver operation ``operation`` (prepare, finalize) on this node, as a peer would over SSH."""
-    from ansible_collections.storage.replication.plugins.module_utils import receiver  # pylint: disable=import-outside-toplevel
+    from ansible_collections.storage.replication.plugins.module_utils import protocol, receiver, serve as serving  # pylint: disable=import-outside-toplevel
     config = _engine()[1]
     paths = _paths()
     # root on this node speaks for the guest's owner here (pvesr's internal commands); the receiver's rules still apply
     local = receiver.Receiver(paths.confdir, paths.statedir, peer=request["source"])
     try:
-        reply = receiver.CONTROL_OPERATIONS[operation](local, dict(request, generation=cfg.generation))
-    except receiver.Refused as exc:
+        reply = serving.CONTROL_OPERATIONS[operation](local, dict(request, generation=cfg.generation))
+    except protocol.Refused as exc:
         raise CliError(str(exc)) from None
-    except (receiver.ZfsError, config.ConfigError, OSError) as exc:
+    except (serving.ZfsError, config.ConfigError, OSError) as exc:
         raise CliError(_one_line(exc)) from None
     finally:
         for line in local.log:

@@ -33,7 +33,8 @@ from ansible_collections.storage.replication.plugins.module_utils import failove
 from ansible_collections.storage.replication.plugins.module_utils.cluster import ClusterError, change_cluster
 from ansible_collections.storage.replication.plugins.module_utils.joblog import DEFAULT_LOGDIR
 from ansible_collections.storage.replication.plugins.module_utils.names import migration_copy_job
-from ansible_collections.storage.replication.plugins.module_utils.receiver import DROP_COPY, SET_STATE, drop_job_snapshots
+from ansible_collections.storage.replication.plugins.module_utils.protocol import DROP_COPY, SET_STATE
+from ansible_collections.storage.replication.plugins.module_utils.pruning import drop_job_snapshots
 from ansible_collections.storage.replication.plugins.module_utils.replicate import run_job
 from ansible_collections.storage.replication.plugins.module_utils.state import (
     DEFAULT_STATEDIR, StateFile, read_local_node, transfer_state)

@@ -23,8 +23,8 @@ import time
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils import fence
 from ansible_collections.storage.replication.plugins.module_utils.names import JOB_ID_RE, replication_snapshot
-from ansible_collections.storage.replication.plugins.module_utils.receiver import (
-    Refused, check, check_int, check_request_keys)
+from ansible_collections.storage.replication.plugins.module_utils.authority import check, check_int
+from ansible_collections.storage.replication.plugins.module_utils.protocol import Refused, check_request_keys
 from ansible_collections.storage.replication.plugins.module_utils.joblog import read_logs
 from ansible_collections.storage.replication.plugins.module_utils.report import job_report
 from ansible_collections.storage.replication.plugins.module_utils.runner import last_peer_check
@@ -103,5 +103,5 @@ def serve_node_status(receiver, request):
     return reply
 
 
-# Everything the web service's key may run (receiver.main(operations=...)).
+# Everything the web service's key may run (serve.main(operations=...)).
 OPERATIONS = {NODE_STATUS: serve_node_status}

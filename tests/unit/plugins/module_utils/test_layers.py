@@ -16,17 +16,17 @@ import pytest
 ENGINE = pathlib.Path(__file__).resolve().parents[4] / "plugins" / "module_utils"
 
 LAYERS = [
-    # names, file helpers, job logs, fault points: import nothing of ours
-    "names", "files", "joblog", "failpoints",
+    # names, file helpers, job logs, fault points, the wire between nodes: import nothing of ours but names
+    "names", "files", "joblog", "failpoints", "protocol",
     # schedules, state, the configuration model; the node's settings and what it reports (status, metrics,
     # notifications)
     "schedule", "state", "config", "settings", "report", "metrics", "notify",
     # ZFS, processes, the quorum protocol and the transport
-    "zfs", "orphans", "quorum", "transport",
+    "zfs", "pruning", "receive_stream", "orphans", "quorum", "transport",
     # the cluster configuration layer, and the node's own view of its quorum (self-fencing)
     "cluster", "fence",
-    # one replication: the receiving side, then the sending side
-    "receiver", "replicate",
+    # one replication: the receiving side (who may ask what, the operations, the forced command), the sending side
+    "authority", "receiver", "serve", "replicate",
     # what runs replications: the runner, what a node tells of them (read-only), failover, migration
     "runner", "nodeview", "failover", "migrate",
     # entry points: the web views, the CLI and the Ansible modules' plumbing

@@ -22,12 +22,13 @@ import time
 import pytest
 
 from ansible_collections.storage.replication.plugins.module_utils import config as C
-from ansible_collections.storage.replication.plugins.module_utils import nodeview, receiver, web
+from ansible_collections.storage.replication.plugins.module_utils import nodeview, receiver, serve, web
 from ansible_collections.storage.replication.plugins.module_utils.state import StateFile
 from ansible_collections.storage.replication.plugins.module_utils.transport import RemoteError, TransportError
 
 KEY = "ssh-ed25519 " + base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + bytes(range(32))).decode()
 NODES = ("node1", "node2", "node3")
+READ_ONLY = nodeview.OPERATIONS
 ERROR = "command 'zfs send' failed: exit code 1: cannot open 'rpool/data/vm-200-disk-0': dataset does not exist"
 
 
@@ -75,8 +76,8 @@ class Cluster:
             name = "%s.log" % job_id + ("" if age == 0 else ".%d" % age)
             (self.dir(node, "log") / name).write_text("".join("2026-01-02 03:04:05 %s: %s\n" % (job_id, line) for line in lines))
 
-    def receiver(self, node, caller, operations=nodeview.OPERATIONS):
-        return receiver.Receiver(str(self.dir(node, "conf")), str(self.dir(node, "state")), peer=caller, operations=operations)
+    def receiver(self, node, caller):
+        return receiver.Receiver(str(self.dir(node, "conf")), str(self.dir(node, "state")), peer=caller)
 
     def connect(self, name, address, host_key, key=None, port=22, timeout=None):
         del address, host_key, key, port, timeout
@@ -103,7 +104,7 @@ class FakeChannel:
         with self.cluster.lock:  # the log directory comes from the environment, as on a node
             os.environ["STORAGE_REPLICATION_LOGDIR"] = str(self.cluster.dir(self.node_name, "log"))
             target = self.cluster.receiver(self.node_name, "node1")
-            reply = receiver.answer(target, lambda: receiver.control(target, operation, json.loads(json.dumps(request))))
+            reply = serve.answer(target, lambda: serve.control(target, operation, json.loads(json.dumps(request)), READ_ONLY))
         if not reply["ok"]:
             raise RemoteError(self.node_name, operation, reply)
         return reply
@@ -225,20 +226,20 @@ def test_web_password_prints_a_line_the_service_accepts(tmp_path, monkeypatch, c
 @pytest.mark.parametrize("operation", ["prepare", "finalize", "get-config", "quorum-commit", "set-state", "list"])
 def test_the_read_only_key_runs_nothing_but_node_status(cluster, operation):
     target = cluster.receiver("node2", "node1")
-    reply = receiver.answer(target, lambda: receiver.handle(operation, target, io.BytesIO(b'{"source": "node1"}')))
+    reply = serve.answer(target, lambda: serve.handle(operation, target, io.BytesIO(b'{"source": "node1"}'), READ_ONLY))
     assert reply["ok"] is False and reply["reason"] == "invalid-operation"
     assert "(node-status, session)" in reply["error"]
 
 
 def test_the_read_only_key_cannot_send_a_stream(cluster):
     target = cluster.receiver("node2", "node1")
-    reply = receiver.answer(target, lambda: receiver.handle(
+    reply = serve.answer(target, lambda: serve.handle(
         "receive job=100-0 guest=100 volume=local-zfs:vm-100-disk-0 snapshot=__replicate_100-0_1__ generation=3 "
-        "source=node1", target, io.BytesIO(b"stream")))
+        "source=node1", target, io.BytesIO(b"stream"), READ_ONLY))
     assert reply["reason"] == "invalid-operation"
     session = io.BytesIO(json.dumps({"operation": "receive", "request": {"arguments": [], "bytes": 6}}).encode() + b"\nstream")
     out = io.StringIO()
-    receiver.session(target, session, out)
+    serve.session(target, session, out, READ_ONLY)
     assert json.loads(out.getvalue().splitlines()[0])["reason"] == "invalid-operation"
 
 
@@ -269,7 +270,7 @@ def test_node_status_says_a_state_file_is_damaged_instead_of_showing_no_jobs(clu
 
 def test_node_status_refuses_a_caller_outside_the_cluster_and_bad_log_requests(cluster):
     stranger = cluster.receiver("node1", "node9")
-    reply = receiver.answer(stranger, lambda: receiver.control(stranger, "node-status", {"source": "node9"}))
+    reply = serve.answer(stranger, lambda: serve.control(stranger, "node-status", {"source": "node9"}, READ_ONLY))
     assert reply["reason"] == "not-a-node"
     for logs in ({"jobs": ["../../etc/shadow"]}, {"jobs": ["100-0"], "runs": 0}, {"jobs": "100-0"}, {"what": 1}):
         with pytest.raises(RemoteError, match="refused"):
