@@ -99,8 +99,10 @@ def test_the_dashboard_has_cluster_node_and_guest_rows_with_the_figures_asked_fo
             current.append(" ".join(t["expr"] for t in panel["targets"]))
     assert list(rows) == ["Cluster", "Node $node", "Guest $guest"]
     guest = " ".join(rows["Guest $guest"])
-    for series in ("lag_seconds", "last_sync_timestamp_seconds", "last_duration_seconds", "last_bytes_sent", "fail_count"):
+    for series in ("last_sync_timestamp_seconds", "last_duration_seconds", "last_bytes_sent", "fail_count"):
         assert "storage_replication_job_%s{guest=~\"$guest\"}" % series in guest
+    # the lag as Prometheus counts it: it keeps growing when a runner stops writing its file
+    assert 'time() - (storage_replication_job_last_sync_timestamp_seconds{guest=~"$guest"} > 0)' in guest
     assert all("$node" in expr for expr in rows["Node $node"])
     assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "node", "guest"}
     assert all(p.get("datasource", {}).get("uid") == "${datasource}" for p in dashboard["panels"] if p["type"] != "row")
