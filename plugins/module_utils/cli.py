@@ -250,6 +250,7 @@ def _web_arguments(parser):
                         help="how often the pages refresh themselves (default 5)")
     parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                         help="a host name besides localhost that requests to a loopback address may name (repeatable)")
+    _flag(parser, "--check-config", "check the options and the files they name, say how it would serve, and exit")
 
 
 def _web_engine():
@@ -262,13 +263,14 @@ def web(args):
     webmod = _web_engine()
     paths = _paths()
     try:
-        webmod.serve(args.listen, key=args.key, cluster_file=args.cluster_file or os.path.join(paths.confdir, "cluster.json"),
-                     local_node_file=args.local_node_file or os.path.join(paths.statedir, "local-node"),
-                     tls_cert=args.tls_cert, tls_key=args.tls_key, token_file=args.token_file,
-                     password_file=args.password_file, refresh=args.refresh, allowed_hosts=args.allow_host)
+        summary = webmod.serve(
+            args.listen, key=args.key, cluster_file=args.cluster_file or os.path.join(paths.confdir, "cluster.json"),
+            local_node_file=args.local_node_file or os.path.join(paths.statedir, "local-node"), tls_cert=args.tls_cert,
+            tls_key=args.tls_key, token_file=args.token_file, password_file=args.password_file, refresh=args.refresh,
+            allowed_hosts=args.allow_host, check_only=args.check_config)
     except webmod.WebError as exc:
         raise UsageError(str(exc)) from None
-    return Output(None, "")
+    return Output({"listen": args.listen, "summary": summary}, summary if args.check_config else "")
 
 
 def _web_password_arguments(parser):

@@ -1034,8 +1034,9 @@ class Server(ThreadingHTTPServer):
 
 
 def serve(listen, key=WEB_KEY, cluster_file=None, local_node_file=None, tls_cert=None, tls_key=None, token_file=None,
-          password_file=None, refresh=REFRESH_SECONDS, allowed_hosts=(), out=print):
-    """Check the configuration (WebError: it must not start), then serve until killed."""
+          password_file=None, refresh=REFRESH_SECONDS, allowed_hosts=(), check_only=False, out=print):
+    """Check the configuration (WebError: it must not start), then serve until killed; ``check_only``: return the
+    line that says how it would serve instead (the runner role checks this before it starts the service)."""
     address, port, loopback = parse_listen(listen)
     if bool(tls_cert) != bool(tls_key):
         raise WebError("TLS needs both --tls-cert and --tls-key")
@@ -1050,17 +1051,21 @@ def serve(listen, key=WEB_KEY, cluster_file=None, local_node_file=None, tls_cert
                        "runner_web_listen is set" % key)
     local_node = read_node_name(local_node_file)
     nodes, generation = read_cluster_nodes(cluster_file)
+    summary = ("storage-replication web: serving %s://%s/ (read-only, %s) for node %s"
+               % ("https" if tls else "http", listen, "authentication required" if auth.enabled else "no authentication",
+                  local_node))
+    if check_only:
+        return summary.replace("serving", "would serve")
     app = App(Nodes(local_node, nodes, generation, key=key), local_node, refresh, auth, loopback, allowed_hosts)
     try:
         server = Server((address, port), app, tls)
     except OSError as exc:
         raise WebError("cannot listen on %s: %s" % (listen, exc)) from None
-    out("storage-replication web: serving %s://%s/ (read-only, %s) for node %s"
-        % ("https" if tls else "http", listen, "authentication required" if auth.enabled else "no authentication",
-           local_node))
+    out(summary)
     sys.stdout.flush()
     try:
         server.serve_forever()
     finally:
         server.server_close()
         app.nodes.close()
+    return summary

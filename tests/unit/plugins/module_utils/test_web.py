@@ -163,6 +163,21 @@ def test_the_cli_says_why_it_does_not_start(capsys):
     assert "refusing to listen on a non-loopback address without TLS" in err and "Traceback" not in err
 
 
+def test_check_config_says_how_it_would_serve_and_serves_nothing(cluster, tmp_path, capsys):
+    from ansible_collections.storage.replication.plugins.module_utils import cli
+    cert, key = self_signed(tmp_path)
+    (tmp_path / "web-key").write_text("a key\n")
+    (tmp_path / "token").write_text("0123456789abcdef0123\n")
+    argv = ["web", "--listen", "192.0.2.10:8443", "--key", str(tmp_path / "web-key"), "--check-config",
+            "--cluster-file", str(cluster.dir("node1", "conf") / "cluster.json"),
+            "--local-node-file", str(cluster.dir("node1", "state") / "local-node")]
+    assert cli.main(argv + ["--tls-cert", cert, "--tls-key", key, "--token-file", str(tmp_path / "token")]) == 0
+    assert capsys.readouterr().out == ("storage-replication web: would serve https://192.0.2.10:8443/ (read-only, "
+                                       "authentication required) for node node1\n")
+    assert cli.main(argv + ["--tls-cert", key, "--tls-key", key, "--token-file", str(tmp_path / "token")]) == 2
+    assert "cannot load the TLS certificate" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("token, message", [("short", "at least 16"), ("two words in this token file", "one word")])
 def test_a_weak_token_is_refused(tmp_path, token, message):
     path = tmp_path / "token"
