@@ -82,17 +82,22 @@ class Authority:
                           "add it to the inventory and re-run the site playbook" % (source, self.node,
                                                                                     self.cfg.generation), "not-a-node")
 
-    def check_caller(self, request, guest):
+    def check_caller(self, request, guest, adopt=True):
         """The caller must be the guest's owner in the configuration in force (after adopting a newer one it sent),
         and this node must not own the guest (DESIGN.md, safety rules 1 and 3).
 
         A caller with an older generation is judged by what its request depends on, in this node's newer
         configuration: the guest's owner here, and the job (check_job_here).  A change to another guest, a job
-        removal or a schedule edit since then does not fail its run (safety rule 4: fencing by guest)."""
+        removal or a schedule edit since then does not fail its run (safety rule 4: fencing by guest).  Without
+        ``adopt`` (a plan, which changes nothing) a newer generation is only said, and the request judged by this
+        node's own."""
         source = self.caller(request)
         generation = check_int(request.get("generation"), "cluster generation")
-        if generation > self.cfg.generation:
+        if generation > self.cfg.generation and adopt:
             self.adopt_newer(source, generation)
+        elif generation > self.cfg.generation:
+            self.say("this node holds cluster configuration generation %d, node '%s' %d: a run makes it adopt the "
+                     "newer one first" % (self.cfg.generation, source, generation))
         self.check_member(source)
         owner = self.cfg.guests.get(guest)
         if owner is None:

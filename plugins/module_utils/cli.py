@@ -637,6 +637,8 @@ def _run_arguments(parser):
     parser.add_argument("--id", type=job_id, metavar="ID", help="run only this job, now, whatever its schedule")
     _flag(parser, "--verbose", "print the job log while it runs")
     _flag(parser, "--mail", "send failure and recovery notifications (the timer's runs do)")
+    _flag(parser, "--check", "say what the run would send (per volume full or incremental, from which snapshot, about "
+          "how many bytes), changing nothing on any node")
 
 
 def _run_text(result):
@@ -651,14 +653,33 @@ def _run_text(result):
     return "\n".join(lines)
 
 
+def _check_text(result):
+    """run --check for people: per job what it would send, volume by volume, and what it would delete."""
+    from ansible_collections.storage.replication.plugins.module_utils import plan  # pylint: disable=import-outside-toplevel
+    lines = []
+    for job in result["jobs"]:
+        lines.append("%s: %s" % (job["job"], plan.summary(job)))
+        lines += ["  " + line for line in plan.volume_lines(job) + job["log"]]
+    if not result["jobs"]:
+        upcoming = result.get("next")
+        lines.append("nothing is due now" + ("; next: %s at %s" % (upcoming["job"], _status_time(upcoming["at"]))
+                                             if upcoming else ""))
+    return "\n".join(lines)
+
+
 @subcommand("run", "Run the due replication jobs of this node (what the timer starts every minute).", _run_arguments)
 def run(args):
     _cluster, config, runner, state = _engine()
     if args.id and args.mail:
         raise UsageError("Mail and id are mutually exclusive! (--mail is for the scheduled runs; --id runs one job now)")
+    if args.check and args.mail:
+        raise UsageError("--check sends nothing, no notification either: leave out --mail")
     paths = _paths()
     try:
         settings = _node_settings().load_settings(paths.settings_file)
+        if args.check:
+            result = runner.Runner(paths, settings).check(args.id)
+            return Output(result, _check_text(result), result["warnings"])
         result = runner.run(paths, settings, job_id=args.id, notify=args.mail, echo=print if args.verbose else None)
     except runner.RunnerBusy as exc:
         if args.id:

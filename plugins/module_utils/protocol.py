@@ -24,6 +24,7 @@ import json
 RECEIVE = "receive"
 SESSION = "session"
 SET_STATE = "set-state"
+PLAN = "plan"
 DROP_COPY = "drop-migration-copy"
 
 MAX_REQUEST = 4 * 1024 * 1024

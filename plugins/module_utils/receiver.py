@@ -31,7 +31,7 @@ from ansible_collections.storage.replication.plugins.module_utils.protocol impor
 from ansible_collections.storage.replication.plugins.module_utils.pruning import drop_job_snapshots, prune_job_snapshots
 from ansible_collections.storage.replication.plugins.module_utils.receive_stream import feed_zfs_recv
 from ansible_collections.storage.replication.plugins.module_utils.state import DEFAULT_STATEDIR, StateFile, read_local_node
-from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs, recv_argv
+from ansible_collections.storage.replication.plugins.module_utils.zfs import LookingZfs, Zfs, recv_argv
 
 DIVERGED_INFIX = "-diverged-"
 
@@ -75,10 +75,24 @@ class Receiver(Authority):
 
     def prepare(self, request):
         """pvesr prepare-local-job: drop stale snapshots of this job and stale volumes; list what remains."""
+        return self._prepare(request, looking=False)
+
+    def plan(self, request):
+        """``plan`` (run --check): prepare looking only, with ZFS that records its changes instead of making them
+        (zfs.LookingZfs): the log says what prepare would delete, the reply lists what would remain.  A newer
+        generation of the caller is not adopted (only said), no receive is waited for, nothing is written."""
+        real = self.zfs
+        self.zfs = LookingZfs(real)
+        try:
+            return self._prepare(request, looking=True)
+        finally:
+            self.zfs = real
+
+    def _prepare(self, request, looking):
         check_request_keys(request, ("job", "guest", "volumes", "scan", "last_sync", "parent_snapname", "force",
                                      "generation", "source"))
         job, guest = check_job(request)
-        self.check_caller(request, guest)
+        self.check_caller(request, guest, adopt=not looking)
         self.check_job_here(job, guest)
         volumes = self.check_guest_volumes(guest, check_volumes(request.get("volumes", [])))
         scan = request.get("scan", [])
@@ -93,7 +107,8 @@ class Receiver(Authority):
         if not volumes and not force:
             raise Refused("no volumes specified", "invalid-argument")
         wanted = {v: self.dataset(v) for v in volumes}
-        self.end_leftover_receives(wanted)
+        if not looking:
+            self.end_leftover_receives(wanted)
         found = self.scan_job_volumes(job, guest, scan, wanted)
         remaining = {}
         for volume, (dataset, snaps, bound) in sorted(found.items()):
@@ -109,7 +124,7 @@ class Receiver(Authority):
                 self.say("%s: delete stale volume '%s'" % (job, volume))
                 self.zfs.destroy(dataset, recursive=True)
         if force and not volumes and last_sync == 1:
-            self.forget_guest(guest, job)
+            self.forget_guest(guest, job, looking)
         tokens = self.resume_tokens(wanted)
         for volume in tokens:
             if not remaining.get(volume):  # an interrupted first receive: no replica yet, only its saved state
@@ -345,7 +360,8 @@ class Receiver(Authority):
         os.makedirs(self.guests_dir(), exist_ok=True)
         atomic_write(os.path.join(self.guests_dir(), "%d.json" % guest), json.dumps(record, indent=1).encode("utf-8"))
 
-    def forget_guest(self, guest, job):
+    def forget_guest(self, guest, job, looking=False):
+        """Drop the guest definition finalize kept with the replicas of ``job`` (``looking``: only say it would)."""
         path = os.path.join(self.guests_dir(), "%d.json" % guest)
         try:
             with open(path, encoding="utf-8") as handle:
@@ -353,7 +369,9 @@ class Receiver(Authority):
         except FileNotFoundError:
             return
         if record.get("job") == job:
-            os.unlink(path)
+            self.say("forget the definition of guest %d kept with its replica" % guest)
+            if not looking:
+                os.unlink(path)
 
     def list_replicas(self, request):
         """The guest definitions this node holds replicas of (operation ``list``)."""

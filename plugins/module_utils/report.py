@@ -67,3 +67,15 @@ def time_text(epoch):
     if not epoch:
         return "never"
     return datetime.datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def estimate_text(count):
+    """An estimated number of bytes for people: 'about 17 MB' (decimal units, whole numbers), 'size unknown' for
+    None."""
+    if count is None:
+        return "size unknown"
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1000:
+            return "about %d %s" % (count, unit)
+        count //= 1000
+    return "about %d TB" % count

@@ -43,7 +43,9 @@ from ansible_collections.storage.replication.plugins.module_utils.files import L
 from ansible_collections.storage.replication.plugins.module_utils.joblog import rotate_logs
 from ansible_collections.storage.replication.plugins.module_utils.metrics import write_metrics
 from ansible_collections.storage.replication.plugins.module_utils.names import parse_replication_snapshot
-from ansible_collections.storage.replication.plugins.module_utils.notify import failure_message, node_message, recovery_message, send_notification, should_notify
+from ansible_collections.storage.replication.plugins.module_utils.notify import (
+    failure_message, node_message, recovery_message, send_notification, should_notify)
+from ansible_collections.storage.replication.plugins.module_utils.plan import plan_job
 from ansible_collections.storage.replication.plugins.module_utils.replicate import ReplicationError, run_job
 from ansible_collections.storage.replication.plugins.module_utils.report import job_figures, memo_next_sync
 from ansible_collections.storage.replication.plugins.module_utils.state import (
@@ -141,6 +143,32 @@ class Runner:
             if self.cfg is not None or self.refused:  # not when busy: the active runner writes them
                 self._write_metrics()
         self.result["generation"] = self.cfg.generation
+        return self.result
+
+    def check(self, job_id=None, plan=None):
+        """What ``run(job_id)`` would do now, changing nothing on any node (``run --check``): the jobs it would run,
+        each with its plan (plan.plan_job), and ``next``, the job due next when none is due now.  No lock is taken,
+        no peer asked for a newer configuration, nothing written: a damaged configuration or state is reported, not
+        repaired.  ``plan`` replaces plan.plan_job (tests)."""
+        plan = plan or plan_job
+        try:
+            self.cfg = configmod.load(self.paths.confdir)
+        except configmod.ConfigCorrupt as exc:
+            raise RunnerRefused("%s; a run restores it first, so there is nothing to plan yet" % exc) from None
+        if job_id is not None:
+            problem = self._single_job_problem(self.cfg.jobs.get(job_id), job_id)
+            if problem:
+                raise RunnerRefused(problem)
+            jobs = [self.cfg.jobs[job_id]]
+        else:
+            state = self.state.read()
+            candidates = jobs_to_run(self.cfg, self.node)
+            jobs = due_in_order(candidates, state, self.iteration, self.now())
+            upcoming = sorted((memo_next_sync(job, job_state_in(state, job)), job.id) for job in candidates)
+            later = [(when, name) for when, name in upcoming if when > self.now()]
+            self.result["next"] = {"job": later[0][1], "at": later[0][0]} if later and not jobs else None
+        self.result.update(check=True, generation=self.cfg.generation)
+        self.result["jobs"] = [plan(self.cfg, job.id, node=self.node, statedir=self.paths.statedir) for job in jobs]
         return self.result
 
     # -- what the runner acts on: never a damaged configuration or state ------------------------------------------

@@ -20,13 +20,15 @@ import sys
 from ansible_collections.storage.replication.plugins.module_utils import cluster
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils.protocol import (
-    DROP_COPY, INLINE_STREAM_MAX, RECEIVE, SESSION, SET_STATE, Refused, check_request_keys, decode_request,
+    DROP_COPY, INLINE_STREAM_MAX, PLAN, RECEIVE, SESSION, SET_STATE, Refused, check_request_keys, decode_request,
     read_request, read_request_line, reply_line)
 from ansible_collections.storage.replication.plugins.module_utils.receiver import Receiver
 from ansible_collections.storage.replication.plugins.module_utils.zfs import ZfsError
 
 CONTROL_OPERATIONS = {
     "prepare": Receiver.prepare,
+    # run --check: what prepare would do, changing nothing.
+    PLAN: Receiver.plan,
     "finalize": Receiver.finalize,
     "list": Receiver.list_replicas,
     # OpenZFS: drop an interrupted receive the source cannot resume.

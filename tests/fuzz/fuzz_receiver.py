@@ -1325,6 +1325,8 @@ def check(outcome, peer_mode=False):
             changes.setdefault(command.request, []).append(command)
     for index, commands in sorted(changes.items()):
         reply = replies[index] if index < len(replies) and isinstance(replies[index], dict) else {}
+        if operation_of(outcome, index) == "plan":  # run --check: a plan looks and never changes anything
+            found.append(Violation("plan-changed", "plan request %d ran %s" % (index, [c.argv for c in commands])))
         if reply.get("reason") in ("invalid-argument", "invalid-operation"):
             found.append(Violation("refused-after-acting:%s" % operation_of(outcome, index), "request %d was refused (%s: %s) after it ran %s" % (
                 index, reply.get("reason"), str(reply.get("error"))[:160], [c.argv for c in commands])))
@@ -1400,6 +1402,10 @@ def seeds():
     inline = OrderedDict(arguments=receive_args(base=None, volume="local-zfs:vm-100-disk-2"), bytes=400)
     valid = [
         ("prepare", _request("prepare", prepare())),
+        # run --check: prepare looking only (what it would delete is said, nothing is)
+        ("plan", _request("plan", prepare())),
+        ("plan-zfs-fuse", _request("plan", prepare(), "zfs-fuse")),
+        ("plan-remove-job", _request("plan", prepare(volumes=[], last_sync=1, force=True))),
         ("prepare-zfs-fuse", _request("prepare", prepare(), "zfs-fuse")),
         ("prepare-first-sync", _request("prepare", prepare(last_sync=0))),
         ("prepare-remove-job", _request("prepare", prepare(volumes=[], last_sync=1, force=True))),
@@ -1519,7 +1525,7 @@ def write_seeds(directory):
             handle.write(data)
 
 
-DICTIONARY = ["prepare", "finalize", "list", "abort-resume", "get-config", "quorum-status", "quorum-prepare",
+DICTIONARY = ["prepare", "plan", "finalize", "list", "abort-resume", "get-config", "quorum-status", "quorum-prepare",
               "quorum-accept", "quorum-commit", "slot", "ballot", "base", "set-state",
               "drop-migration-copy", "receive", "session", "operation", "request", "arguments", "bytes", "job",
               "guest", "volumes", "volume", "scan", "last_sync", "parent_snapname", "force", "generation", "source",
@@ -1551,7 +1557,7 @@ PALETTE = ["gone-zfs", "backup-dir", ["gone-zfs", "backup-dir"], "100-0", "200-0
            "node1", "node2", "node3", "node1\n", "\u0661\u0660\u0660", "\u00b2", "\ud800", "x" * 300,
            ["local-zfs:vm-100-disk-0"], ["local-zfs:vm-100-disk-0", "tank:vm-100-disk-1"], ["local-zfs"],
            {"local/node2": {"last_sync": 1}}, {"type": "vm"}]
-OPERATIONS = ["prepare", "finalize", "list", "abort-resume", "get-config", "quorum-status", "quorum-prepare",
+OPERATIONS = ["prepare", "plan", "finalize", "list", "abort-resume", "get-config", "quorum-status", "quorum-prepare",
               "quorum-accept", "quorum-commit", "set-state",
               "drop-migration-copy", "receive", "destroy", "session"]
 KEYS = ["job", "guest", "volumes", "volume", "scan", "last_sync", "parent_snapname", "force", "generation", "source",

@@ -26,7 +26,7 @@ LAYERS = [
     # the cluster configuration layer, and the node's own view of its quorum (self-fencing)
     "cluster", "fence",
     # one replication: the receiving side (who may ask what, the operations, the forced command), the sending side
-    "authority", "receiver", "serve", "replicate",
+    "authority", "receiver", "serve", "replicate", "plan",
     # what runs replications: the runner, what a node tells of them (read-only), failover, migration
     "runner", "nodeview", "failover", "migrate",
     # entry points: the web views, the CLI and the Ansible modules' plumbing
