@@ -125,6 +125,14 @@ def setup(lab):
 
 # ---------------------------------------------------------------- driving the cluster
 
+def sr(lab, node, *argv, check=True, timeout=180):
+    """`storage-replication ARGV...` inside the node; AssertionError with its output when it fails and ``check``."""
+    proc = lab.exec(node, [LAUNCHER] + list(argv), check=False, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError("%s on %s failed (%d): %s%s" % (argv, node, proc.returncode, proc.stdout, proc.stderr))
+    return proc
+
+
 def run_job(lab, node, job_id, timeout=300):
     """Run one job on node (inside its namespaces); returns the result dict of replicate.run_job."""
     proc = lab.exec(node, ["env", "PYTHONPATH=" + PYTHONPATH, str(PYTHON), "-m",

@@ -32,13 +32,6 @@ SCRAPE_SECONDS = 2
 STALE_AFTER = 180  # the rule's threshold
 
 
-def sr(lab, node, *argv, check=True):
-    proc = lab.exec(node, [cs.LAUNCHER] + list(argv), check=False, timeout=180)
-    if check and proc.returncode != 0:
-        raise AssertionError("%s on %s failed (%d): %s%s" % (argv, node, proc.returncode, proc.stdout, proc.stderr))
-    return proc
-
-
 class Prometheus:
     """The HTTP API of the lab's Prometheus."""
 
@@ -93,8 +86,8 @@ def monitored_fixture(module_lab, tmp_path_factory):
     lab.exec("node1", ["mkdir", "-p", METRICS_DIR])
     lab.exec("node1", ["sh", "-c", "cat > /etc/storage-replication/runner.json"],
              input=json.dumps({"metrics_file": METRICS_DIR + "/storage-replication.prom"}))
-    sr(lab, "node1", "run")
-    sr(lab, "node1", "fence", "--once")  # the fence service's file beside the runner's
+    cs.sr(lab, "node1", "run")
+    cs.sr(lab, "node1", "fence", "--once")  # the fence service's file beside the runner's
     work = tmp_path_factory.mktemp("prometheus")
     address = lab.address("node1")
     (work / "prometheus.yml").write_text(yaml.safe_dump({
@@ -133,7 +126,7 @@ def _answers(prometheus, expr):
 
 def ticked(lab, prometheus):
     """Run the runner (what the timer does every minute) and wait until Prometheus has its tick."""
-    result = json.loads(sr(lab, "node1", "run", "--output-format", "json", check=False).stdout)
+    result = json.loads(cs.sr(lab, "node1", "run", "--output-format", "json", check=False).stdout)
     wait("the tick of the run in Prometheus", lambda: [s for s in prometheus.query(
         "storage_replication_runner_last_tick_timestamp_seconds") if float(s["value"][1]) >= result["iteration"]], 30)
     return result["iteration"]

@@ -11,8 +11,6 @@ reloaded. Screenshots for a person to look at: build/web/*.png."""
 from __future__ import annotations
 
 import base64
-import datetime
-import hashlib
 import json
 import subprocess
 import time
@@ -23,6 +21,7 @@ import pytest
 from browser import Browser, BrowserError
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+from tests import certificates
 
 pytestmark = pytest.mark.lab
 
@@ -33,13 +32,6 @@ WITHIN = REFRESH + 2
 LOCAL = "http://127.0.0.1:8099"
 HTTPS_PORT = 8443
 PASSWORD = "a password for the lab"
-
-
-def sr(lab, node, *argv, check=True):
-    proc = lab.exec(node, [cs.LAUNCHER] + list(argv), check=False, timeout=180)
-    if check and proc.returncode != 0:
-        raise AssertionError("%s on %s failed (%d): %s%s" % (argv, node, proc.returncode, proc.stdout, proc.stderr))
-    return proc
 
 
 class WebService:
@@ -82,8 +74,8 @@ def cluster_fixture(module_lab):
     web_keys = {node: cs.install_web_key(lab, node) for node in lab.nodes}
     for node in lab.nodes:
         cs.trust_peers(lab, node, keys, web_keys)
-    sr(lab, "node1", "run", "--id", "100-0")
-    sr(lab, "node1", "run", "--id", "100-1")
+    cs.sr(lab, "node1", "run", "--id", "100-0")
+    cs.sr(lab, "node1", "run", "--id", "100-1")
     local = WebService(lab, "node1")
     yield lab
     local.stop()
@@ -156,7 +148,7 @@ def test_a_job_failing_recovering_and_removed_shows_as_such_at_the_next_refresh(
         seen[what] = time.monotonic() - started
 
     # it fails: the guest's volume does not exist
-    assert sr(cluster, "node1", "run", "--id", "200-0", check=False).returncode == 1
+    assert cs.sr(cluster, "node1", "run", "--id", "200-0", check=False).returncode == 1
     error = cs.local_state(cluster, "node1")["200"]["local/node3"]["error"]
     assert error
     row = "document.querySelector('#job-200-0 [data-column=Status]')"
@@ -168,16 +160,16 @@ def test_a_job_failing_recovering_and_removed_shows_as_such_at_the_next_refresh(
     shot(guest_page, "guest-200-failed")
     # it recovers
     cs.create_volume(cluster, "node1", "subvol-200-disk-0")
-    sr(cluster, "node1", "run", "--id", "200-0")
+    cs.sr(cluster, "node1", "run", "--id", "200-0")
     appears(guest_page, "%s && %s.innerText === 'OK'" % (row, row), "OK on the guest page")
     appears(cluster_page, "%s && %s.innerText === 'OK'" % (row, row), "OK on the cluster page")
     assert guest_page.rows()[0]["Fail Count"] == "0" and guest_page.rows()[0]["Last Sync"] != "-"
     shot(guest_page, "guest-200-recovered")
     # it is removed: first scheduled for removal, then gone once the runner has cleaned up
-    sr(cluster, "node1", "delete", "200-0")
+    cs.sr(cluster, "node1", "delete", "200-0")
     appears(cluster_page, "%s && %s.innerText === 'Removal Scheduled'" % (row, row), "Removal Scheduled")
     shot(cluster_page, "cluster-200-0-removal-scheduled")
-    sr(cluster, "node1", "run")
+    cs.sr(cluster, "node1", "run")
     appears(cluster_page, "!document.querySelector('#job-200-0')", "the job gone")
     appears(guest_page, "document.body.innerText.includes('No replication jobs.')", "no job on the guest page")
     shot(guest_page, "guest-200-removed")
@@ -196,27 +188,11 @@ def test_json_under_the_documented_urls(cluster, browser):
 @pytest.fixture(scope="module", name="tls_files")
 def tls_files_fixture(cluster):
     """A certificate for node2's lab address, its key and a password file, in node2's web directory."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-    import ipaddress
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "node2")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(cluster.address("node2")))]),
-                           critical=False).sign(key, hashes.SHA256()))
     web_dir = cluster.private_path("node2", "/etc/storage-replication") / "web"
-    (web_dir / "tls.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (web_dir / "tls.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                        serialization.NoEncryption()))
+    _cert, _key, spki = certificates.self_signed(web_dir, cluster.address("node2"), "tls")
     line = cluster.exec("node2", [cs.LAUNCHER, "web-password", "ops"], input=PASSWORD + "\n").stdout.strip()
     (web_dir / "passwords").write_text(line + "\n")
-    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return {"spki": base64.b64encode(hashlib.sha256(spki).digest()).decode()}
+    return {"spki": spki}
 
 
 def test_off_loopback_only_with_tls_and_a_password(cluster, browser, tls_files):
