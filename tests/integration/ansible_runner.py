@@ -14,6 +14,7 @@ status, and the recap per host, as the `changed=` counts of the PLAY RECAP.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,6 +23,8 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from lab import Lab
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
@@ -131,3 +134,15 @@ def snapshot_collection(directory) -> Path:
         else:
             shutil.copy2(source, target / name)
     return Path(directory)
+
+
+@contextlib.contextmanager
+def playbook_lab(name, pool_size):
+    """A lab of 3 nodes of its own for a module of playbook tests, from nothing (an earlier lab of the name goes
+    first: the role and the site playbook must meet fresh nodes), taken down afterwards unless SR_LAB_KEEP=1."""
+    lab = Lab(name)
+    lab.down(out=lambda _line: None)
+    lab.up(nodes=3, pool_size=pool_size, out=lambda _line: None)
+    yield lab
+    if os.environ.get("SR_LAB_KEEP") != "1":
+        lab.down(out=lambda _line: None)

@@ -18,10 +18,9 @@ import os
 import pytest
 import yaml
 
-from lab import Lab
 from lab.site_tour import ensure_wheelhouse
 
-from ansible_runner import run_playbook, snapshot_collection
+from ansible_runner import playbook_lab, run_playbook, snapshot_collection
 
 from ansible_collections.storage.replication.plugins.module_utils.web import hash_password
 
@@ -38,12 +37,8 @@ PINS = {"paramiko": "5.1.0", "croniter": "7.0.0"}
 
 @pytest.fixture(scope="module")
 def role_lab():
-    lab = Lab("%s-role" % os.environ.get("SR_LAB_NAME", "srtest")[:12])
-    lab.down(out=lambda _line: None)
-    lab.up(nodes=3, pool_size="256M", out=lambda _line: None)
-    yield lab
-    if os.environ.get("SR_LAB_KEEP") != "1":
-        lab.down(out=lambda _line: None)
+    with playbook_lab("%s-role" % os.environ.get("SR_LAB_NAME", "srtest")[:12], "256M") as lab:
+        yield lab
 
 
 class Role:
@@ -140,7 +135,7 @@ def test_runner_settings_are_written_and_accepted_by_the_runner(role):
         settings = json.loads(role.read(node, "/etc/storage-replication/runner.json"))
         assert settings == {"max_parallel": 4, "log_runs": 10, "notify_command": None,
                             "metrics_file": "/var/lib/prometheus/node-exporter/storage-replication.prom",
-                            "fence_after": 60, "fence_interval": 5}
+                            "fence_after": 60, "fence_interval": 5, "receive_stall_seconds": 120}
         # The runner itself reads them without complaint (an idle run: no jobs are configured yet).
         idle = role.lab.exec(node, [INSTALL_DIR + "/bin/storage-replication", "run"], check=False)
         assert idle.returncode == 0, idle.stderr
