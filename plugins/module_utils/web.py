@@ -1033,8 +1033,14 @@ class Server(ThreadingHTTPServer):
                 connection.close()
 
 
+def _say(line):
+    """The service's start line, for its journal (stdout, at once)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def serve(listen, key=WEB_KEY, cluster_file=None, local_node_file=None, tls_cert=None, tls_key=None, token_file=None,
-          password_file=None, refresh=REFRESH_SECONDS, allowed_hosts=(), check_only=False, out=print):
+          password_file=None, refresh=REFRESH_SECONDS, allowed_hosts=(), check_only=False, out=None):
     """Check the configuration (WebError: it must not start), then serve until killed; ``check_only``: return the
     line that says how it would serve instead (the runner role checks this before it starts the service)."""
     address, port, loopback = parse_listen(listen)
@@ -1061,8 +1067,7 @@ def serve(listen, key=WEB_KEY, cluster_file=None, local_node_file=None, tls_cert
         server = Server((address, port), app, tls)
     except OSError as exc:
         raise WebError("cannot listen on %s: %s" % (listen, exc)) from None
-    out(summary)
-    sys.stdout.flush()
+    (out or _say)(summary)
     try:
         server.serve_forever()
     finally:

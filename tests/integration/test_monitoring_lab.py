@@ -93,8 +93,8 @@ def monitored_fixture(module_lab, tmp_path_factory):
     (work / "prometheus.yml").write_text(yaml.safe_dump({
         "global": {"scrape_interval": "%ds" % SCRAPE_SECONDS, "evaluation_interval": "%ds" % SCRAPE_SECONDS},
         "rule_files": [str(RULES)],
-        "scrape_configs": [{"job_name": "node", "static_configs": [{"targets": ["127.0.0.1:9100"],
-                                                                     "labels": {"instance": "node1"}}]}]}))
+        "scrape_configs": [{"job_name": "node",
+                            "static_configs": [{"targets": ["127.0.0.1:9100"], "labels": {"instance": "node1"}}]}]}))
     exporter = subprocess.Popen(lab.exec_argv("node1", [
         "prometheus-node-exporter", "--collector.disable-defaults", "--collector.textfile",
         "--collector.textfile.directory=" + METRICS_DIR, "--web.listen-address=127.0.0.1:9100"]),
@@ -163,8 +163,8 @@ def test_every_dashboard_query_and_alert_expression_returns_the_expected_series(
     worst = prometheus.query("max(storage_replication_job_lag_seconds < +Inf)")
     assert 0 <= float(worst[0]["value"][1]) <= 120
     pve = prometheus.query("pve_replication_failed_syncs * on(instance, id) group_left(source, target, guest) pve_replication_info")
-    assert labels_of(pve, "id", "source", "target", "guest") == [("100-0", "node/node1", "node/node2", "qemu/100"),
-                                                                  ("200-0", "node/node1", "node/node3", "lxc/200")]
+    assert labels_of(pve, "id", "source", "target", "guest") == [
+        ("100-0", "node/node1", "node/node2", "qemu/100"), ("200-0", "node/node1", "node/node3", "lxc/200")]
     # every alert expression: what this state implies, and every series it names exists
     expected = {"StorageReplicationJobFailing": [("200-0",)]}
     for alert, expr in rule_expressions().items():

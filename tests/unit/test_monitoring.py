@@ -81,8 +81,8 @@ def test_every_alert_the_issue_asks_for_is_there_and_tested():
 def test_every_dashboard_query_is_valid_promql(tmp_path):
     queries = dashboard_queries()
     assert len(queries) >= 20
-    rules = {"groups": [{"name": "dashboard", "rules": [{"record": "dashboard:query_%d" % number, "expr": expr}
-                                                          for number, (_title, expr) in enumerate(queries)]}]}
+    records = [{"record": "dashboard:query_%d" % number, "expr": expr} for number, (_title, expr) in enumerate(queries)]
+    rules = {"groups": [{"name": "dashboard", "rules": records}]}
     path = tmp_path / "dashboard-queries.yml"
     path.write_text(yaml.safe_dump(rules))
     result = promtool("check", "rules", str(path))

@@ -192,8 +192,8 @@ def test_a_weak_token_is_refused(tmp_path, token, message):
 def test_password_file_lines_of_both_hash_kinds_are_checked(tmp_path):
     import bcrypt
     path = tmp_path / "passwords"
-    path.write_text("# operators\n\nalice:%s\nbob:%s\n" % (web.hash_password("alice's secret"),
-                                                            bcrypt.hashpw(b"bob's secret", bcrypt.gensalt(4)).decode()))
+    hashes = (web.hash_password("alice's secret"), bcrypt.hashpw(b"bob's secret", bcrypt.gensalt(4)).decode())
+    path.write_text("# operators\n\nalice:%s\nbob:%s\n" % hashes)
     auth = web.Auth(users=web.read_password_file(str(path)))
     assert auth.check(basic("alice", "alice's secret")) and auth.check(basic("bob", "bob's secret"))
     assert not auth.check(basic("alice", "bob's secret")) and not auth.check(basic("carol", "alice's secret"))
