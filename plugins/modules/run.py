@@ -87,7 +87,7 @@ result:
   type: dict
   sample: {"job": "100-0", "ok": true, "error": null, "bytes": 1048576, "seconds": 1.2,
            "volumes": [{"volume": "local-zfs:vm-100-disk-0", "mode": "incremental",
-                        "base": "__replicate_100-0_1700000000__", "bytes": 1048576, "seconds": 0.8}]}
+                        "base": "__replicate_100-0_1700000000__", "bytes": 1048576, "seconds": 0.8, "kept": []}]}
 plan:
   description:
     - In check mode, what the run would do, as C(storage-replication run --check --id ID --output-format json)

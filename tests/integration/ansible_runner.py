@@ -98,7 +98,8 @@ def ansible_environment(results_file: str, collections_path=None) -> dict:
 
 
 def run_playbook(inventory, playbook, *, check: bool = False, diff: bool = False, extra_vars: dict | None = None,
-                 limit: str | None = None, timeout: float = 900, collections_path=None) -> PlaybookRun:
+                 limit: str | None = None, tags: str | None = None, timeout: float = 900,
+                 collections_path=None) -> PlaybookRun:
     """ansible-playbook PLAYBOOK (a path, relative to the repository root or absolute) against INVENTORY.
 
     collections_path: a directory holding ansible_collections/storage/replication (see snapshot_collection)
@@ -112,6 +113,8 @@ def run_playbook(inventory, playbook, *, check: bool = False, diff: bool = False
         argv += ["--extra-vars", json.dumps(extra_vars)]
     if limit:
         argv += ["--limit", limit]
+    if tags:
+        argv += ["--tags", tags]
     with tempfile.TemporaryDirectory(prefix="sr-ansible-") as tmp:
         results_file = os.path.join(tmp, "results.json")
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO,
