@@ -124,6 +124,23 @@ def file_lock(path, timeout, what, hint="try again later"):
         os.close(fd)  # closing the descriptor releases the flock
 
 
+def is_locked(path):
+    """Whether something holds the lock ``path`` (file_lock) now, found without creating or writing anything."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        return True
+    finally:
+        os.close(fd)  # and with it the shared lock, if it was taken
+
+
 def _acquire(fd, path, timeout, what, hint):
     deadline = time.monotonic() + timeout
     pause = _POLL_MIN
