@@ -41,13 +41,17 @@ def format_metrics(report, node, generation, tick, readable=None):
     """The textfile-collector text for ``report`` (job_report) of ``node``; ``tick`` = the runner's last tick;
     ``generation`` None: unknown (damaged configuration); ``readable``: {"config": bool, "state": bool}."""
     readable = readable or {"config": True, "state": True}
-    lines = []
     node_value = _label_value(node)
     labels = ['job="%s",guest="%d",target="%s",node="%s"' % (job["id"], job["guest"], _label_value(job["target"]), node_value)
               for job in report]  # job IDs are digits and '-'; node names are validated host names
+    # One block of text per metric, not one list of every line: with ten thousand jobs the lines of all metrics at
+    # once were the runner's peak memory (benchmarks/bench_runner.py).
+    blocks = []
     for name, help_text, figure, convert in _JOB_METRICS:
-        lines += ["# HELP %s %s" % (name, help_text), "# TYPE %s gauge" % name]
-        lines += ["%s{%s} %s" % (name, label, _sample(convert(job[figure]))) for label, job in zip(labels, report)]
+        blocks.append("\n".join(["# HELP %s %s" % (name, help_text), "# TYPE %s gauge" % name]
+                                + ["%s{%s} %s" % (name, label, _sample(convert(job[figure]))) for label, job in zip(labels, report)]))
+    del labels
+    lines = []
     node_label = 'node="%s"' % _label_value(node)
     lines += ["# HELP storage_replication_runner_last_tick_timestamp_seconds When the runner last ran on this node.",
               "# TYPE storage_replication_runner_last_tick_timestamp_seconds gauge",
@@ -64,7 +68,7 @@ def format_metrics(report, node, generation, tick, readable=None):
         lines += ["# HELP storage_replication_config_generation The cluster configuration generation this node holds.",
                   "# TYPE storage_replication_config_generation gauge",
                   "storage_replication_config_generation{%s} %d" % (node_label, generation)]
-    return "\n".join(lines) + "\n"
+    return "\n".join(blocks + lines) + "\n"
 
 
 def write_metrics(path, cfg, state, node, now, tick, conflict=False):
