@@ -271,6 +271,15 @@ def rate(text):
     return int(value) if value.is_integer() else value
 
 
+def keep_rules(text):
+    """An argparse type: a keep rule set (retention.py)."""
+    from ansible_collections.storage.replication.plugins.module_utils import retention  # pylint: disable=import-outside-toplevel
+    error = retention.error(text)
+    if error:
+        raise argparse.ArgumentTypeError(error)
+    return text
+
+
 def _engine():
     """The engine modules, imported when a job command runs (schedule-analyze and serve stay light)."""
     from ansible_collections.storage.replication.plugins.module_utils import cluster, config, runner, state  # pylint: disable=import-outside-toplevel
@@ -340,6 +349,10 @@ def _job_option_arguments(parser):
     parser.add_argument("--rate", type=rate, metavar="MBPS", help="rate limit in MB/s (default: unlimited)")
     parser.add_argument("--comment", metavar="TEXT", help="a description")
     parser.add_argument("--disable", nargs="?", const=True, default=None, type=boolean, metavar="0|1", help="disable the job")
+    parser.add_argument("--keep", type=keep_rules, metavar="RULES", help="restore points kept on the target, e.g. "
+                        "'last=4,hourly=24,daily=7,weekly=4,monthly=6' (default: the newest replica only, as pvesr)")
+    parser.add_argument("--keep-source", dest="keep_source", type=keep_rules, metavar="RULES",
+                        help="restore points kept on the source too, same form (default: the newest only)")
 
 
 def _create_arguments(parser):
@@ -353,7 +366,7 @@ def _create_arguments(parser):
 def create_local_job(args):
     config = _engine()[1]
     job = config.Job(id=args.id, target=args.target, schedule=args.schedule, rate=args.rate, comment=args.comment,
-                     disable=bool(args.disable))
+                     disable=bool(args.disable), keep=args.keep, keep_source=args.keep_source)
     return _apply(args, lambda cfg: cfg.add_job(job), "replication job '%s' to '%s' created" % (args.id, args.target),
                   setting_warnings(args.schedule))
 
@@ -361,19 +374,21 @@ def create_local_job(args):
 def _update_arguments(parser):
     parser.add_argument("id", type=job_id, metavar="ID", help="the job ID")
     _job_option_arguments(parser)
-    parser.add_argument("--delete", metavar="LIST", help="options to reset to their default, e.g. 'rate,comment'")
+    parser.add_argument("--delete", metavar="LIST", help="options to reset to their default, e.g. 'rate,comment,keep'")
     _force_argument(parser)
 
 
 @subcommand("update", "Change options of a replication job on every node.", _update_arguments)
 def update(args):
-    changes = {key: getattr(args, key) for key in ("schedule", "rate", "comment", "disable") if getattr(args, key) is not None}
+    changes = {key: getattr(args, key) for key in ("schedule", "rate", "comment", "disable", "keep", "keep_source")
+               if getattr(args, key) is not None}
     delete = [key.strip() for key in (args.delete or "").replace(";", ",").split(",") if key.strip()]
     both = sorted(set(changes) & set(delete))
     if both:
         raise UsageError("option '%s' is both set and deleted; do one or the other" % both[0])
     if not changes and not delete:
-        raise UsageError("update: nothing to change; give --schedule, --rate, --comment, --disable or --delete")
+        raise UsageError("update: nothing to change; give --schedule, --rate, --comment, --disable, --keep, "
+                         "--keep-source or --delete")
     return _apply(args, lambda cfg: cfg.update_job(args.id, delete=delete, **changes),
                   "replication job '%s' updated" % args.id, setting_warnings(changes.get("schedule")))
 
@@ -423,7 +438,7 @@ def delete(args):
 
 def _job_dict(job):
     data = {"id": job.id, "guest": job.guest, "jobnum": job.jobnum, "type": job.type, "target": job.target}
-    for key in ("schedule", "rate", "comment", "remove_job", "source"):
+    for key in ("schedule", "rate", "comment", "remove_job", "source", "keep", "keep_source"):
         if getattr(job, key) is not None:
             data[key] = getattr(job, key)
     if job.disable:
@@ -734,6 +749,48 @@ def log(args):
     text = "\n".join("--- run %d (%s)\n%s" % (-age, "latest" if age == 0 else "%d before the latest" % age, "\n".join(lines))
                      for age, lines in runs)
     return Output(data, text)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# restore-points: a guest's restore points on every node (rollback.py)
+# ---------------------------------------------------------------------------------------------------------
+
+def _guest_argument(parser):
+    parser.add_argument("guest", type=bounded_int(100, 999999999), metavar="GUEST", help="the guest ID")
+
+
+def size_text(count):
+    """Bytes for people: 1023 B, 1.5 KiB, 20.0 MiB, ..."""
+    value, unit = float(count or 0), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return "%d B" % value if unit == "B" else "%.1f %s" % (value, unit)
+
+
+@subcommand("restore-points", "Show a guest's restore points on every node: per volume the time, job, snapshot and "
+            "the space each holds.", _guest_argument)
+def restore_points(args):
+    from ansible_collections.storage.replication.plugins.module_utils import rollback  # pylint: disable=import-outside-toplevel
+    paths = _paths()
+    cfg = _load_config()
+    try:
+        survey = rollback.survey_points(cfg, args.guest, paths.confdir, paths.statedir)
+    except rollback.RollbackError as exc:
+        raise UsageError(str(exc)) from None
+    rows = []
+    for node, view in survey.items():
+        for point in view["points"]:
+            for volume, space in sorted(point["volumes"].items()):
+                rows.append([node + (" (owner)" if view["owner"] else ""), volume, point["time_text"], point["job"],
+                             point["snapshot"], size_text(space["used"]), size_text(space["referenced"]),
+                             "" if point["complete"] else "incomplete"])
+    data = {"guest": args.guest, "owner": cfg.guests[args.guest].node, "nodes": survey}
+    warnings = ["node %s did not answer: %s" % (node, view["error"]) for node, view in survey.items() if view["error"]]
+    if not rows:
+        return Output(data, "guest %d has no restore point on the nodes that answered" % args.guest, warnings)
+    return Output(data, render_table(["NODE", "VOLUME", "TIME", "JOB", "SNAPSHOT", "HELD", "DATA", ""], rows), warnings)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -24,6 +24,14 @@ _JOB_METRICS = (
     ("storage_replication_job_next_sync_timestamp_seconds", "When the job is due next (0: not scheduled).", "next_sync",
      lambda v: float(v or 0)),
     ("storage_replication_job_enabled", "1 if the job is enabled, 0 if disabled.", "enabled", float),
+    ("storage_replication_job_restore_points", "Restore points of the job on its target (its keep rules).",
+     "restore_points", float),
+    ("storage_replication_job_oldest_point_age_seconds", "Age of the oldest restore point on the target (+Inf: none).",
+     "oldest_point_age", lambda v: math.inf if v is None else float(v)),
+    ("storage_replication_job_points_bytes", "Bytes the job's restore points hold on the target (0: not known yet).",
+     "points_bytes", lambda v: float(v or 0)),
+    ("storage_replication_job_points_pruned_for_space", "Restore points the target deleted in the last run because "
+     "its pool was full (the keep rules wanted them).", "space_pruned", lambda v: float(len(v))),
 )
 
 

@@ -17,8 +17,8 @@ import sys
 from ansible_collections.storage.replication.plugins.module_utils import cluster
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils.protocol import (
-    DROP_COPY, INLINE_STREAM_MAX, PLAN, RECEIVE, SESSION, SET_STATE, Refused, check_request_keys, decode_request,
-    read_request, read_request_line, reply_line)
+    DROP_COPY, INLINE_STREAM_MAX, MAKE_ROOM, PLAN, POINTS, RECEIVE, SEND_POINT, SESSION, SET_STATE, Refused,
+    check_request_keys, decode_request, read_request, read_request_line, reply_line)
 from ansible_collections.storage.replication.plugins.module_utils.receiver import Receiver
 from ansible_collections.storage.replication.plugins.module_utils.zfs import ZfsError
 
@@ -37,6 +37,9 @@ CONTROL_OPERATIONS = {
     SET_STATE: Receiver.set_state,
     # Migration to a node without a replica: the copy is complete there, the one-off copy job's traces go.
     DROP_COPY: Receiver.drop_migration_copy,
+    # Restore points: what this node holds of a guest (read-only); a full pool makes room for the next point.
+    POINTS: Receiver.list_points,
+    MAKE_ROOM: Receiver.make_room,
 }
 
 
@@ -50,7 +53,7 @@ def handle(command, receiver, stdin):
         return receiver.receive(arguments, stdin)
     if operation not in CONTROL_OPERATIONS or arguments:
         raise Refused("operation %r is not allowed: this key may only run the replication receiver's operations "
-                      "(%s)" % (command[:80], ", ".join(sorted(list(CONTROL_OPERATIONS) + [RECEIVE, SESSION]))),
+                      "(%s)" % (command[:80], ", ".join(sorted(list(CONTROL_OPERATIONS) + [RECEIVE, SEND_POINT, SESSION]))),
                       "invalid-operation")
     return control(receiver, operation, read_request(stdin))
 
@@ -130,7 +133,7 @@ def receive_inline(receiver, request, stdin):
     return receiver.receive(arguments, data)
 
 
-def main(argv=None, environ=None, stdin=None, stdout=None, receiver=None, peer=None):
+def main(argv=None, environ=None, stdin=None, stdout=None, receiver=None, peer=None, stream_out=None):
     """The `serve` entry point: one operation, or a session of control operations, per SSH session.  ``peer`` is the
     calling node, from the key's forced command (`serve --peer <node>`)."""
     del argv
@@ -141,6 +144,12 @@ def main(argv=None, environ=None, stdin=None, stdout=None, receiver=None, peer=N
     command = environ.get("SSH_ORIGINAL_COMMAND", "")
     if command.strip() == SESSION:
         return session(receiver, stdin, stdout)
+    if command.split()[:1] == [SEND_POINT]:  # stdout carries the stream: the answer of a refusal goes to stderr
+        reply = answer(receiver, lambda: receiver.send_point(command.split()[1:],
+                                                             (stream_out or sys.stdout.buffer).fileno()))
+        if not reply["ok"]:
+            sys.stderr.write(reply_line(reply))
+        return 0 if reply["ok"] else 1
     reply = answer(receiver, lambda: handle(command, receiver, stdin))
     stdout.write(reply_line(reply))
     stdout.flush()

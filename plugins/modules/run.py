@@ -35,7 +35,7 @@ attributes:
   check_mode:
     support: full
     description:
-      - Reports what the job would send (RV(plan)): per volume a full or an incremental stream, from which base
+      - Reports what the job would send in RV(plan), per volume a full or an incremental stream, from which base
         snapshot, and about how many bytes. Nothing changes on either node (no snapshot, deletion, log or state).
       - With O(schedule_now=true), reports whether the job would be made due.
   diff_mode:

@@ -146,6 +146,8 @@ def playbook_lab(name, pool_size):
     lab = Lab(name)
     lab.down(out=lambda _line: None)
     lab.up(nodes=3, pool_size=pool_size, out=lambda _line: None)
-    yield lab
-    if os.environ.get("SR_LAB_KEEP") != "1":
-        lab.down(out=lambda _line: None)
+    try:
+        yield lab
+    finally:
+        if os.environ.get("SR_LAB_KEEP") != "1":
+            lab.down(out=lambda _line: None)

@@ -83,7 +83,32 @@ def test_job_report_and_metrics(tmp_path):
     ]
     lines = text.splitlines()
     assert [line for line in expected if line not in lines] == []
-    assert sum(1 for line in lines if not line.startswith("#")) == 7 * 2 + 5
+    assert sum(1 for line in lines if not line.startswith("#")) == 11 * 2 + 5
+
+
+def test_restore_points_in_the_report_and_the_metrics():
+    """What the last finalize reported (count, oldest, bytes) and the points deleted for lack of space; before any
+    report, the newest replica is the one point, its space not known."""
+    cfg = make_config(guests=(100, 200))
+    cfg.jobs["100-0"].keep = "last=4,daily=7"
+    state = {"100": {"local/node2": dict(jobstate(NOW - 300, NOW - 300), space_pruned=["__replicate_100-0_5__"],
+                                         points={"count": 9, "oldest": NOW - 86400, "newest": NOW - 300,
+                                                 "bytes": 123456})},
+             "200": {"local/node2": jobstate(NOW - 60, NOW - 60)}}
+    report = {job["id"]: job for job in reportmod.job_report(cfg, state, "node1", NOW)}
+    keys = ("keep", "restore_points", "oldest_point", "oldest_point_age", "points_bytes", "space_pruned")
+    assert {k: report["100-0"][k] for k in keys} == {
+        "keep": "last=4,daily=7", "restore_points": 9, "oldest_point": NOW - 86400, "oldest_point_age": 86400,
+        "points_bytes": 123456, "space_pruned": ["__replicate_100-0_5__"]}
+    assert (report["200-0"]["restore_points"], report["200-0"]["oldest_point_age"], report["200-0"]["points_bytes"]) \
+        == (1, 60, None)
+    lines = metrics.format_metrics(list(report.values()), "node1", 7, NOW).splitlines()
+    labels = '{job="100-0",guest="100",target="node2",node="node1"}'
+    for line in ("storage_replication_job_restore_points%s 9" % labels,
+                 "storage_replication_job_oldest_point_age_seconds%s 86400" % labels,
+                 "storage_replication_job_points_bytes%s 123456" % labels,
+                 "storage_replication_job_points_pruned_for_space%s 1" % labels):
+        assert line in lines
 
 
 def test_logs_keep_the_last_n_runs(tmp_path):
