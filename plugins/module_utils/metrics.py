@@ -48,17 +48,22 @@ def _sample(value):
 def format_metrics(report, node, generation, tick, readable=None):
     """The textfile-collector text for ``report`` (job_report) of ``node``; ``tick`` = the runner's last tick;
     ``generation`` None: unknown (damaged configuration); ``readable``: {"config": bool, "state": bool}."""
+    return "".join(metric_blocks(report, node, generation, tick, readable))
+
+
+def metric_blocks(report, node, generation, tick, readable=None):
+    """format_metrics' text in blocks, one per metric (each ending with a newline)."""
     readable = readable or {"config": True, "state": True}
     node_value = _label_value(node)
     labels = ['job="%s",guest="%d",target="%s",node="%s"' % (job["id"], job["guest"], _label_value(job["target"]), node_value)
               for job in report]  # job IDs are digits and '-'; node names are validated host names
-    # One block of text per metric, not one list of every line: with ten thousand jobs the lines of all metrics at
-    # once were the runner's peak memory (benchmarks/bench_runner.py).
+    # One block of text per metric, written as such (files.atomic_write), not one list of every line nor one
+    # string: with ten thousand jobs the whole text at once was the runner's peak memory (benchmarks/bench_runner.py).
     blocks = []
     for name, help_text, figure, convert in _JOB_METRICS:
         blocks.append("\n".join(["# HELP %s %s" % (name, help_text), "# TYPE %s gauge" % name]
-                                + ["%s{%s} %s" % (name, label, _sample(convert(job[figure]))) for label, job in zip(labels, report)]))
-    del labels
+                                + ["%s{%s} %s" % (name, label, _sample(convert(job[figure]))) for label, job in zip(labels, report)])
+                      + "\n")
     lines = []
     node_label = 'node="%s"' % _label_value(node)
     lines += ["# HELP storage_replication_runner_last_tick_timestamp_seconds When the runner last ran on this node.",
@@ -76,7 +81,7 @@ def format_metrics(report, node, generation, tick, readable=None):
         lines += ["# HELP storage_replication_config_generation The cluster configuration generation this node holds.",
                   "# TYPE storage_replication_config_generation gauge",
                   "storage_replication_config_generation{%s} %d" % (node_label, generation)]
-    return "\n".join(blocks + lines) + "\n"
+    return blocks + ["\n".join(lines) + "\n"]
 
 
 def write_metrics(path, cfg, state, node, now, tick, conflict=False):
@@ -87,4 +92,4 @@ def write_metrics(path, cfg, state, node, now, tick, conflict=False):
     report = job_report(cfg, state, node, now) if cfg is not None and state is not None else []
     readable = {"config": cfg is not None, "state": state is not None, "conflict": conflict}
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    atomic_write(path, format_metrics(report, node, cfg.generation if cfg is not None else None, tick, readable))
+    atomic_write(path, metric_blocks(report, node, cfg.generation if cfg is not None else None, tick, readable))
