@@ -28,10 +28,10 @@ LAYERS = [
     "cluster", "fence",
     # one replication: the receiving side (who may ask what, the operations, the forced command), the sending side
     "authority", "receiver", "serve", "replicate", "plan",
-    # what runs replications: the runner, failover, migration
-    "runner", "rollback", "failover", "migrate",
-    # entry points: the CLI and the Ansible modules' plumbing
-    "cli", "_converge", "_module",
+    # what runs replications: the runner, what a node tells of them (read-only), rollback, failover, migration
+    "runner", "nodeview", "rollback", "failover", "migrate",
+    # entry points: the web views, the CLI and the Ansible modules' plumbing
+    "web", "cli", "_converge", "_module",
 ]
 LAZY_ALLOWED = {"cli"}
 
