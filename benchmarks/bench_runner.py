@@ -159,8 +159,8 @@ def main():
         print("%-28s %10.3f %10.3f %8s" % (label, seconds, cpu, "yes" if seconds <= LIMIT_S else "no (wall)"))
     rss_mb = max(rss["run"], check_rss_mb)
     print("runner peak resident memory: %.1f MB (target <= %d MB): %.1f MB in an idle run, %.1f MB in the "
-          "interval's first run (the peer generation check); status %.1f MB" % (rss_mb, LIMIT_RSS_MB, rss["run"],
-                                                                               check_rss_mb, rss["status"]))
+          "interval's first run (the peer generation check); status %.1f MB"
+          % (rss_mb, LIMIT_RSS_MB, rss["run"], check_rss_mb, rss["status"]))
     load = os.getloadavg()[0]
     # On a machine busier than its CPUs, a wall time mostly measures the wait for a CPU; the CPU time is what the
     # command costs, and what a quiet node's wall time comes close to.
