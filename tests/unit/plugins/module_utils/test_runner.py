@@ -100,8 +100,6 @@ def test_job_report_and_metrics(tmp_path):
     assert sum(1 for line in lines if not line.startswith("#")) == 12 * 2 + 2 + 8 + 5
 
 
-
-
 def test_restore_points_in_the_report_and_the_metrics():
     """What the last finalize reported (count, oldest, bytes) and the points deleted for lack of space; before any
     report, the newest replica is the one point, its space not known."""
