@@ -209,6 +209,8 @@ def _no_arguments(parser):
 def _serve_arguments(parser):
     parser.add_argument("--peer", type=node_name, metavar="NODE",
                         help="the node whose key runs this command (authorized_keys binds each peer's key to its name)")
+    _flag(parser, "--read-only", "only the operations that read (node-status): the forced command of a node's web "
+          "service key")
 
 
 @subcommand("serve", "The receiving side for peer nodes (the SSH forced command; reads SSH_ORIGINAL_COMMAND).",
@@ -216,7 +218,11 @@ def _serve_arguments(parser):
 def serve(args):
     """Answers on stdout itself (one JSON line); a refused operation exits 1."""
     from ansible_collections.storage.replication.plugins.module_utils import serve as serving  # pylint: disable=import-outside-toplevel
-    if serving.main(peer=args.peer) != 0:
+    operations = None
+    if args.read_only:
+        from ansible_collections.storage.replication.plugins.module_utils import nodeview  # pylint: disable=import-outside-toplevel
+        operations = nodeview.OPERATIONS
+    if serving.main(peer=args.peer, operations=operations) != 0:
         raise SystemExit(EXIT_FAILED)
     return Output(None, "")
 
@@ -243,6 +249,77 @@ def module_call(args):
         os.close(reply_fd)
     say(json.dumps(reply, sort_keys=True))
     return Output(None, "")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# web, web-password: the read-only web views (web.py), imported only here
+# ---------------------------------------------------------------------------------------------------------
+
+def _web_arguments(parser):
+    parser.add_argument("--listen", default="127.0.0.1:8099", metavar="HOST:PORT",
+                        help="address and port (default 127.0.0.1:8099); any but a loopback address needs TLS and "
+                             "authentication")
+    parser.add_argument("--tls-cert", metavar="FILE", help="PEM certificate (chain) for HTTPS")
+    parser.add_argument("--tls-key", metavar="FILE", help="its PEM private key")
+    parser.add_argument("--token-file", metavar="FILE", help="a file with the bearer token (one word, >= 16 characters); "
+                        "browsers give it as the password of any user name")
+    parser.add_argument("--password-file", metavar="FILE", help="'user:hash' lines, bcrypt (htpasswd -B) or scrypt "
+                        "(storage-replication web-password USER)")
+    parser.add_argument("--key", metavar="FILE", default="/etc/storage-replication/web/id_ed25519",
+                        help="the SSH key the service asks the nodes with (bound to read-only access on every node)")
+    parser.add_argument("--cluster-file", metavar="FILE",
+                        help="the cluster configuration's cluster.json, where the nodes are found at start "
+                             "(default: the one in the configuration directory)")
+    parser.add_argument("--local-node-file", metavar="FILE",
+                        help="the file naming this node (default: local-node in the state directory)")
+    parser.add_argument("--refresh", type=bounded_int(2, 3600), default=5, metavar="SECONDS",
+                        help="how often the pages refresh themselves (default 5)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="a host name besides localhost that requests to a loopback address may name (repeatable)")
+    _flag(parser, "--check-config", "check the options and the files they name, say how it would serve, and exit")
+
+
+def _web_engine():
+    from ansible_collections.storage.replication.plugins.module_utils import web  # pylint: disable=import-outside-toplevel
+    return web
+
+
+@subcommand("web", "Serve the read-only replication pages (cluster, node, guest, job) and their JSON.", _web_arguments)
+def web(args):
+    webmod = _web_engine()
+    paths = _paths()
+    try:
+        summary = webmod.serve(
+            args.listen, key=args.key, cluster_file=args.cluster_file or os.path.join(paths.confdir, "cluster.json"),
+            local_node_file=args.local_node_file or os.path.join(paths.statedir, "local-node"), tls_cert=args.tls_cert,
+            tls_key=args.tls_key, token_file=args.token_file, password_file=args.password_file, refresh=args.refresh,
+            allowed_hosts=args.allow_host, check_only=args.check_config)
+    except webmod.WebError as exc:
+        raise UsageError(str(exc)) from None
+    return Output({"listen": args.listen, "summary": summary}, summary if args.check_config else "")
+
+
+def _web_password_arguments(parser):
+    parser.add_argument("user", metavar="USER", help="the user name (letters, digits and ._@-)")
+
+
+@subcommand("web-password", "Print a password file line (user:scrypt hash) for the web service; the password is read "
+            "from stdin (asked twice on a terminal).", _web_password_arguments)
+def web_password(args):
+    import getpass  # pylint: disable=import-outside-toplevel
+    webmod = _web_engine()
+    if not webmod.USER_RE.match(args.user):
+        raise UsageError("user name %r: letters, digits and ._@- only, at most 64" % args.user[:80])
+    if sys.stdin.isatty():
+        password = getpass.getpass("password for %s: " % args.user)
+        if getpass.getpass("again: ") != password:
+            raise UsageError("the two passwords differ; nothing was printed")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        raise UsageError("the password must have at least 8 characters")
+    line = "%s:%s" % (args.user, webmod.hash_password(password))
+    return Output({"user": args.user, "line": line}, line)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -674,7 +751,8 @@ def _prepare_arguments(parser):
 
 def _receiver_call(operation, cfg, request):
     """Run receiver operation ``operation`` (prepare, finalize) on this node, as a peer would over SSH."""
-    from ansible_collections.storage.replication.plugins.module_utils import protocol, receiver, serve as serving  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from ansible_collections.storage.replication.plugins.module_utils import protocol, receiver, serve as serving, zfs
     config = _engine()[1]
     paths = _paths()
     # root on this node speaks for the guest's owner here (pvesr's internal commands); the receiver's rules still apply
@@ -683,7 +761,7 @@ def _receiver_call(operation, cfg, request):
         reply = serving.CONTROL_OPERATIONS[operation](local, dict(request, generation=cfg.generation))
     except protocol.Refused as exc:
         raise CliError(str(exc)) from None
-    except (serving.ZfsError, config.ConfigError, OSError) as exc:
+    except (zfs.ZfsError, config.ConfigError, OSError) as exc:
         raise CliError(_one_line(exc)) from None
     finally:
         for line in local.log:

@@ -34,10 +34,10 @@ LAYERS = [
     "cluster", "fence",
     # one replication: the receiving side (who may ask what, the operations, the forced command), the sending side
     "authority", "receiver", "serve", "replicate", "plan",
-    # what runs replications: the runner, failover, migration
-    "runner", "rollback", "failover", "migrate",
-    # what the Ansible modules do (run by the runner's module-call), then the entry point: the CLI
-    "_converge", "_module", "cli",
+    # what runs replications: the runner, what a node tells of them (read-only), rollback, failover, migration
+    "runner", "nodeview", "rollback", "failover", "migrate",
+    # what the Ansible modules do (run by the runner's module-call), then the entry points: the web views, the CLI
+    "_converge", "_module", "web", "cli",
 ]
 LAZY_ALLOWED = {"cli"}
 
