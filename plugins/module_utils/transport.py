@@ -16,6 +16,7 @@ StrictHostKeyChecking=yes.  The receiving side counts the bytes it feeds to `zfs
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import select
@@ -25,18 +26,15 @@ import subprocess
 import threading
 import time
 
-from ansible_collections.storage.replication.plugins.module_utils.files import copy_stream
-from ansible_collections.storage.replication.plugins.module_utils.state import atomic_write
+from ansible_collections.storage.replication.plugins.module_utils.files import atomic_write, copy_stream
+from ansible_collections.storage.replication.plugins.module_utils.protocol import (
+    INLINE_STREAM_MAX, MAX_REPLY, RECEIVE, SESSION, last_json_line, session_line)
 
 NODE_KEY = "/root/.ssh/id_ed25519"
 CONNECT_TIMEOUT = 10
 # Measured on the lab: aes128-gcm is the fastest cipher both ends offer (see docs/architecture.md).
 DATA_CIPHERS = "aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.com"
 PUMP_CHUNK = 256 * 1024
-MAX_REPLY = 16 * 1024 * 1024
-# A stream up to this size (an incremental run with little or nothing changed) goes to the target over the control
-# connection that is already open: an OpenSSH handshake and a receiver process cost more than it (measured ~0.5 s).
-INLINE_LIMIT = 1024 * 1024
 # A peer that has not begun to answer an operation for this long is asked whether the link still carries anything
 # (an OpenSSH keep-alive that wants an answer); no answer within as long again means the link is down.  A cut link
 # ends a control call in about 20 s instead of at the operation's timeout (600 s for a run's operations).
@@ -120,18 +118,19 @@ def auth_message(node_name):
             "(re-run the site playbook / runner role)" % node_name)
 
 
+@dataclasses.dataclass(eq=False)
 class ControlChannel:
     """One authenticated SSH connection to a peer; `call` runs one receiver operation on it."""
 
-    def __init__(self, node_name, address, host_key, key=NODE_KEY, port=22, timeout=CONNECT_TIMEOUT):
-        self.node_name = node_name
-        self.address = address
-        self.host_key = host_key
-        self.key = key
-        self.port = port
-        self.timeout = timeout
-        self.client = None
-        self.session = None  # None: not opened yet; False: the peer has no sessions; else (channel, replies)
+    node_name: str
+    address: str
+    host_key: str
+    key: str = NODE_KEY
+    port: int = 22
+    timeout: float = CONNECT_TIMEOUT
+    client: object = dataclasses.field(default=None, init=False)
+    # None: not opened yet; False: the peer has no sessions; else (channel, replies)
+    session: object = dataclasses.field(default=None, init=False)
 
     def connect(self):
         import paramiko  # pylint: disable=import-outside-toplevel
@@ -171,10 +170,10 @@ class ControlChannel:
         return self._call(operation, request, timeout)
 
     def receive_inline(self, arguments, data, timeout=600):
-        """A whole small stream (`data`, at most INLINE_LIMIT bytes) into the peer's `receive` with `arguments`
+        """A whole small stream (`data`, at most INLINE_STREAM_MAX bytes) into the peer's `receive` with `arguments`
         (the key=value words of the OpenSSH data path), through the session: no new handshake, no new process.
         Only for peers whose prepare reply says `inline_receive`."""
-        return self._call("receive", {"arguments": list(arguments), "bytes": len(data)}, timeout, payload=data)
+        return self._call(RECEIVE, {"arguments": list(arguments), "bytes": len(data)}, timeout, payload=data)
 
     def _call(self, operation, request, timeout, payload=None):
         if self.client is None:
@@ -197,16 +196,16 @@ class ControlChannel:
         sessions."""
         if self.session is None:
             channel = self.client.get_transport().open_session(timeout=self.timeout)
-            channel.exec_command("session")
+            channel.exec_command(SESSION)
             self.session = (channel, channel.makefile("rb"))
         channel, replies = self.session
         channel.settimeout(timeout)
-        channel.sendall((json.dumps({"operation": operation, "request": request}) + "\n").encode("utf-8"))
+        channel.sendall(session_line(operation, request))
         if payload:
             channel.sendall(payload)
         self._await_reply(channel, operation, timeout)
         line = replies.readline(MAX_REPLY)
-        reply = _last_json_line(line.decode("utf-8", "replace"))
+        reply = last_json_line(line.decode("utf-8", "replace"))
         if isinstance(reply, dict) and reply.get("reason") == "invalid-operation" and "'session'" in reply.get("error", ""):
             self._close_session()
             self.session = False
@@ -360,7 +359,7 @@ class StreamResult:
 def stream(send_argv, ssh_command, node_name, address, rate_bps=None, on_start=None, inline=None):
     """Run `send_argv | [rate pump] | ssh_command`; returns a StreamResult with the receiver's JSON reply.
 
-    With `inline` (a function data -> reply, e.g. ControlChannel.receive_inline), the first INLINE_LIMIT + 1 bytes
+    With `inline` (a function data -> reply, e.g. ControlChannel.receive_inline), the first INLINE_STREAM_MAX + 1 bytes
     are read first: a stream that ends within them goes through `inline` instead of a new OpenSSH connection; a
     bigger one is spliced on into ssh after them.  Without a rate limit and without `inline` the two processes are
     joined by a pipe and Python stays out of the data path.
@@ -372,8 +371,8 @@ def stream(send_argv, ssh_command, node_name, address, rate_bps=None, on_start=N
     bucket = TokenBucket(rate_bps) if rate_bps else None
     head = None
     if inline is not None:
-        head = _read_head(send.stdout.fileno(), INLINE_LIMIT + 1)
-        if len(head) <= INLINE_LIMIT:
+        head = _read_head(send.stdout.fileno(), INLINE_STREAM_MAX + 1)
+        if len(head) <= INLINE_STREAM_MAX:
             return _inline_stream(send, head, inline, bucket, node_name, start)
     feeder = None
     if head is not None or bucket is not None:
@@ -459,11 +458,14 @@ def _collect(ssh, send):
 
 def _stream_outcome(node_name, address, send, ssh, ssh_out, ssh_err, send_err, seconds):
     """The cause of a failed stream, in order: zfs send itself, the receiver's answer, then ssh."""
-    reply = _last_json_line(ssh_out)
-    if send.returncode != -signal.SIGPIPE:
+    reply = last_json_line(ssh_out)
+    refused = isinstance(reply, dict) and not reply.get("ok", False)
+    # A receiver that failed (a full pool, say) closes the pipe: zfs-fuse's send then exits 1 saying "Broken pipe",
+    # and the receiver's answer is the cause worth reporting.
+    if send.returncode != -signal.SIGPIPE and not (refused and "Broken pipe" in send_err):
         _check_send(send, send_err, node_name)
-    if isinstance(reply, dict) and not reply.get("ok", False):
-        raise RemoteError(node_name, "receive", reply)
+    if refused:
+        raise RemoteError(node_name, RECEIVE, reply)
     if not isinstance(reply, dict) or send.returncode != 0:
         explained = explain_ssh_failure(node_name, address, ssh_err)
         if explained:
@@ -481,15 +483,6 @@ def _check_send(send, send_err, node_name):
         raise TransportError("'%s' failed on this node (%s)%s - what '%s' held of this volume before is unchanged; "
                              "the next run retries" % (" ".join(send.args), _exit_text(send.returncode), detail,
                                                        node_name))
-
-
-def _last_json_line(text):
-    for line in reversed(text.strip().splitlines()):
-        try:
-            return json.loads(line)
-        except ValueError:
-            continue
-    return None
 
 
 def _exit_text(code):

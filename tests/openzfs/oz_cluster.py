@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 import ansible_runner  # noqa: E402  pylint: disable=wrong-import-position
+from lab._system import wait_until  # noqa: E402  pylint: disable=wrong-import-position
 import cluster_setup  # noqa: E402  pylint: disable=wrong-import-position
 from cluster_setup import CHECKSUM_SCRIPT  # noqa: E402  pylint: disable=wrong-import-position
 
@@ -59,12 +59,13 @@ GUESTS = [
     _guest(510, "ct", ["enc-zfs:subvol-510-disk-0"]),                              # plain into encrypted parent
     _guest(600, "ct", ["local-zfs:subvol-600-disk-0"]),                            # -c
     _guest(700, "ct", ["local-zfs:subvol-700-disk-0"]),                            # partition, refusals
+    _guest(800, "vm", ["local-zfs:vm-800-disk-0"]),                                # restore points on a zvol
 ]
 JOBS = [
     _job("100-0", "node2"), _job("100-1", "node3"), _job("200-0", "node2"),
     _job("300-0", "node2", rate=15), _job("310-0", "node2", rate=15), _job("320-0", "node2", rate=15),
     _job("400-0", "node2"), _job("500-0", "node2"), _job("510-0", "node2"), _job("600-0", "node2"),
-    _job("700-0", "node2"),
+    _job("700-0", "node2"), _job("800-0", "node2", keep="last=3", keep_source="last=2"),
 ]
 # The smoke (test_smoke.py): one zvol per test on two nodes.  The resumed transfer is rate-limited (2 MB/s: its
 # 24 MiB take 12 s), so that the kill lands mid-stream however fast the emulated link is.
@@ -195,9 +196,20 @@ class OzCluster:
         self.tier.exec(node, ["dd", "if=" + source, "of=/%s/%s" % (dataset, filename), "bs=1M",
                               "count=%d" % megabytes, "conv=fsync", "status=none"])
 
+    def filesystem_with_data(self, dataset, megabytes, filename="a.bin"):
+        """A new filesystem on node1 holding one file of random data."""
+        self.zfs("node1", "create", dataset)
+        self.write_file("node1", dataset, filename, megabytes)
+
     def tree_checksum(self, node, dataset):
         """sha256 over the file tree of a mounted filesystem dataset."""
         return self.tier.exec(node, ["python3", "-c", CHECKSUM_SCRIPT, "/" + dataset]).stdout.strip()
+
+    def assert_same_files(self, dataset, holds=True):
+        """node2's replica holds node1's files; with ``holds``, the engine holds exactly what the next runs need."""
+        assert self.tree_checksum("node2", dataset) == self.tree_checksum("node1", dataset)
+        if holds:
+            self.assert_no_orphaned_holds()
 
     def snapshots(self, node, dataset):
         proc = self.zfs(node, "list", "-H", "-p", "-t", "snapshot", "-o", "name", "-d", "1", dataset, check=False)
@@ -268,17 +280,6 @@ class OzCluster:
 
 # ---------------------------------------------------------------- checks shared by the tier's and the smoke's tests
 
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %d s waiting for %s" % (timeout, what))
-        time.sleep(0.5)
-
-
 def assert_ok(result):
     assert result["ok"], "job %s failed: %s\n%s" % (result["job"], result["error"], "\n".join(result.get("log", [])))
     return result
@@ -298,12 +299,14 @@ def interrupt_mid_stream(cluster, job, volume_dataset, after_bytes, interrupt):
     """Start the job with the CLI, call interrupt() once the target received after_bytes; returns rx before."""
     rx_before = cluster.link_rx_bytes("node2")
     with subprocess.Popen(cluster.run_job_argv(job), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
-        wait_for(lambda: cluster.link_rx_bytes("node2") - rx_before > after_bytes, 300, "the transfer to get going")
+        wait_until(lambda: cluster.link_rx_bytes("node2") - rx_before > after_bytes, 300, "the transfer to get going",
+                   0.5, error=AssertionError)
         interrupt()
         _out, err = run.communicate(timeout=300)
     assert run.returncode != 0, "the interrupted run succeeded"
     assert job in err
-    wait_for(lambda: cluster.resume_token("node2", volume_dataset), 120, "the target to save a resume token")
+    wait_until(lambda: cluster.resume_token("node2", volume_dataset), 120, "the target to save a resume token", 0.5,
+               error=AssertionError)
     return rx_before
 
 
