@@ -137,7 +137,7 @@ class OzCluster:
         cfg = cluster_setup.base_config(self.tier)
         for guest in self.guests:
             cfg.guests[guest["id"]] = configmod.Guest(id=guest["id"], type=guest["type"], node=guest["node"],
-                                                     volumes=list(guest["volumes"]))
+                                                      volumes=list(guest["volumes"]))
         for job in self.jobs:
             cfg.jobs[job["id"]] = configmod.Job(id=job["id"], target=job["target"], schedule=job["schedule"],
                                                 rate=job.get("rate"))
