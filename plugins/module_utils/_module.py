@@ -60,6 +60,7 @@ def converge(module, change, what, diff_of, result_of):
     ``what`` names the object for messages ("job 100-0"); ``diff_of(before, after)`` returns the before/after of
     the managed fields; ``result_of(after, change_result)`` the module's own return values.
     """
+    catch_up_first(module)
     try:
         outcome = cluster.change_cluster(change, force=module.params["allow_unreachable"], check_mode=module.check_mode)
     except configmod.ConfigError as exc:
@@ -76,6 +77,26 @@ def converge(module, change, what, diff_of, result_of):
     if module._diff:  # pylint: disable=protected-access
         result["diff"] = diff_of(outcome.before, outcome.after)
     module.exit_json(**result)
+
+
+def catch_up_first(module):
+    """Adopt the newer configuration a peer holds before the change is computed. The task may run on a node that was
+    down and missed changes (site.yml runs it on the first node that answers): computed on what that node holds, a
+    change could look like nothing to do. What stops the catch-up is left to the change itself to report (it needs
+    the peers too); check mode adopts nothing and says that the dry run is computed on the older configuration."""
+    try:
+        found = cluster.catch_up(check_mode=module.check_mode)
+    except (cluster.ClusterError, configmod.ConfigError, OSError, ImportError):
+        return
+    if found.adopted is None:
+        return
+    if module.check_mode:
+        module.warn("node '%s' holds cluster configuration generation %d, newer than this node's (%d): this dry run is "
+                    "computed on this node's; the real run adopts the newer one first"
+                    % (found.source, found.adopted, found.generation))
+    else:
+        module.warn("this node adopted cluster configuration generation %d from node '%s' first (it had missed changes)"
+                    % (found.adopted, found.source))
 
 
 def missing_module_message(exc, what):
