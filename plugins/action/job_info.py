@@ -1,36 +1,14 @@
 # Copyright (c) 2026, storage.replication developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Runs the job_info module on the node, then evaluates ``query`` (JMESPath) on the controller, where jmespath is
-installed, so that the nodes need nothing beyond the runner."""
+"""Runs the job_info module on the node, then evaluates ``query`` (JMESPath) over its ``jobs`` on the controller."""
 
 from __future__ import annotations
 
-from ansible.plugins.action import ActionBase
+from ansible_collections.storage.replication.plugins.plugin_utils.info_action import QueryingInfoAction
 
 
-class ActionModule(ActionBase):
+class ActionModule(QueryingInfoAction):
 
-    _supports_check_mode = True
-    _supports_async = False
-
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)
-        del tmp
-        result.update(self._execute_module(module_name="storage.replication.job_info", module_args=self._task.args,
-                                           task_vars=task_vars))
-        query = self._task.args.get("query")
-        if query and not result.get("failed"):
-            result.update(self._query(query, result.get("jobs", [])))
-        return result
-
-    @staticmethod
-    def _query(query, jobs):
-        try:
-            import jmespath  # pylint: disable=import-outside-toplevel
-        except ImportError:
-            return {"failed": True, "msg": "query needs the Python package jmespath on the controller: pip install jmespath"}
-        try:
-            return {"query_result": jmespath.search(query, jobs)}
-        except jmespath.exceptions.JMESPathError as exc:
-            return {"failed": True, "msg": "query '%s' is not a valid JMESPath expression: %s" % (query, exc)}
+    MODULE = "storage.replication.job_info"
+    QUERIED = "jobs"
