@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from ansible_collections.storage.replication.plugins.module_utils.config import ConfigError, Guest, Job, Node, Storage
 from ansible_collections.storage.replication.plugins.module_utils.failover import time_text
-from ansible_collections.storage.replication.plugins.module_utils.schedule import ScheduleError, interval_warnings
+from ansible_collections.storage.replication.plugins.module_utils.schedule import setting_warnings
 
 ABSENT = "absent"
 
@@ -43,74 +43,63 @@ def _purge(table, wanted, remove):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Nodes and storages
+# Nodes, storages and guests: one loop over the items of a table
 
-def apply_nodes(cfg, items, purge=False):
-    names = []
+def _apply_items(table, items, key, what, remove, put, purge):
+    """Converge ``table`` (cfg.nodes, ...) to ``items``: an absent item is removed, any other is ``put(item)``
+    (which returns warnings); with ``purge`` every key no item names is removed too."""
+    names, warnings = [], []
     for item in items:
-        name = item["name"]
+        name = item[key]
         names.append(name)
         try:
             if _absent(item):
-                if name in cfg.nodes:
-                    cfg.remove_node(name)
+                if name in table:
+                    remove(name)
                 continue
-            old = cfg.nodes.get(name)
-            host_key = item.get("host_key")
-            if host_key is None:
-                host_key = old.host_key if old else ""
-            cfg.set_node(Node(name=name, address=item["address"] or (old.address if old else ""),
-                              host_key=" ".join(host_key.split()[:2]), port=item.get("port") or 22))
+            warnings += put(item)
         except ConfigError as exc:
-            raise _prefixed("node '%s'" % name, exc) from None
+            raise _prefixed("%s '%s'" % (what, name), exc) from None
     if purge:
-        names += _purge(cfg.nodes, names, cfg.remove_node)
-    return names, []
+        names += _purge(table, names, remove)
+    return names, warnings
+
+
+def apply_nodes(cfg, items, purge=False):
+    return _apply_items(cfg.nodes, items, "name", "node", cfg.remove_node, lambda item: _set_node(cfg, item), purge)
 
 
 def apply_storages(cfg, items, purge=False):
-    names = []
-    for item in items:
-        storage_id = item["id"]
-        names.append(storage_id)
-        try:
-            if _absent(item):
-                if storage_id in cfg.storages:
-                    cfg.remove_storage(storage_id)
-                continue
-            cfg.set_storage(Storage(id=storage_id, type=item.get("type") or "zfspool", pool=item["pool"]))
-        except ConfigError as exc:
-            raise _prefixed("storage '%s'" % storage_id, exc) from None
-    if purge:
-        names += _purge(cfg.storages, names, cfg.remove_storage)
-    return names, []
+    return _apply_items(cfg.storages, items, "id", "storage", cfg.remove_storage,
+                        lambda item: _set_storage(cfg, item), purge)
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# Guests
 
 def apply_guests(cfg, items, purge=False):
-    names, moved = [], []
-    for item in items:
-        guest_id = item["id"]
-        names.append(guest_id)
-        try:
-            if _absent(item):
-                if guest_id in cfg.guests:
-                    cfg.remove_guest(guest_id)
-                continue
-            if _set_guest(cfg, item):
-                moved.append(guest_id)
-        except ConfigError as exc:
-            raise _prefixed("guest '%s'" % guest_id, exc) from None
-    if purge:
-        names += _purge(cfg.guests, names, cfg.remove_guest)
+    # _set_guest reports the guests a move took elsewhere; they make one warning line.
+    names, moved = _apply_items(cfg.guests, items, "id", "guest", cfg.remove_guest, lambda item: _set_guest(cfg, item),
+                                purge)
     return names, [drift_warning(cfg, moved)] if moved else []
 
 
+def _set_node(cfg, item):
+    """Create or update a node; an address or host key the item leaves out stays as it is."""
+    old = cfg.nodes.get(item["name"])
+    host_key = item.get("host_key")
+    if host_key is None:
+        host_key = old.host_key if old else ""
+    cfg.set_node(Node(name=item["name"], address=item["address"] or (old.address if old else ""),
+                      host_key=" ".join(host_key.split()[:2]), port=item.get("port") or 22))
+    return []
+
+
+def _set_storage(cfg, item):
+    cfg.set_storage(Storage(id=item["id"], type=item.get("type") or "zfspool", pool=item["pool"]))
+    return []
+
+
 def _set_guest(cfg, item):
-    """Create or update a guest; the owner comes from the item only when the guest is new. True when the guest runs
-    elsewhere than the item's node (a migration or failover moved it)."""
+    """Create or update a guest; the owner comes from the item only when the guest is new. Returns ``[its ID]`` when
+    it runs elsewhere than the item's node (a migration or failover moved it), else ``[]``."""
     old = cfg.guests.get(item["id"])
     if old is None and not item.get("node"):
         raise ConfigError("a new guest needs the node it starts on (node); known nodes: %s"
@@ -118,7 +107,7 @@ def _set_guest(cfg, item):
     owner = old.node if old is not None else item["node"]
     cfg.set_guest(Guest(id=item["id"], type=item["type"], node=owner, volumes=list(item.get("volumes") or []),
                         hooks={name: list(argv) if isinstance(argv, list) else argv for name, argv in (item.get("hooks") or {}).items()}))
-    return bool(old is not None and item.get("node") and item["node"] != owner)
+    return [item["id"]] if old is not None and item.get("node") and item["node"] != owner else []
 
 
 def drift_warning(cfg, moved):
@@ -223,7 +212,7 @@ def _apply_job(cfg, item, job_id, keep, force, warnings):
             _remove_job(cfg, wanted, keep, force)
         return wanted
     fields = job_fields(item)
-    warnings += _schedule_warnings(fields["schedule"])
+    warnings += setting_warnings(fields["schedule"])
     if job_id is None:
         return _create_job(cfg, item, fields)
     job = cfg.jobs[job_id]
@@ -252,15 +241,6 @@ def _remove_job(cfg, job_id, keep, force):
     mode = "local" if keep else "full"
     if job_id in cfg.jobs and cfg.jobs[job_id].remove_job != mode:
         cfg.mark_job_for_removal(job_id, mode)
-
-
-def _schedule_warnings(schedule):
-    if schedule is None:
-        return []
-    try:
-        return interval_warnings(schedule)
-    except ScheduleError:
-        return []  # the validation of the job reports it, naming the job
 
 
 def job_view(job, cfg):

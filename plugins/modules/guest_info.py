@@ -150,7 +150,7 @@ query_result:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.storage.replication.plugins.module_utils import config as configmod, failover, runner
+from ansible_collections.storage.replication.plugins.module_utils import config as configmod, failover, settings
 from ansible_collections.storage.replication.plugins.module_utils._converge import guest_view
 from ansible_collections.storage.replication.plugins.module_utils._module import run_module_step
 from ansible_collections.storage.replication.plugins.module_utils.replicate import ReplicationError
@@ -158,7 +158,7 @@ from ansible_collections.storage.replication.plugins.module_utils.state import r
 
 
 def guest_info(params):
-    paths = runner.Paths.from_environment()
+    paths = settings.Paths.from_environment()
     cfg = configmod.load(paths.confdir)
     node = read_local_node(paths.statedir)
     views = (failover.survey(cfg, paths.confdir, paths.statedir) if params["peers"]
