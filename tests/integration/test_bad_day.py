@@ -24,11 +24,9 @@ import re
 
 import pytest
 
-from lab import Lab
-from lab.site_tour import ensure_wheelhouse
-
 import cluster_setup as cs
 from ansible_runner import run_playbook, snapshot_collection
+from test_site import Site
 from workload.guest import config_of, runner
 
 pytestmark = pytest.mark.lab
@@ -44,7 +42,10 @@ CONFIG_TASKS = ["Record the storages", "Record the guests (where each starts; a 
                 "Converge the replication jobs"]
 
 
-def inventory_vars(wheelhouse, jobs=None):
+JOBS = [{"guest": GUEST, "target": "node2"}, {"guest": GUEST, "target": "node3", "schedule": "*/30"}]
+
+
+def inventory_vars(wheelhouse):
     """Guest 100, a service whose hooks keep a file on its node, replicated from node1 to node2 and node3."""
     return {
         "runner_pip_wheelhouse": wheelhouse,
@@ -52,19 +53,14 @@ def inventory_vars(wheelhouse, jobs=None):
         "replication_guests": [{"id": GUEST, "type": "service", "node": "node1", "volumes": ["%s:%s" % (cs.STORAGE, VOLUME)],
                                 "hooks": {"start": ["/bin/touch", RUNNING_FILE], "stop": ["/bin/rm", "-f", RUNNING_FILE],
                                           "status": ["/bin/sh", "-c", "test -e %s || exit 3" % RUNNING_FILE]}}],
-        "replication_jobs": jobs if jobs is not None else [{"guest": GUEST, "target": "node2"},
-                                                           {"guest": GUEST, "target": "node3", "schedule": "*/30"}],
+        "replication_jobs": JOBS,
     }
 
 
 @pytest.fixture(scope="module")
 def day_lab():
-    lab = Lab("%s-day" % os.environ.get("SR_LAB_NAME", "srtest")[:12])
-    lab.down(out=lambda _line: None)
-    lab.up(nodes=4, pool_size="256M", out=lambda _line: None)
-    yield lab
-    if os.environ.get("SR_LAB_KEEP") != "1":
-        lab.down(out=lambda _line: None)
+    with cs.fresh_lab("%s-day" % os.environ.get("SR_LAB_NAME", "srtest")[:12], nodes=4) as lab:
+        yield lab
 
 
 class Story:
@@ -73,28 +69,19 @@ class Story:
     owner = None
 
 
-class Day:
-    """Runs the playbooks against the four-node lab from a snapshot of the collection."""
+class Day(Site):
+    """site.yml (with this module's inventory variables), the other playbooks and one-play tasks against the lab."""
 
     def __init__(self, lab, collections):
-        self.lab = lab
-        self.collections = collections
-        self.wheelhouse = ensure_wheelhouse()
+        super().__init__(lab, collections)
+        self.vars = inventory_vars(self.vars["runner_pip_wheelhouse"])
 
     def playbook(self, name, extra_vars=None, **kwargs):
         return run_playbook(self.lab.inventory_path, "playbooks/%s.yml" % name, extra_vars=extra_vars, timeout=1800,
                             collections_path=self.collections, **kwargs)
 
     def site(self, jobs=None, **extra):
-        return self.playbook("site", dict(inventory_vars(self.wheelhouse, jobs), **extra))
-
-    def task(self, tmp_path, tasks, hosts="replication_nodes"):
-        import yaml  # pylint: disable=import-outside-toplevel
-        play = [{"name": "Module under test", "hosts": hosts, "gather_facts": False, "become": True,
-                 "vars": {"ansible_python_interpreter": PYTHON}, "tasks": tasks}]
-        path = tmp_path / "play.yml"
-        path.write_text(yaml.safe_dump(play, sort_keys=False))
-        return run_playbook(self.lab.inventory_path, str(path), timeout=900, collections_path=self.collections)
+        return self.play(dict(extra, replication_jobs=jobs) if jobs is not None else extra)
 
     def config(self, node):
         """The node's committed configuration, read from its disk (works while the node is dead)."""
@@ -102,9 +89,6 @@ class Day:
 
     def configs(self, nodes=None):
         return {node: self.config(node).content() for node in nodes or self.lab.nodes}
-
-    def cli(self, node, *argv):
-        return self.lab.exec(node, ["storage-replication"] + list(argv), timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +140,7 @@ def test_site_with_one_of_four_nodes_down_changes_the_other_three(day):
     before = day.config("node2").generation
     lab.kill("node1")  # the first host of the inventory: run_once would have picked it
     try:
-        run = day.site(inventory_vars(day.wheelhouse)["replication_jobs"] + [ADDED_JOB])
+        run = day.site(JOBS + [ADDED_JOB])
         assert_ok_but_dead(run, ["node1"])
         said = output(run)
         assert "1 of 4 nodes do not answer (node1: " in said and "adopt it from their peers when they are back" in said, said[-3000:]
@@ -188,7 +172,7 @@ def test_site_with_two_of_four_nodes_down_is_refused_for_quorum(day):
     lab.kill("node1")
     lab.kill("node2")
     try:
-        run = day.site(inventory_vars(day.wheelhouse)["replication_jobs"] + [{"guest": GUEST, "target": "node4", "rate": 5}])
+        run = day.site(JOBS + [{"guest": GUEST, "target": "node4", "rate": 5}])
         assert run.rc != 0
         failures = [f for f in run.failures() if f["task"] != PING]
         assert [(f["host"], f["task"]) for f in failures] == [("node3", "Refuse without a majority of the nodes")], run.describe()
@@ -302,7 +286,7 @@ def test_the_drift_warning_is_one_line_and_says_how(day):
     lab.revive("node1")
     code, result = runner(lab, "node1")
     assert code == 0, result
-    run = day.site(inventory_vars(day.wheelhouse)["replication_jobs"] + [ADDED_JOB])
+    run = day.site(JOBS + [ADDED_JOB])
     run.assert_ok()
     warnings = [line for line in (run.stdout + run.stderr).splitlines() if "moved by a migration or failover" in line]
     assert len(warnings) == 1, warnings

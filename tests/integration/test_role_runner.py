@@ -18,10 +18,10 @@ import os
 import pytest
 import yaml
 
-from lab import Lab
 from lab.site_tour import ensure_wheelhouse
 
 from ansible_runner import run_playbook, snapshot_collection
+from cluster_setup import fresh_lab
 
 pytestmark = pytest.mark.lab
 
@@ -36,12 +36,8 @@ PINS = {"paramiko": "5.1.0", "croniter": "7.0.0"}
 
 @pytest.fixture(scope="module")
 def role_lab():
-    lab = Lab("%s-role" % os.environ.get("SR_LAB_NAME", "srtest")[:12])
-    lab.down(out=lambda _line: None)
-    lab.up(nodes=3, pool_size="256M", out=lambda _line: None)
-    yield lab
-    if os.environ.get("SR_LAB_KEEP") != "1":
-        lab.down(out=lambda _line: None)
+    with fresh_lab("%s-role" % os.environ.get("SR_LAB_NAME", "srtest")[:12]) as lab:
+        yield lab
 
 
 class Role:

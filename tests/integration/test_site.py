@@ -16,10 +16,10 @@ import os
 import pytest
 import yaml
 
-from lab import Lab
 from lab.site_tour import VOLUMES, replica_digests, site_vars, write_data
 
 from ansible_runner import run_playbook, snapshot_collection
+from cluster_setup import fresh_lab
 
 CONFDIR = "/etc/storage-replication"
 PYTHON = "/opt/storage-replication/venv/bin/python"
@@ -27,13 +27,8 @@ PYTHON = "/opt/storage-replication/venv/bin/python"
 
 @pytest.fixture(scope="module")
 def site_lab():
-    # Not "<SR_LAB_NAME>-...": lab names must not extend one another (lab down matches by prefix).
-    lab = Lab(os.environ.get("SR_SITE_LAB_NAME", "srsite"))
-    lab.down(out=lambda _line: None)
-    lab.up(nodes=3, pool_size="512M", out=lambda _line: None)
-    yield lab
-    if os.environ.get("SR_LAB_KEEP") != "1":
-        lab.down(out=lambda _line: None)
+    with fresh_lab(os.environ.get("SR_SITE_LAB_NAME", "srsite"), pool_size="512M") as lab:
+        yield lab
 
 
 class Site:
