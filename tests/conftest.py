@@ -2,9 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """How the tests share two workers (pytest-xdist, --dist loadgroup): tests that would disturb each other from two
-processes keep to one worker.  The orphan-receive tests start and end real processes that every test of the same
-namespaces can see (a test in the other worker would end them as leftovers); the collection-level checks
-(ansible-test sanity and friends) run one after another."""
+processes keep to one worker: the collection-level checks (ansible-test sanity and friends) run one after another,
+and so do the lab's tests."""
 
 from __future__ import annotations
 
@@ -12,8 +11,7 @@ import pathlib
 
 import pytest
 
-GROUPS = {"test_orphans.py": "processes", "sanity": "sanity", "integration": "lab", "openzfs": "lab"}
-# (make test runs test_orphans.py after the others all the same, in the lab's serial run: see the Makefile)
+GROUPS = {"sanity": "sanity", "integration": "lab", "openzfs": "lab"}
 
 
 def pytest_collection_modifyitems(items):

@@ -15,6 +15,7 @@ import errno
 import fcntl
 import json
 import os
+import select
 import tempfile
 import time
 
@@ -25,6 +26,15 @@ _POLL_MAX = 0.2
 
 class LockError(RuntimeError):
     """A lock could not be taken in time; the message names the lock, its holder and what to do."""
+
+
+class StreamStalled(Exception):
+    """No byte arrived for ``seconds`` while a stream was copied; ``copied`` bytes had come before."""
+
+    def __init__(self, copied, seconds):
+        super().__init__("no data for %g s after %d bytes" % (seconds, copied))
+        self.copied = copied
+        self.seconds = seconds
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -137,11 +147,23 @@ def _acquire(fd, path, timeout, what, hint):
 # ---------------------------------------------------------------------------------------------------------------
 # Moving bytes
 
-def copy_stream(source_fd, sink_fd):
-    """Copy until EOF, in the kernel (splice) where Python and the descriptors allow it; returns bytes."""
+def copy_stream(source_fd, sink_fd, idle_timeout=None):
+    """Copy until EOF, in the kernel (splice) where Python and the descriptors allow it; returns bytes.
+
+    With ``idle_timeout`` (seconds), StreamStalled when nothing arrives for that long: a source that is gone without
+    closing its end (a peer whose link went down) does not keep the copy waiting for ever."""
     total = 0
+    poller = None
+    if idle_timeout is not None:
+        poller = select.poll()
+        poller.register(source_fd, select.POLLIN)
+
+    def wait_for_data():
+        if poller is not None and not poller.poll(idle_timeout * 1000):
+            raise StreamStalled(total, idle_timeout)
     splice = getattr(os, "splice", None)
     while splice is not None:
+        wait_for_data()
         try:
             moved = splice(source_fd, sink_fd, SPLICE_CHUNK)
         except OSError as exc:
@@ -152,6 +174,7 @@ def copy_stream(source_fd, sink_fd):
             return total
         total += moved
     while True:
+        wait_for_data()
         data = os.read(source_fd, SPLICE_CHUNK)
         if not data:
             return total

@@ -20,16 +20,17 @@ import os
 import time
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
-from ansible_collections.storage.replication.plugins.module_utils import orphans
 from ansible_collections.storage.replication.plugins.module_utils.authority import Authority, check, check_int, check_job, check_volumes, int_or_none
-from ansible_collections.storage.replication.plugins.module_utils.files import atomic_write
+from ansible_collections.storage.replication.plugins.module_utils.files import LockError, atomic_write
 from ansible_collections.storage.replication.plugins.module_utils.names import (
-    GUEST_ID_MAX, GUEST_ID_MIN, REPLICA_PROPERTY, SNAPSHOT_RE, STORAGE_RE, VOLUME_RE, is_job_snapshot,
-    migration_copy_job, replica_identity, replication_snapshot)
+    ENGINE_SNAPSHOT_PREFIX, GUEST_ID_MAX, GUEST_ID_MIN, REPLICA_PROPERTY, SNAPSHOT_RE, STORAGE_RE, VOLUME_RE, is_job_snapshot,
+    kept_aside_snapshot, migration_copy_job, replica_identity, replication_snapshot)
 from ansible_collections.storage.replication.plugins.module_utils.protocol import (
     DROP_COPY, Refused, check_request_keys, parse_arguments)
 from ansible_collections.storage.replication.plugins.module_utils.pruning import drop_job_snapshots, prune_job_snapshots
-from ansible_collections.storage.replication.plugins.module_utils.receive_stream import feed_zfs_recv
+from ansible_collections.storage.replication.plugins.module_utils.receive_stream import (
+    feed_zfs_recv, leftover_wait, receive_lock)
+from ansible_collections.storage.replication.plugins.module_utils.settings import SETTINGS_FILE, load_settings
 from ansible_collections.storage.replication.plugins.module_utils.state import DEFAULT_STATEDIR, StateFile, read_local_node
 from ansible_collections.storage.replication.plugins.module_utils.zfs import LookingZfs, Zfs, recv_argv
 
@@ -49,6 +50,8 @@ class Receiver(Authority):
         self.node = read_local_node(statedir)
         self.log = []
         self._cfg = None
+        # Seconds to wait for a receive a cut run left behind; None: its stall deadline and a grace (tests set it).
+        self.leftover_wait = None
 
     @property
     def cfg(self):
@@ -107,8 +110,7 @@ class Receiver(Authority):
         if not volumes and not force:
             raise Refused("no volumes specified", "invalid-argument")
         wanted = {v: self.dataset(v) for v in volumes}
-        if not looking:
-            self.end_leftover_receives(wanted)
+        self.await_leftover_receives(wanted, looking)
         found = self.scan_job_volumes(job, guest, scan, wanted)
         remaining = {}
         for volume, (dataset, snaps, bound) in sorted(found.items()):
@@ -132,22 +134,31 @@ class Receiver(Authority):
         return {"volumes": remaining, "resume_tokens": tokens, "features": self.zfs.features.as_dict(),
                 "inline_receive": True}
 
-    def end_leftover_receives(self, wanted):
-        """End the receives into these volumes that a dead run left behind (see orphans.py), and wait until ZFS has
-        saved their state, so that what this run reads (snapshots, resume tokens) no longer changes under it."""
-        for pid, (dataset, session) in sorted(orphans.leftover_receives(wanted.values()).items()):
-            volume = next(v for v, d in wanted.items() if d == dataset)
-            self.say("end the receive into '%s' (pid %d) left running by an interrupted run" % (volume, pid))
+    def await_leftover_receives(self, wanted, looking=False):
+        """Wait until no receive into these volumes runs any more (see receive_stream.py: one left by a run that was cut
+        off ends itself at its stall deadline), so that what this run reads (snapshots, resume tokens) no longer
+        changes under it.  Refused ("receive-busy") if one outlives the wait; a plan (``looking``) only says so."""
+        wait = 0 if looking else self.wait_for_leftovers()
+        for volume in sorted(wanted):
             try:
-                orphans.end(pid)
-                # Its session cleans up after the failed receive, unless it is blocked reading its dead connection:
-                # then it goes too, so that nothing holds the old stream open (zfs-fuse's daemon reads it until EOF).
-                if not orphans.wait_gone(session, orphans.SESSION_GRACE_SECONDS):
-                    orphans.end(session)
-            except orphans.StillRunning as exc:
-                raise Refused("a receive into volume '%s' on node '%s' left by an interrupted run does not end: %s - "
-                              "the next run retries; if it persists, reboot '%s'" % (volume, self.node, exc, self.node),
-                              "receive-busy")
+                with receive_lock(self.statedir, volume, wait):
+                    pass
+            except LockError as exc:
+                if not looking:
+                    raise Refused("a receive into volume '%s' on node '%s' left by an interrupted run is still running: "
+                                  "%s" % (volume, self.node, exc), "receive-busy") from None
+                self.say("a receive into '%s' left by an interrupted run is still running; a run waits for it to end "
+                         "itself" % volume)
+
+    def node_settings(self):
+        """This node's settings (runner.json; settings.py): the receive's stall deadline comes from there."""
+        return load_settings(os.path.join(self.confdir, SETTINGS_FILE))
+
+    def wait_for_leftovers(self):
+        """Seconds to wait for a receive a cut run left behind (``leftover_wait`` overrides it: tests)."""
+        if self.leftover_wait is not None:
+            return self.leftover_wait
+        return leftover_wait(self.node_settings()["receive_stall_seconds"])
 
     def resume_tokens(self, wanted):
         """{volume: receive_resume_token} of the wanted volumes holding an interrupted receive (OpenZFS)."""
@@ -228,18 +239,23 @@ class Receiver(Authority):
         if base is not None:
             check(base, SNAPSHOT_RE, "base snapshot")
         dataset = self.dataset(volume)
-        kept, bound = [], None
-        if args.get("resume") == "1":  # the rest of an interrupted stream: it goes where the first part went
-            received = feed_zfs_recv(recv_argv(dataset, force=False, resumable=True), stdin, self.node, volume)
-        elif base:
-            bound = self.check_replica(volume, dataset, guest)
-            kept = self.protect_diverged(volume, dataset, base)
-            received = feed_zfs_recv(self.recv_argv(dataset, True, args.get("raw") == "1"), stdin, self.node, volume)
-        else:
-            received = self.receive_full(volume, dataset, stdin, args.get("raw") == "1")
-        self.bind_replica(dataset, guest, job, source, bound)
+        stall = self.node_settings()["receive_stall_seconds"]
+        with receive_lock(self.statedir, volume, self.wait_for_leftovers()):
+            kept, bound = [], None
+            if args.get("resume") == "1":  # the rest of an interrupted stream: it goes where the first part went
+                received = self.feed(recv_argv(dataset, force=False, resumable=True), stdin, volume, stall)
+            elif base:
+                bound = self.check_replica(volume, dataset, guest)
+                kept = self.protect_diverged(volume, dataset, base)
+                received = self.feed(self.recv_argv(dataset, True, args.get("raw") == "1"), stdin, volume, stall)
+            else:
+                received = self.receive_full(volume, dataset, stdin, args.get("raw") == "1", stall)
+            self.bind_replica(dataset, guest, job, source, bound)
         self.say("successfully imported '%s'" % volume)
         return {"bytes": received, "kept": kept}
+
+    def feed(self, argv, stream, volume, stall):
+        return feed_zfs_recv(argv, stream, self.node, volume, stall)
 
     def recv_argv(self, dataset, force, raw):
         """Resumable where ZFS can (-s); a non-raw stream's dataset inherits encryption from its parent on this node
@@ -248,7 +264,7 @@ class Receiver(Authority):
         exclude = ("encryption",) if features.receive_exclude and not raw else ()
         return recv_argv(dataset, force=force, resumable=features.resumable_receive, exclude=exclude)
 
-    def receive_full(self, volume, dataset, stdin, raw=False):
+    def receive_full(self, volume, dataset, stdin, raw, stall):
         """A full stream creates the dataset; if the receive fails, what it created is destroyed again, unless ZFS
         saved it for a resume (OpenZFS: the next run continues from its receive_resume_token)."""
         if self.zfs.exists(dataset):
@@ -256,7 +272,7 @@ class Receiver(Authority):
                           "the source; remove it from node '%s' if it is not needed, then the next run sends it in "
                           "full" % (volume, self.node, dataset, self.node), "volume-exists")
         try:
-            return feed_zfs_recv(self.recv_argv(dataset, False, raw), stdin, self.node, volume)
+            return self.feed(self.recv_argv(dataset, False, raw), stdin, volume, stall)
         except Refused:
             if self.resume_tokens({volume: dataset}):
                 self.say("kept the interrupted receive of '%s': the next run resumes it" % volume)
@@ -271,7 +287,7 @@ class Receiver(Authority):
             raise Refused("base snapshot '%s' of volume '%s' does not exist on node '%s' - the next run selects a new "
                           "base" % (base, volume, self.node), "base-missing")
         newer = [s for s, i in snaps.items() if i["createtxg"] > snaps[base]["createtxg"]]
-        foreign = [s for s in newer if not s.startswith("__replicate_")]
+        foreign = [s for s in newer if not s.startswith(ENGINE_SNAPSHOT_PREFIX)]
         if foreign:
             raise Refused("volume '%s' on node '%s' has snapshots the source does not have (%s): receiving would "
                           "destroy them - copy them elsewhere (zfs send) and destroy them on '%s', then the next run "
@@ -283,7 +299,7 @@ class Receiver(Authority):
 
     def keep_aside(self, volume, dataset):
         stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(self.now()))
-        mark = "__kept_%s__" % stamp
+        mark = kept_aside_snapshot(stamp)
         copy = "%s%s%s" % (dataset, DIVERGED_INFIX, stamp)
         self.zfs.snapshot([dataset], mark)
         try:

@@ -40,25 +40,34 @@ class ReplicationError(Exception):
     """A run failed; the message names the cause and the fix."""
 
 
+@dataclasses.dataclass(eq=False)
 class Context:
-    """What one run needs: the configuration, this node, the paths, the ZFS layer and the log."""
+    """What one run needs: the configuration, the job, this node, the state directory, the log, the ZFS layer and
+    this node's SSH key (None: NODE_KEY)."""
 
-    def __init__(self, cfg, job, node, statedir, log, zfs, key):
-        self.cfg = cfg
-        self.job = job
-        self.guest = cfg.guests[job.guest]
-        self.node = node
-        self.statedir = statedir
-        self.log = log
-        self.zfs = zfs
-        self.key = key
-        # Both ends receive resumably (OpenZFS): a failed send keeps its snapshot for the next run to resume.
-        self.resumable = False
-        # The target's session takes small streams inline (ControlChannel.receive_inline), else None.
-        self.inline = None
+    cfg: object
+    job: object
+    node: str
+    statedir: str
+    log: object
+    zfs: object
+    key: str = None
+    # Both ends receive resumably (OpenZFS): a failed send keeps its snapshot for the next run to resume.
+    resumable: bool = dataclasses.field(default=False, init=False)
+    # The target's session takes small streams inline (ControlChannel.receive_inline), else None.
+    inline: object = dataclasses.field(default=None, init=False)
+
+    def __post_init__(self):
+        self.guest = self.cfg.guests[self.job.guest]
+        self.key = self.key or NODE_KEY
 
     def request(self, **fields):
         return dict(fields, job=self.job.id, guest=self.job.guest, generation=self.cfg.generation, source=self.node)
+
+    def channel(self, connect=ControlChannel):
+        """The control connection to the job's target (not opened yet: a ``with`` block opens and closes it)."""
+        target = self.cfg.nodes[self.job.target]
+        return connect(target.name, target.address, target.host_key, key=self.key, port=target.port)
 
 
 def run_job(cfg, job_id, node=None, statedir=DEFAULT_STATEDIR, logdir=DEFAULT_LOGDIR, confdir=configmod.DEFAULT_CONFDIR,
@@ -114,7 +123,7 @@ def _drop_job_from_cluster(ctx, confdir):
     Forced: a node that is down now adopts the change when it catches up, and nothing is left to clean for it."""
     try:
         dropped = change_cluster(lambda cfg: cfg.remove_job(ctx.job.id, missing_ok=True), confdir, ctx.statedir, force=True,
-                                 key=ctx.key or _node_key())
+                                 key=ctx.key)
     except ClusterError as exc:
         raise ReplicationError("job removal done, but dropping job '%s' from the cluster configuration failed: %s - the "
                                "next run tries again" % (ctx.job.id, exc)) from None
@@ -138,8 +147,7 @@ def replicate(ctx, state, start):
         return []
     datasets = {v: ctx.cfg.dataset(v) for v in volumes}
     target = ctx.cfg.nodes[job.target]
-    with ControlChannel(target.name, target.address, target.host_key, key=ctx.key or _node_key(), port=target.port) \
-            as channel:
+    with ctx.channel() as channel:
         # The target first: an interrupted transfer it holds is resumed before this node prunes the snapshot it needs.
         prepared = call(ctx, channel, "prepare", "remote_prepare_local_job",
                         volumes=volumes, scan=storeid_list, last_sync=last_sync)
@@ -161,10 +169,6 @@ def replicate(ctx, state, start):
         finalize_remote(ctx, channel, volumes, start)
         failpoints.reach("after-finalize")
     return sent
-
-
-def _node_key():
-    return NODE_KEY
 
 
 def call(ctx, channel, operation, prefix, **fields):
@@ -332,7 +336,7 @@ def stream_to_target(ctx, target, known_hosts, send_command, volume, snap, rate_
     into the run log."""
     arguments = receive_arguments(job=ctx.job.id, guest=ctx.job.guest, volume=volume, snapshot=snap,
                                   generation=ctx.cfg.generation, source=ctx.node, **extra)
-    command = ssh_argv(target.name, target.address, known_hosts, [RECEIVE] + arguments, key=ctx.key or _node_key(),
+    command = ssh_argv(target.name, target.address, known_hosts, [RECEIVE] + arguments, key=ctx.key,
                        port=target.port)
     inline = (lambda data: ctx.inline(arguments, data)) if ctx.inline else None
     try:
@@ -389,7 +393,7 @@ def resume_transfers(ctx, channel, target, datasets, tokens, remote):
 
 
 # What the target's `zfs recv -s` says for any EINVAL, whatever the modules' versions: for a resumed stream, that the
-# saved receive state does not match the token's (see orphans.py for how that came about once).  Such a resume
+# saved receive state does not match the token's (receive_stream.py says how that came about once).  Such a resume
 # may fail the same way on every retry, so the token goes; any other failure (an incomplete stream, the link) keeps it.
 RESUME_REFUSED = "kernel modules must be upgraded to receive this stream"
 
@@ -460,10 +464,8 @@ def remove_job(ctx, volumes, storeid_list):
     job = ctx.job
     ctx.log("start job removal - mode '%s'" % job.remove_job)
     if job.remove_job == "full" and job.target != ctx.node and job.target in ctx.cfg.nodes:
-        target = ctx.cfg.nodes[job.target]
         scan = sorted(set(storeid_list) | {v.partition(":")[0] for v in volumes})
-        with ControlChannel(target.name, target.address, target.host_key, key=ctx.key or _node_key(),
-                            port=target.port) as channel:
+        with ctx.channel() as channel:
             call(ctx, channel, "prepare", "remote_prepare_local_job", volumes=[], scan=scan, last_sync=1, force=True)
     datasets = {v: ctx.cfg.dataset(v) for v in volumes}
     prepare_local(ctx, {v: d for v, d in datasets.items() if ctx.zfs.exists(d)}, 1)

@@ -61,6 +61,7 @@ REFUSAL_FILE = "refusal.json"
 RECHECK_SECONDS = 10
 TICK_SECONDS = 60
 
+
 # ---------------------------------------------------------------------------------------------------------------
 # The run
 
@@ -347,8 +348,9 @@ class Runner:
             outcome = {"ok": False, "error": str(exc)}
         entry = {"ok": outcome["ok"], "error": outcome.get("error"), "start": outcome.get("start"),
                  "bytes": outcome.get("bytes", 0), "seconds": round(time.monotonic() - began, 3),
-                 # what each volume took (full, incremental or resumed, from which base) and the run's log lines
-                 "volumes": [{key: volume.get(key) for key in ("volume", "mode", "base", "bytes", "seconds")}
+                 # what each volume took (full, incremental or resumed, from which base; what the target kept aside
+                 # of a replica written to since the base) and the run's log lines
+                 "volumes": [{key: volume.get(key) for key in ("volume", "mode", "base", "bytes", "seconds", "kept")}
                              for volume in outcome.get("volumes", [])],
                  "log": outcome.get("log", [])}
         if not outcome["ok"]:

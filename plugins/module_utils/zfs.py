@@ -22,7 +22,8 @@ import struct
 import subprocess
 import time
 
-from ansible_collections.storage.replication.plugins.module_utils.names import REPLICA_PROPERTY, parse_replica_identity
+from ansible_collections.storage.replication.plugins.module_utils.names import (
+    REPLICA_PROPERTY, parse_replica_identity, probe_snapshot)
 
 ZFS = "zfs"
 C_LOCALE_ENV = {"LC_ALL": "C", "LANG": "C"}
@@ -511,7 +512,7 @@ class Zfs:
             # Something was written, but reading files with atime=on writes too (metadata only): only data
             # records in the delta count, as on zfs-fuse (found by the OpenZFS tier: a replica read once was
             # kept aside as "modified").
-        probe = "__replicate_probe_%d__" % os.getpid()
+        probe = probe_snapshot(os.getpid())
         self.run(snapshot_argv(["%s@%s" % (dataset, probe)]), None, True)
         try:
             return self._stream_has_data(send_argv(dataset, probe, base=snapshot, replicate=False, properties=False,

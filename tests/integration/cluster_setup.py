@@ -11,7 +11,6 @@ read from the nodes, storage local-zfs = rpool/data, guests, jobs) is written on
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
@@ -21,7 +20,6 @@ import time
 from pathlib import Path
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
-from lab import Lab
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = REPO / ".venv" / "bin" / "python"
@@ -46,18 +44,6 @@ for directory, dirs, files in sorted(os.walk(root)):
         total.update(("%s %s\n" % (os.path.relpath(path, root), digest.hexdigest())).encode())
 print(total.hexdigest())
 """
-
-
-@contextlib.contextmanager
-def fresh_lab(name, nodes=3, pool_size="256M"):
-    """A lab of fresh nodes for one test module (whatever a lab of that name held is removed first), taken down
-    afterwards unless SR_LAB_KEEP=1; the lab tests that start from nodes without the runner use it."""
-    the_lab = Lab(name)
-    the_lab.down(out=lambda _line: None)
-    the_lab.up(nodes=nodes, pool_size=pool_size, out=lambda _line: None)
-    yield the_lab
-    if os.environ.get("SR_LAB_KEEP") != "1":
-        the_lab.down(out=lambda _line: None)
 
 
 def launcher_text():

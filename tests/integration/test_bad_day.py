@@ -25,7 +25,7 @@ import re
 import pytest
 
 import cluster_setup as cs
-from ansible_runner import run_playbook, snapshot_collection
+from ansible_runner import playbook_lab, run_playbook, snapshot_collection
 from test_site import Site
 from workload.guest import config_of, runner
 
@@ -59,7 +59,7 @@ def inventory_vars(wheelhouse):
 
 @pytest.fixture(scope="module")
 def day_lab():
-    with cs.fresh_lab("%s-day" % os.environ.get("SR_LAB_NAME", "srtest")[:12], nodes=4) as lab:
+    with playbook_lab("%s-day" % os.environ.get("SR_LAB_NAME", "srtest")[:12], "256M", nodes=4) as lab:
         yield lab
 
 

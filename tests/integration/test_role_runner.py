@@ -20,8 +20,7 @@ import yaml
 
 from lab.site_tour import ensure_wheelhouse
 
-from ansible_runner import run_playbook, snapshot_collection
-from cluster_setup import fresh_lab
+from ansible_runner import playbook_lab, run_playbook, snapshot_collection
 
 pytestmark = pytest.mark.lab
 
@@ -36,7 +35,7 @@ PINS = {"paramiko": "5.1.0", "croniter": "7.0.0"}
 
 @pytest.fixture(scope="module")
 def role_lab():
-    with fresh_lab("%s-role" % os.environ.get("SR_LAB_NAME", "srtest")[:12]) as lab:
+    with playbook_lab("%s-role" % os.environ.get("SR_LAB_NAME", "srtest")[:12], "256M") as lab:
         yield lab
 
 
@@ -134,7 +133,7 @@ def test_runner_settings_are_written_and_accepted_by_the_runner(role):
         settings = json.loads(role.read(node, "/etc/storage-replication/runner.json"))
         assert settings == {"max_parallel": 4, "log_runs": 10, "notify_command": None,
                             "metrics_file": "/var/lib/prometheus/node-exporter/storage-replication.prom",
-                            "fence_after": 60, "fence_interval": 5}
+                            "fence_after": 60, "fence_interval": 5, "receive_stall_seconds": 120}
         # The runner itself reads them without complaint (an idle run: no jobs are configured yet).
         idle = role.lab.exec(node, [INSTALL_DIR + "/bin/storage-replication", "run"], check=False)
         assert idle.returncode == 0, idle.stderr

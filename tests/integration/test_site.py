@@ -18,8 +18,7 @@ import yaml
 
 from lab.site_tour import VOLUMES, replica_digests, site_vars, write_data
 
-from ansible_runner import run_playbook, snapshot_collection
-from cluster_setup import fresh_lab
+from ansible_runner import playbook_lab, run_playbook, snapshot_collection
 
 CONFDIR = "/etc/storage-replication"
 PYTHON = "/opt/storage-replication/venv/bin/python"
@@ -27,7 +26,8 @@ PYTHON = "/opt/storage-replication/venv/bin/python"
 
 @pytest.fixture(scope="module")
 def site_lab():
-    with fresh_lab(os.environ.get("SR_SITE_LAB_NAME", "srsite"), pool_size="512M") as lab:
+    # Not "<SR_LAB_NAME>-...": lab names must not extend one another (lab down matches by prefix).
+    with playbook_lab(os.environ.get("SR_SITE_LAB_NAME", "srsite"), "512M") as lab:
         yield lab
 
 

@@ -133,9 +133,20 @@ class OzCluster:
         self.tier.exec(node, ["dd", "if=" + source, "of=/%s/%s" % (dataset, filename), "bs=1M",
                               "count=%d" % megabytes, "conv=fsync", "status=none"])
 
+    def filesystem_with_data(self, dataset, megabytes, filename="a.bin"):
+        """A new filesystem on node1 holding one file of random data."""
+        self.zfs("node1", "create", dataset)
+        self.write_file("node1", dataset, filename, megabytes)
+
     def tree_checksum(self, node, dataset):
         """sha256 over the file tree of a mounted filesystem dataset."""
         return self.tier.exec(node, ["python3", "-c", CHECKSUM_SCRIPT, "/" + dataset]).stdout.strip()
+
+    def assert_same_files(self, dataset, holds=True):
+        """node2's replica holds node1's files; with ``holds``, the engine holds exactly what the next runs need."""
+        assert self.tree_checksum("node2", dataset) == self.tree_checksum("node1", dataset)
+        if holds:
+            self.assert_no_orphaned_holds()
 
     def snapshots(self, node, dataset):
         proc = self.zfs(node, "list", "-H", "-p", "-t", "snapshot", "-o", "name", "-d", "1", dataset, check=False)

@@ -22,7 +22,7 @@ LAYERS = [
     # notifications)
     "schedule", "state", "config", "settings", "report", "metrics", "notify",
     # ZFS, processes, the quorum protocol and the transport
-    "zfs", "pruning", "receive_stream", "orphans", "quorum", "transport",
+    "zfs", "pruning", "receive_stream", "quorum", "transport",
     # the cluster configuration layer, and the node's own view of its quorum (self-fencing)
     "cluster", "fence",
     # one replication: the receiving side (who may ask what, the operations, the forced command), the sending side

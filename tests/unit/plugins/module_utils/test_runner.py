@@ -100,6 +100,7 @@ def test_logs_keep_the_last_n_runs(tmp_path):
     ({"max_parallel": 0}, "'max_parallel' must be a whole number >= 1, not 0"),
     ({"notify_command": "mail -s x root"}, "'notify_command' must be an argv list"),
     ({"metrics_file": "relative.prom"}, "'metrics_file' must be an absolute path or null"),
+    ({"receive_stall_seconds": 5}, "'receive_stall_seconds' must be a whole number >= 10, not 5"),
     ({"paralel": 2}, "unknown setting 'paralel'; the settings are: fence_after, fence_interval, log_runs, max_parallel"),
 ])
 def test_bad_settings_are_named(tmp_path, settings, message):
