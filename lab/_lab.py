@@ -218,6 +218,12 @@ class Lab:
         # ANSIBLE_*) leaks into the node.
         return self._enter(node) + ["env", "-i", *NODE_ENV] + [str(a) for a in argv]
 
+    def net_argv(self, node: str, argv: list) -> list:
+        """The argv that runs argv in the node's network namespace only (the controller's files and environment):
+        a program that must reach the node's loopback, or no network but the lab's (a browser in the tests)."""
+        self._node(node)
+        return ["nsenter", f"--net=/run/netns/{self._netns(node)}", "--"] + [str(a) for a in argv]
+
     def ssh_argv(self, node: str, argv: list) -> list:
         """The argv that runs argv on the node through its real sshd, as the controller. ssh hands the remote
         shell one string, so each argument is quoted for it (shlex.join): no value is interpreted by a shell."""

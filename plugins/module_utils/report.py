@@ -56,6 +56,7 @@ def job_figures(job, jobstate, now):
         "status": job_status(job, jobstate),
         "pid": jobstate.get("pid") if running else None,
     }
+    figures.update(_point_figures(job, jobstate, now, last_sync))
     if running:
         figures["state"] = "SYNCING"
     elif figures["status"] == STATUS_INTERRUPTED:
@@ -67,6 +68,18 @@ def job_figures(job, jobstate, now):
     else:
         figures["state"] = figures["error"] or "OK"
     return figures
+
+
+def _point_figures(job, jobstate, now, last_sync):
+    """The job's restore points on its target, as its last finalize reported them (before any: the newest replica,
+    if there is one): count, oldest, its age, bytes held (None: not known yet), and the points the target had to
+    delete in the last run for lack of space."""
+    points = jobstate.get("points") if isinstance(jobstate.get("points"), dict) else {}
+    oldest = points.get("oldest", last_sync or None)
+    return {"keep": job.keep, "keep_source": job.keep_source,
+            "restore_points": int(points.get("count", 1 if last_sync else 0)), "oldest_point": oldest,
+            "oldest_point_age": max(0, int(now) - int(oldest)) if oldest else None,
+            "points_bytes": points.get("bytes"), "space_pruned": list(jobstate.get("space_pruned") or [])}
 
 
 def time_text(epoch):

@@ -310,6 +310,7 @@ class Runner:
                 # next tick found the lock taken: act as that tick (a new iteration: jobs may run again).
                 if running and self.now() - self.iteration >= TICK_SECONDS:
                     self.iteration, started = self.now(), {j.id for j in running.values()}
+                    self._write_metrics()  # the heartbeat: a long job is no stopped runner
                 # Jobs may have been changed while they ran (pvesr re-reads the configuration before every pick).
                 self.cfg = configmod.load(self.paths.confdir)
 

@@ -459,9 +459,12 @@ def _collect(ssh, send):
 def _stream_outcome(node_name, address, send, ssh, ssh_out, ssh_err, send_err, seconds):
     """The cause of a failed stream, in order: zfs send itself, the receiver's answer, then ssh."""
     reply = last_json_line(ssh_out)
-    if send.returncode != -signal.SIGPIPE:
+    refused = isinstance(reply, dict) and not reply.get("ok", False)
+    # A receiver that failed (a full pool, say) closes the pipe: zfs-fuse's send then exits 1 saying "Broken pipe",
+    # and the receiver's answer is the cause worth reporting.
+    if send.returncode != -signal.SIGPIPE and not (refused and "Broken pipe" in send_err):
         _check_send(send, send_err, node_name)
-    if isinstance(reply, dict) and not reply.get("ok", False):
+    if refused:
         raise RemoteError(node_name, RECEIVE, reply)
     if not isinstance(reply, dict) or send.returncode != 0:
         explained = explain_ssh_failure(node_name, address, ssh_err)

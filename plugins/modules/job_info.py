@@ -114,6 +114,13 @@ jobs:
       type: str
       sample: OK
     pid: {description: "The process running the job now, or null.", type: int, sample: null}
+    keep: {description: "The restore points kept on the target (keep rules), null for the newest replica only.", type: str, sample: "last=4,daily=7"}
+    keep_source: {description: "The restore points kept on the source, null for the newest only.", type: str, sample: null}
+    restore_points: {description: "Restore points of the job on its target, as its last run found them.", type: int, sample: 11}
+    oldest_point: {description: "Time (epoch) of the oldest restore point on the target, null if none.", type: int, sample: 1767139200}
+    oldest_point_age: {description: "Seconds since the oldest restore point, null if none.", type: int, sample: 86712}
+    points_bytes: {description: "Bytes the job's restore points hold on the target, null until a run reported it.", type: int, sample: 73400320}
+    space_pruned: {description: "Restore points the target deleted in the last run because its pool was full.", type: list, elements: str, sample: []}
 elsewhere:
   description: Matching jobs that another node runs (the owner of their guest), by job ID; their status is there.
   returned: always

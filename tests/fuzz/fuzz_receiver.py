@@ -368,6 +368,10 @@ class FakeZfs:
             return "off"
         if ":" in prop:  # a user property (the replica identity): unset is "-", as zfs prints it
             return "-" if sep else self.datasets[dataset].get("user", {}).get(prop, "-")
+        if prop in ("used", "referenced", "usedbysnapshots", "available"):  # space figures of restore points
+            return str({"used": 4096, "referenced": 65536, "usedbysnapshots": 8192, "available": 1 << 30}[prop])
+        if prop == "userrefs":
+            return str(len(self.datasets[dataset]["holds"].get(snap, ()))) if sep else "-"
         if prop.startswith("written@") and self.openzfs and not sep:
             if prop[len("written@"):] not in self.datasets[dataset]["snaps"]:
                 return None
@@ -1402,6 +1406,9 @@ def seeds():
         ("finalize-zfs-fuse", _request("finalize", finalize, "zfs-fuse")),
         ("list", _request("list", {"generation": 7, "source": "node1"})),
         ("list-guest", _request("list", {"guest": 100, "generation": 7, "source": "node1"})),
+        ("points", _request("points", {"guest": 100, "generation": 7, "source": "node1"})),
+        ("make-room", _request("make-room", {"job": "100-0", "guest": 100, "volumes": ["local-zfs:vm-100-disk-0"],
+                                             "last_sync": 1700000900, "generation": 7, "source": "node1"})),
         ("abort-resume", _request("abort-resume", {"job": "400-0", "guest": 400, "volume": "local-zfs:vm-400-disk-0",
                                                    "reason": "token expired", "generation": 7, "source": "node1"})),
         ("get-config", _request("get-config", {"generation": 7, "source": "node1", "content": True})),

@@ -22,6 +22,8 @@ from lab.site_tour import ensure_wheelhouse
 
 from ansible_runner import playbook_lab, run_playbook, snapshot_collection
 
+from ansible_collections.storage.replication.plugins.module_utils.web import hash_password
+
 pytestmark = pytest.mark.lab
 
 INSTALL_DIR = "/opt/storage-replication"
@@ -244,3 +246,71 @@ def test_a_timer_systemd_rejects_is_not_installed(role):
                for m in messages.values()), messages
     for node in role.lab.nodes:
         assert "OnCalendar=minutely\n" in role.read(node, UNITS[1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The web service (runner_web_listen)
+
+WEB_UNIT = "/etc/systemd/system/storage-replication-web.service"
+WEB_DIR = "/etc/storage-replication/web"
+
+
+def test_web_pages_off_loopback_without_tls_are_refused_before_any_change(role):
+    before = role.footprint()
+    run = role.apply(extra_vars={"runner_web_listen": "0.0.0.0:8443", "runner_web_token": "0123456789abcdef0123"})
+    assert run.rc != 0
+    messages = {f["host"]: f["result"]["msg"] for f in run.failures()}
+    assert sorted(messages) == role.lab.nodes
+    assert all("runner_web_listen is 0.0.0.0:8443, not a loopback address" in m and "runner_web_tls_cert" in m
+               for m in messages.values()), messages
+    assert "0123456789abcdef0123" not in run.stdout + run.stderr + json.dumps(run.results)  # the token is no_log
+    assert role.footprint() == before
+
+
+def test_web_pages_on_loopback_are_installed_with_read_only_trust(role):
+    web = {"runner_web_listen": "127.0.0.1:8099", "runner_web_users": [{"name": "ops", "password_hash": hash_password("a long password")}]}
+    run = role.apply(extra_vars=web)
+    run.assert_ok()
+    checked = run.task_results("storage.replication.runner : Check the web service's configuration (its files, TLS, "
+                               "users) before it is started", "node1")
+    assert checked[0]["stdout"] == ("storage-replication web: would serve http://127.0.0.1:8099/ (read-only, "
+                                    "authentication required) for node node1")
+    web_keys = {node: " ".join(role.read(node, WEB_DIR + "/id_ed25519.pub").split()[:2]) for node in role.lab.nodes}
+    for node in role.lab.nodes:
+        verify = role.lab.exec(node, ["systemd-analyze", "verify", WEB_UNIT], check=False)
+        assert verify.returncode == 0, verify.stderr
+        unit = role.read(node, WEB_UNIT)
+        assert ("ExecStart=%s/bin/storage-replication web --listen 127.0.0.1:8099 --refresh 5 --key %%d/web-key "
+                "--cluster-file %%d/node.json --local-node-file %%d/local-node --password-file %%d/passwords\n"
+                % INSTALL_DIR) in unit
+        assert "LoadCredential=web-key:%s/id_ed25519\n" % WEB_DIR in unit and "DynamicUser=yes\n" in unit
+        assert role.lab.exec(node, ["stat", "-c", "%n %a", WEB_DIR, WEB_DIR + "/passwords", WEB_DIR + "/node.json"]
+                             ).stdout.split() == [WEB_DIR, "700", WEB_DIR + "/passwords", "600", WEB_DIR + "/node.json", "600"]
+        assert role.lab.exec(node, ["test", "-e", WEB_DIR + "/token"], check=False).returncode == 1
+        assert json.loads(role.read(node, WEB_DIR + "/node.json"))["nodes"][node]["address"] == role.lab.address(node)
+        lines = role.read(node, "/root/.ssh/authorized_keys").splitlines()
+        # every node's web key (this node's own too), bound to read-only access
+        assert ['restrict,command="%s/bin/storage-replication serve --peer %s --read-only" %s storage-replication-web@%s'
+                % (INSTALL_DIR, peer, web_keys[peer], peer) for peer in role.lab.nodes] \
+            == [line for line in lines if "--read-only" in line]
+    # node1's web key reaches node2's read-only receiver, which runs node-status (refused here only because the role
+    # alone writes no cluster configuration) and nothing else
+    pinned = "%s %s" % (role.lab.address("node2"), " ".join(role.read("node2", "/etc/ssh/ssh_host_ed25519_key.pub").split()[:2]))
+    role.lab.exec("node1", ["sh", "-c", 'printf "%s\\n" "$1" > /tmp/role-known-hosts', "-", pinned])
+    for operation, reason in (("node-status", "not-a-node"), ("get-config", "invalid-operation"), ("prepare", "invalid-operation")):
+        proc = role.lab.exec("node1", ["ssh", "-i", WEB_DIR + "/id_ed25519", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                                       "-o", "UserKnownHostsFile=/tmp/role-known-hosts", "-o", "StrictHostKeyChecking=yes",
+                                       "root@" + role.lab.address("node2"), operation],
+                             input='{"source": "node1"}', check=False, timeout=60)
+        assert json.loads(proc.stdout)["reason"] == reason, (operation, proc.stdout, proc.stderr)
+    again = role.apply(extra_vars=web)
+    again.assert_ok()
+    assert again.changed_count() == 0, again.changed_tasks()
+
+
+def test_web_pages_switched_off_leave_no_unit_and_no_read_only_trust(role):
+    role.apply().assert_ok()
+    for node in role.lab.nodes:
+        assert role.lab.exec(node, ["test", "-e", WEB_UNIT], check=False).returncode == 1
+        assert role.lab.exec(node, ["test", "-e", WEB_DIR + "/passwords"], check=False).returncode == 1
+        assert "--read-only" not in role.read(node, "/root/.ssh/authorized_keys")

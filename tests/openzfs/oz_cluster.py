@@ -48,12 +48,13 @@ GUESTS = [
     _guest(510, "ct", ["enc-zfs:subvol-510-disk-0"]),                              # plain into encrypted parent
     _guest(600, "ct", ["local-zfs:subvol-600-disk-0"]),                            # -c
     _guest(700, "ct", ["local-zfs:subvol-700-disk-0"]),                            # partition, refusals
+    _guest(800, "vm", ["local-zfs:vm-800-disk-0"]),                                # restore points on a zvol
 ]
 JOBS = [
     _job("100-0", "node2"), _job("100-1", "node3"), _job("200-0", "node2"),
     _job("300-0", "node2", rate=15), _job("310-0", "node2", rate=15), _job("320-0", "node2", rate=15),
     _job("400-0", "node2"), _job("500-0", "node2"), _job("510-0", "node2"), _job("600-0", "node2"),
-    _job("700-0", "node2"),
+    _job("700-0", "node2"), _job("800-0", "node2", keep="last=3", keep_source="last=2"),
 ]
 
 

@@ -246,3 +246,42 @@ def test_no_engine_hold_is_left_on_a_snapshot_the_engine_no_longer_needs(cluster
     held = cluster.holds(node)
     assert all(tags == ["storage-replication"] and "@__replicate_" in snap for snap, tags in held.items())
     cluster.assert_no_orphaned_holds()
+
+
+# ---------------------------------------------------------------- restore points on a zvol (keep, keep_source)
+
+def test_restore_points_on_a_zvol_with_holds_and_bookmarks_and_a_rollback_to_one(cluster):
+    """Job 800-0 keeps last=3 on node2 and last=2 on node1: after five runs node2 holds three points and node1 two,
+    each side holds (with the engine's tag) only the newest, node1 bookmarks only the newest; a rollback of the zvol
+    to the older point node1 kept copies the current zvol aside whole, brings it back, and the job continues
+    incrementally from the point (node2 keeps its newer points aside first); no stray hold anywhere."""
+    name, job = "vm-800-disk-0", "800-0"
+    dataset = "%s/%s" % (POOL, name)
+    cluster.create_zvol("node1", name, "64M", 8)
+    sums = {}
+    for run in range(5):
+        cluster.write_zvol("node1", name, 1, offset_mb=10 + run)
+        result = assert_ok(cluster.run_job(job))
+        sums[result["start"]] = cluster.zvol_checksum("node1", name)
+    starts = sorted(sums)
+    points = ["__replicate_%s_%d__" % (job, start) for start in starts]
+    assert [s for s in cluster.snapshots("node2", dataset) if s.startswith("__replicate_800-0_")] == points[-3:]
+    assert [s for s in cluster.snapshots("node1", dataset) if s.startswith("__replicate_800-0_")] == points[-2:]
+    assert [b for b in cluster.bookmarks("node1", dataset) if b.startswith("__replicate_800-0_")] == points[-1:]
+    cluster.assert_no_orphaned_holds()
+    before = cluster.zvol_checksum("node1", name)
+
+    code = ("import json; from %s import rollback; print(json.dumps(rollback.rollback_guest(800, %r)))"
+            % (ENGINE, points[-2]))
+    done = json.loads(cluster.engine_python("node1", code).strip().splitlines()[-1])
+    kept = done["volumes"]["local-zfs:" + name]["kept"]
+    assert done["local"] is True and done["point"]["snapshot"] == points[-2]
+    assert cluster.zvol_checksum("node1", name) == sums[starts[-2]]
+    assert cluster.zvol_checksum("node1", kept.split("/", 2)[2]) == before  # the state before, kept whole
+    assert points[-1] in cluster.snapshots("node1", kept)
+
+    result = assert_ok(cluster.run_job(job))
+    assert modes(result) == ["incremental"] and result["volumes"][0]["base"] == points[-2]
+    assert result["volumes"][0]["kept"], "node2 keeps its newer point aside before rolling back to the base"
+    assert cluster.zvol_checksum("node2", name) == cluster.zvol_checksum("node1", name)
+    cluster.assert_no_orphaned_holds()
