@@ -19,8 +19,9 @@ description:
     node and take each guest from its owner (see EXAMPLES), or run it on the owner.
   - With O(peers=true) (the default) the node asks every other node of the configuration which replicas it holds,
     over the nodes' replication trust, in parallel; a node that does not answer is listed in RV(unreachable_nodes) and
-    its replicas are unknown. With O(peers=false) only this node's own replicas are shown, and no other node is
-    contacted.
+    its replicas are unknown, and a node holding a newer cluster configuration than this one is a warning (this
+    node's answer may be out of date). With O(peers=false) only this node's own replicas are shown, and no other
+    node is contacted.
   - O(query) filters or reshapes RV(guests) with a JMESPath expression. It is evaluated on the controller (an
     action plugin), so the nodes need no jmespath; the controller needs the Python package C(jmespath).
 options:
@@ -174,6 +175,11 @@ def guest_info(params):
             except ReplicationError as exc:  # one broken hook must not hide the other guests
                 warnings.append("%s - running is null for guest %d" % (exc, guest.id))
         guests.append(guest_view(guest, cfg, views, node, running))
+    newer = {name: view.generation for name, view in views.items() if view.reachable and (view.generation or 0) > cfg.generation}
+    if newer:
+        warnings.append("node(s) %s hold a newer cluster configuration than this node ('%s', generation %d): this "
+                        "answer may be out of date - this node adopts the newer one at its runner's next run"
+                        % (", ".join("'%s' (%d)" % item for item in sorted(newer.items())), node, cfg.generation))
     if params["guest"] is not None and not wanted:
         warnings.append("guest %d is not in the cluster configuration of node '%s' (guests: %s)"
                         % (params["guest"], node, ", ".join(str(g) for g in sorted(cfg.guests)) or "none"))

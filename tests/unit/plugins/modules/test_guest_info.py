@@ -74,7 +74,7 @@ def test_one_guest_and_an_unknown_one(paths, run_module):
 
 def test_the_peers_replicas_newest_complete_wins(paths, run_module, monkeypatch):
     """node3's replica is newer but misses a volume: node1's is the newest complete one; the owner's own record and
-    an unreachable node are not replicas."""
+    an unreachable node are not replicas; a node with a newer configuration is a warning."""
     def survey(cfg, confdir, statedir):
         views = {"node1": failover.local_view(cfg, confdir, statedir)}
         views["node2"] = failover.NodeView("node2", True, cfg.generation, {100: {"job": "100-0", "last_sync": 1767229999,
@@ -82,6 +82,7 @@ def test_the_peers_replicas_newest_complete_wins(paths, run_module, monkeypatch)
         views["node3"] = failover.NodeView("node3", True, cfg.generation, {100: {
             "job": "100-1", "source": "node2", "last_sync": 1767226000, "volumes": VOLUMES[:1]}})
         views["node4"] = failover.NodeView("node4", False, error="unreachable at 10.0.0.4 port 22 (timed out)")
+        views["node5"] = failover.NodeView("node5", True, cfg.generation + 1, {})
         return views
     monkeypatch.setattr(failover, "survey", survey)
     result = run_module(guest_info.main, {"guest": 100})
@@ -90,3 +91,6 @@ def test_the_peers_replicas_newest_complete_wins(paths, run_module, monkeypatch)
     assert guest["replicas"]["node3"]["complete"] is False and guest["replicas"]["node3"]["last_sync"] == 1767226000
     assert guest["newest_replica"]["node"] == "node1"
     assert result["unreachable_nodes"] == {"node4": "unreachable at 10.0.0.4 port 22 (timed out)"}
+    assert result["warnings"] == ["node(s) 'node5' (3) hold a newer cluster configuration than this node ('node1', "
+                                  "generation 2): this answer may be out of date - this node adopts the newer one at its "
+                                  "runner's next run"]
