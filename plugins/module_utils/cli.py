@@ -725,7 +725,8 @@ def _prepare_arguments(parser):
 
 def _receiver_call(operation, cfg, request):
     """Run receiver operation ``operation`` (prepare, finalize) on this node, as a peer would over SSH."""
-    from ansible_collections.storage.replication.plugins.module_utils import protocol, receiver, serve as serving  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from ansible_collections.storage.replication.plugins.module_utils import protocol, receiver, serve as serving, zfs
     config = _engine()[1]
     paths = _paths()
     # root on this node speaks for the guest's owner here (pvesr's internal commands); the receiver's rules still apply
@@ -734,7 +735,7 @@ def _receiver_call(operation, cfg, request):
         reply = serving.CONTROL_OPERATIONS[operation](local, dict(request, generation=cfg.generation))
     except protocol.Refused as exc:
         raise CliError(str(exc)) from None
-    except (serving.ZfsError, config.ConfigError, OSError) as exc:
+    except (zfs.ZfsError, config.ConfigError, OSError) as exc:
         raise CliError(_one_line(exc)) from None
     finally:
         for line in local.log:

@@ -228,7 +228,8 @@ class ClusterConfig:
 
     def jobs_on_node(self, node):
         """The jobs this node runs: those whose guest it owns (the source is always the owner)."""
-        return [j for j in self.jobs.values() if j.guest in self.guests and self.guests[j.guest].node == node]
+        owned = {gid for gid, guest in self.guests.items() if guest.node == node}
+        return [j for j in self.jobs.values() if j.guest in owned]  # one look at each job's guest (ten thousand jobs)
 
     def jobs_to_target(self, node):
         """The jobs that replicate to ``node``."""

@@ -50,8 +50,10 @@ def fsync_dir(path):
 
 
 def _write_synced_fd(fd, data, mode):
-    """Write ``data`` (str or bytes) to ``fd``, set ``mode`` and fsync."""
-    write_all(fd, data.encode("utf-8") if isinstance(data, str) else data)
+    """Write ``data`` (str or bytes, or a list of them: written one after another, never joined: the metrics of ten
+    thousand jobs are megabytes) to ``fd``, set ``mode`` and fsync."""
+    for chunk in data if isinstance(data, list) else [data]:
+        write_all(fd, chunk.encode("utf-8") if isinstance(chunk, str) else chunk)
     os.fchmod(fd, mode)
     os.fsync(fd)
 
@@ -66,7 +68,8 @@ def write_synced(path, data, mode=0o644):
 
 
 def atomic_write(path, data, mode=0o644):
-    """Replace ``path`` with ``data`` atomically: temporary file in the same directory, fsync, rename, fsync dir."""
+    """Replace ``path`` with ``data`` (str, bytes or a list of them) atomically: temporary file in the same directory,
+    fsync, rename, fsync dir."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".tmp-", dir=directory)
     try:
@@ -122,6 +125,23 @@ def file_lock(path, timeout, what, hint="try again later"):
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the flock
+
+
+def is_locked(path):
+    """Whether something holds the lock ``path`` (file_lock) now, found without creating or writing anything."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        return True
+    finally:
+        os.close(fd)  # and with it the shared lock, if it was taken
 
 
 def _acquire(fd, path, timeout, what, hint):

@@ -113,24 +113,34 @@ def format_metrics(report, node, generation, tick, readable=None, guest_types=No
     """The textfile-collector text for ``report`` (job_report) of ``node``; ``tick`` = the runner's last tick;
     ``generation`` None: unknown (damaged configuration); ``readable``: {"config": bool, "state": bool};
     ``guest_types``: {guest ID: vm, ct or service}, for pve_replication_info."""
+    return "".join(metric_blocks(report, node, generation, tick, readable, guest_types))
+
+
+def metric_blocks(report, node, generation, tick, readable=None, guest_types=None):
+    """format_metrics' text in blocks, one per metric (each ending with a newline)."""
     readable = readable or {"config": True, "state": True}
     guest_types = guest_types or {}
     report = [dict(job, interval=schedule_interval(job["schedule"], tick)) for job in report]
-    lines = []
     node_value = _label_value(node)
     labels = ['id="%s",guest="%d",target="%s",node="%s"' % (job["id"], job["guest"], _label_value(job["target"]), node_value)
               for job in report]  # job IDs are digits and '-'; node names are validated host names
+    # One block of text per metric, written as such (files.atomic_write), not one list of every line nor one
+    # string: with ten thousand jobs the whole text at once was the runner's peak memory (benchmarks/bench_runner.py).
+    blocks = []
+
+    def block(name, samples):
+        blocks.append("\n".join(["# HELP %s %s" % name, "# TYPE %s gauge" % name[0]] + samples) + "\n")
     for name, help_text, figure, convert in _JOB_METRICS:
-        lines += ["# HELP %s %s" % (name, help_text), "# TYPE %s gauge" % name]
-        lines += ["%s{%s} %s" % (name, label, _sample(convert(job[figure]))) for label, job in zip(labels, report)]
-    lines += ["# HELP pve_replication_info Proxmox vm replication info", "# TYPE pve_replication_info gauge"]
-    lines += ['pve_replication_info{id="%s",type="local",source="node/%s",target="node/%s",guest="%s/%d"} 1'
-              % (job["id"], _label_value(job["source"] or node), _label_value(job["target"]),
-                 PVE_GUEST_TYPES.get(guest_types.get(job["guest"]), "qemu"), job["guest"]) for job in report]
+        block((name, help_text), ["%s{%s} %s" % (name, label, _sample(convert(job[figure])))
+                                  for label, job in zip(labels, report)])
+    block(("pve_replication_info", "Proxmox vm replication info"),
+          ['pve_replication_info{id="%s",type="local",source="node/%s",target="node/%s",guest="%s/%d"} 1'
+           % (job["id"], _label_value(job["source"] or node), _label_value(job["target"]),
+              PVE_GUEST_TYPES.get(guest_types.get(job["guest"]), "qemu"), job["guest"]) for job in report])
     for name, help_text, figure, convert in _PVE_METRICS:
-        lines += ["# HELP %s %s" % (name, help_text), "# TYPE %s gauge" % name]
-        lines += ['%s{id="%s"} %s' % (name, job["id"], _sample(convert(job[figure])))
-                  for job in report if job[figure] is not None]
+        block((name, help_text), ['%s{id="%s"} %s' % (name, job["id"], _sample(convert(job[figure])))
+                                  for job in report if job[figure] is not None])
+    lines = []
     node_label = 'node="%s"' % _label_value(node)
     lines += ["# HELP storage_replication_runner_last_tick_timestamp_seconds When the runner last ran on this node.",
               "# TYPE storage_replication_runner_last_tick_timestamp_seconds gauge",
@@ -147,7 +157,7 @@ def format_metrics(report, node, generation, tick, readable=None, guest_types=No
         lines += ["# HELP storage_replication_config_generation The cluster configuration generation this node holds.",
                   "# TYPE storage_replication_config_generation gauge",
                   "storage_replication_config_generation{%s} %d" % (node_label, generation)]
-    return "\n".join(lines) + "\n"
+    return blocks + ["\n".join(lines) + "\n"]
 
 
 def write_metrics(path, cfg, state, node, now, tick, conflict=False):
@@ -159,5 +169,5 @@ def write_metrics(path, cfg, state, node, now, tick, conflict=False):
     readable = {"config": cfg is not None, "state": state is not None, "conflict": conflict}
     os.makedirs(os.path.dirname(path), exist_ok=True)
     guest_types = {guest.id: guest.type for guest in cfg.guests.values()} if cfg is not None else {}
-    atomic_write(path, format_metrics(report, node, cfg.generation if cfg is not None else None, tick, readable,
-                                      guest_types))
+    atomic_write(path, metric_blocks(report, node, cfg.generation if cfg is not None else None, tick, readable,
+                                     guest_types))

@@ -23,7 +23,7 @@ import os
 import subprocess
 
 from ansible_collections.storage.replication.plugins.module_utils.files import (
-    StreamStalled, copy_stream, file_lock, write_all)
+    StreamStalled, copy_stream, file_lock, is_locked, write_all)
 from ansible_collections.storage.replication.plugins.module_utils.protocol import Refused
 from ansible_collections.storage.replication.plugins.module_utils.state import lock_path
 
@@ -61,9 +61,18 @@ def feed_zfs_recv(argv, stream, node, volume, stall_seconds=None):
 
 def receive_lock(statedir, volume, timeout):
     """The lock a receive into ``volume`` holds while it runs; ``timeout`` seconds to wait for one still running."""
-    return file_lock(lock_path(statedir, "receive-" + volume), timeout, "volume '%s' (a receive into it)" % volume,
+    return file_lock(receive_lock_path(statedir, volume), timeout, "volume '%s' (a receive into it)" % volume,
                      "a receive left by an interrupted run does not end - if it persists, end it (its pid is in the "
                      "lock file) or reboot this node; the next run retries")
+
+
+def receive_running(statedir, volume):
+    """Whether a receive into ``volume`` runs now (its lock is held), found without writing anything (a plan)."""
+    return is_locked(receive_lock_path(statedir, volume))
+
+
+def receive_lock_path(statedir, volume):
+    return lock_path(statedir, "receive-" + volume)
 
 
 def leftover_wait(stall_seconds):

@@ -32,7 +32,7 @@ from ansible_collections.storage.replication.plugins.module_utils.protocol impor
     DROP_COPY, SEND_POINT_KEYS, Refused, check_request_keys, parse_arguments)
 from ansible_collections.storage.replication.plugins.module_utils.pruning import drop_job_snapshots, prune_job_snapshots
 from ansible_collections.storage.replication.plugins.module_utils.receive_stream import (
-    feed_zfs_recv, leftover_wait, receive_lock)
+    feed_zfs_recv, leftover_wait, receive_lock, receive_running)
 from ansible_collections.storage.replication.plugins.module_utils.settings import SETTINGS_FILE, load_settings
 from ansible_collections.storage.replication.plugins.module_utils.state import DEFAULT_STATEDIR, StateFile, read_local_node
 from ansible_collections.storage.replication.plugins.module_utils.zfs import LookingZfs, Zfs, ZfsError, recv_argv, send_argv
@@ -179,17 +179,18 @@ class Receiver(Authority):
         """Wait until no receive into these volumes runs any more (see receive_stream.py: one left by a run that was cut
         off ends itself at its stall deadline), so that what this run reads (snapshots, resume tokens) no longer
         changes under it.  Refused ("receive-busy") if one outlives the wait; a plan (``looking``) only says so."""
-        wait = 0 if looking else self.wait_for_leftovers()
         for volume in sorted(wanted):
+            if looking:
+                if receive_running(self.statedir, volume):
+                    self.say("a receive into '%s' left by an interrupted run is still running; a run waits for it to "
+                             "end itself" % volume)
+                continue
             try:
-                with receive_lock(self.statedir, volume, wait):
+                with receive_lock(self.statedir, volume, self.wait_for_leftovers()):
                     pass
             except LockError as exc:
-                if not looking:
-                    raise Refused("a receive into volume '%s' on node '%s' left by an interrupted run is still running: "
-                                  "%s" % (volume, self.node, exc), "receive-busy") from None
-                self.say("a receive into '%s' left by an interrupted run is still running; a run waits for it to end "
-                         "itself" % volume)
+                raise Refused("a receive into volume '%s' on node '%s' left by an interrupted run is still running: %s"
+                              % (volume, self.node, exc), "receive-busy") from None
 
     def node_settings(self):
         """This node's settings (runner.json; settings.py): the receive's stall deadline comes from there."""

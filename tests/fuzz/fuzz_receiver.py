@@ -1722,8 +1722,8 @@ STAT_RE = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)/(\S+)(
 # other modules.
 COVERAGE_SCOPE = {"serve": None, "protocol": None, "authority": None, "receiver": None, "receive_stream": None,
                   "pruning": None, "names": None,
-                  "cluster": ("serve_get_config", "serve_quorum", "serve_quorum_here", "_check_request", "_commit",
-                              "_committed", "_content_config"),
+                  "cluster": ("serve_get_config", "serve_quorum", "serve_quorum_here", "_commit", "_committed",
+                              "_content_config"),
                   "quorum": None}
 
 

@@ -92,9 +92,10 @@ def test_a_link_cut_mid_stream_makes_the_job_wait_for_its_target(module_lab):
     is left behind and the partial first copy is gone.  Once the link is back the next run completes the replica."""
     from test_replicate import Cluster  # pylint: disable=import-outside-toplevel
     cluster = Cluster(module_lab)
+    name = cluster.one_volume_guest(180, 40, rate=4)
+    # after the configuration is written (that replaces the directory's files)
     settings = module_lab.private_path("node2", "/etc/storage-replication") / "runner.json"
     settings.write_text(json.dumps({"receive_stall_seconds": STALL_SECONDS}) + "\n")
-    name = cluster.one_volume_guest(180, 40, rate=4)
     argv = module_lab.exec_argv("node1", ["env", "PYTHONPATH=" + cs.PYTHONPATH, str(cs.PYTHON), "-m",
                                           "ansible_collections.storage.replication.plugins.module_utils.replicate",
                                           "180-0"])

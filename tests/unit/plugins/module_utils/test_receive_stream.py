@@ -21,7 +21,7 @@ from ansible_collections.storage.replication.plugins.module_utils import receive
 from ansible_collections.storage.replication.plugins.module_utils.files import LockError, StreamStalled, copy_stream
 from ansible_collections.storage.replication.plugins.module_utils.protocol import Refused
 from ansible_collections.storage.replication.plugins.module_utils.receive_stream import (
-    feed_zfs_recv, leftover_wait, receive_lock, RECEIVE_END_GRACE)
+    RECEIVE_END_GRACE, feed_zfs_recv, leftover_wait, receive_lock, receive_running)
 
 from test_receiver import ListingZfs, prepare_request, receiver, serve  # noqa: F401  pylint: disable=unused-import
 
@@ -146,3 +146,15 @@ def test_a_receive_holds_its_volumes_lock_while_the_stream_runs(receiver, monkey
 
 def test_prepare_waits_at_most_the_stall_deadline_and_a_grace():
     assert leftover_wait(120) == 120 + RECEIVE_END_GRACE
+
+
+def test_whether_a_receive_runs_is_seen_without_writing_anything(tmp_path):
+    """A plan asks so: it must not create the lock file, nor write its holder's pid into it."""
+    statedir, volume = str(tmp_path), "local-zfs:vm-100-disk-0"
+    assert not receive_running(statedir, volume) and list(tmp_path.rglob("*")) == []
+    with receive_lock(statedir, volume, 0):
+        (path,) = (tmp_path / "lock").iterdir()
+        before = (path.read_bytes(), path.stat().st_mtime_ns)
+        assert receive_running(statedir, volume)
+        assert (path.read_bytes(), path.stat().st_mtime_ns) == before
+    assert not receive_running(statedir, volume)

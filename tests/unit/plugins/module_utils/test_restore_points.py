@@ -4,7 +4,7 @@
 """Unit tests of restore points around the grid: listing and pruning on a node (points.py, on an in-memory ZFS),
 making room on a full pool (oldest first, never the newest or a base), choosing a point and planning a rollback
 or a failover to it (rollback.py, failover.py), and a rollback from a point the owner holds.  The lab test
-(tests/integration/test_restore_points.py) runs the ransomware story on real nodes."""
+(tests/integration/test_restore_points_lab.py) runs the ransomware story on real nodes."""
 
 from __future__ import annotations
 

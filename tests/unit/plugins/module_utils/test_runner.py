@@ -100,8 +100,6 @@ def test_job_report_and_metrics(tmp_path):
     assert sum(1 for line in lines if not line.startswith("#")) == 12 * 2 + 2 + 8 + 5
 
 
-
-
 def test_restore_points_in_the_report_and_the_metrics():
     """What the last finalize reported (count, oldest, bytes) and the points deleted for lack of space; before any
     report, the newest replica is the one point, its space not known."""
@@ -376,6 +374,42 @@ def test_a_configuration_conflict_stops_every_job_and_is_reported(tmp_path, job_
     assert node.events == []
     assert R.last_peer_check(node.paths.statedir)["conflict"] == ["node2", "node3"]
     assert "storage_replication_config_conflict{node=\"node1\"} 1" in (tmp_path / "metrics.prom").read_text()
+
+
+def test_an_idle_tick_with_ten_thousand_jobs_starts_no_process_and_opens_no_connection(tmp_path, monkeypatch):
+    """Issue 19: a node with 10,000 jobs, none due, peers asked a minute ago. The tick is the real Runner (the real
+    run_job, catch_up and ZFS), so any ZFS or SSH command, any process at all, or any network connection fails
+    the test; it still writes every job's metrics. (Its speed is benchmarks/bench_runner.py's, not a test's.)"""
+    import socket  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+    now = int(time.time())
+    cfg = make_config(guests=range(1000, 11000))
+    for job in cfg.jobs.values():
+        job.schedule = "%d:%02d" % divmod((now // 60 + 90) % 1440, 60)  # once a day, 90 minutes from now (UTC)
+    node = Node(tmp_path, cfg)
+    state = {str(job.guest): {job.target_id: jobstate(now, now)} for job in cfg.jobs.values()}
+    (tmp_path / "state" / "replication-state.json").write_text(json.dumps(state))
+    (tmp_path / "state" / R.PEER_CHECK_FILE).write_text(json.dumps({"time": now - 60, "generation": 1}))
+    attempts = []
+
+    def refuse(what):
+        def refused(*args, **_kwargs):
+            attempts.append((what, args[1:2]))
+            raise AssertionError("an idle tick %s: %r" % (what, args[1:2]))
+        return refused
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse("started a process"))
+    monkeypatch.setattr(socket.socket, "connect", refuse("opened a connection"))
+    monkeypatch.setattr(socket, "create_connection", refuse("opened a connection"))
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        result = R.Runner(node.paths, node.settings, now=lambda: now + 1).run()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert result["jobs"] == [] and result["warnings"] == [] and result["peer_check"] is None and attempts == []
+    metrics = (tmp_path / "metrics.prom").read_text()
+    assert metrics.count("storage_replication_job_enabled{") == 10000
 
 
 @pytest.mark.parametrize("schedule, when, interval", [
