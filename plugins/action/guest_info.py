@@ -1,7 +1,8 @@
 # Copyright (c) 2026, storage.replication developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Runs the guest_info module on the node, then evaluates ``query`` (JMESPath) over its ``guests`` on the controller."""
+"""storage.replication.guest_info: the module on the node (plugin_utils/runner_action.py), then ``query`` (JMESPath) over its
+``guests`` on the controller (plugin_utils/info_action.py)."""
 
 from __future__ import annotations
 
@@ -10,5 +11,4 @@ from ansible_collections.storage.replication.plugins.plugin_utils.info_action im
 
 class ActionModule(QueryingInfoAction):
 
-    MODULE = "storage.replication.guest_info"
     QUERIED = "guests"

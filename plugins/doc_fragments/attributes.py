@@ -28,13 +28,9 @@ attributes:
     membership:
       - storage.replication.cluster
     description: Use C(group/storage.replication.cluster) in C(module_defaults) to set defaults for all of them.
-requirements:
-  - The runner installed on the node by the C(storage.replication.runner) role (its Python environment has paramiko,
-    which the push to the other nodes needs).
 notes:
   - The cluster configuration is the same on every node. Run the task once for the cluster (C(run_once=true) on the
-    group of replication nodes), on a node that has the runner, with the runner's interpreter
-    (C(ansible_python_interpreter=/opt/storage-replication/venv/bin/python)).
+    group of replication nodes), on a node that has the runner.
   - The module loads the node's configuration, applies the change to a copy, validates the whole result (duplicate
     targets, a target that owns the guest, unknown storages or nodes) and only then pushes it with the next
     generation to every node over the nodes' SSH trust. If a node cannot be reached or holds a newer
@@ -63,7 +59,7 @@ attributes:
     description: Use C(group/storage.replication.cluster) in C(module_defaults) to set defaults for all of them.
 """
 
-    # Modules that act on one node for a playbook step (the platform and what they need there).
+    # Modules that act on one node for a playbook step (the platform; what they need there is in the runner fragment).
     NODE_STEP = r"""
 options: {}
 attributes:
@@ -71,6 +67,4 @@ attributes:
     support: full
     platforms: posix
     description: Runs on a replication node prepared by the C(storage.replication.runner) role.
-requirements:
-  - The runner installed by the C(storage.replication.runner) role; use its interpreter.
 """

@@ -12,7 +12,7 @@ The inventory says where a guest starts; the cluster says where it is now. A gue
 set when the guest is created, and a job whose direction a migration or failover reversed is recognised
 instead of being created again (``_pair_reversed``).
 
-``job_view`` and ``guest_view`` shape jobs and guests as the modules return them.
+``job_view`` and ``guest_info_view`` shape jobs and guests as the modules return them.
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ def job_view(job, cfg):
 # ---------------------------------------------------------------------------------------------------------------
 # Guests as guest_info returns them
 
-def guest_view(guest, cfg, views, local_node, running=None):
+def guest_info_view(guest, cfg, views, local_node, running=None):
     """One guest for guest_info: where it runs now, its jobs, and the replica each node that answered holds.
 
     ``views`` is ``{node: failover.NodeView}`` (this node alone, or every node that was asked); ``running`` is what

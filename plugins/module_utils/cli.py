@@ -96,7 +96,9 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
     commands.required = True
     for command in SUBCOMMANDS.values():
-        sub = commands.add_parser(command.name, help=command.summary, description=command.summary)
+        # A subcommand without a summary is internal: argparse lists only those added with a help text.
+        listed = {"help": command.summary} if command.summary else {}
+        sub = commands.add_parser(command.name, description=command.summary, **listed)
         command.add_arguments(sub)
         sub.add_argument("--output-format", choices=("text", "json"), default="text", help="text for people (default) or JSON")
         sub.set_defaults(run=command.run)
@@ -222,6 +224,30 @@ def serve(args):
         operations = nodeview.OPERATIONS
     if serving.main(peer=args.peer, operations=operations) != 0:
         raise SystemExit(EXIT_FAILED)
+    return Output(None, "")
+
+
+def _module_call_arguments(parser):
+    parser.add_argument("module", metavar="MODULE", help="the storage.replication module whose work to do")
+
+
+@subcommand("module-call", None, _module_call_arguments)
+def module_call(args):
+    """The runner's side of an Ansible module (module_utils/_runner_call.py, _module.py): the module's JSON request on
+    stdin, one JSON reply on stdout. Whatever the engine or a hook it starts writes goes to stderr meanwhile, so
+    that nothing but the reply reaches stdout."""
+    from ansible_collections.storage.replication.plugins.module_utils import _module  # pylint: disable=import-outside-toplevel
+    text = sys.stdin.read()
+    sys.stdout.flush()
+    reply_fd = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        reply = _module.serve_call(args.module, text)
+    finally:
+        sys.stdout.flush()
+        os.dup2(reply_fd, 1)
+        os.close(reply_fd)
+    say(json.dumps(reply, sort_keys=True))
     return Output(None, "")
 
 

@@ -70,6 +70,7 @@ attributes:
     description: Nothing to show as a diff.
 extends_documentation_fragment:
   - storage.replication.attributes.node_step
+  - storage.replication.runner
 seealso:
   - module: storage.replication.replica_promote
   - module: storage.replication.guest_takeover
@@ -83,8 +84,6 @@ EXAMPLES = r"""
   storage.replication.failover_plan:
     failed_node: node1
   register: plan
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 """
 
 RETURN = r"""
@@ -143,42 +142,9 @@ generation:
   type: int
 """
 
-import time
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.storage.replication.plugins.module_utils._module import run_module_step
-from ansible_collections.storage.replication.plugins.module_utils import cluster, config as configmod, failover, fence
-from ansible_collections.storage.replication.plugins.module_utils import rollback
-
-
-def plan(params, check_mode):
-    cluster.catch_up(check_mode=check_mode)
-    cfg = configmod.load()
-    views = failover.survey(cfg)
-    local = cluster.read_local_node()
-    points = None
-    if params["point"] is not None:  # the restore points of the failed node's guests on every node that answers
-        points = {guest: rollback.survey_points(cfg, guest) for guest, item in cfg.guests.items()
-                  if item.node == params["failed_node"] and (params["guests"] is None or guest in params["guests"])}
-    result = failover.plan_failover(cfg, local, params["failed_node"], views, params["guests"], params["to"],
-                                    params["force_quorum"], point=params["point"], points=points)
-    command = None
-    if params["fence_command"] and not check_mode:
-        command = failover.run_fence_command(params["fence_command"])
-    decision = failover.fence_decision(params["failed_node"], local, fence.read_state(), int(time.time()),
-                                       params["failed_node_is_off"], command)
-    if check_mode and params["fence_command"] and not decision["fenced"]:
-        decision["text"] += " (the fence command is not run in check mode)"
-    result["fence"] = decision
-    result["summary"].insert(1, "fence: %s%s" % ("OK - " if decision["fenced"] else "NOT YET - ", decision["text"]))
-    if not decision["fenced"]:
-        if not check_mode:
-            raise failover.FailoverError("refusing to start the guests of %s elsewhere yet: %s - nothing was changed"
-                                         % (params["failed_node"], decision["text"]))
-        result["warnings"].append("not fenced yet: %s" % decision["text"])
-    result["changed"] = False
-    return result
+from ansible_collections.storage.replication.plugins.module_utils._runner_call import run_module
 
 
 def main():
@@ -189,7 +155,7 @@ def main():
                        "fence_command": {"type": "list", "elements": "str"}},
         supports_check_mode=True,
     )
-    run_module_step(module, lambda: plan(module.params, module.check_mode))
+    run_module(module, "failover_plan")
 
 
 if __name__ == "__main__":

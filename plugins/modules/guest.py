@@ -93,6 +93,7 @@ options:
 extends_documentation_fragment:
   - storage.replication.attributes
   - storage.replication.cluster
+  - storage.replication.runner
 seealso:
   - module: storage.replication.job
   - module: storage.replication.storage
@@ -108,8 +109,6 @@ EXAMPLES = r"""
     node: node1
     volumes: [local-zfs:vm-100-disk-0]
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 
 - name: A service with hooks that freeze its file system around the snapshot
   storage.replication.guest:
@@ -121,15 +120,11 @@ EXAMPLES = r"""
       freeze: [/usr/sbin/fsfreeze, -f, /rpool/data/subvol-300-disk-0]
       thaw: [/usr/sbin/fsfreeze, -u, /rpool/data/subvol-300-disk-0]
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 
 - name: Converge the guests from the inventory
   storage.replication.guest:
     guests: "{{ replication_guests }}"
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 """
 
 RETURN = r"""
@@ -164,37 +159,18 @@ problems:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.storage.replication.plugins.module_utils._converge import apply_guests
-from ansible_collections.storage.replication.plugins.module_utils._module import ItemsTask, cluster_argument_spec, list_spec
-
-ITEM_OPTIONS = {
-    "id": {"type": "int"},
-    "type": {"type": "str", "choices": ["vm", "ct", "service"]},
-    "node": {"type": "str"},
-    "volumes": {"type": "list", "elements": "str", "default": []},
-    "hooks": {"type": "dict", "default": {}},
-    "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-}
-
-
-def guest_view(guest, _cfg):
-    return {"id": guest.id, "type": guest.type, "node": guest.node, "volumes": list(guest.volumes), "hooks": dict(guest.hooks)}
+from ansible_collections.storage.replication.plugins.module_utils._runner_call import run_module
+from ansible_collections.storage.replication.plugins.module_utils._specs import GUEST_OPTIONS, items_spec
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=cluster_argument_spec(dict(ITEM_OPTIONS, guests=list_spec(ITEM_OPTIONS, required=("id",)),
-                                                 purge={"type": "bool", "default": False})),
+        argument_spec=items_spec(GUEST_OPTIONS, "guests", required=("id",)),
         mutually_exclusive=[("guests", "id"), ("guests", "type"), ("guests", "node")],
         required_one_of=[("guests", "id")],
         supports_check_mode=True,
     )
-    task = ItemsTask(module, "guests", "guest", "guests", ITEM_OPTIONS, apply_guests, guest_view)
-    for item in task.items:
-        if item["state"] == "present" and not item.get("type"):
-            module.fail_json(msg="guest '%s': give its type (vm, ct or service)" % item["id"])
-    task.run("the guests" if module.params["guests"] is not None else "guest '%s'" % module.params["id"],
-             purge=module.params["purge"])
+    run_module(module, "guest")
 
 
 if __name__ == "__main__":

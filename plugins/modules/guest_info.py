@@ -41,9 +41,8 @@ options:
     type: str
 extends_documentation_fragment:
   - storage.replication.attributes.info_module
+  - storage.replication.runner
 requirements:
-  - The runner installed on the node by the C(storage.replication.runner) role; with O(peers=true) its interpreter
-    (C(ansible_python_interpreter=/opt/storage-replication/venv/bin/python)), which has paramiko.
   - jmespath on the controller, for O(query).
 seealso:
   - module: storage.replication.job_info
@@ -58,8 +57,6 @@ EXAMPLES = r"""
     guest: 100
   register: guest100
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 
 - name: Say it
   ansible.builtin.debug:
@@ -151,40 +148,7 @@ query_result:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.storage.replication.plugins.module_utils import config as configmod, failover, settings
-from ansible_collections.storage.replication.plugins.module_utils._converge import guest_view
-from ansible_collections.storage.replication.plugins.module_utils._module import run_module_step
-from ansible_collections.storage.replication.plugins.module_utils.replicate import ReplicationError
-from ansible_collections.storage.replication.plugins.module_utils.state import read_local_node
-
-
-def guest_info(params):
-    paths = settings.Paths.from_environment()
-    cfg = configmod.load(paths.confdir)
-    node = read_local_node(paths.statedir)
-    views = (failover.survey(cfg, paths.confdir, paths.statedir) if params["peers"]
-             else {node: failover.local_view(cfg, paths.confdir, paths.statedir)})
-    wanted = [guest for guest_id, guest in sorted(cfg.guests.items()) if params["guest"] in (None, guest_id)]
-    guests, warnings = [], []
-    for guest in wanted:
-        running = None
-        # The status hook tells about this node only: asked where the guest is supposed to run.
-        if guest.node == node:
-            try:
-                running = failover.guest_running(guest)
-            except ReplicationError as exc:  # one broken hook must not hide the other guests
-                warnings.append("%s - running is null for guest %d" % (exc, guest.id))
-        guests.append(guest_view(guest, cfg, views, node, running))
-    newer = {name: view.generation for name, view in views.items() if view.reachable and (view.generation or 0) > cfg.generation}
-    if newer:
-        warnings.append("node(s) %s hold a newer cluster configuration than this node ('%s', generation %d): this "
-                        "answer may be out of date - this node adopts the newer one at its runner's next run"
-                        % (", ".join("'%s' (%d)" % item for item in sorted(newer.items())), node, cfg.generation))
-    if params["guest"] is not None and not wanted:
-        warnings.append("guest %d is not in the cluster configuration of node '%s' (guests: %s)"
-                        % (params["guest"], node, ", ".join(str(g) for g in sorted(cfg.guests)) or "none"))
-    return {"changed": False, "node": node, "generation": cfg.generation, "guests": guests, "warnings": warnings,
-            "unreachable_nodes": {name: view.error for name, view in sorted(views.items()) if not view.reachable}}
+from ansible_collections.storage.replication.plugins.module_utils._runner_call import run_module
 
 
 def main():
@@ -192,7 +156,7 @@ def main():
         argument_spec={"guest": {"type": "int"}, "peers": {"type": "bool", "default": True}, "query": {"type": "str"}},
         supports_check_mode=True,
     )
-    run_module_step(module, lambda: guest_info(module.params))
+    run_module(module, "guest_info")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ attributes:
     description: Nothing to show as a diff.
 extends_documentation_fragment:
   - storage.replication.attributes.node_step
+  - storage.replication.runner
 seealso:
   - module: storage.replication.guest_service
 author:
@@ -55,8 +56,6 @@ EXAMPLES = r"""
     guest: 100
     target: node2
   delegate_to: node1
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 """
 
 RETURN = r"""
@@ -94,15 +93,13 @@ generation:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.storage.replication.plugins.module_utils._module import run_module_step
-from ansible_collections.storage.replication.plugins.module_utils import migrate
+from ansible_collections.storage.replication.plugins.module_utils._runner_call import run_module
 
 
 def main():
     module = AnsibleModule(argument_spec={"guest": {"type": "int", "required": True}, "target": {"type": "str", "required": True}},
                            supports_check_mode=True)
-    run_module_step(module, lambda: migrate.migrate(module.params["guest"], module.params["target"],
-                                                    check_mode=module.check_mode))
+    run_module(module, "guest_migrate")
 
 
 if __name__ == "__main__":

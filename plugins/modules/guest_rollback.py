@@ -41,6 +41,7 @@ attributes:
     description: Nothing to show as a diff; the plan is in RV(summary).
 extends_documentation_fragment:
   - storage.replication.attributes.node_step
+  - storage.replication.runner
 seealso:
   - module: storage.replication.guest_service
   - module: storage.replication.job
@@ -53,8 +54,6 @@ EXAMPLES = r"""
   storage.replication.guest_rollback:
     guest: 100
     point: "2026-05-01 14:30"
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 """
 
 RETURN = r"""
@@ -94,16 +93,14 @@ summary:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.storage.replication.plugins.module_utils._module import run_module_step
-from ansible_collections.storage.replication.plugins.module_utils import rollback
+from ansible_collections.storage.replication.plugins.module_utils._runner_call import run_module
 
 
 def main():
     module = AnsibleModule(argument_spec={"guest": {"type": "int", "required": True},
                                           "point": {"type": "str", "required": True}},
                            supports_check_mode=True)
-    run_module_step(module, lambda: rollback.rollback_guest(module.params["guest"], module.params["point"],
-                                                            check_mode=module.check_mode))
+    run_module(module, "guest_rollback")
 
 
 if __name__ == "__main__":

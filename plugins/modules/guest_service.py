@@ -34,6 +34,7 @@ attributes:
     description: Nothing to show as a diff.
 extends_documentation_fragment:
   - storage.replication.attributes.node_step
+  - storage.replication.runner
 seealso:
   - module: storage.replication.guest
   - module: storage.replication.guest_takeover
@@ -47,8 +48,6 @@ EXAMPLES = r"""
     guest: 100
     state: started
   delegate_to: node2
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 """
 
 RETURN = r"""
@@ -64,19 +63,7 @@ adopted:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.storage.replication.plugins.module_utils._module import run_module_step
-from ansible_collections.storage.replication.plugins.module_utils import cluster, failover
-
-
-def set_state(module):
-    found = cluster.catch_up(check_mode=module.check_mode)
-    result = failover.set_guest_running(module.params["guest"], module.params["state"] == "started",
-                                        check_mode=module.check_mode)
-    result["adopted"] = found.adopted
-    if found.adopted is not None:
-        result["warnings"] = ["this node %s cluster configuration generation %d from node '%s' first"
-                              % ("would adopt" if module.check_mode else "adopted", found.adopted, found.source)]
-    return result
+from ansible_collections.storage.replication.plugins.module_utils._runner_call import run_module
 
 
 def main():
@@ -85,7 +72,7 @@ def main():
                        "state": {"type": "str", "choices": ["started", "stopped"], "default": "started"}},
         supports_check_mode=True,
     )
-    run_module_step(module, lambda: set_state(module))
+    run_module(module, "guest_service")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ options:
 extends_documentation_fragment:
   - storage.replication.attributes
   - storage.replication.cluster
+  - storage.replication.runner
 seealso:
   - module: storage.replication.failover_plan
   - module: storage.replication.guest_service
@@ -55,8 +56,6 @@ EXAMPLES = r"""
     guests: [{id: 100, node: node2}]
     allow_unreachable: true
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 """
 
 RETURN = r"""
@@ -81,26 +80,8 @@ forced:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.storage.replication.plugins.module_utils import failover
-from ansible_collections.storage.replication.plugins.module_utils._module import cluster_argument_spec, json_diff, run_module_step
-
-
-def owners(cfg, guests):
-    return {str(g): {"node": cfg.guests[g].node, "jobs": {j.id: "%s -> %s" % (j.source, j.target) for j in cfg.jobs_of_guest(g)}}
-            for g in sorted(guests) if g in cfg.guests}
-
-
-def take_over(module):
-    moves = {item["id"]: item["node"] for item in module.params["guests"]}
-    outcome = failover.take_over(moves, module.params["allow_unreachable"], check_mode=module.check_mode,
-                                 force_quorum=module.params["force_quorum"])
-    summary = outcome.as_dict()
-    result = {"changed": outcome.changed, "moved": {str(g): m for g, m in (outcome.result or {}).items()},
-              "generation": summary["generation"], "push": summary["nodes"], "forced": summary["forced"],
-              "warnings": outcome.warnings}
-    if module._diff:  # pylint: disable=protected-access
-        result["diff"] = json_diff(owners(outcome.before, moves), owners(outcome.after, moves), "guest owners")
-    return result
+from ansible_collections.storage.replication.plugins.module_utils._runner_call import run_module
+from ansible_collections.storage.replication.plugins.module_utils._specs import cluster_argument_spec
 
 
 def main():
@@ -110,7 +91,7 @@ def main():
             "force_quorum": {"type": "bool", "default": False}}),
         supports_check_mode=True,
     )
-    run_module_step(module, lambda: take_over(module))
+    run_module(module, "guest_takeover")
 
 
 if __name__ == "__main__":

@@ -135,6 +135,7 @@ options:
 extends_documentation_fragment:
   - storage.replication.attributes
   - storage.replication.cluster
+  - storage.replication.runner
 seealso:
   - module: storage.replication.guest
   - module: storage.replication.job_info
@@ -150,8 +151,6 @@ EXAMPLES = r"""
     target: node2
     rate: 50
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 
 - name: Replicate guest 200 to node3 nightly, disabled for now
   storage.replication.job:
@@ -161,8 +160,6 @@ EXAMPLES = r"""
     comment: nightly copy
     enabled: false
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 
 - name: Keep restore points of guest 100 on node2 (four newest, a day of hours, a week of days, ...)
   storage.replication.job:
@@ -170,8 +167,6 @@ EXAMPLES = r"""
     target: node2
     keep: last=4,hourly=24,daily=7,weekly=4,monthly=6
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 
 - name: Remove job 100-1 but keep the replica on its target
   storage.replication.job:
@@ -179,16 +174,12 @@ EXAMPLES = r"""
     state: absent
     keep: true
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 
 - name: Converge every job of the cluster from the inventory, removing the others
   storage.replication.job:
     jobs: "{{ replication_jobs }}"
     purge: true
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 """
 
 RETURN = r"""
@@ -225,55 +216,15 @@ problems:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.storage.replication.plugins.module_utils import config as configmod
-from ansible_collections.storage.replication.plugins.module_utils._converge import apply_jobs, describe_item, job_view
-from ansible_collections.storage.replication.plugins.module_utils._module import ItemsTask, cluster_argument_spec, list_spec
-
-ITEM_OPTIONS = {
-    "id": {"type": "str"},
-    "guest": {"type": "int"},
-    "target": {"type": "str"},
-    "schedule": {"type": "str"},
-    "rate": {"type": "float"},
-    "comment": {"type": "str"},
-    "enabled": {"type": "bool", "default": True},
-    "keep": {"type": "str"},
-    "keep_source": {"type": "str"},
-    "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-}
-BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+from ansible_collections.storage.replication.plugins.module_utils._runner_call import run_module
+from ansible_collections.storage.replication.plugins.module_utils._specs import JOB_OPTIONS, items_spec
 
 
 def argument_spec():
-    options = dict(ITEM_OPTIONS, keep={"type": "raw"}, force={"type": "bool", "default": False},
-                   jobs=list_spec(ITEM_OPTIONS), purge={"type": "bool", "default": False})
-    return cluster_argument_spec(options)
-
-
-def sections(cfg, names):
-    """The pvesr sections of the named jobs, as replication.cfg shows them, with our options (kept in cluster.json)
-    after each section, so that a change of keep shows in the diff too."""
-    text = ""
-    for job in (cfg.jobs[n] for n in cfg.jobs if n in names):
-        ours = "".join("# %s %s\n" % (key, getattr(job, key)) for key in configmod.EXTENSION_KEYS if getattr(job, key))
-        text += configmod.format_job(job) + ours + "\n"
-    return text
-
-
-def split_keep(module):
-    """The top-level keep: a boolean is pvesr's ``delete --keep`` (returned), a text the single job's restore
-    points (moved into the item's ``keep``, False returned)."""
-    value = module.params["keep"]
-    if value is None or isinstance(value, bool):
-        return bool(value)
-    if str(value).strip().lower() in BOOLEAN_WORDS:
-        module.params["keep"] = BOOLEAN_WORDS[str(value).strip().lower()]
-        return module.params["keep"]
-    if module.params["jobs"] is not None:
-        module.fail_json(msg="keep: with jobs, keep is the boolean of pvesr delete --keep for the jobs purge removes; "
-                             "give each job's restore points as jobs[].keep")
-    module.params["keep"] = str(value)
-    return False
+    spec = items_spec(JOB_OPTIONS, "jobs", required=())
+    # keep is raw at the top: a text is the single job's restore points, a boolean pvesr's delete --keep.
+    spec.update(keep={"type": "raw"}, force={"type": "bool", "default": False})
+    return spec
 
 
 def main():
@@ -283,21 +234,7 @@ def main():
         required_one_of=[("jobs", "id", "guest")],
         supports_check_mode=True,
     )
-    params = module.params
-    removal_keep = split_keep(module)
-    if removal_keep and params["force"]:
-        module.fail_json(msg="keep conflicts with force: a forced removal cleans up nothing, so there is nothing to keep; "
-                             "use one of them")
-    if params["purge"] and params["jobs"] is None:
-        module.fail_json(msg="purge needs jobs: the whole set of jobs to keep")
-    task = ItemsTask(module, "jobs", "job", "jobs", ITEM_OPTIONS, apply_jobs, job_view, diff_text=sections)
-    if params["jobs"] is None and not isinstance(params["keep"], str):
-        task.items[0]["keep"] = None  # the boolean was pvesr's delete --keep, not restore points
-    for number, item in enumerate(task.items, 1):
-        if not item.get("id") and item.get("guest") is None:
-            module.fail_json(msg="jobs[%d]: give the job's id, or its guest and target" % number)
-    what = "the jobs" if params["jobs"] is not None else describe_item(task.items[0])
-    task.run(what, purge=params["purge"], keep=removal_keep, force=params["force"])
+    run_module(module, "job")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ options:
     type: str
 extends_documentation_fragment:
   - storage.replication.attributes.info_module
+  - storage.replication.runner
 requirements:
   - jmespath on the controller, for O(query).
 seealso:
@@ -133,17 +134,9 @@ query_result:
   sample: ["100-1"]
 """
 
-import time
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.storage.replication.plugins.module_utils import config as configmod
-from ansible_collections.storage.replication.plugins.module_utils import settings, state
-from ansible_collections.storage.replication.plugins.module_utils.report import job_report
-
-
-def matches(job, params):
-    return (params["guest"] is None or job.guest == params["guest"]) and params["job"] in (None, job.id)
+from ansible_collections.storage.replication.plugins.module_utils._runner_call import run_module
 
 
 def main():
@@ -151,20 +144,7 @@ def main():
         argument_spec={"guest": {"type": "int"}, "job": {"type": "str"}, "query": {"type": "str"}},
         supports_check_mode=True,
     )
-    paths = settings.Paths.from_environment()
-    try:
-        cfg = configmod.load(paths.confdir)
-        node = state.read_local_node(paths.statedir)
-        report = job_report(cfg, state.StateFile(paths.statedir).read(), node, int(time.time()))
-    except (configmod.ConfigError, state.StateError, OSError) as exc:
-        module.fail_json(msg="cannot read the replication jobs on node '%s': %s" % (state.read_local_node(paths.statedir), exc))
-    jobs = [figures for figures in report if matches(cfg.jobs[figures["id"]], module.params)]
-    shown = {figures["id"] for figures in report}
-    elsewhere = {job.id: cfg.guests[job.guest].node for job in cfg.jobs.values()
-                 if matches(job, module.params) and job.id not in shown and job.guest in cfg.guests}
-    if module.params["job"] and module.params["job"] not in cfg.jobs:
-        module.warn("job '%s' does not exist in the cluster configuration of node '%s'" % (module.params["job"], node))
-    module.exit_json(changed=False, node=node, generation=cfg.generation, jobs=jobs, elsewhere=elsewhere)
+    run_module(module, "job_info")
 
 
 if __name__ == "__main__":

@@ -74,6 +74,7 @@ options:
 extends_documentation_fragment:
   - storage.replication.attributes
   - storage.replication.cluster
+  - storage.replication.runner
 seealso:
   - module: storage.replication.guest
 author:
@@ -89,8 +90,6 @@ EXAMPLES = r"""
          | map('items2dict') | list }}
     purge: true
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 
 - name: Add one node by hand
   storage.replication.node:
@@ -98,8 +97,6 @@ EXAMPLES = r"""
     address: 192.0.2.14
     host_key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFOmI4sx3vPGCUxrBYrxB1NvD5x4Uc8mfv7wbJxeD1oW
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 """
 
 RETURN = r"""
@@ -134,33 +131,18 @@ problems:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.storage.replication.plugins.module_utils._converge import apply_nodes
-from ansible_collections.storage.replication.plugins.module_utils._module import ItemsTask, cluster_argument_spec, list_spec
-
-ITEM_OPTIONS = {
-    "name": {"type": "str"},
-    "address": {"type": "str"},
-    "host_key": {"type": "str", "no_log": False},
-    "port": {"type": "int", "default": 22},
-    "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-}
-
-
-def node_view(node, _cfg):
-    return {"name": node.name, "address": node.address, "port": node.port, "host_key": node.host_key}
+from ansible_collections.storage.replication.plugins.module_utils._runner_call import run_module
+from ansible_collections.storage.replication.plugins.module_utils._specs import NODE_OPTIONS, items_spec
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=cluster_argument_spec(dict(ITEM_OPTIONS, nodes=list_spec(ITEM_OPTIONS, required=("name",)),
-                                                 purge={"type": "bool", "default": False})),
+        argument_spec=items_spec(NODE_OPTIONS, "nodes", required=("name",)),
         mutually_exclusive=[("nodes", "name"), ("nodes", "address"), ("nodes", "host_key")],
         required_one_of=[("nodes", "name")],
         supports_check_mode=True,
     )
-    task = ItemsTask(module, "nodes", "node", "nodes", ITEM_OPTIONS, apply_nodes, node_view)
-    task.run("the nodes" if module.params["nodes"] is not None else "node '%s'" % module.params["name"],
-             purge=module.params["purge"])
+    run_module(module, "node")
 
 
 if __name__ == "__main__":

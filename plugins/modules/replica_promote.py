@@ -36,6 +36,7 @@ attributes:
     description: Nothing to show as a diff.
 extends_documentation_fragment:
   - storage.replication.attributes.node_step
+  - storage.replication.runner
 seealso:
   - module: storage.replication.failover_plan
 author:
@@ -46,8 +47,6 @@ EXAMPLES = r"""
 - name: Bring the replica of guest 100 to its last replication snapshot
   storage.replication.replica_promote:
     guest: 100
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 """
 
 RETURN = r"""
@@ -69,15 +68,13 @@ owner:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.storage.replication.plugins.module_utils._module import run_module_step
-from ansible_collections.storage.replication.plugins.module_utils import failover
+from ansible_collections.storage.replication.plugins.module_utils._runner_call import run_module
 
 
 def main():
     module = AnsibleModule(argument_spec={"guest": {"type": "int", "required": True}, "point": {"type": "str"}},
                            supports_check_mode=True)
-    run_module_step(module, lambda: failover.promote_replica(module.params["guest"], check_mode=module.check_mode,
-                                                             point=module.params["point"]))
+    run_module(module, "replica_promote")
 
 
 if __name__ == "__main__":

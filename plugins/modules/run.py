@@ -50,9 +50,8 @@ attributes:
     membership:
       - storage.replication.cluster
     description: Use C(group/storage.replication.cluster) in C(module_defaults) to set defaults for all of them.
-requirements:
-  - The runner installed on the node by the C(storage.replication.runner) role; run the task with its interpreter
-    (C(ansible_python_interpreter=/opt/storage-replication/venv/bin/python)), which has paramiko.
+extends_documentation_fragment:
+  - storage.replication.runner
 seealso:
   - module: storage.replication.job_info
   - module: storage.replication.job
@@ -64,15 +63,11 @@ EXAMPLES = r"""
 - name: Replicate guest 100 to node2 now and wait for it
   storage.replication.run:
     id: 100-0
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 
 - name: Make job 200-0 due at the next run of the timer
   storage.replication.run:
     id: 200-0
     schedule_now: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 """
 
 RETURN = r"""
@@ -129,55 +124,9 @@ log:
            __replicate_100-0_1700000900__)", "end replication job"]
 """
 
-import time
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.storage.replication.plugins.module_utils import config as configmod
-from ansible_collections.storage.replication.plugins.module_utils import runner, settings, state
-from ansible_collections.storage.replication.plugins.module_utils.plan import summary, volume_lines
-
-POLL_SECONDS = 1.0
-
-
-def owner_of(cfg, job_id):
-    """The node that runs the job (its guest's owner); None if the job or its guest is unknown."""
-    job = cfg.jobs.get(job_id)
-    guest = cfg.guests.get(job.guest) if job else None
-    return guest.node if guest else None
-
-
-def run_when_free(paths, job_id, timeout):
-    """Run the job, waiting up to ``timeout`` seconds while another runner holds the node's runner lock."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return runner.run(paths, settings.load_settings(paths.settings_file), job_id=job_id)
-        except runner.RunnerBusy:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(POLL_SECONDS)
-
-
-def schedule_now(module, paths, cfg, job_id, node):
-    job = cfg.jobs[job_id]
-    state_file = state.StateFile(paths.statedir)
-    entry = state_file.read().get(str(job.guest), {}).get(job.target_id)
-    # pvesr touches only an existing entry: a job that never ran is due at the next run anyway.
-    changed = entry is not None and entry.get("last_try", 0) != 0
-    if changed and not module.check_mode:
-        state_file.schedule_now(job)
-    module.exit_json(changed=changed, node=node, msg="job '%s' is due at the next run on node '%s'" % (job_id, node))
-
-
-def check_run(module, paths, job_id, node):
-    """Check mode: what the run would send, changing nothing on either node."""
-    try:
-        planned = runner.Runner(paths, settings.load_settings(paths.settings_file)).check(job_id)["jobs"][0]
-    except (runner.RunnerRefused, configmod.ConfigError, state.StateError) as exc:
-        module.fail_json(msg="job '%s' on node '%s' cannot be planned: %s" % (job_id, node, exc), node=node)
-    msg = "job '%s' on node '%s' %s%s" % (job_id, node, summary(planned), "".join("; " + line for line in volume_lines(planned)))
-    module.exit_json(changed=True, node=node, plan=planned, msg=msg)
+from ansible_collections.storage.replication.plugins.module_utils._runner_call import run_module
 
 
 def main():
@@ -186,37 +135,7 @@ def main():
                        "timeout": {"type": "int", "default": 600}},
         supports_check_mode=True,
     )
-    job_id = module.params["id"]
-    paths = settings.Paths.from_environment()
-    node = state.read_local_node(paths.statedir)
-    try:
-        cfg = configmod.load(paths.confdir)
-    except configmod.ConfigError as exc:
-        module.fail_json(msg="job '%s': cannot read the cluster configuration on node '%s': %s" % (job_id, node, exc))
-    owner = owner_of(cfg, job_id)
-    if owner is None:
-        module.fail_json(msg="job '%s' does not exist in the cluster configuration of node '%s' (jobs: %s); "
-                             "storage.replication.job_info lists them" % (job_id, node, ", ".join(sorted(cfg.jobs)) or "none"))
-    if owner != node:
-        module.exit_json(changed=False, skipped=True, node=node,
-                         msg="job '%s' runs on node '%s', the owner of its guest" % (job_id, owner))
-    if module.params["schedule_now"]:
-        schedule_now(module, paths, cfg, job_id, node)
-    if module.check_mode:
-        check_run(module, paths, job_id, node)
-    try:
-        outcome = run_when_free(paths, job_id, module.params["timeout"])
-    except runner.RunnerBusy as exc:
-        module.fail_json(msg="job '%s' on node '%s': another runner was still active after %d s (%s); raise timeout or "
-                             "try again" % (job_id, node, module.params["timeout"], exc), node=node)
-    except (runner.RunnerRefused, configmod.ConfigError, state.StateError) as exc:
-        module.fail_json(msg="job '%s' on node '%s' was refused: %s" % (job_id, node, exc), node=node)
-    result = outcome["jobs"][0] if outcome["jobs"] else {"job": job_id, "ok": False, "error": "the runner did not run it"}
-    log = result.pop("log", [])
-    if not result["ok"]:
-        module.fail_json(msg="job '%s' failed on node '%s': %s. The run log is /var/log/storage-replication/%s.log"
-                             % (job_id, node, result.get("error"), job_id), node=node, result=result, log=log)
-    module.exit_json(changed=True, node=node, result=result, log=log)
+    run_module(module, "run")
 
 
 if __name__ == "__main__":

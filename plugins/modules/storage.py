@@ -66,6 +66,7 @@ options:
 extends_documentation_fragment:
   - storage.replication.attributes
   - storage.replication.cluster
+  - storage.replication.runner
 seealso:
   - module: storage.replication.guest
 author:
@@ -78,23 +79,17 @@ EXAMPLES = r"""
     id: local-zfs
     pool: rpool/data
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 
 - name: Converge the storages from the inventory
   storage.replication.storage:
     storages: "{{ replication_storages }}"
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 
 - name: Remove a storage no guest uses any more
   storage.replication.storage:
     id: old-zfs
     state: absent
   run_once: true
-  vars:
-    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 """
 
 RETURN = r"""
@@ -129,35 +124,18 @@ problems:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.storage.replication.plugins.module_utils._converge import apply_storages
-from ansible_collections.storage.replication.plugins.module_utils._module import ItemsTask, cluster_argument_spec, list_spec
-
-ITEM_OPTIONS = {
-    "id": {"type": "str"},
-    "pool": {"type": "str"},
-    "type": {"type": "str", "choices": ["zfspool"], "default": "zfspool"},
-    "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-}
-
-
-def storage_view(storage, _cfg):
-    return {"id": storage.id, "type": storage.type, "pool": storage.pool}
+from ansible_collections.storage.replication.plugins.module_utils._runner_call import run_module
+from ansible_collections.storage.replication.plugins.module_utils._specs import STORAGE_OPTIONS, items_spec
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=cluster_argument_spec(dict(ITEM_OPTIONS, storages=list_spec(ITEM_OPTIONS, required=("id",)),
-                                                 purge={"type": "bool", "default": False})),
+        argument_spec=items_spec(STORAGE_OPTIONS, "storages", required=("id",)),
         mutually_exclusive=[("storages", "id"), ("storages", "pool")],
         required_one_of=[("storages", "id")],
         supports_check_mode=True,
     )
-    task = ItemsTask(module, "storages", "storage", "storages", ITEM_OPTIONS, apply_storages, storage_view)
-    for item in task.items:
-        if item["state"] == "present" and not item.get("pool"):
-            module.fail_json(msg="storage '%s': give its dataset prefix (pool), e.g. rpool/data" % item["id"])
-    task.run("the storages" if module.params["storages"] is not None else "storage '%s'" % module.params["id"],
-             purge=module.params["purge"])
+    run_module(module, "storage")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
 """Turn lab nodes into a replication cluster, as the runner role does on real nodes, and helpers to drive it.
 
 Per node: its own ed25519 key, the local-node file, a launcher /opt/storage-replication/bin/storage-replication
-running this checkout's engine with the repository's .venv, and authorized_keys entries that pin every peer's key
-to the forced command `... serve`.  The cluster configuration (nodes with their lab addresses and the host keys
+running this checkout's engine with the repository's .venv (linked from /usr/local/bin, where the modules look for
+the runner, as the role links it), and authorized_keys entries that pin every peer's key to the forced command
+`... serve`.  The cluster configuration (nodes with their lab addresses and the host keys
 read from the nodes, storage local-zfs = rpool/data, guests, jobs) is written on every node.
 """
 
@@ -25,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 PYTHON = REPO / ".venv" / "bin" / "python"
 PYTHONPATH = "%s:%s" % (REPO / "build" / "collections", REPO)
 LAUNCHER = "/opt/storage-replication/bin/storage-replication"
+CLI_LINK = "/usr/local/bin/storage-replication"
 POOL = "rpool/data"
 STORAGE = "local-zfs"
 MARK = "# storage-replication peers (tests/integration/cluster_setup.py)"
@@ -61,6 +63,7 @@ def install_node(lab, node, launcher=None):
                     "/var/log/storage-replication", "/etc/storage-replication"])
     lab.exec(node, ["sh", "-c", "cat > /var/lib/storage-replication/local-node"], input=node + "\n")
     lab.exec(node, ["sh", "-c", "cat > %s && chmod 755 %s" % (LAUNCHER, LAUNCHER)], input=launcher or launcher_text())
+    lab.exec(node, ["ln", "-sfn", LAUNCHER, CLI_LINK])
     return lab.exec(node, ["cat", "/root/.ssh/id_ed25519.pub"]).stdout.strip()
 
 

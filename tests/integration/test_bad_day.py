@@ -34,7 +34,6 @@ pytestmark = pytest.mark.lab
 GUEST = 100
 VOLUME = "subvol-100-disk-0"
 RUNNING_FILE = "/var/lib/storage-replication/guest-100.running"
-PYTHON = "/opt/storage-replication/venv/bin/python"
 PING = "Ask every node"
 COORDINATOR_PING = "See which nodes answer"
 ADDED_JOB = {"guest": GUEST, "target": "node4", "comment": "added while node1 was down"}

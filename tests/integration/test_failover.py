@@ -19,7 +19,7 @@ import pytest
 
 import cluster_setup as cs
 from ansible_runner import ansible_environment, run_playbook
-from workload.guest import RUNNER_VENV, assert_continuous, config_of, runner, serve_guest, setup_cluster
+from workload.guest import assert_continuous, config_of, runner, serve_guest, setup_cluster
 
 pytestmark = pytest.mark.lab
 
@@ -81,8 +81,7 @@ def start_on(lab, node, guest_id):
     """The guest_service module run by Ansible on one node (what a person or a stale playbook might try)."""
     with tempfile.TemporaryDirectory() as tmp:
         argv = [str(Path(sys.executable).with_name("ansible")), "-i", str(lab.inventory_path), node, "-m",
-                "storage.replication.guest_service", "-a", "guest=%d state=started" % guest_id,
-                "-e", "ansible_python_interpreter=%s/bin/python" % RUNNER_VENV]
+                "storage.replication.guest_service", "-a", "guest=%d state=started" % guest_id]
         return subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False,
                               env=ansible_environment(str(Path(tmp) / "results.json")))
 

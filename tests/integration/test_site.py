@@ -5,13 +5,15 @@
 
 The tests of this file run in order on one lab of their own (``$SR_SITE_LAB_NAME``, default srsite, fresh nodes, so that the
 first dry run meets nodes without the runner): the site.yml idempotence ladder, replication after it, the ladder
-of each module, --diff, bad inventories, job_info and run.
+of each module, --diff, bad inventories, job_info and run, a user's own playbook (no interpreter setting at all), and
+a runner installed from another version of the collection.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 import yaml
@@ -21,7 +23,7 @@ from lab.site_tour import VOLUMES, replica_digests, site_vars, write_data
 from ansible_runner import playbook_lab, run_playbook, snapshot_collection
 
 CONFDIR = "/etc/storage-replication"
-PYTHON = "/opt/storage-replication/venv/bin/python"
+ENGINE = "/opt/storage-replication/lib/ansible_collections/storage/replication/plugins/module_utils"
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +55,13 @@ class Site:
         finally:
             del os.environ["ANSIBLE_RUN_TAGS"]
 
-    def task(self, tmp_path, tasks, hosts="replication_nodes", **kwargs):
-        """A one-play playbook of ``tasks`` with the runner's interpreter."""
-        play = [{"name": "Module under test", "hosts": hosts, "gather_facts": False, "become": True,
-                 "vars": {"ansible_python_interpreter": PYTHON}, "tasks": tasks}]
+    def task(self, tmp_path, tasks, hosts="replication_nodes", inventory=None, **kwargs):
+        """A one-play playbook of ``tasks`` (the modules run under the inventory's Python, the node's python3)."""
+        play = [{"name": "Module under test", "hosts": hosts, "gather_facts": False, "become": True, "tasks": tasks}]
         path = tmp_path / "play.yml"
         path.write_text(yaml.safe_dump(play, sort_keys=False))
-        return run_playbook(self.lab.inventory_path, str(path), timeout=900, collections_path=self.collections, **kwargs)
+        return run_playbook(inventory or self.lab.inventory_path, str(path), timeout=900, collections_path=self.collections,
+                            **kwargs)
 
     def config_files(self):
         """{node: text of replication.cfg + cluster.json} (empty strings where there is none)."""
@@ -94,6 +96,8 @@ def test_site_ladder(site):
     dry = site.play(check=True)
     dry.assert_ok()
     assert dry.changed_count() > 0
+    said = dry.task_results("Say why a dry run on fresh nodes cannot show the configuration changes")
+    assert len(said) == 1 and "The runner is not installed yet" in said[0]["msg"], said
     for node in site.lab.nodes:
         assert site.lab.exec(node, ["sh", "-c", "ls /opt/storage-replication/venv %s/current 2>&1 || true" % CONFDIR]).stdout.count(
             "No such file") == 2, "the dry run installed something on %s" % node
@@ -261,3 +265,81 @@ def test_run_and_job_info(site, tmp_path):
     node2 = info.task_results("Info", "node2")[0]
     assert node2["jobs"] == [] and node2["elsewhere"] == {"100-0": "node1", "100-1": "node1"}
     assert info.changed_tasks() == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The modules in a user's own playbook, and a runner from another version of the collection
+
+USER_TASKS = [
+    {"name": "Job", "run_once": True,
+     "storage.replication.job": {"guest": 100, "target": "node2", "schedule": "*/10", "comment": "set by a user's playbook"}},
+    {"name": "Info", "storage.replication.job_info": {"guest": 100}},
+]
+
+
+def user_inventory(site, tmp_path):
+    """The lab's inventory without any interpreter setting: Ansible discovers the node's own Python."""
+    path = tmp_path / "inventory.yml"
+    path.write_text(re.sub(r"(?m)^\s*ansible_python_interpreter:.*\n", "", site.lab.inventory_path.read_text()))
+    assert "interpreter" not in path.read_text()
+    return str(path)
+
+
+def test_a_users_playbook_runs_the_modules_on_the_nodes_python(site, tmp_path):
+    """job and job_info with no interpreter setting anywhere: they run on the node's python3, which has no paramiko,
+    and the runner does the work (the push to every node included)."""
+    before = site.config_files()
+    run = site.task(tmp_path, USER_TASKS, inventory=user_inventory(site, tmp_path))
+    run.assert_ok()
+    assert run.changed_tasks() == ["Job"]
+    interpreters = {r["result"].get("ansible_facts", {}).get("discovered_interpreter_python") for r in run.results} - {None}
+    assert len(interpreters) == 1, interpreters
+    python = interpreters.pop()
+    assert python.startswith("/usr/bin/python3"), python
+    assert site.lab.exec("node1", [python, "-c", "import paramiko"], check=False).returncode != 0, "%s has paramiko" % python
+    after = site.config_files()
+    assert after != before and len(set(after.values())) == 1
+    assert "local: 100-0\n\tcomment set by a user's playbook\n\ttarget node2\n\tschedule */10\n" in after["node1"]
+    node1 = run.task_results("Info", "node1")[0]
+    assert {j["id"]: j["schedule"] for j in node1["jobs"]} == {"100-0": "*/10", "100-1": "*/30"}
+    assert run.task_results("Info", "node3")[0]["elsewhere"] == {"100-0": "node1", "100-1": "node1"}
+    restored = site.converge()  # back to the inventory
+    restored.assert_ok()
+    assert restored.changed_tasks() == ["Converge the replication jobs"]
+
+
+def _replace_line(text, pattern, replacement):
+    changed, count = re.subn(pattern, replacement, text, count=1, flags=re.MULTILINE)
+    assert count == 1, pattern
+    return changed
+
+
+TAMPERED = {
+    # the version the installed engine says it is: an older runner
+    "version": ("_runner_call.py", lambda text: _replace_line(text, r'^VERSION = ".*"$', 'VERSION = "0.0.1"'), "0.0.1"),
+    # the same version with other engine files (a development build): only the digest tells
+    "engine files": ("names.py", lambda text: text + "# changed on the node\n", None),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERED))
+def test_a_runner_from_another_version_is_refused_naming_the_node_and_the_fix(site, tmp_path, case):
+    name, tamper, version = TAMPERED[case]
+    installed = site.lab.private_path("node1", ENGINE) / name
+    original, stat = installed.read_bytes(), installed.stat()
+    before = site.config_files()
+    try:
+        installed.write_text(tamper(original.decode("utf-8")))
+        # Both tasks go on after a failure, so that every node's answer is seen.
+        run = site.task(tmp_path, [dict(task, ignore_errors=True) for task in USER_TASKS])
+    finally:
+        installed.write_bytes(original)
+        os.utime(installed, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as the role's bundle left it
+    statuses = {(r["task"], r["host"]): r["status"] for r in run.results if r["task"] in ("Job", "Info")}
+    assert statuses == {("Job", "node1"): "ignored", ("Info", "node1"): "ignored", ("Info", "node2"): "ok",
+                        ("Info", "node3"): "ok"}, run.describe()
+    for task in ("Job", "Info"):
+        message = run.task_results(task, "node1")[0]["msg"]
+        assert "runner on node 'node1' is version %s" % (version or "0.1.0") in message, message
+        assert "re-run the storage.replication.runner role" in message and "nothing was changed" in message, message
+    assert site.config_files() == before, "the refused task changed a node's configuration"

@@ -15,7 +15,6 @@ from ansible_collections.storage.replication.plugins.module_utils import config 
 
 RECORDER = str(Path(__file__).resolve().with_name("recorder.py"))
 NODE_PYTHON = "/usr/bin/python3"
-RUNNER_VENV = "/opt/storage-replication/venv"
 BALLAST_MB = 16
 
 
@@ -94,11 +93,8 @@ class ServiceGuest:
 
 
 def setup_cluster(lab):
-    """The lab as a cluster whose nodes also have the runner's interpreter path (the playbooks use it)."""
-    cfg = cs.setup(lab)
-    for node in lab.nodes:
-        lab.exec(node, ["ln", "-sfn", str(cs.PYTHON.parent.parent), RUNNER_VENV])
-    return cfg
+    """The lab as a cluster (cluster_setup.setup: the playbooks' modules hand their work to its runner)."""
+    return cs.setup(lab)
 
 
 def serve_guest(lab, cfg, guest_id, targets, node="node1"):

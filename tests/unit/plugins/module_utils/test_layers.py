@@ -4,21 +4,27 @@
 """The engine's imports point one way (issue 20): each module imports only modules below it in LAYERS, so there is
 no cycle, and none of them defers an import of another engine module (which would hide a cycle) except the CLI,
 which keeps `serve` and `schedule-analyze` from importing what they do not use.  A new module must take its place
-here (docs/architecture.md shows the same order)."""
+here (docs/architecture.md shows the same order).
+
+The Ansible modules (plugins/modules/) import none of it but the thin side of the module call (`_runner_call`, and
+`_specs` for their argument specs): AnsiballZ ships only those, and the work is done by the runner's engine."""
 
 from __future__ import annotations
 
 import ast
 import pathlib
+import sys
 
 import pytest
 
 ENGINE = pathlib.Path(__file__).resolve().parents[4] / "plugins" / "module_utils"
+MODULES = ENGINE.parent / "modules"
+THIN = {"_runner_call", "_specs"}
 
 LAYERS = [
-    # names, file helpers, job logs, fault points, the wire between nodes, the restore-point grid: import nothing of
-    # ours but names
-    "names", "files", "joblog", "failpoints", "protocol", "retention",
+    # names, file helpers, job logs, fault points, the wire between nodes, the restore-point grid, the modules' side
+    # of a module call: import nothing of ours but names
+    "names", "files", "joblog", "failpoints", "protocol", "retention", "_specs", "_runner_call",
     # schedules, state, the configuration model; the node's settings and what it reports (status, metrics,
     # notifications)
     "schedule", "state", "config", "settings", "report", "metrics", "notify",
@@ -30,8 +36,8 @@ LAYERS = [
     "authority", "receiver", "serve", "replicate", "plan",
     # what runs replications: the runner, what a node tells of them (read-only), rollback, failover, migration
     "runner", "nodeview", "rollback", "failover", "migrate",
-    # entry points: the web views, the CLI and the Ansible modules' plumbing
-    "web", "cli", "_converge", "_module",
+    # what the Ansible modules do (run by the runner's module-call), then the entry points: the web views, the CLI
+    "_converge", "_module", "web", "cli",
 ]
 LAZY_ALLOWED = {"cli"}
 
@@ -65,3 +71,26 @@ def test_imports_point_down(module):
 def test_no_deferred_imports_between_engine_modules(module):
     deferred = sorted({name for name, top in engine_imports(module) if not top})
     assert deferred == [], "%s imports %s inside a function" % (module, ", ".join(deferred))
+
+
+@pytest.mark.parametrize("path", sorted(MODULES.glob("*.py")), ids=lambda path: path.stem)
+def test_ansible_modules_import_only_the_thin_side(path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    ours = {name.split("plugins.module_utils", 1)[1].strip(".") for name in imported if "plugins.module_utils" in name}
+    assert ours <= THIN, "%s imports %s of the engine" % (path.name, ", ".join(sorted(ours - THIN)))
+    others = {name for name in imported if "plugins.module_utils" not in name}
+    assert others <= {"__future__", "ansible.module_utils.basic"}, others
+
+
+@pytest.mark.parametrize("module", sorted(THIN))
+def test_the_thin_side_needs_only_the_standard_library(module):
+    tree = ast.parse((ENGINE / (module + ".py")).read_text(encoding="utf-8"))
+    names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    names |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert names <= set(sys.stdlib_module_names), names

@@ -2,7 +2,9 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """A cluster for module tests: node1 (this node) with a real configuration directory, and peers node2, node3
-answered by a fake control channel (no SSH). ``run_module`` runs a module's main() and returns its result."""
+answered by a fake control channel (no SSH). ``run_module`` runs a module's main() and returns its result: the
+module's request travels as JSON to the engine's side of the module call, run in this process in place of the
+node's runner (the real command is tested in test_runner_call.py), and its reply back."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import pytest
 from ansible.module_utils.common import warnings
 from ansible.module_utils.testing import patch_module_args
 
-from ansible_collections.storage.replication.plugins.module_utils import _module, cluster
+from ansible_collections.storage.replication.plugins.module_utils import _module, _runner_call, cluster
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils.serve import CONTROL_OPERATIONS
 from ansible_collections.storage.replication.plugins.module_utils.transport import TransportError
@@ -96,9 +98,21 @@ def node_cluster(tmp_path, monkeypatch):
     return {"confdir": str(confdir), "peers": peers, "load": lambda: configmod.load(str(confdir))}
 
 
+def runner_in_process(module, runner, name, text):
+    """The node's runner, as _runner_call.invoke runs it, here in this process: (exit code, stdout, stderr)."""
+    del module, runner
+    return 0, json.dumps(_module.serve_call(name, text)), ""
+
+
 @pytest.fixture
-def run_module(capsys):
+def run_module(capsys, monkeypatch, tmp_path):
     """``run_module(main, args, check=False, diff=False)``: run a module's main(); returns its result dict."""
+    installed = tmp_path / "storage-replication"
+    installed.write_text("")
+    monkeypatch.setattr(_runner_call, "RUNNER", str(installed))
+    monkeypatch.setattr(_runner_call, "invoke", runner_in_process)
+    monkeypatch.setenv(_runner_call.EXPECT_ENV, _runner_call.expect_text(_runner_call.identity()))
+
     def run(main, args, check=False, diff=False):
         warnings._global_warnings.clear()  # pylint: disable=protected-access
         with patch_module_args(dict(args, _ansible_check_mode=check, _ansible_diff=diff)):

@@ -75,10 +75,10 @@ def test_unreachable_peer_refuses_unless_allowed(node_cluster, run):
     assert any("node 'node3' did not get generation 2" in w for w in allowed["warnings"]), allowed["warnings"]
 
 
-def test_missing_paramiko_names_the_interpreter_to_use(node_cluster, run):
+def test_missing_paramiko_says_to_reinstall_the_runner(node_cluster, run):
     node_cluster["peers"].connect_error = ModuleNotFoundError("No module named 'paramiko'", name="paramiko")
     result = run({"guest": 100, "target": "node2"})
-    assert result["failed"] is True and "/opt/storage-replication/venv/bin/python" in result["msg"]
+    assert result["failed"] is True and "re-run the storage.replication.runner role" in result["msg"]
     assert "paramiko" in result["msg"]
 
 
