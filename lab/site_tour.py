@@ -21,6 +21,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_INVENTORY = REPO / "docs" / "examples" / "inventory.yml"
 WHEELHOUSE = REPO / "build" / "wheelhouse"
+RUNNER_VENV = "/opt/storage-replication/venv"
 VOLUMES = {"vm-100-disk-0": 6, "subvol-200-disk-0": 3}  # the example guests' volumes -> MiB of random data
 EXAMPLE_JOBS = ("100-0", "100-1", "200-0")  # the IDs site.yml gives the example's jobs
 SYNCED_JOBS = {"node2": "100-0", "node3": "100-1"}  # its enabled ones (200-0 is disabled), by target
@@ -72,10 +73,9 @@ def write_data(lab, name, mib, seek=0):
 
 
 def unlink_test_venv(lab, show):
-    """A lab that the integration tests' cluster set-up (or an older demo) used has the runner's venv linked to this
-    checkout's .venv (tests/integration/workload/guest.py, setup_cluster): the role would install into the
-    checkout's venv through the link. Drop such links; the role then makes the runner's own venv."""
-    from workload.guest import RUNNER_VENV  # pylint: disable=import-outside-toplevel,import-error
+    """A lab that an older version of the integration tests' cluster set-up (or an older demo) used has the runner's
+    venv linked to a checkout's .venv: the role would install into that venv through the link. Drop such links; the
+    role then makes the runner's own venv."""
     for node in lab.nodes:
         if lab.exec(node, ["test", "-L", RUNNER_VENV], check=False).returncode == 0:
             lab.exec(node, ["rm", RUNNER_VENV])
