@@ -1,34 +1,14 @@
 # Copyright (c) 2026, storage.replication developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Runs the job_info module on the node (as every module of the collection, told which engine to expect there:
-plugin_utils/runner_action.py), then evaluates ``query`` (JMESPath) on the controller, where jmespath is installed, so that the
-nodes need nothing beyond the runner."""
+"""storage.replication.job_info: the module on the node (plugin_utils/runner_action.py), then ``query`` (JMESPath) over its
+``jobs`` on the controller (plugin_utils/info_action.py)."""
 
 from __future__ import annotations
 
-from ansible_collections.storage.replication.plugins.plugin_utils.runner_action import RunnerAction
+from ansible_collections.storage.replication.plugins.plugin_utils.info_action import QueryingInfoAction
 
 
-class ActionModule(RunnerAction):
+class ActionModule(QueryingInfoAction):
 
-    _supports_check_mode = True
-    _supports_async = False
-
-    def run(self, tmp=None, task_vars=None):
-        result = super().run(tmp, task_vars)  # the module on the node
-        query = self._task.args.get("query")
-        if query and not result.get("failed"):
-            result.update(self._query(query, result.get("jobs", [])))
-        return result
-
-    @staticmethod
-    def _query(query, jobs):
-        try:
-            import jmespath  # pylint: disable=import-outside-toplevel
-        except ImportError:
-            return {"failed": True, "msg": "query needs the Python package jmespath on the controller: pip install jmespath"}
-        try:
-            return {"query_result": jmespath.search(query, jobs)}
-        except jmespath.exceptions.JMESPathError as exc:
-            return {"failed": True, "msg": "query '%s' is not a valid JMESPath expression: %s" % (query, exc)}
+    QUERIED = "jobs"

@@ -11,11 +11,14 @@ Items are plain dicts as Ansible validated them (every option present, None when
 The inventory says where a guest starts; the cluster says where it is now. A guest's owner is therefore only
 set when the guest is created, and a job whose direction a migration or failover reversed is recognised
 instead of being created again (``_pair_reversed``).
+
+``job_view`` and ``guest_info_view`` shape jobs and guests as the modules return them.
 """
 
 from __future__ import annotations
 
 from ansible_collections.storage.replication.plugins.module_utils.config import ConfigError, Guest, Job, Node, Storage
+from ansible_collections.storage.replication.plugins.module_utils.failover import time_text
 from ansible_collections.storage.replication.plugins.module_utils.schedule import setting_warnings
 
 ABSENT = "absent"
@@ -72,7 +75,10 @@ def apply_storages(cfg, items, purge=False):
 
 
 def apply_guests(cfg, items, purge=False):
-    return _apply_items(cfg.guests, items, "id", "guest", cfg.remove_guest, lambda item: _set_guest(cfg, item), purge)
+    # _set_guest reports the guests a move took elsewhere; they make one warning line.
+    names, moved = _apply_items(cfg.guests, items, "id", "guest", cfg.remove_guest, lambda item: _set_guest(cfg, item),
+                                purge)
+    return names, [drift_warning(cfg, moved)] if moved else []
 
 
 def _set_node(cfg, item):
@@ -92,7 +98,8 @@ def _set_storage(cfg, item):
 
 
 def _set_guest(cfg, item):
-    """Create or update a guest; the owner comes from the item only when the guest is new."""
+    """Create or update a guest; the owner comes from the item only when the guest is new. Returns ``[its ID]`` when
+    it runs elsewhere than the item's node (a migration or failover moved it), else ``[]``."""
     old = cfg.guests.get(item["id"])
     if old is None and not item.get("node"):
         raise ConfigError("a new guest needs the node it starts on (node); known nodes: %s"
@@ -100,10 +107,21 @@ def _set_guest(cfg, item):
     owner = old.node if old is not None else item["node"]
     cfg.set_guest(Guest(id=item["id"], type=item["type"], node=owner, volumes=list(item.get("volumes") or []),
                         hooks={name: list(argv) if isinstance(argv, list) else argv for name, argv in (item.get("hooks") or {}).items()}))
-    if old is not None and item.get("node") and item["node"] != owner:
-        return ["guest '%s' runs on '%s' now (moved by a migration or failover); the inventory's node '%s' is only "
-                "where it starts, so it was left where it is" % (item["id"], owner, item["node"])]
-    return []
+    return [item["id"]] if old is not None and item.get("node") and item["node"] != owner else []
+
+
+def drift_warning(cfg, moved):
+    """One line for every guest that runs elsewhere than the inventory says, with what to write to end it (the
+    inventory's node is only where a guest starts, so nothing is moved back; the jobs the move reversed are paired
+    with the inventory's items silently, see _pair_reversed)."""
+    fixes = []
+    for guest_id in sorted(moved):
+        targets = sorted(job.target for job in cfg.jobs_of_guest(guest_id))
+        fixes.append("guest %d node: %s%s" % (guest_id, cfg.guests[guest_id].node,
+                                              " (its jobs' targets: %s)" % ", ".join(targets) if targets else ""))
+    return ("moved by a migration or failover, left where they run now: %s - the inventory names where they started; "
+            "to bring it in line set %s (README: 'Bringing the inventory in line')"
+            % (", ".join("%d on %s" % (g, cfg.guests[g].node) for g in sorted(moved)), "; ".join(fixes)))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -199,12 +217,11 @@ def _apply_job(cfg, item, job_id, keep, force, warnings):
     if job_id is None:
         return _create_job(cfg, item, fields)
     job = cfg.jobs[job_id]
-    if item.get("target") and item["target"] != job.target:
-        if item["target"] != cfg.guests[job.guest].node:
-            raise ConfigError("replication job '%s' targets '%s'; a job's target cannot change: remove the job "
-                              "(state=absent) and create one to '%s'" % (job_id, job.target, item["target"]))
-        warnings.append("replication job '%s' replicates to '%s' now: guest '%d' moved to '%s' (the inventory's "
-                        "target), which reversed the direction; left as it is" % (job_id, job.target, job.guest, item["target"]))
+    # A target that differs is only accepted as the old direction of a job a move reversed (_pair_reversed): the job
+    # stays as it is, and the guest's drift warning says what to write in the inventory.
+    if item.get("target") and item["target"] != job.target and item["target"] != cfg.guests[job.guest].node:
+        raise ConfigError("replication job '%s' targets '%s'; a job's target cannot change: remove the job "
+                          "(state=absent) and create one to '%s'" % (job_id, job.target, item["target"]))
     cfg.update_job(job_id, **fields)
     return job_id
 
@@ -234,3 +251,31 @@ def job_view(job, cfg):
             "source": guest.node if guest else job.source, "schedule": job.schedule, "rate": job.rate,
             "comment": job.comment, "enabled": not job.disable, "remove_job": job.remove_job, "keep": job.keep,
             "keep_source": job.keep_source}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Guests as guest_info returns them
+
+def guest_info_view(guest, cfg, views, local_node, running=None):
+    """One guest for guest_info: where it runs now, its jobs, and the replica each node that answered holds.
+
+    ``views`` is ``{node: failover.NodeView}`` (this node alone, or every node that was asked); ``running`` is what
+    the guest's status hook said on this node (None when it was not asked: this node does not own the guest, or the
+    guest has no status hook). A node's replica is complete when it holds every volume of the guest; the newest
+    complete one is where a failover would start the guest from.
+    """
+    replicas = {}
+    for name, view in sorted(views.items()):
+        record = view.replicas.get(guest.id) if view.reachable and name != guest.node else None
+        if record is None:
+            continue
+        last_sync = int(record.get("last_sync", 0))
+        replicas[name] = {"last_sync": last_sync, "time": time_text(last_sync), "job": record.get("job"),
+                          "source": record.get("source"),
+                          "complete": not set(guest.volumes) - set(record.get("volumes", []))}
+    complete = [name for name, replica in replicas.items() if replica["complete"]]
+    newest = max(complete, key=lambda name: (replicas[name]["last_sync"], name)) if complete else None
+    return {"id": guest.id, "type": guest.type, "owner": guest.node, "owned_here": guest.node == local_node,
+            "running": running, "volumes": sorted(guest.volumes), "hooks": sorted(guest.hooks),
+            "jobs": [job_view(job, cfg) for job in cfg.jobs_of_guest(guest.id)], "replicas": replicas,
+            "newest_replica": dict(replicas[newest], node=newest) if newest else None}

@@ -26,7 +26,7 @@ import traceback
 from ansible_collections.storage.replication.plugins.module_utils import _runner_call, cluster, config as configmod
 from ansible_collections.storage.replication.plugins.module_utils import failover, fence, migrate, rollback, runner, state
 from ansible_collections.storage.replication.plugins.module_utils._converge import (
-    apply_guests, apply_jobs, apply_nodes, apply_storages, describe_item, job_view)
+    apply_guests, apply_jobs, apply_nodes, apply_storages, describe_item, guest_info_view, job_view)
 from ansible_collections.storage.replication.plugins.module_utils._specs import (
     GUEST_OPTIONS, JOB_OPTIONS, NODE_OPTIONS, STORAGE_OPTIONS)
 from ansible_collections.storage.replication.plugins.module_utils.replicate import ReplicationError
@@ -127,6 +127,7 @@ def converge(params, check_mode, diff, change, what, diff_of, result_of):
     ``what`` names the object for messages ("job 100-0"); ``diff_of(before, after)`` returns the before/after of
     the managed fields; ``result_of(after, change_result)`` the module's own return values.
     """
+    caught_up = catch_up_first(check_mode)
     try:
         outcome = cluster.change_cluster(change, force=params["allow_unreachable"], check_mode=check_mode)
     except configmod.ConfigError as exc:
@@ -141,7 +142,27 @@ def converge(params, check_mode, diff, change, what, diff_of, result_of):
     result.update(result_of(outcome.after, outcome.result))
     if diff:
         result["diff"] = diff_of(outcome.before, outcome.after)
+    result["warnings"] = caught_up + result["warnings"]
     return result
+
+
+def catch_up_first(check_mode):
+    """Adopt the newer configuration a peer holds before the change is computed; returns what to warn of. The task
+    may run on a node that was down and missed changes (site.yml runs it on the first node that answers): computed
+    on what that node holds, a change could look like nothing to do. What stops the catch-up is left to the change
+    itself to report (it needs the peers too); check mode adopts nothing and says that the dry run is computed on
+    the older configuration."""
+    try:
+        found = cluster.catch_up(check_mode=check_mode)
+    except (cluster.ClusterError, configmod.ConfigError, OSError, ImportError):
+        return []
+    if found.adopted is None:
+        return []
+    if check_mode:
+        return ["node '%s' holds cluster configuration generation %d, newer than this node's (%d): this dry run is "
+                "computed on this node's; the real run adopts the newer one first" % (found.source, found.adopted, found.generation)]
+    return ["this node adopted cluster configuration generation %d from node '%s' first (it had missed changes)"
+            % (found.adopted, found.source)]
 
 
 def json_diff(before, after, header):
@@ -218,7 +239,8 @@ class ItemsTask:
     def run(self, what, check_mode, diff, **options):
         result = converge(self.params, check_mode, diff, lambda cfg: self.change(cfg, **options), what, self.diff_of,
                           self.result_of)
-        result["warnings"] = self.warnings + result["warnings"]
+        # change() runs again when the change is rebuilt on a newer version: each warning is said once
+        result["warnings"] = list(dict.fromkeys(self.warnings + result["warnings"]))
         return result
 
 
@@ -322,6 +344,39 @@ def job_info_module(params, _check_mode, _diff):
         warnings.append("job '%s' does not exist in the cluster configuration of node '%s'" % (params["job"], node))
     return {"changed": False, "node": node, "generation": cfg.generation, "jobs": jobs, "elsewhere": elsewhere,
             "warnings": warnings}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# guest_info: where each guest runs, whether it runs, its jobs and the replicas the nodes hold
+
+@module_task("guest_info")
+def guest_info_module(params, _check_mode, _diff):
+    paths = Paths.from_environment()
+    cfg = configmod.load(paths.confdir)
+    node = state.read_local_node(paths.statedir)
+    views = (failover.survey(cfg, paths.confdir, paths.statedir) if params["peers"]
+             else {node: failover.local_view(cfg, paths.confdir, paths.statedir)})
+    wanted = [guest for guest_id, guest in sorted(cfg.guests.items()) if params["guest"] in (None, guest_id)]
+    guests, warnings = [], []
+    for guest in wanted:
+        running = None
+        # The status hook tells about this node only: asked where the guest is supposed to run.
+        if guest.node == node:
+            try:
+                running = failover.guest_running(guest)
+            except ReplicationError as exc:  # one broken hook must not hide the other guests
+                warnings.append("%s - running is null for guest %d" % (exc, guest.id))
+        guests.append(guest_info_view(guest, cfg, views, node, running))
+    newer = {name: view.generation for name, view in views.items() if view.reachable and (view.generation or 0) > cfg.generation}
+    if newer:
+        warnings.append("node(s) %s hold a newer cluster configuration than this node ('%s', generation %d): this "
+                        "answer may be out of date - this node adopts the newer one at its runner's next run"
+                        % (", ".join("'%s' (%d)" % item for item in sorted(newer.items())), node, cfg.generation))
+    if params["guest"] is not None and not wanted:
+        warnings.append("guest %d is not in the cluster configuration of node '%s' (guests: %s)"
+                        % (params["guest"], node, ", ".join(str(g) for g in sorted(cfg.guests)) or "none"))
+    return {"changed": False, "node": node, "generation": cfg.generation, "guests": guests, "warnings": warnings,
+            "unreachable_nodes": {name: view.error for name, view in sorted(views.items()) if not view.reachable}}
 
 
 def _owner_of(cfg, job_id):

@@ -66,6 +66,12 @@ def _as_replicas(records):
     return {int(guest): record for guest, record in records.items() if str(guest).isdigit() and isinstance(record, dict)}
 
 
+def local_view(cfg, confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR):
+    """This node's NodeView, from its own files."""
+    local_node = read_local_node(statedir)
+    return NodeView(local_node, True, cfg.generation, _as_replicas(local_replicas(confdir, statedir)))
+
+
 def survey(cfg, confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, key=NODE_KEY, connect=ControlChannel):
     """{node: NodeView} of every node of ``cfg``: this node from its own files, the others over the replication
     trust (in parallel; a node that does not answer within the timeout is unreachable)."""
@@ -80,7 +86,7 @@ def survey(cfg, confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, ke
         finally:
             channel.close()
 
-    views = {local_node: NodeView(local_node, True, cfg.generation, _as_replicas(local_replicas(confdir, statedir)))}
+    views = {local_node: local_view(cfg, confdir, statedir)}
     for name, answer in on_every_peer(peer_nodes(cfg, local_node), ask).items():
         if isinstance(answer, Exception):
             views[name] = NodeView(name, False, error=describe(answer))

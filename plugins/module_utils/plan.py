@@ -80,7 +80,7 @@ def _volumes(ctx, last_sync, connect):
         size, how = ctx.zfs.send_estimate(dataset, base, ctx.zfs.send_options(dataset))
         mode = "incremental" if base else "full"
         if volume in resumed:
-            mode = "resume, then incremental"
+            mode = "resumed, then incremental"
             size = None if size is None else size + resume_bytes[volume]
             how = "the rest of the interrupted stream, then %s" % how
         planned.append({"volume": volume, "mode": mode, "base": base, "estimated_bytes": size, "estimate": how})

@@ -471,7 +471,7 @@ def resume_transfers(ctx, channel, target, datasets, tokens, remote):
         ctx.log("volume '%s': resumed, sent %d more bytes in %.1f s" % (volume, result.bytes, result.seconds))
         remote.setdefault(volume, {})[snap] = {"id": str(guid)}
         resumed[volume] = snap
-        sent.append({"volume": volume, "mode": "resume", "base": None, "bytes": result.bytes,
+        sent.append({"volume": volume, "mode": "resumed", "base": None, "bytes": result.bytes,
                      "seconds": round(result.seconds, 3), "kept": []})
     return resumed, sent
 

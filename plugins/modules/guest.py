@@ -14,7 +14,9 @@ description:
     node it starts on, and optional hooks.
   - The inventory says where a guest starts; the cluster says where it is now. O(node) is only used when the guest
     is created. After a migration or failover the guest stays where it is, with its reversed replication direction;
-    when O(node) differs from the current owner the module warns and changes nothing about the owner.
+    when O(node) differs from the current owner the module changes nothing about the owner and warns once per task,
+    in one line naming every such guest with what to write in the inventory to bring it in line (its node now and
+    its jobs' targets now).
   - With O(guests), one task converges several guests; with O(purge=true), the others are removed.
   - A guest that still has replication jobs cannot be removed; remove its jobs first (M(storage.replication.job)).
 options:

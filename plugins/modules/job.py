@@ -18,7 +18,8 @@ description:
   - With O(jobs), one task converges a whole set of jobs; with O(purge=true), every job not in the set is removed.
   - A guest that a migration or failover moved to the node an item names as target keeps its reversed
     replication direction. The job that now replicates back to the old owner stands for that item; it is not
-    undone and no new job is created.
+    undone, no new job is created, and RV(jobs) shows where it replicates now (M(storage.replication.guest) warns,
+    once per task, and says how to bring the inventory in line).
 options:
   id:
     description:

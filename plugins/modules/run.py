@@ -80,9 +80,29 @@ result:
   description: The job's run, as C(storage-replication run --output-format json) reports it.
   returned: when the job ran
   type: dict
-  sample: {"job": "100-0", "ok": true, "error": null, "bytes": 1048576, "seconds": 1.2,
+  sample: {"job": "100-0", "ok": true, "error": null, "start": 1700000900, "bytes": 1048576, "seconds": 1.2,
            "volumes": [{"volume": "local-zfs:vm-100-disk-0", "mode": "incremental",
                         "base": "__replicate_100-0_1700000000__", "bytes": 1048576, "seconds": 0.8, "kept": []}]}
+  contains:
+    job: {description: "The job ID.", type: str, sample: 100-0}
+    ok: {description: "Whether the run succeeded.", type: bool, sample: true}
+    error: {description: "Why it failed, or null.", type: str, sample: null}
+    start: {description: "The run's start time (epoch), the name of its replication snapshot C(__replicate_<job>_<start>__).", type: int, sample: 1700000900}
+    bytes: {description: "Bytes sent, all volumes together.", type: int, sample: 1048576}
+    seconds: {description: "How long the run took.", type: float, sample: 1.2}
+    volumes:
+      description:
+        - What each volume sent, in the order they were sent.
+        - C(mode) is V(full) (the first send, or no common snapshot), V(incremental) (from C(base)) or V(resumed)
+          (the rest of an interrupted transfer, from the target's receive resume token, OpenZFS only; such a volume is
+          then sent incrementally as well in the same run).
+        - C(base) is the snapshot (or C(#bookmark)) the incremental stream starts from, null otherwise; C(bytes) and
+          C(seconds) are that stream's; C(kept) lists the datasets the target kept aside because the replica had been
+          written to since the last sync.
+      type: list
+      elements: dict
+      sample: [{"volume": "local-zfs:vm-100-disk-0", "mode": "incremental", "base": "__replicate_100-0_1700000000__",
+                "bytes": 1048576, "seconds": 0.8, "kept": []}]
 plan:
   description:
     - In check mode, what the run would do, as C(storage-replication run --check --id ID --output-format json)
@@ -96,7 +116,7 @@ plan:
                         "base": "__replicate_100-0_1700000000__", "estimated_bytes": 1572864,
                         "estimate": "written since '__replicate_100-0_1700000000__'"}], "log": []}
 log:
-  description: The lines of the job's run log.
+  description: The lines of the job's run log (as in C(/var/log/storage-replication/<job>.log), without the time stamps).
   returned: when the job ran
   type: list
   elements: str

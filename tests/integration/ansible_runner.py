@@ -140,12 +140,13 @@ def snapshot_collection(directory) -> Path:
 
 
 @contextlib.contextmanager
-def playbook_lab(name, pool_size):
-    """A lab of 3 nodes of its own for a module of playbook tests, from nothing (an earlier lab of the name goes
-    first: the role and the site playbook must meet fresh nodes), taken down afterwards unless SR_LAB_KEEP=1."""
+def playbook_lab(name, pool_size, nodes=3):
+    """A lab of its own (3 nodes unless ``nodes``) for a module of playbook tests, from nothing (an earlier lab of the
+    name goes first: the role and the site playbook must meet fresh nodes), taken down afterwards unless
+    SR_LAB_KEEP=1."""
     lab = Lab(name)
     lab.down(out=lambda _line: None)
-    lab.up(nodes=3, pool_size=pool_size, out=lambda _line: None)
+    lab.up(nodes=nodes, pool_size=pool_size, out=lambda _line: None)
     try:
         yield lab
     finally:

@@ -53,7 +53,7 @@ def service(lab):
         guest.stop(node)
 
 
-PING_TASK = "See which nodes answer (the failed node must not)"
+PING_TASK = "See which nodes answer"
 
 
 def failover(lab, check=False, **extra):

@@ -204,13 +204,27 @@ def test_second_dry_run_and_second_run_change_nothing(role):
     assert role.footprint() == before
 
 
-def test_a_node_left_out_of_the_play_changes_nothing(role):
+def test_a_node_left_out_of_the_play_keeps_its_trust(role):
+    """Strict, a node left out fails the role on every node and changes nothing; not strict, the others go on, keep
+    trusting the key recorded for it, and say that they could not refresh it."""
     before = role.footprint()
-    run = role.apply(limit="node1,node2")
-    assert run.rc != 0
-    messages = [f["result"]["msg"] for f in run.failures()]
-    assert messages and all("node3 of group 'replication_nodes' are not in this play" in m for m in messages)
+    strict = role.apply(limit="node1,node2", extra_vars={"runner_strict": True})
+    assert strict.rc != 0
+    messages = [f["result"]["msg"] for f in strict.failures()]
+    assert len(messages) == 2 and all("node3 of group 'replication_nodes' are not in this play" in m
+                                      and "runner_strict" in m for m in messages), messages
     assert role.footprint() == before
+
+    run = role.apply(limit="node1,node2")
+    run.assert_ok()
+    said = run.task_results("storage.replication.runner : Say what could not be refreshed for the nodes not in this play")
+    assert len(said) == 2 and all("Kept as recorded, not refreshed: the keys of node3" in s["msg"] for s in said), said
+    assert run.changed_count() == 0, run.changed_tasks()
+    assert role.footprint() == before
+    # The cluster's nodes still include node3, from what node1 trusts and the inventory.
+    nodes = run.facts("node1")["runner_cluster_nodes"]
+    assert [n["name"] for n in nodes] == ["node1", "node2", "node3"]
+    assert nodes[2]["public_key"].startswith("ssh-ed25519 ") and "host_key" not in nodes[2]
 
 
 def test_unpinned_requirements_are_refused(role):

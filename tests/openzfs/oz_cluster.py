@@ -319,7 +319,7 @@ def kill_zfs_send(cluster, dataset):
 def check_resumed(cluster, job, dataset, rx_before, kept_snapshot, checksum):
     full = stream_size(cluster, "node1", "%s@%s" % (dataset, kept_snapshot))
     result = assert_ok(cluster.run_job(job))
-    assert modes(result) == ["resume", "incremental"]
+    assert modes(result) == ["resumed", "incremental"]
     assert "resume the interrupted transfer of" in cluster.log(job)
     total = cluster.link_rx_bytes("node2") - rx_before
     assert 0.9 * full < total < 1.1 * full, "sent %d bytes in total for a %d-byte stream" % (total, full)

@@ -92,6 +92,8 @@ def node_cluster(tmp_path, monkeypatch):
     peers = FakePeers(tmp_path / "peers", configmod.load(str(confdir)))
     monkeypatch.setattr(cluster, "change_cluster", functools.partial(
         cluster.change_cluster, confdir=str(confdir), statedir=str(statedir), connect=peers.channel))
+    monkeypatch.setattr(cluster, "catch_up", functools.partial(
+        cluster.catch_up, confdir=str(confdir), statedir=str(statedir), connect=peers.channel))
     monkeypatch.setattr(_module, "local_node", lambda: "node1")
     return {"confdir": str(confdir), "peers": peers, "load": lambda: configmod.load(str(confdir))}
 

@@ -18,7 +18,27 @@ def test_guest_owner_is_kept_after_a_move(node_cluster, run_module):
     args = {"id": 100, "type": "vm", "node": "node1", "volumes": ["local-zfs:vm-100-disk-0"]}
     result = run_module(guest.main, args, check=True)
     assert result["changed"] is False and result["guest"]["node"] == "node2"
-    assert any("runs on 'node2' now" in w and "left where it is" in w for w in result["warnings"])
+    assert result["warnings"] == [
+        "moved by a migration or failover, left where they run now: 100 on node2 - the inventory names where they "
+        "started; to bring it in line set guest 100 node: node2 (README: 'Bringing the inventory in line')"]
+
+
+def test_drift_is_one_line_for_every_moved_guest(node_cluster, run_module):
+    with configmod.edit(node_cluster["confdir"]) as cfg:
+        cfg.guests[200] = configmod.Guest(200, "ct", "node1", ["local-zfs:subvol-200-disk-0"])
+        cfg.jobs["200-0"] = configmod.Job(id="200-0", target="node2")
+        cfg.jobs["200-1"] = configmod.Job(id="200-1", target="node3")
+        cfg.move_guest(100, "node2")
+        cfg.move_guest(200, "node2")
+    node_cluster["peers"].sync(node_cluster["confdir"])
+    guests = [{"id": 100, "type": "vm", "node": "node1", "volumes": ["local-zfs:vm-100-disk-0"]},
+              {"id": 200, "type": "ct", "node": "node1", "volumes": ["local-zfs:subvol-200-disk-0"]}]
+    result = run_module(guest.main, {"guests": guests})
+    assert result["changed"] is False
+    assert result["warnings"] == [
+        "moved by a migration or failover, left where they run now: 100 on node2, 200 on node2 - the inventory names "
+        "where they started; to bring it in line set guest 100 node: node2; guest 200 node: node2 (its jobs' targets: "
+        "node1, node3) (README: 'Bringing the inventory in line')"]
 
 
 def test_new_guest_needs_its_node_and_type(node_cluster, run_module):
