@@ -52,15 +52,18 @@ def run(argv: list, check: bool = True, input=None, timeout: float = 60, text: b
     return result
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
-    """Poll predicate until it returns a true value or the deadline passes (then LabError naming what)."""
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05, on_timeout=None, error=None):
+    """Poll predicate until it returns a true value (returned), with a deadline, never a fixed sleep.  At the deadline
+    raise ``error`` (default LabError) naming what was awaited, with ``on_timeout()``'s text appended (what to look
+    at).  The lab, the OpenZFS tier and their tests share it: it imports nothing of the engine."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise LabError(f"timed out after {timeout} s waiting for {what}")
+            detail = on_timeout() if on_timeout else ""
+            raise (error or LabError)(f"timed out after {timeout:g} s waiting for {what}{detail}")
         time.sleep(interval)
 
 

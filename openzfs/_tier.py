@@ -32,6 +32,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from lab._system import wait_until
 from openzfs._image import REPO, ensure_image
 
 TIER_ROOT = Path(os.environ.get("SR_OPENZFS_ROOT", "/var/tmp/storage-replication-openzfs"))
@@ -74,19 +75,6 @@ def alive(pid: int | None) -> bool:
     except OSError:
         return False
     return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def wait_until(predicate, timeout: float, what: str, on_timeout=None):
-    """Poll predicate until it returns a true value, with a deadline (never a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            detail = on_timeout() if on_timeout else ""
-            raise TierError("timed out after %.0f s waiting for %s%s" % (timeout, what, detail))
-        time.sleep(POLL)
 
 
 def installation_fingerprint(group_vars: dict) -> str:
@@ -170,7 +158,7 @@ class Tier:
         try:
             for node in data["nodes"]:
                 wait_until(lambda n=node: self._answers(n), BOOT_TIMEOUT, "node '%s' to answer over ssh" % node,
-                           lambda n=node: self._console_tail(n))
+                           POLL, lambda n=node: self._console_tail(n), TierError)
             for node in data["nodes"]:  # the boot does not load it (see image/build.sh); under TCG it takes a while
                 self.exec(node, ["modprobe", "zfs"], timeout=BOOT_TIMEOUT)
         except TierError:
@@ -255,10 +243,11 @@ class Tier:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         try:
-            wait_until(lambda: not alive(pid), STOP_TIMEOUT, "QEMU of node '%s' to stop" % node)
+            wait_until(lambda: not alive(pid), STOP_TIMEOUT, "QEMU of node '%s' to stop" % node, POLL, error=TierError)
         except TierError:
             os.kill(pid, signal.SIGKILL)
-            wait_until(lambda: not alive(pid), 10, "QEMU of node '%s' (pid %d) to exit" % (node, pid))
+            wait_until(lambda: not alive(pid), 10, "QEMU of node '%s' (pid %d) to exit" % (node, pid), POLL,
+                       error=TierError)
 
     @staticmethod
     def _is_our_qemu(pid: int, info: dict) -> bool:

@@ -16,7 +16,7 @@ instead of being created again (``_pair_reversed``).
 from __future__ import annotations
 
 from ansible_collections.storage.replication.plugins.module_utils.config import ConfigError, Guest, Job, Node, Storage
-from ansible_collections.storage.replication.plugins.module_utils.schedule import ScheduleError, interval_warnings
+from ansible_collections.storage.replication.plugins.module_utils.schedule import setting_warnings
 
 ABSENT = "absent"
 
@@ -40,68 +40,55 @@ def _purge(table, wanted, remove):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Nodes and storages
+# Nodes, storages and guests: one loop over the items of a table
 
-def apply_nodes(cfg, items, purge=False):
-    names = []
+def _apply_items(table, items, key, what, remove, put, purge):
+    """Converge ``table`` (cfg.nodes, ...) to ``items``: an absent item is removed, any other is ``put(item)``
+    (which returns warnings); with ``purge`` every key no item names is removed too."""
+    names, warnings = [], []
     for item in items:
-        name = item["name"]
+        name = item[key]
         names.append(name)
         try:
             if _absent(item):
-                if name in cfg.nodes:
-                    cfg.remove_node(name)
+                if name in table:
+                    remove(name)
                 continue
-            old = cfg.nodes.get(name)
-            host_key = item.get("host_key")
-            if host_key is None:
-                host_key = old.host_key if old else ""
-            cfg.set_node(Node(name=name, address=item["address"] or (old.address if old else ""),
-                              host_key=" ".join(host_key.split()[:2]), port=item.get("port") or 22))
+            warnings += put(item)
         except ConfigError as exc:
-            raise _prefixed("node '%s'" % name, exc) from None
+            raise _prefixed("%s '%s'" % (what, name), exc) from None
     if purge:
-        names += _purge(cfg.nodes, names, cfg.remove_node)
-    return names, []
+        names += _purge(table, names, remove)
+    return names, warnings
+
+
+def apply_nodes(cfg, items, purge=False):
+    return _apply_items(cfg.nodes, items, "name", "node", cfg.remove_node, lambda item: _set_node(cfg, item), purge)
 
 
 def apply_storages(cfg, items, purge=False):
-    names = []
-    for item in items:
-        storage_id = item["id"]
-        names.append(storage_id)
-        try:
-            if _absent(item):
-                if storage_id in cfg.storages:
-                    cfg.remove_storage(storage_id)
-                continue
-            cfg.set_storage(Storage(id=storage_id, type=item.get("type") or "zfspool", pool=item["pool"]))
-        except ConfigError as exc:
-            raise _prefixed("storage '%s'" % storage_id, exc) from None
-    if purge:
-        names += _purge(cfg.storages, names, cfg.remove_storage)
-    return names, []
+    return _apply_items(cfg.storages, items, "id", "storage", cfg.remove_storage,
+                        lambda item: _set_storage(cfg, item), purge)
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# Guests
 
 def apply_guests(cfg, items, purge=False):
-    names, warnings = [], []
-    for item in items:
-        guest_id = item["id"]
-        names.append(guest_id)
-        try:
-            if _absent(item):
-                if guest_id in cfg.guests:
-                    cfg.remove_guest(guest_id)
-                continue
-            warnings += _set_guest(cfg, item)
-        except ConfigError as exc:
-            raise _prefixed("guest '%s'" % guest_id, exc) from None
-    if purge:
-        names += _purge(cfg.guests, names, cfg.remove_guest)
-    return names, warnings
+    return _apply_items(cfg.guests, items, "id", "guest", cfg.remove_guest, lambda item: _set_guest(cfg, item), purge)
+
+
+def _set_node(cfg, item):
+    """Create or update a node; an address or host key the item leaves out stays as it is."""
+    old = cfg.nodes.get(item["name"])
+    host_key = item.get("host_key")
+    if host_key is None:
+        host_key = old.host_key if old else ""
+    cfg.set_node(Node(name=item["name"], address=item["address"] or (old.address if old else ""),
+                      host_key=" ".join(host_key.split()[:2]), port=item.get("port") or 22))
+    return []
+
+
+def _set_storage(cfg, item):
+    cfg.set_storage(Storage(id=item["id"], type=item.get("type") or "zfspool", pool=item["pool"]))
+    return []
 
 
 def _set_guest(cfg, item):
@@ -207,7 +194,7 @@ def _apply_job(cfg, item, job_id, keep, force, warnings):
             _remove_job(cfg, wanted, keep, force)
         return wanted
     fields = job_fields(item)
-    warnings += _schedule_warnings(fields["schedule"])
+    warnings += setting_warnings(fields["schedule"])
     if job_id is None:
         return _create_job(cfg, item, fields)
     job = cfg.jobs[job_id]
@@ -237,15 +224,6 @@ def _remove_job(cfg, job_id, keep, force):
     mode = "local" if keep else "full"
     if job_id in cfg.jobs and cfg.jobs[job_id].remove_job != mode:
         cfg.mark_job_for_removal(job_id, mode)
-
-
-def _schedule_warnings(schedule):
-    if schedule is None:
-        return []
-    try:
-        return interval_warnings(schedule)
-    except ScheduleError:
-        return []  # the validation of the job reports it, naming the job
 
 
 def job_view(job, cfg):

@@ -19,7 +19,8 @@ from ansible_collections.storage.replication.plugins.module_utils.failover impor
 from ansible_collections.storage.replication.plugins.module_utils.fence import FenceStateError
 from ansible_collections.storage.replication.plugins.module_utils.migrate import MigrationError
 from ansible_collections.storage.replication.plugins.module_utils.replicate import ReplicationError
-from ansible_collections.storage.replication.plugins.module_utils.state import LockError, StateError, read_local_node
+from ansible_collections.storage.replication.plugins.module_utils.files import LockError
+from ansible_collections.storage.replication.plugins.module_utils.state import StateError, read_local_node
 from ansible_collections.storage.replication.plugins.module_utils.transport import RemoteError, TransportError
 from ansible_collections.storage.replication.plugins.module_utils.zfs import ZfsError
 

@@ -19,12 +19,15 @@ import os
 import sys
 import time
 
+from ansible_collections.storage.replication.plugins.module_utils.files import LockError, atomic_write
+from ansible_collections.storage.replication.plugins.module_utils.joblog import read_logs
 from ansible_collections.storage.replication.plugins.module_utils.names import NODE_RE
 from ansible_collections.storage.replication.plugins.module_utils.schedule import (
     DEFAULT_SCHEDULE as DEFAULT_SCHEDULE_TEXT,
     ScheduleError,
     interval_warnings,
     parse,
+    setting_warnings,
     time_zone,
 )
 
@@ -210,8 +213,8 @@ def _serve_arguments(parser):
             _serve_arguments)
 def serve(args):
     """Answers on stdout itself (one JSON line); a refused operation exits 1."""
-    from ansible_collections.storage.replication.plugins.module_utils import receiver  # pylint: disable=import-outside-toplevel
-    if receiver.main(peer=args.peer) != 0:
+    from ansible_collections.storage.replication.plugins.module_utils import serve as serving  # pylint: disable=import-outside-toplevel
+    if serving.main(peer=args.peer) != 0:
         raise SystemExit(EXIT_FAILED)
     return Output(None, "")
 
@@ -274,13 +277,19 @@ def _engine():
     return cluster, config, runner, state
 
 
+def _node_settings():
+    """settings.py (the node's directories and runner.json), imported when a command needs them."""
+    from ansible_collections.storage.replication.plugins.module_utils import settings  # pylint: disable=import-outside-toplevel
+    return settings
+
+
 def _one_line(exc):
     problems = getattr(exc, "problems", None) or str(exc).split("\n")
     return "; ".join(p for p in problems if p)
 
 
 def _paths():
-    return _engine()[2].Paths.from_environment()
+    return _node_settings().Paths.from_environment()
 
 
 def _load_config(data=None):
@@ -298,18 +307,9 @@ def _existing_job(cfg, wanted):
     return cfg.jobs[wanted]
 
 
-def _schedule_warnings(schedule):
-    if schedule is None:
-        return []
-    try:
-        return interval_warnings(schedule)
-    except ScheduleError:
-        return []  # the change itself reports an invalid schedule
-
-
 def _apply(args, change, done, warnings=()):
     """Run a cluster-wide change; ``done(outcome)`` is the text for people. ConfigError is bad input (exit 2)."""
-    cluster, config, _runner, state = _engine()
+    cluster, config, _runner, _state = _engine()
     paths = _paths()
     try:
         outcome = cluster.change_cluster(change, paths.confdir, paths.statedir, force=args.allow_unreachable)
@@ -317,7 +317,7 @@ def _apply(args, change, done, warnings=()):
         raise CliError(_one_line(exc)) from None
     except config.ConfigError as exc:
         raise UsageError(_one_line(exc)) from None
-    except (cluster.ClusterError, state.LockError) as exc:
+    except (cluster.ClusterError, LockError) as exc:
         raise CliError(_one_line(exc)) from None
     data = dict(outcome.as_dict(), job=args.id)
     if not outcome.changed:
@@ -355,7 +355,7 @@ def create_local_job(args):
     job = config.Job(id=args.id, target=args.target, schedule=args.schedule, rate=args.rate, comment=args.comment,
                      disable=bool(args.disable))
     return _apply(args, lambda cfg: cfg.add_job(job), "replication job '%s' to '%s' created" % (args.id, args.target),
-                  _schedule_warnings(args.schedule))
+                  setting_warnings(args.schedule))
 
 
 def _update_arguments(parser):
@@ -375,7 +375,7 @@ def update(args):
     if not changes and not delete:
         raise UsageError("update: nothing to change; give --schedule, --rate, --comment, --disable or --delete")
     return _apply(args, lambda cfg: cfg.update_job(args.id, delete=delete, **changes),
-                  "replication job '%s' updated" % args.id, _schedule_warnings(changes.get("schedule")))
+                  "replication job '%s' updated" % args.id, setting_warnings(changes.get("schedule")))
 
 
 def _id_and_force_arguments(parser):
@@ -478,6 +478,7 @@ def _next_sync_text(epoch, now):
 
 @subcommand("status", "Show the state of the replication jobs this node runs.", _status_arguments)
 def status(args):
+    from ansible_collections.storage.replication.plugins.module_utils.report import job_report  # pylint: disable=import-outside-toplevel
     _cluster, _config, runner, state = _engine()
     paths = _paths()
     now = int(time.time())
@@ -486,7 +487,7 @@ def status(args):
     cfg = _load_config(readable)
     readable["config_readable"] = True
     try:
-        report = runner.job_report(cfg, state.StateFile(paths.statedir).read(), node, now)
+        report = job_report(cfg, state.StateFile(paths.statedir).read(), node, now)
     except state.StateError as exc:
         raise CliError(str(exc), dict(readable, error=str(exc))) from None
     report = [job for job in report if args.guest is None or job["guest"] == args.guest]
@@ -559,6 +560,8 @@ def _run_arguments(parser):
     parser.add_argument("--id", type=job_id, metavar="ID", help="run only this job, now, whatever its schedule")
     _flag(parser, "--verbose", "print the job log while it runs")
     _flag(parser, "--mail", "send failure and recovery notifications (the timer's runs do)")
+    _flag(parser, "--check", "say what the run would send (per volume full or incremental, from which snapshot, about "
+          "how many bytes), changing nothing on any node")
 
 
 def _run_text(result):
@@ -573,14 +576,33 @@ def _run_text(result):
     return "\n".join(lines)
 
 
+def _check_text(result):
+    """run --check for people: per job what it would send, volume by volume, and what it would delete."""
+    from ansible_collections.storage.replication.plugins.module_utils import plan  # pylint: disable=import-outside-toplevel
+    lines = []
+    for job in result["jobs"]:
+        lines.append("%s: %s" % (job["job"], plan.summary(job)))
+        lines += ["  " + line for line in plan.volume_lines(job) + job["log"]]
+    if not result["jobs"]:
+        upcoming = result.get("next")
+        lines.append("nothing is due now" + ("; next: %s at %s" % (upcoming["job"], _status_time(upcoming["at"]))
+                                             if upcoming else ""))
+    return "\n".join(lines)
+
+
 @subcommand("run", "Run the due replication jobs of this node (what the timer starts every minute).", _run_arguments)
 def run(args):
     _cluster, config, runner, state = _engine()
     if args.id and args.mail:
         raise UsageError("Mail and id are mutually exclusive! (--mail is for the scheduled runs; --id runs one job now)")
+    if args.check and args.mail:
+        raise UsageError("--check sends nothing, no notification either: leave out --mail")
     paths = _paths()
     try:
-        settings = runner.load_settings(paths.settings_file)
+        settings = _node_settings().load_settings(paths.settings_file)
+        if args.check:
+            result = runner.Runner(paths, settings).check(args.id)
+            return Output(result, _check_text(result), result["warnings"])
         result = runner.run(paths, settings, job_id=args.id, notify=args.mail, echo=print if args.verbose else None)
     except runner.RunnerBusy as exc:
         if args.id:
@@ -611,16 +633,16 @@ def _prepare_arguments(parser):
 
 def _receiver_call(operation, cfg, request):
     """Run receiver operation ``operation`` (prepare, finalize) on this node, as a peer would over SSH."""
-    from ansible_collections.storage.replication.plugins.module_utils import receiver  # pylint: disable=import-outside-toplevel
+    from ansible_collections.storage.replication.plugins.module_utils import protocol, receiver, serve as serving  # pylint: disable=import-outside-toplevel
     config = _engine()[1]
     paths = _paths()
     # root on this node speaks for the guest's owner here (pvesr's internal commands); the receiver's rules still apply
     local = receiver.Receiver(paths.confdir, paths.statedir, peer=request["source"])
     try:
-        reply = receiver.CONTROL_OPERATIONS[operation](local, dict(request, generation=cfg.generation))
-    except receiver.Refused as exc:
+        reply = serving.CONTROL_OPERATIONS[operation](local, dict(request, generation=cfg.generation))
+    except protocol.Refused as exc:
         raise CliError(str(exc)) from None
-    except (receiver.ZfsError, config.ConfigError, OSError) as exc:
+    except (serving.ZfsError, config.ConfigError, OSError) as exc:
         raise CliError(_one_line(exc)) from None
     finally:
         for line in local.log:
@@ -701,8 +723,7 @@ def _log_arguments(parser):
 
 @subcommand("log", "Show the log of a job's last run(s), oldest first.", _log_arguments)
 def log(args):
-    runner = _engine()[2]
-    runs = runner.read_logs(_paths().logdir, args.id, args.runs)
+    runs = read_logs(_paths().logdir, args.id, args.runs)
     if not runs and args.id not in _load_config().jobs:
         raise UsageError("no such job '%s' and no logs of it - 'storage-replication list' shows the jobs" % args.id)
     data = [{"run": -age, "lines": lines} for age, lines in runs]
@@ -740,7 +761,7 @@ def fence(args):
     _cluster, config, runner, state = _engine()
     paths = _paths()
     try:
-        settings = runner.load_settings(paths.settings_file)
+        settings = _node_settings().load_settings(paths.settings_file)
     except config.ConfigError as exc:
         raise CliError(_one_line(exc)) from None
     interval = args.interval or settings["fence_interval"]
@@ -753,7 +774,7 @@ def fence(args):
         started = time.monotonic()
         current = watcher.tick()
         if metrics and os.path.isdir(os.path.dirname(metrics)):
-            state.atomic_write(metrics, fencemod.metrics_text(current, node).encode("utf-8"))
+            atomic_write(metrics, fencemod.metrics_text(current, node).encode("utf-8"))
         if args.once:
             return Output(current, fencemod.describe(current, node))
         summary = (current.get("quorate"), bool(current.get("fenced")), json.dumps(current.get("fenced"), sort_keys=True),

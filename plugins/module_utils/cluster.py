@@ -20,9 +20,9 @@ calls it before it acts, and adopts the newest configuration a peer holds (DESIG
 A node whose own configuration is damaged (configmod.ConfigCorrupt) changes nothing, serves nothing and adopts no
 push; ``restore_config`` replaces it with the configuration a majority of its peers hold (safety rule 7).
 
-The serving side of both operations is here too (``serve_get_config``, ``serve_set_config``); receiver.py lists
-them in its operations table. They raise ConfigError for a refused request, which the receiver answers as an
-error reply.
+The serving side of these operations is here too (``serve_get_config``, ``serve_quorum``); serve.py lists them in
+its operations table. A request of the wrong shape is Refused (protocol.py), a refused change raises ConfigError;
+serve.py answers either as an error reply.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils import quorum
-from ansible_collections.storage.replication.plugins.module_utils.state import (
-    DEFAULT_STATEDIR, atomic_write, read_local_node)
+from ansible_collections.storage.replication.plugins.module_utils.files import atomic_write
+from ansible_collections.storage.replication.plugins.module_utils.protocol import check_request_keys
+from ansible_collections.storage.replication.plugins.module_utils.state import DEFAULT_STATEDIR, read_local_node
 from ansible_collections.storage.replication.plugins.module_utils.transport import (
     NODE_KEY, ControlChannel, RemoteError, TransportError)
 
@@ -497,17 +498,9 @@ def restore_config(confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR,
 # ---------------------------------------------------------------------------------------------------------------
 # The serving side (receiver operations)
 
-def _check_request(request, allowed):
-    if not isinstance(request, dict):
-        raise configmod.ConfigError("the request is not a JSON object: refused")
-    unknown = sorted(set(request) - set(allowed))
-    if unknown:
-        raise configmod.ConfigError("unknown request field(s) %s: refused" % ", ".join(unknown))
-
-
 def serve_get_config(receiver, request):
     """``get-config``: this node's generation, and with ``content: true`` its two configuration files."""
-    _check_request(request, ("source", "generation", "content"))
+    check_request_keys(request, ("source", "generation", "content"))
     cfg = configmod.load(receiver.confdir)
     reply = {"generation": cfg.generation}
     if request.get("content") is True:
@@ -518,7 +511,7 @@ def serve_get_config(receiver, request):
 def serve_quorum(operation):
     """The receiver operation ``operation`` (quorum.STATUS, PREPARE, ACCEPT, COMMIT) of this node's acceptor."""
     def serve(receiver, request):
-        _check_request(request, QUORUM_FIELDS[operation] + ("source",))
+        check_request_keys(request, QUORUM_FIELDS[operation] + ("source",))
         return serve_quorum_here(receiver.confdir, operation, {k: v for k, v in request.items() if k != "source"})
     return serve
 

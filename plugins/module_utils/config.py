@@ -49,7 +49,7 @@ from typing import Dict, List, Optional
 from ansible_collections.storage.replication.plugins.module_utils.names import (
     GUEST_ID_MAX, GUEST_ID_MIN, JOBNUM_MAX, NODE_RE, STORAGE_RE, VOLUME_NAME_MAX, VOLUME_NAME_RE)
 from ansible_collections.storage.replication.plugins.module_utils.schedule import ScheduleError, parse as parse_schedule
-from ansible_collections.storage.replication.plugins.module_utils.state import file_lock, fsync_dir, write_synced
+from ansible_collections.storage.replication.plugins.module_utils.files import file_lock, fsync_dir, write_synced
 
 DEFAULT_CONFDIR = "/etc/storage-replication"
 JOBS_FILE = "replication.cfg"

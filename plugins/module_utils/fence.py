@@ -35,8 +35,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
-from ansible_collections.storage.replication.plugins.module_utils.state import (
-    DEFAULT_STATEDIR, atomic_write, read_json_object)
+from ansible_collections.storage.replication.plugins.module_utils.files import atomic_write, read_json_object
+from ansible_collections.storage.replication.plugins.module_utils.state import DEFAULT_STATEDIR
 
 STATE_FILE = "fence.json"
 LOCK_FILE = "fence.lck"

@@ -31,16 +31,18 @@ import copy
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils import failover
 from ansible_collections.storage.replication.plugins.module_utils.cluster import ClusterError, change_cluster
+from ansible_collections.storage.replication.plugins.module_utils.joblog import DEFAULT_LOGDIR
 from ansible_collections.storage.replication.plugins.module_utils.names import migration_copy_job
-from ansible_collections.storage.replication.plugins.module_utils.receiver import DROP_COPY, SET_STATE, drop_job_snapshots
+from ansible_collections.storage.replication.plugins.module_utils.protocol import DROP_COPY, SET_STATE
+from ansible_collections.storage.replication.plugins.module_utils.pruning import drop_job_snapshots
 from ansible_collections.storage.replication.plugins.module_utils.replicate import run_job
+from ansible_collections.storage.replication.plugins.module_utils.report import estimate_text
 from ansible_collections.storage.replication.plugins.module_utils.state import (
     DEFAULT_STATEDIR, StateFile, read_local_node, transfer_state)
 from ansible_collections.storage.replication.plugins.module_utils.transport import (
     NODE_KEY, ControlChannel, RemoteError, TransportError)
 from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs
 
-DEFAULT_LOGDIR = "/var/log/storage-replication"
 DELTA, FULL_COPY = "delta", "full copy"
 
 
@@ -103,21 +105,12 @@ def _free_copy_job(cfg, guest_id):
 def plan_summary(plan, copy_bytes=None):
     """The plan in one line for people (check mode prints it)."""
     if plan["mode"] == FULL_COPY:
-        size = "about %s" % _size_text(copy_bytes) if copy_bytes is not None else "size unknown"
         data = ("node '%s' holds no replica: full copy of %d volume(s), %s, while the guest runs, then the last delta "
-                "with it stopped" % (plan["target"], len(plan["volumes"]), size))
+                "with it stopped" % (plan["target"], len(plan["volumes"]), estimate_text(copy_bytes)))
     else:
         data = "stop, then the last delta by job %s (node '%s' holds its replica)" % (plan["job"], plan["target"])
     jobs = ", ".join("%s %s" % pair for pair in sorted(plan["jobs_after"].items())) or "none"
     return "guest %d: %s -> %s; %s; jobs after: %s" % (plan["guest"], plan["source"], plan["target"], data, jobs)
-
-
-def _size_text(count):
-    for unit in ("B", "KB", "MB", "GB"):
-        if count < 1000:
-            return "%d %s" % (count, unit)
-        count //= 1000
-    return "%d TB" % count
 
 
 def copy_size(cfg, guest_id, zfs):

@@ -1,134 +1,42 @@
 # Copyright (c) 2026, storage.replication developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The receiving side: the only thing a peer node may run here.
+"""The receiving side's operations: what a peer's request does on this node once serve.py has read it and
+authority.py has judged who may ask it.
 
-authorized_keys pins the peers' keys to the forced command
-`/opt/storage-replication/bin/storage-replication serve`, which calls `main()`.  The operation comes
-from SSH_ORIGINAL_COMMAND: a name, for `receive` followed by key=value arguments (its stdin is the
-ZFS stream); every other operation reads one JSON request from stdin.  Every argument is checked
-against a strict pattern, anything else is refused.  The answer is one JSON line on stdout:
-{"ok": true, ...} or {"ok": false, "error": "<what failed and what to do>", "reason": "<code>"}.
+prepare (pvesr's prepare-local-job: stale snapshots and volumes go, what remains is listed), receive (a stream
+into `zfs recv`, into a replica of the guest only), finalize (only the job's newest replication snapshot stays, the
+guest's definition is kept beside it), abort-resume, list, and for a migration set-state and drop-migration-copy.
 
-Safety: nothing is received into, rolled back on or destroyed on a node that owns the guest; a
-caller with an older cluster generation is refused; data written on a replica since the last
-sync is copied aside before a receive would roll it back.
+Safety: nothing is received into, rolled back on or destroyed on a node that owns the guest; a caller with an older
+cluster generation is refused; data written on a replica since the last sync is copied aside before a receive
+would roll it back.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 
-from ansible_collections.storage.replication.plugins.module_utils import cluster
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils import orphans
-from ansible_collections.storage.replication.plugins.module_utils.files import copy_stream, write_all
+from ansible_collections.storage.replication.plugins.module_utils.authority import Authority, check, check_int, check_job, check_volumes, int_or_none
+from ansible_collections.storage.replication.plugins.module_utils.files import atomic_write
 from ansible_collections.storage.replication.plugins.module_utils.names import (
-    GUEST_ID_MAX, GUEST_ID_MIN, JOB_ID_RE, NUMBER_RE, REPLICA_PROPERTY, SNAPSHOT_RE, STORAGE_RE, VOLUME_RE,
-    is_job_snapshot, job_guest, migration_copy_job, replica_identity, replication_snapshot)
-from ansible_collections.storage.replication.plugins.module_utils.state import (
-    DEFAULT_STATEDIR, StateFile, atomic_write, read_local_node)
-from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs, ZfsError, recv_argv
+    GUEST_ID_MAX, GUEST_ID_MIN, REPLICA_PROPERTY, SNAPSHOT_RE, STORAGE_RE, VOLUME_RE, is_job_snapshot,
+    migration_copy_job, replica_identity, replication_snapshot)
+from ansible_collections.storage.replication.plugins.module_utils.protocol import (
+    DROP_COPY, Refused, check_request_keys, parse_arguments)
+from ansible_collections.storage.replication.plugins.module_utils.pruning import drop_job_snapshots, prune_job_snapshots
+from ansible_collections.storage.replication.plugins.module_utils.receive_stream import feed_zfs_recv
+from ansible_collections.storage.replication.plugins.module_utils.state import DEFAULT_STATEDIR, StateFile, read_local_node
+from ansible_collections.storage.replication.plugins.module_utils.zfs import LookingZfs, Zfs, recv_argv
 
-MAX_REQUEST = 4 * 1024 * 1024
-SET_STATE = "set-state"
-DROP_COPY = "drop-migration-copy"
 DIVERGED_INFIX = "-diverged-"
-# The largest stream a session takes inline, after its request line (transport.INLINE_LIMIT on the sending side).
-MAX_INLINE_STREAM = 1 << 20
 
 
-class Refused(Exception):
-    """A request this node will not carry out; the message says why and what to do."""
-
-    def __init__(self, message, reason="refused", **extra):
-        super().__init__(message)
-        self.reason = reason
-        self.extra = extra
-
-
-def prune_job_snapshots(zfs, say, job, volume, dataset, snaps, last_sync, parent):
-    """pvesr's prepare() on one volume: delete stale snapshots of this job; returns the names deleted.
-
-    last_sync 0 (new or stolen job) deletes nothing; 1 (removal) deletes all; otherwise everything but
-    the last_sync snapshot and the parent, and only if the last_sync snapshot is there.
-    """
-    last_snap = replication_snapshot(job, last_sync) if last_sync > 1 else None
-    stale = [s for s in snaps if is_job_snapshot(s, job) and s != last_snap and s != parent]
-    if last_sync == 0 or not stale:
-        return set()
-    if last_sync > 1 and last_snap not in snaps:
-        say("expected snapshot %s not present for %s, not removing others" % (last_snap, volume))
-        return set()
-    deleted = set()
-    for snap in stale:
-        say("delete stale replication snapshot '%s' on %s" % (snap, volume))
-        try:
-            zfs.destroy("%s@%s" % (dataset, snap))
-            deleted.add(snap)
-        except ZfsError as exc:
-            say("delete stale replication snapshot error: %s" % exc)
-    return deleted
-
-
-# ---------------------------------------------------------------- argument checks
-
-def check(value, pattern, what):
-    if not isinstance(value, str) or not pattern.match(value):
-        raise Refused("invalid %s %r: refused" % (what, value), "invalid-argument")
-    return value
-
-
-def check_int(value, what, minimum=0, maximum=2 ** 63):
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-        raise Refused("invalid %s %r: refused" % (what, value), "invalid-argument")
-    return value
-
-
-def check_job(request):
-    job = check(request.get("job"), JOB_ID_RE, "job ID")
-    guest = check_int(request.get("guest"), "guest ID", GUEST_ID_MIN, GUEST_ID_MAX)
-    if job_guest(job) != guest:
-        raise Refused("job '%s' does not belong to guest %d: refused" % (job, guest), "invalid-argument")
-    return job, guest
-
-
-def check_volumes(values):
-    if not isinstance(values, list):
-        raise Refused("invalid volume list %r: refused" % (values,), "invalid-argument")
-    return [check(v, VOLUME_RE, "volume") for v in values]
-
-
-def check_request_keys(request, allowed):
-    if not isinstance(request, dict):
-        raise Refused("the request is not a JSON object: refused", "invalid-argument")
-    unknown = sorted(set(request) - set(allowed))
-    if unknown:
-        raise Refused("unknown request field(s) %s: refused" % ", ".join(unknown), "invalid-argument")
-
-
-FLAGS = ("resume", "raw")
-
-
-def parse_arguments(tokens, allowed):
-    """['job=100-0', ...] -> dict; only the allowed keys, each once, printable ASCII; a flag is 0 or 1."""
-    result = {}
-    for token in tokens:
-        key, sep, value = token.partition("=")
-        if not sep or key not in allowed or key in result or not (token.isascii() and token.isprintable()) \
-                or (key in FLAGS and value not in ("0", "1")):
-            raise Refused("invalid argument %r: refused" % token, "invalid-argument")
-        result[key] = value
-    return result
-
-
-# ---------------------------------------------------------------- the node's context
-
-class Receiver:
+class Receiver(Authority):
     """Carries out peer requests on this node."""
 
     def __init__(self, confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, zfs=None, now=time.time, peer=None):
@@ -154,100 +62,6 @@ class Receiver:
     def say(self, message):
         self.log.append(message)
 
-    def caller(self, request):
-        """The calling node, as its key says (never as the request says): refused when the key names no node, the
-        request claims another source, or the caller is no node of the cluster configuration."""
-        if self.peer is None:
-            raise Refused("this key is not bound to a node (its forced command is 'serve' without '--peer'): refused "
-                          "- re-run the runner role (site.yml) on every node, which binds each peer's key to its name",
-                          "unbound-key")
-        claimed = request.get("source") if isinstance(request, dict) else None
-        if claimed is None:
-            raise Refused("the request names no source node: refused", "invalid-argument")
-        if claimed != self.peer:
-            raise Refused("the request says it comes from node %r, but it came with the key of node '%s': refused"
-                          % (str(claimed)[:80], self.peer), "wrong-source")
-        return self.peer
-
-    def check_member(self, source):
-        if source not in self.cfg.nodes:
-            raise Refused("node '%s' is not a node of the cluster configuration on node '%s' (generation %d): refused - "
-                          "add it to the inventory and re-run the site playbook" % (source, self.node,
-                                                                                    self.cfg.generation), "not-a-node")
-
-    def check_caller(self, request, guest):
-        """The caller must be the guest's owner in the configuration in force (after adopting a newer one it sent),
-        and this node must not own the guest (DESIGN.md, safety rules 1 and 3).
-
-        A caller with an older generation is judged by what its request depends on, in this node's newer
-        configuration: the guest's owner here, and the job (check_job_here).  A change to another guest, a job
-        removal or a schedule edit since then does not fail its run (safety rule 4: fencing by guest)."""
-        source = self.caller(request)
-        generation = check_int(request.get("generation"), "cluster generation")
-        if generation > self.cfg.generation:
-            self.adopt_newer(source, generation)
-        self.check_member(source)
-        owner = self.cfg.guests.get(guest)
-        if owner is None:
-            raise Refused("guest %d is not in the cluster configuration on node '%s' (generation %d): refused - add the "
-                          "guest to the inventory and re-run the site playbook" % (guest, self.node, self.cfg.generation),
-                          "unknown-guest")
-        if owner.node == self.node:
-            raise Refused(
-                "guest %d is owned by node '%s' (this node) in the cluster configuration: refusing to let '%s' "
-                "replicate into, roll back or delete its volumes here - check the guest's owner and the job's target"
-                % (guest, self.node, source), "owner")
-        if owner.node != source:
-            behind = (" - node '%s' holds the older generation %d and adopts the newer one at its next run"
-                      % (source, generation) if generation < self.cfg.generation else "")
-            raise Refused("node '%s' asked for guest %d, which is owned by node '%s' in the cluster configuration on node "
-                          "'%s' (generation %d): only the owner replicates a guest - refused%s"
-                          % (source, guest, owner.node, self.node, self.cfg.generation, behind), "not-owner")
-        return source
-
-    def check_job_here(self, job, guest):
-        """The job must replicate ``guest`` to this node in the configuration in force (or be the migration's one-off
-        copy job, which is never saved)."""
-        if job == migration_copy_job(guest):
-            return
-        found = self.cfg.jobs.get(job)
-        if found is None:
-            raise Refused("job '%s' is not in the cluster configuration on node '%s' (generation %d): refused - create "
-                          "it first (site playbook or create-local-job)" % (job, self.node, self.cfg.generation),
-                          "unknown-job")
-        if found.target != self.node:
-            raise Refused("job '%s' replicates guest %d to node '%s', not to this node ('%s'): refused"
-                          % (job, guest, found.target, self.node), "wrong-target")
-
-    def check_guest_volumes(self, guest, volumes):
-        """Every volume must be one of the guest's in the configuration in force (safety rule 3)."""
-        foreign = [v for v in volumes if v not in self.cfg.guests[guest].volumes]
-        if foreign:
-            raise Refused("volume(s) %s are not volumes of guest %d in the cluster configuration on node '%s': refused "
-                          "- a job only ever touches its guest's own volumes" % (", ".join(foreign), guest, self.node),
-                          "not-guest-volume")
-        return volumes
-
-    def check_replica(self, volume, dataset, guest, bound=None):
-        """Refuse to touch a dataset bound to another guest (safety rule 2); ``bound`` is its (identity, guid) when
-        the caller has read it already.  A configured volume of the guest that carries no identity (a replica made
-        before identities, or the guest's former own volume after a migration) is the guest's, as pvesr treats it."""
-        identity, guid = bound = bound if bound is not None else self.zfs.replica_identity(dataset)
-        if identity is not None and identity["guid"] == guid and identity["guest"] != guest:
-            raise Refused("volume '%s' on node '%s' (dataset '%s') is a replica of guest %d (job %s from node '%s'), not "
-                          "of guest %d: refused, nothing was changed - check the guests' volume lists"
-                          % (volume, self.node, dataset, identity["guest"], identity["job"], identity["source"], guest),
-                          "not-ours")
-        return bound
-
-    def checked_replicas(self, guest, volumes):
-        """{volume: dataset} once every volume has passed every check: nothing is touched for a request that is
-        refused for a later volume."""
-        datasets = {volume: self.dataset(volume) for volume in self.check_guest_volumes(guest, volumes)}
-        for volume, dataset in datasets.items():
-            self.check_replica(volume, dataset, guest)
-        return datasets
-
     def bind_replica(self, dataset, guest, job, source, bound=None):
         """Mark what this receive made (or took over) as the guest's replica: REPLICA_PROPERTY names the guest, the
         job, the source and the dataset's own guid (names.py says why the guid).  ``bound``: the (identity, guid)
@@ -257,52 +71,28 @@ class Receiver:
         if identity is None or replica_identity(**identity) != value:
             self.zfs.set_property(dataset, REPLICA_PROPERTY, value)
 
-    def adopt_newer(self, source, generation):
-        """The caller holds a newer configuration: this node adopts it before judging the request (DESIGN rule 2).
-
-        A node that was down while a guest moved (failover) still believes it owns the guest; without this, the
-        new owner's first replication to it would be refused until its own runner happened to catch up."""
-        try:
-            found = cluster.catch_up(self.confdir, self.statedir)
-        except cluster.ClusterError as exc:
-            raise Refused("node '%s' sent cluster configuration generation %d, newer than this node's %d, and "
-                          "adopting it failed: %s" % (source, generation, self.cfg.generation, exc), "stale-generation")
-        self.forget_config()
-        if found.adopted is not None:
-            self.say("adopted cluster configuration generation %d from node '%s'" % (found.adopted, found.source))
-        if self.cfg.generation < generation:
-            raise Refused("node '%s' sent cluster configuration generation %d, but node '%s' could only reach "
-                          "generation %d from its peers - run the site playbook or retry when the nodes answer"
-                          % (source, generation, self.node, self.cfg.generation), "stale-generation")
-
-    def storage_pool(self, storage_id, required):
-        storage = self.cfg.storages.get(storage_id)
-        if storage is None or storage.type not in configmod.REPLICATABLE_STORAGE_TYPES:
-            if not required:
-                return None
-            raise Refused("storage '%s' is not defined as a zfspool storage on node '%s' - add it to the cluster "
-                          "configuration (storages) and re-run the site playbook" % (storage_id, self.node),
-                          "storage-missing")
-        if not self.zfs.exists(storage.pool):
-            if not required:
-                return None
-            raise Refused("storage '%s': dataset '%s' does not exist on node '%s' - create it (zfs create %s) or fix "
-                          "the storage's pool in the cluster configuration" % (
-                              storage_id, storage.pool, self.node, storage.pool), "storage-missing")
-        return storage.pool
-
-    def dataset(self, volume):
-        storage_id, _sep, name = volume.partition(":")
-        return "%s/%s" % (self.storage_pool(storage_id, True), name)
-
     # ------------------------------------------------------------ prepare
 
     def prepare(self, request):
         """pvesr prepare-local-job: drop stale snapshots of this job and stale volumes; list what remains."""
+        return self._prepare(request, looking=False)
+
+    def plan(self, request):
+        """``plan`` (run --check): prepare looking only, with ZFS that records its changes instead of making them
+        (zfs.LookingZfs): the log says what prepare would delete, the reply lists what would remain.  A newer
+        generation of the caller is not adopted (only said), no receive is waited for, nothing is written."""
+        real = self.zfs
+        self.zfs = LookingZfs(real)
+        try:
+            return self._prepare(request, looking=True)
+        finally:
+            self.zfs = real
+
+    def _prepare(self, request, looking):
         check_request_keys(request, ("job", "guest", "volumes", "scan", "last_sync", "parent_snapname", "force",
                                      "generation", "source"))
         job, guest = check_job(request)
-        self.check_caller(request, guest)
+        self.check_caller(request, guest, adopt=not looking)
         self.check_job_here(job, guest)
         volumes = self.check_guest_volumes(guest, check_volumes(request.get("volumes", [])))
         scan = request.get("scan", [])
@@ -317,7 +107,8 @@ class Receiver:
         if not volumes and not force:
             raise Refused("no volumes specified", "invalid-argument")
         wanted = {v: self.dataset(v) for v in volumes}
-        self.end_leftover_receives(wanted)
+        if not looking:
+            self.end_leftover_receives(wanted)
         found = self.scan_job_volumes(job, guest, scan, wanted)
         remaining = {}
         for volume, (dataset, snaps, bound) in sorted(found.items()):
@@ -333,7 +124,7 @@ class Receiver:
                 self.say("%s: delete stale volume '%s'" % (job, volume))
                 self.zfs.destroy(dataset, recursive=True)
         if force and not volumes and last_sync == 1:
-            self.forget_guest(guest, job)
+            self.forget_guest(guest, job, looking)
         tokens = self.resume_tokens(wanted)
         for volume in tokens:
             if not remaining.get(volume):  # an interrupted first receive: no replica yet, only its saved state
@@ -422,10 +213,9 @@ class Receiver:
     # ------------------------------------------------------------ receive
 
     def receive(self, arguments, stdin):
-        args = parse_arguments(arguments, ("job", "guest", "volume", "snapshot", "base", "generation", "source", "resume",
-                                           "raw"))
-        request = {"job": args.get("job"), "guest": _int_or_none(args.get("guest")),
-                   "generation": _int_or_none(args.get("generation")), "source": args.get("source")}
+        args = parse_arguments(arguments)
+        request = {"job": args.get("job"), "guest": int_or_none(args.get("guest")),
+                   "generation": int_or_none(args.get("generation")), "source": args.get("source")}
         job, guest = check_job(request)
         source = self.check_caller(request, guest)
         self.check_job_here(job, guest)
@@ -440,11 +230,11 @@ class Receiver:
         dataset = self.dataset(volume)
         kept, bound = [], None
         if args.get("resume") == "1":  # the rest of an interrupted stream: it goes where the first part went
-            received = self.feed_zfs_recv(recv_argv(dataset, force=False, resumable=True), stdin, volume)
+            received = feed_zfs_recv(recv_argv(dataset, force=False, resumable=True), stdin, self.node, volume)
         elif base:
             bound = self.check_replica(volume, dataset, guest)
             kept = self.protect_diverged(volume, dataset, base)
-            received = self.feed_zfs_recv(self.recv_argv(dataset, True, args.get("raw") == "1"), stdin, volume)
+            received = feed_zfs_recv(self.recv_argv(dataset, True, args.get("raw") == "1"), stdin, self.node, volume)
         else:
             received = self.receive_full(volume, dataset, stdin, args.get("raw") == "1")
         self.bind_replica(dataset, guest, job, source, bound)
@@ -466,7 +256,7 @@ class Receiver:
                           "the source; remove it from node '%s' if it is not needed, then the next run sends it in "
                           "full" % (volume, self.node, dataset, self.node), "volume-exists")
         try:
-            return self.feed_zfs_recv(self.recv_argv(dataset, False, raw), stdin, volume)
+            return feed_zfs_recv(self.recv_argv(dataset, False, raw), stdin, self.node, volume)
         except Refused:
             if self.resume_tokens({volume: dataset}):
                 self.say("kept the interrupted receive of '%s': the next run resumes it" % volume)
@@ -503,23 +293,6 @@ class Receiver:
         self.say("volume '%s' was modified on node '%s' since the last replica: kept its data as '%s' before "
                  "replicating over it (destroy that dataset when it is no longer needed)" % (volume, self.node, copy))
         return copy
-
-    def feed_zfs_recv(self, argv, stdin, volume):
-        """Run zfs recv fed from stdin (a binary file, or the whole stream as bytes when it came inline in a session),
-        counting the bytes; Refused with a precise cause on failure."""
-        env = dict(os.environ, LC_ALL="C")
-        # pylint: disable-next=ansible-bad-function
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        try:
-            total = write_all(proc.stdin.fileno(), stdin) if isinstance(stdin, bytes) else \
-                copy_stream(stdin.fileno(), proc.stdin.fileno())
-        except BrokenPipeError:
-            total = None
-        _out, err = proc.communicate()  # closes zfs recv's stdin: end of stream
-        if proc.returncode != 0 or total is None:
-            raise Refused(explain_recv_failure(self.node, volume, argv, proc.returncode, err.decode("utf-8", "replace")),
-                          "receive-failed")
-        return total
 
     # ------------------------------------------------------------ finalize, list
 
@@ -587,7 +360,8 @@ class Receiver:
         os.makedirs(self.guests_dir(), exist_ok=True)
         atomic_write(os.path.join(self.guests_dir(), "%d.json" % guest), json.dumps(record, indent=1).encode("utf-8"))
 
-    def forget_guest(self, guest, job):
+    def forget_guest(self, guest, job, looking=False):
+        """Drop the guest definition finalize kept with the replicas of ``job`` (``looking``: only say it would)."""
         path = os.path.join(self.guests_dir(), "%d.json" % guest)
         try:
             with open(path, encoding="utf-8") as handle:
@@ -595,7 +369,9 @@ class Receiver:
         except FileNotFoundError:
             return
         if record.get("job") == job:
-            os.unlink(path)
+            self.say("forget the definition of guest %d kept with its replica" % guest)
+            if not looking:
+                os.unlink(path)
 
     def list_replicas(self, request):
         """The guest definitions this node holds replicas of (operation ``list``)."""
@@ -616,185 +392,3 @@ class Receiver:
                 with open(os.path.join(self.guests_dir(), name), encoding="utf-8") as handle:
                     replicas[name[:-5]] = json.load(handle)
         return replicas
-
-
-def drop_job_snapshots(zfs, job, dataset, say=None):
-    """Destroy every snapshot and bookmark of ``job`` on dataset (holds released by Zfs.destroy)."""
-    marks = ["@" + s for s in zfs.snapshots(dataset) if is_job_snapshot(s, job)]
-    marks += ["#" + b for b in zfs.bookmarks(dataset) if is_job_snapshot(b, job)]
-    for mark in marks:
-        if say is not None:
-            say("delete migration snapshot '%s' on %s" % (mark[1:], dataset))
-        zfs.destroy(dataset + mark)
-
-
-def _int_or_none(text):
-    """A key=value number as an int; anything but plain ASCII digits stays text, for check_int to refuse."""
-    return int(text) if isinstance(text, str) and NUMBER_RE.match(text) else text
-
-
-def explain_recv_failure(node, volume, argv, rc, stderr):
-    if stderr.strip():
-        detail = stderr.strip().splitlines()[-1]
-    else:
-        detail = "killed by signal %d" % -rc if rc < 0 else "exit code %s" % rc
-    if "out of space" in stderr or "No space left" in stderr:
-        return ("the pool on node '%s' is full: cannot receive volume '%s' (%s) - free space on that pool or enlarge "
-                "it; the previous replica is intact and the next run resumes from it" % (node, volume, detail))
-    return ("'%s' failed on node '%s' for volume '%s': %s - the previous replica is intact; the next run retries"
-            % (" ".join(argv), node, volume, detail))
-
-
-# ---------------------------------------------------------------- entry point
-
-CONTROL_OPERATIONS = {
-    "prepare": Receiver.prepare,
-    "finalize": Receiver.finalize,
-    "list": Receiver.list_replicas,
-    # OpenZFS: drop an interrupted receive the source cannot resume.
-    "abort-resume": Receiver.abort_resume,
-    # The cluster configuration (cluster.py): its generation and files, and the quorum acceptor's four steps.
-    "get-config": cluster.serve_get_config,
-    **{operation: cluster.serve_quorum(operation) for operation in cluster.QUORUM_FIELDS},
-    # Migration (migrate.py): the new owner receives the guest's job states (pvesr set-state).
-    SET_STATE: Receiver.set_state,
-    # Migration to a node without a replica: the copy is complete there, the one-off copy job's traces go.
-    DROP_COPY: Receiver.drop_migration_copy,
-}
-
-
-def parse_json(text):
-    """json.loads that refuses a duplicate key: another parser would keep the first where Python keeps the last, and
-    the receiver must act on exactly what every reader of the request sees (ValueError, as json's own errors)."""
-    def unique(pairs):
-        keys = [key for key, _value in pairs]
-        if len(set(keys)) != len(keys):
-            raise ValueError("duplicate key %r" % next(k for k in keys if keys.count(k) > 1))
-        return dict(pairs)
-    return json.loads(text, object_pairs_hook=unique)
-
-
-def read_request(stdin):
-    data = stdin.read(MAX_REQUEST + 1)
-    if len(data) > MAX_REQUEST:
-        raise Refused("request larger than %d bytes: refused" % MAX_REQUEST, "invalid-argument")
-    try:
-        return parse_json(data.decode("utf-8") or "{}")
-    except ValueError as exc:
-        raise Refused("the request is not valid JSON (%s): refused" % exc, "invalid-argument") from exc
-
-
-def handle(command, receiver, stdin):
-    """Dispatch one SSH_ORIGINAL_COMMAND; returns the reply dict."""
-    tokens = (command or "").split()
-    if not tokens:
-        raise Refused("no operation given: this key may only run the replication receiver", "invalid-operation")
-    operation, arguments = tokens[0], tokens[1:]
-    if operation == "receive":
-        return receiver.receive(arguments, stdin)
-    if operation not in CONTROL_OPERATIONS or arguments:
-        raise Refused("operation %r is not allowed: this key may only run the replication receiver's operations "
-                      "(%s)" % (command[:80], ", ".join(sorted(list(CONTROL_OPERATIONS) + ["receive", "session"]))),
-                      "invalid-operation")
-    return control(receiver, operation, read_request(stdin))
-
-
-def control(receiver, operation, request):
-    """One control operation; whatever it is, the key must name a node and the request may not claim another."""
-    receiver.caller(request)
-    return CONTROL_OPERATIONS[operation](receiver, request)
-
-
-def answer(receiver, work):
-    """Run work() -> reply dict and turn refusals and failures into the reply peers understand."""
-    receiver.log = []
-    try:
-        reply = work()
-        reply.update({"ok": True})
-    except Refused as exc:
-        reply = dict(exc.extra, ok=False, error=str(exc), reason=exc.reason)
-    except (ZfsError, configmod.ConfigError, OSError) as exc:
-        reply = {"ok": False, "error": "node '%s': %s" % (receiver.node, exc), "reason": "error"}
-    except Exception as exc:  # pylint: disable=broad-exception-caught
-        # A defect here must still reach the caller's run log as an answer, not as a traceback it cannot read.
-        reply = {"ok": False, "reason": "internal-error",
-                 "error": "node '%s': internal error of the receiver (%s: %s) - the request stopped there; please "
-                          "report it with this message" % (receiver.node, type(exc).__name__, exc)}
-    finally:
-        receiver.forget_config()  # a session's next request (or a set-config) must see the file as it is now
-    reply.update({"log": receiver.log, "node": receiver.node})
-    return reply
-
-
-def session(receiver, stdin, stdout):
-    """Several operations in one process (one per JSON line: {"operation", "request"}), so that a run pays for one
-    process start on the target instead of one per operation.  A `receive` request ({"arguments": [key=value, ...],
-    "bytes": n}) is followed by its whole stream of n bytes (a small one: MAX_INLINE_STREAM).  Ends at end of
-    input, or after a request whose stream cannot be framed."""
-    while True:
-        line = stdin.readline(MAX_REQUEST + 1)
-        if not line:
-            return 0
-        reply = answer(receiver, lambda: session_request(receiver, line, stdin))
-        stdout.write(json.dumps(reply) + "\n")
-        stdout.flush()
-        if reply.get("reason") == "stream-framing":
-            return 1
-
-
-def session_request(receiver, line, stdin):
-    if len(line) > MAX_REQUEST:
-        raise Refused("request larger than %d bytes: refused" % MAX_REQUEST, "invalid-argument")
-    try:
-        message = parse_json(line.decode("utf-8"))
-    except ValueError as exc:
-        raise Refused("the request is not valid JSON (%s): refused" % exc, "invalid-argument") from exc
-    operation = message.get("operation") if isinstance(message, dict) else None
-    if not isinstance(operation, str):
-        raise Refused("operation %r is not an operation name: refused" % (str(operation)[:80],), "invalid-operation")
-    if operation == "receive":
-        return receive_inline(receiver, message.get("request"), stdin)
-    if operation not in CONTROL_OPERATIONS:
-        raise Refused("operation %r is not allowed in a session (%s)" % (
-            str(operation)[:80], ", ".join(sorted(list(CONTROL_OPERATIONS) + ["receive"]))), "invalid-operation")
-    return control(receiver, operation, message.get("request"))
-
-
-def receive_inline(receiver, request, stdin):
-    """`receive` of a small stream that follows the request in the session: read all of it, then receive it with
-    the checks of the OpenSSH data path.  A size that cannot be trusted ends the session (the bytes that follow
-    could not be told from the next request)."""
-    size = request.get("bytes") if isinstance(request, dict) else None
-    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_INLINE_STREAM:
-        raise Refused("invalid inline stream size %r (at most %d bytes): refused, session ended" % (
-            size, MAX_INLINE_STREAM), "stream-framing")
-    data = stdin.read(size)
-    if len(data) != size:
-        raise Refused("the inline stream ended after %d of %d bytes: refused, session ended" % (len(data), size),
-                      "stream-framing")
-    check_request_keys(request, ("arguments", "bytes"))
-    arguments = request.get("arguments")
-    if not isinstance(arguments, list) or not all(isinstance(a, str) for a in arguments):
-        raise Refused("invalid receive arguments %r: refused" % (arguments,), "invalid-argument")
-    return receiver.receive(arguments, data)
-
-
-def main(argv=None, environ=None, stdin=None, stdout=None, receiver=None, peer=None):
-    """The `serve` entry point: one operation, or a session of control operations, per SSH session.  ``peer`` is the
-    calling node, from the key's forced command (`serve --peer <node>`)."""
-    del argv
-    environ = os.environ if environ is None else environ
-    stdin = stdin or sys.stdin.buffer
-    stdout = stdout or sys.stdout
-    receiver = receiver or Receiver(peer=peer)
-    command = environ.get("SSH_ORIGINAL_COMMAND", "")
-    if command.strip() == "session":
-        return session(receiver, stdin, stdout)
-    reply = answer(receiver, lambda: handle(command, receiver, stdin))
-    stdout.write(json.dumps(reply) + "\n")
-    stdout.flush()
-    return 0 if reply["ok"] else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

@@ -20,16 +20,17 @@ import time
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils import failpoints
 from ansible_collections.storage.replication.plugins.module_utils.cluster import ClusterError, change_cluster
+from ansible_collections.storage.replication.plugins.module_utils.joblog import DEFAULT_LOGDIR, RunLog
 from ansible_collections.storage.replication.plugins.module_utils.names import is_job_snapshot, replication_snapshot
-from ansible_collections.storage.replication.plugins.module_utils.receiver import prune_job_snapshots
-from ansible_collections.storage.replication.plugins.module_utils.state import (
-    DEFAULT_STATEDIR, LockError, StateError, StateFile, guest_lock, read_local_node)
+from ansible_collections.storage.replication.plugins.module_utils.protocol import RECEIVE, receive_arguments
+from ansible_collections.storage.replication.plugins.module_utils.pruning import prune_job_snapshots
+from ansible_collections.storage.replication.plugins.module_utils.files import LockError
+from ansible_collections.storage.replication.plugins.module_utils.state import DEFAULT_STATEDIR, StateError, StateFile, guest_lock, read_local_node
 from ansible_collections.storage.replication.plugins.module_utils.transport import (
     NODE_KEY, ControlChannel, RemoteError, TransportError, ssh_argv, stream, write_known_hosts)
 from ansible_collections.storage.replication.plugins.module_utils.zfs import (
     Zfs, ZfsError, resume_send_argv, send_argv, split_snapshot)
 
-DEFAULT_LOGDIR = "/var/log/storage-replication"
 SERVE_PATH = "/opt/storage-replication/bin/storage-replication"
 GUEST_WORDS = {"vm": "VM", "ct": "CT", "service": "service"}
 HOOK_TIMEOUT = 60
@@ -37,29 +38,6 @@ HOOK_TIMEOUT = 60
 
 class ReplicationError(Exception):
     """A run failed; the message names the cause and the fix."""
-
-
-class RunLog:
-    """/var/log/storage-replication/<jobid>.log, truncated at every run, pvesr's line format."""
-
-    def __init__(self, path, job_id, echo=None):
-        self.job_id = job_id
-        self.echo = echo
-        self.lines = []
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        self.handle = open(path, "w", encoding="utf-8")  # pylint: disable=consider-using-with
-
-    def __call__(self, message):
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
-        for line in str(message).rstrip("\n").split("\n"):
-            self.handle.write("%s %s: %s\n" % (stamp, self.job_id, line))
-            self.lines.append(line)
-            if self.echo is not None:
-                self.echo(line)
-        self.handle.flush()
-
-    def close(self):
-        self.handle.close()
 
 
 class Context:
@@ -327,16 +305,15 @@ def send_volume(ctx, target, known_hosts, volume, dataset, base, snap):
         ctx.log("incremental sync '%s' (%s => %s)" % (volume, base, snap))
     else:
         ctx.log("full sync '%s' (%s)" % (volume, snap))
-    rate_bps = int(1000000 * ctx.job.rate) if ctx.job.rate else None
-    if rate_bps:
-        ctx.log("using a bandwidth limit of %d bytes per second for transferring '%s'" % (rate_bps, volume))
+    limit = rate_bps(ctx.job)
+    if limit:
+        ctx.log("using a bandwidth limit of %d bytes per second for transferring '%s'" % (limit, volume))
     options = ctx.zfs.send_options(dataset)
     if options["raw"] or options["compressed"]:
         ctx.log("sending '%s' %s" % (volume, "raw (encrypted on the wire and on the target)" if options["raw"]
                                      else "compressed as stored (-c)"))
-    extra = ["base=%s" % base.lstrip("#")] if base else []
     result = stream_to_target(ctx, target, known_hosts, send_argv(dataset, snap, base, **options), volume, snap,
-                              extra + (["raw=1"] if options["raw"] else []), rate_bps)
+                              limit, base=base.lstrip("#") if base else None, raw=options["raw"] or None)
     ctx.log("volume '%s': sent %d bytes in %.1f s (%.1f MB/s%s)" % (
         volume, result.bytes, result.seconds, result.bytes / max(result.seconds, 1e-6) / 1e6,
         ", inline on the control connection" if result.inline else ""))
@@ -344,12 +321,18 @@ def send_volume(ctx, target, known_hosts, volume, dataset, base, snap):
             "seconds": round(result.seconds, 3), "kept": result.reply.get("kept", [])}
 
 
-def stream_to_target(ctx, target, known_hosts, send_command, volume, snap, extra, rate_bps=None):
+def rate_bps(job):
+    """The job's rate limit in bytes per second (pvesr's rate is in MB/s), or None."""
+    return int(1000000 * job.rate) if job.rate else None
+
+
+def stream_to_target(ctx, target, known_hosts, send_command, volume, snap, rate_bps=None, **extra):
     """Pipe send_command into the target's `receive` of volume@snap (a small stream inline on the control connection
-    where the target takes it); the receiver's log lines go into the run log."""
-    arguments = ["job=%s" % ctx.job.id, "guest=%d" % ctx.job.guest, "volume=%s" % volume,
-                 "snapshot=%s" % snap, "generation=%d" % ctx.cfg.generation, "source=%s" % ctx.node] + list(extra)
-    command = ssh_argv(target.name, target.address, known_hosts, ["receive"] + arguments, key=ctx.key or _node_key(),
+    where the target takes it); ``extra``: more receive arguments (base, raw, resume).  The receiver's log lines go
+    into the run log."""
+    arguments = receive_arguments(job=ctx.job.id, guest=ctx.job.guest, volume=volume, snapshot=snap,
+                                  generation=ctx.cfg.generation, source=ctx.node, **extra)
+    command = ssh_argv(target.name, target.address, known_hosts, [RECEIVE] + arguments, key=ctx.key or _node_key(),
                        port=target.port)
     inline = (lambda data: ctx.inline(arguments, data)) if ctx.inline else None
     try:
@@ -393,7 +376,7 @@ def resume_transfers(ctx, channel, target, datasets, tokens, remote):
         ctx.log("resume the interrupted transfer of '%s' (%s) from its receive resume token" % (volume, snap))
         try:
             result = stream_to_target(ctx, target, known_hosts_file(ctx), resume_send_argv(token), volume, snap,
-                                      ["resume=1"], int(1000000 * ctx.job.rate) if ctx.job.rate else None)
+                                      rate_bps(ctx.job), resume=True)
         except RemoteError as exc:
             drop_refused_resume(ctx, channel, volume, exc)
             raise

@@ -24,365 +24,42 @@ refuses to act. A damaged state file is kept aside and rebuilt from the replicat
 (state.rebuild_state), so that the next runs stay incremental. Either is said in the run's output, in a node
 notification, and in the metrics (storage_replication_config_readable, storage_replication_state_readable).
 
-After every job: failure notifications with pvesr's cadence (fail counts 1, 2, 3, then 48, 96, 192, ...) and a
-"recovered" notification when a failed job succeeds again, through a configured command that receives one JSON
-message on stdin; the job's run logs rotate (the last ``log_runs`` runs are kept); the Prometheus
-textfile-collector file is rewritten atomically.
-
-Node settings (node-local, not part of the cluster configuration): ``/etc/storage-replication/runner.json``::
-
-    {"max_parallel": 4, "log_runs": 10, "notify_command": ["/usr/local/bin/notify-replication"],
-     "metrics_file": "/var/lib/prometheus/node-exporter/storage-replication.prom", "peer_check_interval": 600}
+After every job: failure notifications with pvesr's cadence and a "recovered" notification when a failed job
+succeeds again (notify.py); the job's run logs rotate (joblog.py: the last ``log_runs`` runs are kept); the
+Prometheus textfile-collector file is rewritten (metrics.py).  The node's settings and directories are settings.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
-import math
 import os
-import subprocess
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from ansible_collections.storage.replication.plugins.module_utils import cluster
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+from ansible_collections.storage.replication.plugins.module_utils.files import LockError, atomic_write, read_json_object
+from ansible_collections.storage.replication.plugins.module_utils.joblog import rotate_logs
+from ansible_collections.storage.replication.plugins.module_utils.metrics import write_metrics
 from ansible_collections.storage.replication.plugins.module_utils.names import parse_replication_snapshot
+from ansible_collections.storage.replication.plugins.module_utils.notify import (
+    failure_message, node_message, recovery_message, send_notification, should_notify)
+from ansible_collections.storage.replication.plugins.module_utils.plan import plan_job
 from ansible_collections.storage.replication.plugins.module_utils.replicate import ReplicationError, run_job
-from ansible_collections.storage.replication.plugins.module_utils.schedule import DEFAULT_SCHEDULE
-from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs, ZfsError
+from ansible_collections.storage.replication.plugins.module_utils.report import job_figures, memo_next_sync
 from ansible_collections.storage.replication.plugins.module_utils.state import (
-    DEFAULT_STATEDIR, STATUS_INTERRUPTED, read_json_object, LockError, StateError, StateFile, atomic_write, job_is_running, job_state_in,
-    job_status, jobs_to_run, job_order_key, next_sync, read_local_node, rebuild_state, runner_lock)
+    StateError, StateFile, job_order_key, job_state_in, jobs_to_run, read_local_node, rebuild_state, runner_lock)
+from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs, ZfsError
 
-DEFAULT_LOGDIR = "/var/log/storage-replication"
-SETTINGS_FILE = "runner.json"
 PEER_CHECK_FILE = "peer-check.json"
 # The node's refusal to act (damaged configuration) and how many runs in a row refused: notified with the failed
 # jobs' cadence, not at every tick.
 REFUSAL_FILE = "refusal.json"
-NOTIFY_TIMEOUT = 30
 # While jobs run, the runner looks for newly due jobs this often, and starts a new iteration once a minute
 # (what the next timer tick would do; the timer starts no second runner while this one is busy).
 RECHECK_SECONDS = 10
 TICK_SECONDS = 60
-
-DEFAULT_SETTINGS = {
-    "max_parallel": 4,
-    "log_runs": 10,
-    "notify_command": None,
-    "metrics_file": "/var/lib/prometheus/node-exporter/storage-replication.prom",
-    "peer_check_interval": 600,
-    # The fence service (fence.py): seconds without quorum before this node stops its guests, and its tick.
-    "fence_after": 60,
-    "fence_interval": 5,
-}
-
-# Environment variables that move the node's directories (tests, benchmarks, unusual installs).
-ENVIRONMENT = {"confdir": "STORAGE_REPLICATION_CONFDIR", "statedir": "STORAGE_REPLICATION_STATEDIR",
-               "logdir": "STORAGE_REPLICATION_LOGDIR"}
-
-# pvesr _should_mail_at_failcount: 1, 2, 3, then 48 * 2^k (about 1, 2, 4, 8 ... days at 30-minute retries).
-NOTIFY_EVERY_TIME_UP_TO = 3
-NOTIFY_SPARSE_BASE = 48
-
-
-class SettingsError(configmod.ConfigError):
-    """runner.json is invalid; the message names the setting and what to write."""
-
-
-class Paths:
-    """The node's directories; ``from_environment`` honours the STORAGE_REPLICATION_* variables."""
-
-    def __init__(self, confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, logdir=DEFAULT_LOGDIR):
-        self.confdir = confdir
-        self.statedir = statedir
-        self.logdir = logdir
-
-    @classmethod
-    def from_environment(cls, environ=None):
-        environ = os.environ if environ is None else environ
-        defaults = cls()
-        return cls(**{name: environ.get(variable) or getattr(defaults, name) for name, variable in ENVIRONMENT.items()})
-
-    @property
-    def settings_file(self):
-        return os.path.join(self.confdir, SETTINGS_FILE)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Settings
-
-def load_settings(path):
-    """The runner settings: DEFAULT_SETTINGS updated from ``path`` (missing file = defaults); SettingsError."""
-    settings = dict(DEFAULT_SETTINGS)
-    try:
-        data = read_json_object(path)
-    except ValueError as exc:
-        raise SettingsError("%s is not a JSON object of settings (%s): %s; fix it or remove it to use the defaults"
-                            % (path, ", ".join(sorted(DEFAULT_SETTINGS)), exc)) from None
-    if data is None:
-        return settings
-    problems = ["%s: %s" % (path, problem) for problem in _settings_problems(data)]
-    if problems:
-        raise SettingsError(problems)
-    settings.update(data)
-    return settings
-
-
-def _settings_problems(data):
-    for key in sorted(set(data) - set(DEFAULT_SETTINGS)):
-        yield "unknown setting '%s'; the settings are: %s" % (key, ", ".join(sorted(DEFAULT_SETTINGS)))
-    for key, low in (("max_parallel", 1), ("log_runs", 1), ("peer_check_interval", 0), ("fence_after", 1),
-                     ("fence_interval", 1)):
-        value = data.get(key, low)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            yield "'%s' must be a whole number >= %d, not %r" % (key, low, value)
-    command = data.get("notify_command")
-    if command is not None and (not isinstance(command, list) or not command or not all(isinstance(a, str) and a for a in command)):
-        yield "'notify_command' must be an argv list such as [\"/usr/local/bin/notify\", \"--to\", \"ops\"] (never a shell string) or null"
-    metrics = data.get("metrics_file")
-    if metrics is not None and (not isinstance(metrics, str) or not os.path.isabs(metrics)):
-        yield "'metrics_file' must be an absolute path or null (no metrics file), not %r" % (metrics,)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Per-job figures: shared by `status` and the metrics file
-
-_NEXT_SYNC_MEMO = {}
-_NEXT_SYNC_MEMO_SIZE = 65536
-
-
-def memo_next_sync(job, jobstate):
-    """state.next_sync, remembered by the values it reads (schedule, removal mark, last_try, fail_count, waiting
-    for target): a run computes it for the due check and again for the metrics, and jobs share values."""
-    key = (job.schedule, job.remove_job, int(jobstate.get("last_try", 0)), int(jobstate.get("fail_count", 0)),
-           bool(jobstate.get("waiting_for_target")))
-    if key not in _NEXT_SYNC_MEMO:
-        if len(_NEXT_SYNC_MEMO) >= _NEXT_SYNC_MEMO_SIZE:
-            _NEXT_SYNC_MEMO.clear()
-        _NEXT_SYNC_MEMO[key] = next_sync(job, jobstate)
-    return _NEXT_SYNC_MEMO[key]
-
-
-def job_report(cfg, state, node, now):
-    """One dict per job this node runs or shows in ``status`` (pvesr: its guests' jobs, disabled ones included,
-    not those targeting this node unless marked for removal), ordered by guest and job number."""
-    jobs = [j for j in cfg.jobs_on_node(node) if j.remove_job or j.target != node]
-    return [_job_figures(job, job_state_in(state, job), now) for job in sorted(jobs, key=lambda j: (j.guest, j.jobnum))]
-
-
-def _job_figures(job, jobstate, now):
-    running = job_is_running(jobstate)
-    due = None if job.disable and not job.remove_job else memo_next_sync(job, jobstate)
-    last_sync = int(jobstate.get("last_sync", 0))
-    figures = {
-        "id": job.id, "guest": job.guest, "jobnum": job.jobnum, "target": job.target, "source": job.source,
-        "schedule": job.schedule or DEFAULT_SCHEDULE, "rate": job.rate, "comment": job.comment,
-        "enabled": not job.disable, "remove_job": job.remove_job,
-        "last_sync": last_sync, "last_try": int(jobstate.get("last_try", 0)), "next_sync": due,
-        "duration": jobstate.get("duration"), "fail_count": int(jobstate.get("fail_count", 0)),
-        "error": jobstate.get("error"), "bytes_sent": jobstate.get("bytes_sent"),
-        # The real recovery point: how old the newest replica is (None: there is none yet).
-        "lag": max(0, int(now) - last_sync) if last_sync else None,
-        "status": job_status(job, jobstate),
-        "pid": jobstate.get("pid") if running else None,
-    }
-    if running:
-        figures["state"] = "SYNCING"
-    elif figures["status"] == STATUS_INTERRUPTED:
-        figures["state"] = "interrupted: the run started %s did not end (its process %s is gone); the next run starts " \
-                           "over" % (_time_text(jobstate.get("last_try")), jobstate.get("pid"))
-    else:
-        figures["state"] = figures["error"] or "OK"
-    return figures
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Metrics: the Prometheus textfile-collector file
-
-_JOB_METRICS = (
-    # name, help, figure, converter
-    ("storage_replication_job_last_sync_timestamp_seconds", "Start time of the last successful sync (0: never).", "last_sync", float),
-    ("storage_replication_job_lag_seconds", "Age of the newest replica on the target, the recovery point (+Inf: no replica yet).",
-     "lag", lambda v: math.inf if v is None else float(v)),
-    ("storage_replication_job_last_duration_seconds", "Wall time of the last attempt.", "duration", lambda v: float(v or 0)),
-    ("storage_replication_job_last_bytes_sent", "Bytes sent by the last attempt.", "bytes_sent", lambda v: float(v or 0)),
-    ("storage_replication_job_fail_count", "Consecutive failed attempts (0: the last attempt succeeded).", "fail_count", float),
-    ("storage_replication_job_next_sync_timestamp_seconds", "When the job is due next (0: not scheduled).", "next_sync",
-     lambda v: float(v or 0)),
-    ("storage_replication_job_enabled", "1 if the job is enabled, 0 if disabled.", "enabled", float),
-)
-
-
-def _label_value(value):
-    return str(value).replace("\\", "\\\\").replace("\"", "\\\"").replace("\n", "\\n")
-
-
-def _sample(value):
-    if math.isinf(value):
-        return "+Inf"
-    return repr(int(value)) if float(value).is_integer() else repr(value)
-
-
-def format_metrics(report, node, generation, tick, readable=None):
-    """The textfile-collector text for ``report`` (job_report) of ``node``; ``tick`` = the runner's last tick;
-    ``generation`` None: unknown (damaged configuration); ``readable``: {"config": bool, "state": bool}."""
-    readable = readable or {"config": True, "state": True}
-    lines = []
-    node_value = _label_value(node)
-    labels = ['job="%s",guest="%d",target="%s",node="%s"' % (job["id"], job["guest"], _label_value(job["target"]), node_value)
-              for job in report]  # job IDs are digits and '-'; node names are validated host names
-    for name, help_text, figure, convert in _JOB_METRICS:
-        lines += ["# HELP %s %s" % (name, help_text), "# TYPE %s gauge" % name]
-        lines += ["%s{%s} %s" % (name, label, _sample(convert(job[figure]))) for label, job in zip(labels, report)]
-    node_label = 'node="%s"' % _label_value(node)
-    lines += ["# HELP storage_replication_runner_last_tick_timestamp_seconds When the runner last ran on this node.",
-              "# TYPE storage_replication_runner_last_tick_timestamp_seconds gauge",
-              "storage_replication_runner_last_tick_timestamp_seconds{%s} %s" % (node_label, _sample(float(tick)))]
-    for what, text in (("config", "cluster configuration"), ("state", "job state file")):
-        name = "storage_replication_%s_readable" % what
-        lines += ["# HELP %s 1 if this node's %s can be read (0: damaged, see the runner's output)." % (name, text),
-                  "# TYPE %s gauge" % name, "%s{%s} %d" % (name, node_label, readable[what])]
-    lines += ["# HELP storage_replication_config_conflict 1 if peers hold another content of this node's generation (a "
-              "change forced without quorum): the node runs nothing until 'storage-replication resolve-conflict'.",
-              "# TYPE storage_replication_config_conflict gauge",
-              "storage_replication_config_conflict{%s} %d" % (node_label, bool(readable.get("conflict")))]
-    if generation is not None:
-        lines += ["# HELP storage_replication_config_generation The cluster configuration generation this node holds.",
-                  "# TYPE storage_replication_config_generation gauge",
-                  "storage_replication_config_generation{%s} %d" % (node_label, generation)]
-    return "\n".join(lines) + "\n"
-
-
-def write_metrics(path, cfg, state, node, now, tick, conflict=False):
-    """Rewrite the metrics file atomically (temporary file + rename: the collector never reads half a file).
-    ``cfg`` or ``state`` None: it could not be read (no job figures then: they would be made up)."""
-    if not path:
-        return
-    report = job_report(cfg, state, node, now) if cfg is not None and state is not None else []
-    readable = {"config": cfg is not None, "state": state is not None, "conflict": conflict}
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    atomic_write(path, format_metrics(report, node, cfg.generation if cfg is not None else None, tick, readable))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Job logs: the last N runs
-
-def log_path(logdir, job_id, age=0):
-    """The log of the run ``age`` runs ago (0: the latest): <job>.log, <job>.log.1, ..."""
-    name = "%s.log" % job_id
-    return os.path.join(logdir, name if age == 0 else "%s.%d" % (name, age))
-
-
-def rotate_logs(logdir, job_id, keep):
-    """Before a run: <job>.log becomes <job>.log.1 and so on; runs older than the last ``keep`` are dropped."""
-    oldest = log_path(logdir, job_id, keep - 1)
-    if os.path.exists(oldest):
-        os.unlink(oldest)
-    for age in range(keep - 2, -1, -1):
-        source = log_path(logdir, job_id, age)
-        if os.path.exists(source):
-            os.replace(source, log_path(logdir, job_id, age + 1))
-    for age in range(keep, keep + 100):  # left over from a larger log_runs setting
-        stale = log_path(logdir, job_id, age)
-        if not os.path.exists(stale):
-            break
-        os.unlink(stale)
-
-
-def read_logs(logdir, job_id, runs=1):
-    """The lines of the last ``runs`` runs, oldest run first: [(age, [lines])]."""
-    found = []
-    for age in range(runs - 1, -1, -1):
-        try:
-            with open(log_path(logdir, job_id, age), encoding="utf-8", errors="replace") as handle:
-                found.append((age, handle.read().splitlines()))
-        except FileNotFoundError:
-            continue
-    return found
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Notifications
-
-def should_notify(fail_count):
-    """pvesr's cadence: at fail counts 1, 2, 3, then 48, 96, 192, 384, ... (48 * 2^k); never at 0."""
-    if fail_count <= 0:
-        return False
-    if fail_count <= NOTIFY_EVERY_TIME_UP_TO:
-        return True
-    multiple, rest = divmod(fail_count, NOTIFY_SPARSE_BASE)
-    return rest == 0 and multiple & (multiple - 1) == 0
-
-
-def _time_text(epoch):
-    if not epoch:
-        return "never"
-    return datetime.datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
-
-
-def failure_message(job, figures, node):
-    """The structured message of a failed job (pvesr's template fields, plus next-sync which pvesr dropped)."""
-    count = figures["fail_count"]
-    body = ["Replication job '%s' with target '%s' and schedule '%s' failed!" % (job.id, job.target, figures["schedule"]),
-            "", "Last successful sync: %s" % _time_text(figures["last_sync"]),
-            "Next sync try: %s" % _time_text(figures["next_sync"]), "Failure count: %d" % count, "", "Error:",
-            figures["error"] or ""]
-    if count == NOTIFY_EVERY_TIME_UP_TO:
-        body += ["", "Note: the job failed %d times in a row; from now on it is reported at failure counts %d, %d, %d, ..."
-                 % (count, NOTIFY_SPARSE_BASE, 2 * NOTIFY_SPARSE_BASE, 4 * NOTIFY_SPARSE_BASE)]
-    return dict(_message_fields(job, figures, node), event="failure", severity="error",
-                subject="Replication Job: '%s' failed" % job.id, body="\n".join(body))
-
-
-def recovery_message(job, figures, node, previous):
-    """The message of a job that succeeded after ``previous`` (its state before the run) had failures."""
-    body = ["Replication job '%s' with target '%s' succeeded again after %d failed attempt(s)."
-            % (job.id, job.target, previous.get("fail_count", 0)), "",
-            "Last error: %s" % (previous.get("error") or ""), "Synced at: %s" % _time_text(figures["last_sync"]),
-            "Next sync: %s" % _time_text(figures["next_sync"])]
-    return dict(_message_fields(job, figures, node), event="recovered", severity="info",
-                subject="Replication Job: '%s' recovered" % job.id, body="\n".join(body),
-                **{"previous-failure-count": previous.get("fail_count", 0), "previous-error": previous.get("error")})
-
-
-def _message_fields(job, figures, node):
-    return {"type": "replication", "hostname": node, "job-id": job.id, "job-target": job.target,
-            "job-schedule": figures["schedule"], "guest": job.guest, "failure-count": figures["fail_count"],
-            "error": figures["error"], "last-sync": figures["last_sync"], "next-sync": figures["next_sync"],
-            "timestamp": int(time.time())}
-
-
-NODE_EVENTS = {  # event: (severity, subject)
-    "config-unreadable": ("error", "cluster configuration unreadable, replication stopped"),
-    "config-restored": ("warning", "cluster configuration restored from the peers"),
-    "state-rebuilt": ("warning", "job state file unreadable, rebuilt from the replication snapshots"),
-    "state-unreadable": ("error", "job state file unreadable and not rebuilt, replication stopped"),
-}
-
-
-def node_message(node, event, text):
-    """A message about the node itself (its configuration or state file), not about one job."""
-    severity, subject = NODE_EVENTS[event]
-    return {"type": "replication", "hostname": node, "event": event, "severity": severity,
-            "subject": "Replication on node '%s': %s" % (node, subject), "body": text, "timestamp": int(time.time())}
-
-
-def send_notification(command, message):
-    """Run the notify command with the JSON message on stdin; returns None or the reason it failed."""
-    try:
-        # pylint: disable-next=ansible-bad-function
-        proc = subprocess.run(command, input=json.dumps(message, sort_keys=True).encode("utf-8"), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, timeout=NOTIFY_TIMEOUT, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return "notify command %s failed: %s" % (command[0], exc)
-    if proc.returncode != 0:
-        output = proc.stdout.decode("utf-8", "replace").strip()
-        return "notify command %s exited with %d%s" % (command[0], proc.returncode, (": " + output.splitlines()[-1]) if output else "")
-    return None
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # The run
@@ -470,6 +147,32 @@ class Runner:
             if self.cfg is not None or self.refused:  # not when busy: the active runner writes them
                 self._write_metrics()
         self.result["generation"] = self.cfg.generation
+        return self.result
+
+    def check(self, job_id=None, plan=None):
+        """What ``run(job_id)`` would do now, changing nothing on any node (``run --check``): the jobs it would run,
+        each with its plan (plan.plan_job), and ``next``, the job due next when none is due now.  No lock is taken,
+        no peer asked for a newer configuration, nothing written: a damaged configuration or state is reported, not
+        repaired.  ``plan`` replaces plan.plan_job (tests)."""
+        plan = plan or plan_job
+        try:
+            self.cfg = configmod.load(self.paths.confdir)
+        except configmod.ConfigCorrupt as exc:
+            raise RunnerRefused("%s; a run restores it first, so there is nothing to plan yet" % exc) from None
+        if job_id is not None:
+            problem = self._single_job_problem(self.cfg.jobs.get(job_id), job_id)
+            if problem:
+                raise RunnerRefused(problem)
+            jobs = [self.cfg.jobs[job_id]]
+        else:
+            state = self.state.read()
+            candidates = jobs_to_run(self.cfg, self.node)
+            jobs = due_in_order(candidates, state, self.iteration, self.now())
+            upcoming = sorted((memo_next_sync(job, job_state_in(state, job)), job.id) for job in candidates)
+            later = [(when, name) for when, name in upcoming if when > self.now()]
+            self.result["next"] = {"job": later[0][1], "at": later[0][0]} if later and not jobs else None
+        self.result.update(check=True, generation=self.cfg.generation)
+        self.result["jobs"] = [plan(self.cfg, job.id, node=self.node, statedir=self.paths.statedir) for job in jobs]
         return self.result
 
     # -- what the runner acts on: never a damaged configuration or state ------------------------------------------
@@ -667,7 +370,7 @@ class Runner:
         command = self.settings["notify_command"]
         if not self.notify or not command:
             return None
-        figures = _job_figures(job, self.state.job_state(job), self.now())
+        figures = job_figures(job, self.state.job_state(job), self.now())
         if not ok and should_notify(figures["fail_count"]):
             message = failure_message(job, figures, self.node)
         elif ok and previous.get("fail_count", 0) > 0:

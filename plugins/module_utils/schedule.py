@@ -866,3 +866,14 @@ def interval_warnings(schedule, now=None, tz=None):
     if rarity:
         warnings.append(rarity)
     return warnings
+
+
+def setting_warnings(text):
+    """interval_warnings for a schedule a job is given (None: unchanged or the default, nothing to say).  An invalid
+    one gets none here: the job's validation refuses it, naming the job."""
+    if text is None:
+        return []
+    try:
+        return interval_warnings(text)
+    except ScheduleError:
+        return []

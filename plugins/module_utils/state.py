@@ -16,14 +16,12 @@ that was interrupted (``STATUS_INTERRUPTED``).
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import socket
-import tempfile
 import time
 
+from ansible_collections.storage.replication.plugins.module_utils.files import atomic_write, file_lock
 from ansible_collections.storage.replication.plugins.module_utils.schedule import DEFAULT_SCHEDULE, parse as parse_schedule
 
 DEFAULT_STATEDIR = "/var/lib/storage-replication"
@@ -52,13 +50,6 @@ STATUS_WAITING = "waiting for target"
 STATUS_DISABLED = "disabled"
 STATUS_REMOVING = "removal pending"
 
-_POLL_MIN = 0.01
-_POLL_MAX = 0.2
-
-
-class LockError(RuntimeError):
-    """A lock could not be taken in time; the message names the lock, its holder and what to do."""
-
 
 class StateError(RuntimeError):
     """The state file cannot be read; the message names the file, the cause and what to do. ``problem`` is the
@@ -71,112 +62,7 @@ class StateError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Files: atomic writes and locks (config.py uses them too)
-
-def fsync_dir(path):
-    """Make a rename or a new entry in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(fd, data, mode):
-    """Write ``data`` (str or bytes) to ``fd``, set ``mode`` and fsync."""
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-    os.fchmod(fd, mode)
-    os.fsync(fd)
-
-
-def write_synced(path, data, mode=0o644):
-    """Write ``data`` to a new file ``path`` and fsync it (no rename: the caller commits)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        _write_all(fd, data, mode)
-    finally:
-        os.close(fd)
-
-
-def read_json_object(path):
-    """The JSON object in ``path``; None if there is no such file; ValueError (saying why) if it holds anything else."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        return None
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    return data
-
-
-def atomic_write(path, data, mode=0o644):
-    """Replace ``path`` with ``data`` atomically: temporary file in the same directory, fsync, rename, fsync dir."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".tmp-", dir=directory)
-    try:
-        try:
-            _write_all(fd, data, mode)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(directory)
-
-
-def _lock_holder(fd):
-    """The pid the current holder wrote into the lock file, or None if unknown."""
-    try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
-@contextlib.contextmanager
-def file_lock(path, timeout, what, hint="try again later"):
-    """Hold an exclusive flock on ``path`` (created if missing) for the ``with`` block.
-
-    ``timeout`` is in seconds; 0 means one non-blocking attempt. The holder writes its pid into the file so that
-    the timeout message can name it. Raises LockError naming ``what`` is locked, by whom, and ``hint``.
-    """
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        _acquire(fd, path, timeout, what, hint)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, ("%d\n" % os.getpid()).encode("ascii"), 0)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the flock
-
-
-def _acquire(fd, path, timeout, what, hint):
-    deadline = time.monotonic() + timeout
-    pause = _POLL_MIN
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            holder = _lock_holder(fd)
-            by = " by pid %d" % holder if holder else ""
-            raise LockError("can't lock file '%s' - got timeout after %gs: %s is held%s; %s"
-                            % (path, timeout, what, by, hint))
-        time.sleep(min(pause, remaining))
-        pause = min(pause * 2, _POLL_MAX)
-
+# Locks and this node's processes
 
 def lock_path(statedir, name):
     return os.path.join(statedir, LOCK_DIR, name + ".lock")

@@ -25,18 +25,15 @@ import subprocess
 import threading
 import time
 
-from ansible_collections.storage.replication.plugins.module_utils.files import copy_stream
-from ansible_collections.storage.replication.plugins.module_utils.state import atomic_write
+from ansible_collections.storage.replication.plugins.module_utils.files import atomic_write, copy_stream
+from ansible_collections.storage.replication.plugins.module_utils.protocol import (
+    INLINE_STREAM_MAX, MAX_REPLY, RECEIVE, SESSION, last_json_line, session_line)
 
 NODE_KEY = "/root/.ssh/id_ed25519"
 CONNECT_TIMEOUT = 10
 # Measured on the lab: aes128-gcm is the fastest cipher both ends offer (see docs/architecture.md).
 DATA_CIPHERS = "aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.com"
 PUMP_CHUNK = 256 * 1024
-MAX_REPLY = 16 * 1024 * 1024
-# A stream up to this size (an incremental run with little or nothing changed) goes to the target over the control
-# connection that is already open: an OpenSSH handshake and a receiver process cost more than it (measured ~0.5 s).
-INLINE_LIMIT = 1024 * 1024
 # A peer that has not begun to answer an operation for this long is asked whether the link still carries anything
 # (an OpenSSH keep-alive that wants an answer); no answer within as long again means the link is down.  A cut link
 # ends a control call in about 20 s instead of at the operation's timeout (600 s for a run's operations).
@@ -171,10 +168,10 @@ class ControlChannel:
         return self._call(operation, request, timeout)
 
     def receive_inline(self, arguments, data, timeout=600):
-        """A whole small stream (`data`, at most INLINE_LIMIT bytes) into the peer's `receive` with `arguments`
+        """A whole small stream (`data`, at most INLINE_STREAM_MAX bytes) into the peer's `receive` with `arguments`
         (the key=value words of the OpenSSH data path), through the session: no new handshake, no new process.
         Only for peers whose prepare reply says `inline_receive`."""
-        return self._call("receive", {"arguments": list(arguments), "bytes": len(data)}, timeout, payload=data)
+        return self._call(RECEIVE, {"arguments": list(arguments), "bytes": len(data)}, timeout, payload=data)
 
     def _call(self, operation, request, timeout, payload=None):
         if self.client is None:
@@ -197,16 +194,16 @@ class ControlChannel:
         sessions."""
         if self.session is None:
             channel = self.client.get_transport().open_session(timeout=self.timeout)
-            channel.exec_command("session")
+            channel.exec_command(SESSION)
             self.session = (channel, channel.makefile("rb"))
         channel, replies = self.session
         channel.settimeout(timeout)
-        channel.sendall((json.dumps({"operation": operation, "request": request}) + "\n").encode("utf-8"))
+        channel.sendall(session_line(operation, request))
         if payload:
             channel.sendall(payload)
         self._await_reply(channel, operation, timeout)
         line = replies.readline(MAX_REPLY)
-        reply = _last_json_line(line.decode("utf-8", "replace"))
+        reply = last_json_line(line.decode("utf-8", "replace"))
         if isinstance(reply, dict) and reply.get("reason") == "invalid-operation" and "'session'" in reply.get("error", ""):
             self._close_session()
             self.session = False
@@ -360,7 +357,7 @@ class StreamResult:
 def stream(send_argv, ssh_command, node_name, address, rate_bps=None, on_start=None, inline=None):
     """Run `send_argv | [rate pump] | ssh_command`; returns a StreamResult with the receiver's JSON reply.
 
-    With `inline` (a function data -> reply, e.g. ControlChannel.receive_inline), the first INLINE_LIMIT + 1 bytes
+    With `inline` (a function data -> reply, e.g. ControlChannel.receive_inline), the first INLINE_STREAM_MAX + 1 bytes
     are read first: a stream that ends within them goes through `inline` instead of a new OpenSSH connection; a
     bigger one is spliced on into ssh after them.  Without a rate limit and without `inline` the two processes are
     joined by a pipe and Python stays out of the data path.
@@ -372,8 +369,8 @@ def stream(send_argv, ssh_command, node_name, address, rate_bps=None, on_start=N
     bucket = TokenBucket(rate_bps) if rate_bps else None
     head = None
     if inline is not None:
-        head = _read_head(send.stdout.fileno(), INLINE_LIMIT + 1)
-        if len(head) <= INLINE_LIMIT:
+        head = _read_head(send.stdout.fileno(), INLINE_STREAM_MAX + 1)
+        if len(head) <= INLINE_STREAM_MAX:
             return _inline_stream(send, head, inline, bucket, node_name, start)
     feeder = None
     if head is not None or bucket is not None:
@@ -459,11 +456,11 @@ def _collect(ssh, send):
 
 def _stream_outcome(node_name, address, send, ssh, ssh_out, ssh_err, send_err, seconds):
     """The cause of a failed stream, in order: zfs send itself, the receiver's answer, then ssh."""
-    reply = _last_json_line(ssh_out)
+    reply = last_json_line(ssh_out)
     if send.returncode != -signal.SIGPIPE:
         _check_send(send, send_err, node_name)
     if isinstance(reply, dict) and not reply.get("ok", False):
-        raise RemoteError(node_name, "receive", reply)
+        raise RemoteError(node_name, RECEIVE, reply)
     if not isinstance(reply, dict) or send.returncode != 0:
         explained = explain_ssh_failure(node_name, address, ssh_err)
         if explained:
@@ -481,15 +478,6 @@ def _check_send(send, send_err, node_name):
         raise TransportError("'%s' failed on this node (%s)%s - what '%s' held of this volume before is unchanged; "
                              "the next run retries" % (" ".join(send.args), _exit_text(send.returncode), detail,
                                                        node_name))
-
-
-def _last_json_line(text):
-    for line in reversed(text.strip().splitlines()):
-        try:
-            return json.loads(line)
-        except ValueError:
-            continue
-    return None
 
 
 def _exit_text(code):

@@ -236,6 +236,19 @@ def recv_argv(dataset, force=True, resumable=False, exclude=()):
     return argv
 
 
+def parse_send_size(text):
+    """The stream size `zfs send -nvP` reports: its last 'size<TAB><bytes>' line; ValueError if there is none."""
+    sizes = [line.split("\t")[1] for line in text.splitlines() if line.startswith("size\t")]
+    if not sizes or not sizes[-1].strip().isdigit():
+        raise ValueError("no size line in the dry run's output")
+    return int(sizes[-1])
+
+
+def dry_run_argv(argv):
+    """A `zfs send` argv as a dry run that prints its size (`-nvP`), sending nothing."""
+    return argv[:2] + ["-nvP"] + argv[2:]
+
+
 def parse_resume_info(text):
     """(toname, toguid) from `zfs send -nvP -t <token>` output ('toname = pool/ds@snap', 'toguid = 0x1f...')."""
     fields = {}
@@ -451,10 +464,17 @@ class Zfs:
 
     def resume_target(self, token):
         """(snapshot, guid) the token continues; ZfsError if this node cannot resume it (the snapshot is gone)."""
-        argv = [ZFS, "send", "-nvP", "-t", token]
+        return self._resume_dry_run(token, parse_resume_info)
+
+    def resume_size(self, token):
+        """The bytes the rest of an interrupted stream would carry (`zfs send -nvP -t`)."""
+        return self._resume_dry_run(token, parse_send_size)
+
+    def _resume_dry_run(self, token, parse):
+        argv = dry_run_argv(resume_send_argv(token))
         _rc, out, err = self.run(argv, None, True)
         try:
-            return parse_resume_info(out + "\n" + err)
+            return parse(out + "\n" + err)
         except ValueError as exc:
             raise ZfsError(argv, 0, "unreadable resume token: %s" % exc) from exc
 
@@ -515,6 +535,31 @@ class Zfs:
             raise ZfsError(argv, proc.returncode, err.decode("utf-8", "replace"))
         return found
 
+    # ------------------------------------------------------------ estimates (run --check)
+
+    def send_estimate(self, dataset, base=None, options=None):
+        """(bytes or None, how) for a run's send of dataset from ``base`` (None: full; '#name': a bookmark) to a new
+        snapshot of its data now, found without changing anything.
+
+        A new snapshot cannot be sized before it exists: OpenZFS sizes the stream up to the newest snapshot there is
+        with a dry run (`zfs send -nvP`) and adds what was written since (`written@<newest>`).  zfs-fuse has neither:
+        a full stream is about the space the volume and its snapshots use; a delta cannot be told (None)."""
+        snaps = self.snapshots(dataset)
+        newest = list(snaps)[-1] if snaps else None
+        if self.features.openzfs:
+            if newest is None:
+                return int(self.get(["referenced"], [dataset])[dataset]["referenced"]), "the space its data uses"
+            since = int(self.get(["written@" + newest], [dataset])[dataset]["written@" + newest])
+            if base is not None and base.lstrip("#") == newest:
+                return since, "written since '%s'" % newest
+            argv = dry_run_argv(send_argv(dataset, newest, base, **(options or {})))
+            _rc, out, err = self.run(argv, None, True)
+            return parse_send_size(out + "\n" + err) + since, "zfs send -nvP up to '%s' and written since" % newest
+        if base is None:
+            used = self.get(["usedbydataset", "usedbysnapshots"], [dataset])[dataset]
+            return int(used["usedbydataset"]) + int(used["usedbysnapshots"]), "the space it and its snapshots use"
+        return None, "zfs-fuse cannot size a delta without taking a snapshot"
+
     def copy_local_snapshot(self, source_snapshot, target_dataset):
         """Independent local copy of one snapshot's data (no other snapshots) as a new dataset."""
         env = dict(os.environ)
@@ -531,3 +576,38 @@ class Zfs:
             raise ZfsError(send.args, send.returncode, send_err.decode("utf-8", "replace"))
         if recv.returncode != 0:
             raise ZfsError(recv.args, recv.returncode, recv.stderr.decode("utf-8", "replace"))
+
+
+# ---------------------------------------------------------------- looking only
+
+# `zfs` subcommands that change something: a LookingZfs records them instead of running them.
+CHANGING = frozenset(("create", "destroy", "snapshot", "snap", "rollback", "clone", "promote", "rename", "bookmark",
+                      "set", "inherit", "hold", "release", "recv", "receive", "mount", "unmount", "upgrade"))
+
+
+class LookingZfs(Zfs):
+    """The ZFS of ``zfs`` for a plan (run --check): every read is real, every change is recorded in ``changes``
+    (its argv) and answered as done, so that code written for a run walks through unchanged and changes nothing.
+
+    What a run would only learn from a change is answered conservatively: whether data was written after a
+    snapshot, where only a probe snapshot would tell (zfs-fuse), is taken as yes."""
+
+    def __init__(self, zfs):
+        super().__init__(run=self._looking_run)
+        self.real_run = zfs.run
+        self._features = zfs._features  # pylint: disable=protected-access
+        self.changes = []
+
+    def _looking_run(self, argv, input_bytes=None, check=True):
+        if len(argv) > 1 and argv[1] in CHANGING:
+            self.changes.append(list(argv))
+            return 0, "", ""
+        return self.real_run(argv, input_bytes, check)
+
+    def written_since(self, dataset, snapshot):
+        if self.features.written_property:
+            return int(self.get(["written@" + snapshot], [dataset])[dataset]["written@" + snapshot]) != 0
+        return True
+
+    def copy_local_snapshot(self, source_snapshot, target_dataset):
+        self.changes.append(["copy", source_snapshot, target_dataset])

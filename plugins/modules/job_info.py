@@ -121,7 +121,8 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
-from ansible_collections.storage.replication.plugins.module_utils import runner, state
+from ansible_collections.storage.replication.plugins.module_utils import settings, state
+from ansible_collections.storage.replication.plugins.module_utils.report import job_report
 
 
 def matches(job, params):
@@ -133,11 +134,11 @@ def main():
         argument_spec={"guest": {"type": "int"}, "job": {"type": "str"}, "query": {"type": "str"}},
         supports_check_mode=True,
     )
-    paths = runner.Paths.from_environment()
+    paths = settings.Paths.from_environment()
     try:
         cfg = configmod.load(paths.confdir)
         node = state.read_local_node(paths.statedir)
-        report = runner.job_report(cfg, state.StateFile(paths.statedir).read(), node, int(time.time()))
+        report = job_report(cfg, state.StateFile(paths.statedir).read(), node, int(time.time()))
     except (configmod.ConfigError, state.StateError, OSError) as exc:
         module.fail_json(msg="cannot read the replication jobs on node '%s': %s" % (state.read_local_node(paths.statedir), exc))
     jobs = [figures for figures in report if matches(cfg.jobs[figures["id"]], module.params)]

@@ -34,7 +34,10 @@ options:
 attributes:
   check_mode:
     support: full
-    description: Reports whether the job would run (or be scheduled) and runs nothing.
+    description:
+      - Reports what the job would send (RV(plan)): per volume a full or an incremental stream, from which base
+        snapshot, and about how many bytes. Nothing changes on either node (no snapshot, deletion, log or state).
+      - With O(schedule_now=true), reports whether the job would be made due.
   diff_mode:
     support: none
     description: Running a job changes data, not configuration.
@@ -85,6 +88,18 @@ result:
   sample: {"job": "100-0", "ok": true, "error": null, "bytes": 1048576, "seconds": 1.2,
            "volumes": [{"volume": "local-zfs:vm-100-disk-0", "mode": "incremental",
                         "base": "__replicate_100-0_1700000000__", "bytes": 1048576, "seconds": 0.8}]}
+plan:
+  description:
+    - In check mode, what the run would do, as C(storage-replication run --check --id ID --output-format json)
+      reports it. C(ok) is false with C(error) when the run would fail (the target unreachable, no common base).
+    - C(estimated_bytes) is null where the node's ZFS cannot size a delta without a snapshot (zfs-fuse).
+    - C(log) holds what the run would delete on either node besides sending.
+  returned: in check mode, when the job runs on this node
+  type: dict
+  sample: {"job": "100-0", "target": "node2", "ok": true, "error": null, "estimated_bytes": 1572864,
+           "volumes": [{"volume": "local-zfs:vm-100-disk-0", "mode": "incremental",
+                        "base": "__replicate_100-0_1700000000__", "estimated_bytes": 1572864,
+                        "estimate": "written since '__replicate_100-0_1700000000__'"}], "log": []}
 log:
   description: The lines of the job's run log.
   returned: when the job ran
@@ -99,7 +114,8 @@ import time
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
-from ansible_collections.storage.replication.plugins.module_utils import runner, state
+from ansible_collections.storage.replication.plugins.module_utils import runner, settings, state
+from ansible_collections.storage.replication.plugins.module_utils.plan import summary, volume_lines
 
 POLL_SECONDS = 1.0
 
@@ -116,7 +132,7 @@ def run_when_free(paths, job_id, timeout):
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return runner.run(paths, runner.load_settings(paths.settings_file), job_id=job_id)
+            return runner.run(paths, settings.load_settings(paths.settings_file), job_id=job_id)
         except runner.RunnerBusy:
             if time.monotonic() >= deadline:
                 raise
@@ -134,6 +150,16 @@ def schedule_now(module, paths, cfg, job_id, node):
     module.exit_json(changed=changed, node=node, msg="job '%s' is due at the next run on node '%s'" % (job_id, node))
 
 
+def check_run(module, paths, job_id, node):
+    """Check mode: what the run would send, changing nothing on either node."""
+    try:
+        planned = runner.Runner(paths, settings.load_settings(paths.settings_file)).check(job_id)["jobs"][0]
+    except (runner.RunnerRefused, configmod.ConfigError, state.StateError) as exc:
+        module.fail_json(msg="job '%s' on node '%s' cannot be planned: %s" % (job_id, node, exc), node=node)
+    msg = "job '%s' on node '%s' %s%s" % (job_id, node, summary(planned), "".join("; " + line for line in volume_lines(planned)))
+    module.exit_json(changed=True, node=node, plan=planned, msg=msg)
+
+
 def main():
     module = AnsibleModule(
         argument_spec={"id": {"type": "str", "required": True}, "schedule_now": {"type": "bool", "default": False},
@@ -141,7 +167,7 @@ def main():
         supports_check_mode=True,
     )
     job_id = module.params["id"]
-    paths = runner.Paths.from_environment()
+    paths = settings.Paths.from_environment()
     node = state.read_local_node(paths.statedir)
     try:
         cfg = configmod.load(paths.confdir)
@@ -157,7 +183,7 @@ def main():
     if module.params["schedule_now"]:
         schedule_now(module, paths, cfg, job_id, node)
     if module.check_mode:
-        module.exit_json(changed=True, node=node, msg="job '%s' would run now on node '%s'" % (job_id, node))
+        check_run(module, paths, job_id, node)
     try:
         outcome = run_when_free(paths, job_id, module.params["timeout"])
     except runner.RunnerBusy as exc:

@@ -1,10 +1,11 @@
 # Copyright (c) 2026, storage.replication developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Coverage-guided fuzzing of the receiving side (receiver.py), with atheris.
+"""Coverage-guided fuzzing of the receiving side (serve.py, protocol.py, authority.py, receiver.py,
+receive_stream.py), with atheris.
 
 What is fuzzed: the public entry points of the receiver, exactly as the SSH forced command drives them:
-``receiver.main(argv, environ, stdin, stdout, receiver)`` with SSH_ORIGINAL_COMMAND in ``environ`` (``receive
+``serve.main(argv, environ, stdin, stdout, receiver)`` with SSH_ORIGINAL_COMMAND in ``environ`` (``receive
 key=value ...`` with a stream on stdin, a control operation with one JSON request on stdin, or ``session`` with JSON
 lines, some followed by inline stream bytes).  ``handle``, ``session`` and ``answer`` are reached through it.
 
@@ -27,7 +28,7 @@ The oracle (``check``), every violation of which is a defect:
 2. reply: every reply is exactly one JSON line holding an object with ``ok`` true or false, one per request, and
    main's exit code says the same (0 for ok; a session ends with 0, or 1 after a stream-framing refusal);
 3. malformed: every ZFS command that changes something (destroy, rollback, recv, snapshot, hold, release, ...) must
-   come from a request that passes the strict validator below, which is written independently of receiver.py, and
+   come from a request that passes the strict validator below, which is written independently of the engine, and
    its own arguments must pass it too: job ID ``^[1-9][0-9]{2,8}-[0-9]{1,9}$`` whose guest is the request's guest;
    guest and generation plain ASCII integers (JSON numbers, never booleans); the source a node name; volumes
    ``<storage>:<name>`` of a configured zfspool storage, names of ``[A-Za-z0-9_.-]`` with no ``..``, ``/``, ``@``,
@@ -49,7 +50,7 @@ so that one run reports every kind it meets; the run then fails.  ``--stop-on-de
 To reach the receiver's paths the emulator injects failures from the stream's first bytes (``FAIL``, ``FAILCREATED``,
 ``ENOSPC``, ``PARTIAL``, ``KILLED``; ``EPIPE`` anywhere in the input makes ``zfs recv`` die at once), the calling node
 ``node9`` makes catching up with a newer generation fail, two datasets have receives left by a dead run (one of them
-survives SIGKILL), and receiver.MAX_REQUEST is lowered to 4096 bytes during the run so that its size checks are within
+survives SIGKILL), and protocol.MAX_REQUEST is lowered to 4096 bytes during the run so that its size checks are within
 libFuzzer's -max_len.  Durability (fsync) is switched off in the harness process: it is not what is fuzzed.
 
 Run (from the work tree, with PYTHONPATH as the Makefile sets it)::
@@ -61,7 +62,7 @@ Run (from the work tree, with PYTHONPATH as the Makefile sets it)::
 The run relays libFuzzer's INITED/DONE lines and the new defects, then prints a summary (also in <workdir>/summary.json):
 executions and executions per second, libFuzzer's ``cov:``/``ft:`` at the start (seeds) and at the end (edges and
 features of the instrumented engine modules), the corpus size, the known and new defects hit, and the line coverage
-of receiver.py and of the receiver operations in cluster.py and migrate.py that the final corpus reaches (replayed
+of the receiving side's modules and of the receiver operations in cluster.py that the final corpus reaches (replayed
 in a fresh process under a line tracer, without atheris).
 """
 
@@ -101,7 +102,7 @@ LOCAL_NODE = "node2"
 GENERATION = 7
 NOW = 1700003600.0
 MAX_LEN = 8192
-MAX_REQUEST = 4096  # receiver.MAX_REQUEST (4 MiB) during the run, so that its size checks are reachable
+MAX_REQUEST = 4096  # protocol.MAX_REQUEST (4 MiB) during the run, so that its size checks are reachable
 
 # ---------------------------------------------------------------------------------------------------------------
 # Defects found and reported: signature -> the xfail test that reproduces it.  The run counts them without stopping.
@@ -122,7 +123,8 @@ def load_engine():
     if ENGINE:
         return ENGINE
     import importlib  # pylint: disable=import-outside-toplevel
-    for name in ("config", "state", "zfs", "orphans", "receiver", "cluster", "migrate", "names", "quorum"):
+    for name in ("config", "state", "zfs", "orphans", "protocol", "authority", "receive_stream", "receiver", "serve",
+                 "cluster", "migrate", "names", "quorum"):
         ENGINE[name] = importlib.import_module("%s.%s" % (PKG, name))
     return ENGINE
 
@@ -135,8 +137,8 @@ def accepts(function, name):
 
 
 def peer_supported():
-    rmod = load_engine()["receiver"]
-    return accepts(rmod.Receiver.__init__, "peer") or accepts(rmod.main, "peer")
+    engine = load_engine()
+    return accepts(engine["receiver"].Receiver.__init__, "peer") or accepts(engine["serve"].main, "peer")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -893,14 +895,14 @@ class Harness:
                 orphans = harness.engine["orphans"]
                 cluster = harness.engine["cluster"]
                 zfsmod = harness.engine["zfs"]
-                rmod = harness.engine["receiver"]
+                protocol = harness.engine["protocol"]
                 self.saved = [(subprocess, "Popen", subprocess.Popen), (subprocess, "run", subprocess.run),
                               (os, "fsync", os.fsync), (os, "kill", os.kill),
                               (orphans, "leftover_receives", orphans.leftover_receives),
                               (orphans, "end", orphans.end), (orphans, "wait_gone", orphans.wait_gone),
                               (cluster, "catch_up", cluster.catch_up),
                               (zfsmod, "BUSY_RETRY_SECONDS", zfsmod.BUSY_RETRY_SECONDS),
-                              (rmod, "MAX_REQUEST", rmod.MAX_REQUEST)]
+                              (protocol, "MAX_REQUEST", protocol.MAX_REQUEST)]
                 subprocess.Popen = lambda argv, *a, **k: FakeProcess(harness, argv, *a, **k)
                 subprocess.run = fake_subprocess_run(harness)
                 os.fsync = lambda fd: None  # durability is not what is fuzzed; keeps an execution fast
@@ -910,7 +912,7 @@ class Harness:
                 orphans.wait_gone = lambda pid, timeout, proc_root=None: True
                 cluster.catch_up = harness.fake_catch_up
                 zfsmod.BUSY_RETRY_SECONDS = 0  # "dataset is busy" answered at once, not retried for 10 s
-                rmod.MAX_REQUEST = MAX_REQUEST  # the size limits are reachable within libFuzzer's -max_len
+                protocol.MAX_REQUEST = MAX_REQUEST  # the size limits are reachable within libFuzzer's -max_len
                 return self
 
             def __exit__(self, *exc):
@@ -928,7 +930,7 @@ class Harness:
         return rmod.Receiver(**kwargs)
 
     def execute(self, case):
-        rmod = self.engine["receiver"]
+        serving = self.engine["serve"]
         self.restore()
         self.zfs.reset(case.flavor == "openzfs")
         self.spawned, self.signalled, self.ended, self.leftover_pids = [], [], [], {}
@@ -944,9 +946,9 @@ class Harness:
                 reader = TrackingReader(self, case.stdin)
                 kwargs = {"argv": ["--peer", case.peer], "environ": {"SSH_ORIGINAL_COMMAND": case.command},
                           "stdin": reader, "stdout": writer, "receiver": receiver}
-                if accepts(rmod.main, "peer"):
+                if accepts(serving.main, "peer"):
                     kwargs["peer"] = case.peer
-                rc = rmod.main(**kwargs)
+                rc = serving.main(**kwargs)
             except Exception as exc:  # pylint: disable=broad-except
                 error = (exc, traceback.format_exc())
             finally:
@@ -1323,6 +1325,8 @@ def check(outcome, peer_mode=False):
             changes.setdefault(command.request, []).append(command)
     for index, commands in sorted(changes.items()):
         reply = replies[index] if index < len(replies) and isinstance(replies[index], dict) else {}
+        if operation_of(outcome, index) == "plan":  # run --check: a plan looks and never changes anything
+            found.append(Violation("plan-changed", "plan request %d ran %s" % (index, [c.argv for c in commands])))
         if reply.get("reason") in ("invalid-argument", "invalid-operation"):
             found.append(Violation("refused-after-acting:%s" % operation_of(outcome, index), "request %d was refused (%s: %s) after it ran %s" % (
                 index, reply.get("reason"), str(reply.get("error"))[:160], [c.argv for c in commands])))
@@ -1398,6 +1402,10 @@ def seeds():
     inline = OrderedDict(arguments=receive_args(base=None, volume="local-zfs:vm-100-disk-2"), bytes=400)
     valid = [
         ("prepare", _request("prepare", prepare())),
+        # run --check: prepare looking only (what it would delete is said, nothing is)
+        ("plan", _request("plan", prepare())),
+        ("plan-zfs-fuse", _request("plan", prepare(), "zfs-fuse")),
+        ("plan-remove-job", _request("plan", prepare(volumes=[], last_sync=1, force=True))),
         ("prepare-zfs-fuse", _request("prepare", prepare(), "zfs-fuse")),
         ("prepare-first-sync", _request("prepare", prepare(last_sync=0))),
         ("prepare-remove-job", _request("prepare", prepare(volumes=[], last_sync=1, force=True))),
@@ -1517,7 +1525,7 @@ def write_seeds(directory):
             handle.write(data)
 
 
-DICTIONARY = ["prepare", "finalize", "list", "abort-resume", "get-config", "quorum-status", "quorum-prepare",
+DICTIONARY = ["prepare", "plan", "finalize", "list", "abort-resume", "get-config", "quorum-status", "quorum-prepare",
               "quorum-accept", "quorum-commit", "slot", "ballot", "base", "set-state",
               "drop-migration-copy", "receive", "session", "operation", "request", "arguments", "bytes", "job",
               "guest", "volumes", "volume", "scan", "last_sync", "parent_snapname", "force", "generation", "source",
@@ -1549,7 +1557,7 @@ PALETTE = ["gone-zfs", "backup-dir", ["gone-zfs", "backup-dir"], "100-0", "200-0
            "node1", "node2", "node3", "node1\n", "\u0661\u0660\u0660", "\u00b2", "\ud800", "x" * 300,
            ["local-zfs:vm-100-disk-0"], ["local-zfs:vm-100-disk-0", "tank:vm-100-disk-1"], ["local-zfs"],
            {"local/node2": {"last_sync": 1}}, {"type": "vm"}]
-OPERATIONS = ["prepare", "finalize", "list", "abort-resume", "get-config", "quorum-status", "quorum-prepare",
+OPERATIONS = ["prepare", "plan", "finalize", "list", "abort-resume", "get-config", "quorum-status", "quorum-prepare",
               "quorum-accept", "quorum-commit", "set-state",
               "drop-migration-copy", "receive", "destroy", "session"]
 KEYS = ["job", "guest", "volumes", "volume", "scan", "last_sync", "parent_snapname", "force", "generation", "source",
@@ -1720,8 +1728,10 @@ def worker(args, libfuzzer_argv):
 
 STAT_RE = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)/(\S+)(?:.*exec/s: (\d+))?")
 
-# What line coverage is measured on: receiver.py whole, and the receiver operations that live in other modules.
-COVERAGE_SCOPE = {"receiver": None, "names": None,
+# What line coverage is measured on: the receiving side's modules whole, and the receiver operations that live in
+# other modules.
+COVERAGE_SCOPE = {"serve": None, "protocol": None, "authority": None, "receiver": None, "receive_stream": None,
+                  "pruning": None, "names": None,
                   "cluster": ("serve_get_config", "serve_quorum", "serve_quorum_here", "_check_request", "_commit",
                               "_committed", "_content_config"),
                   "quorum": None}

@@ -6,6 +6,8 @@ bad input changes nothing anywhere; an unreachable node refuses the change unles
 
 from __future__ import annotations
 
+import json
+
 import cluster_setup as cs
 import pytest
 
@@ -142,6 +144,55 @@ def test_a_change_made_on_an_outdated_node_is_rebuilt_on_the_newer_generation(cl
     sr(lab, "node2", "update", "100-0", "--comment", "from node2")
     generation, jobs, _model = assert_same_everywhere(lab)
     assert generation == newest.generation + 1 and "comment from node2" in jobs
+
+
+def looked_at(lab, name):
+    """What a run could change, on both sides: snapshots and guids, the state file, the run logs, the state dirs."""
+    logs = {node: sorted(p.name for p in lab.private_path(node, "/var/log/storage-replication").iterdir())
+            for node in ("node1", "node2")}
+    log = lab.private_path("node1", "/var/log/storage-replication") / "100-0.log"
+    return {"snapshots": {node: cs.snapshots(lab, node, name) for node in ("node1", "node2")},
+            "state": cs.local_state(lab, "node1"), "logs": logs, "log": log.read_text() if log.exists() else None,
+            "statedirs": {node: sorted(str(p) for p in lab.private_path(node, "/var/lib/storage-replication").rglob("*"))
+                          for node in ("node1", "node2")},
+            "configs": configs(lab)}
+
+
+def test_run_check_says_what_the_run_would_send_and_changes_nothing(cluster):
+    """run --check: per volume full or incremental, from which snapshot, about how many bytes (zfs-fuse: a delta
+    cannot be sized without a snapshot, and it says so); nothing changes on either node, not even the run log."""
+    lab = cluster
+    name = "vm-100-disk-0"
+    if "100-0" not in node_config(lab, "node1").jobs:
+        sr(lab, "node1", "create-local-job", "100-0", "node2")
+    cs.destroy(lab, "node2", cs.dataset(name))  # node2 holds no replica: the run would send it in full
+    for snap in cs.snapshots(lab, "node1", name):
+        cs.destroy(lab, "node1", "%s@%s" % (cs.dataset(name), snap))
+    cs.write_random(lab, "node1", name, "a.bin", 3)
+    before = looked_at(lab, name)
+    first = json.loads(sr(lab, "node1", "run", "--check", "--id", "100-0", "--output-format", "json").stdout)
+    assert looked_at(lab, name) == before
+    (job,) = first["jobs"]
+    assert job["ok"] and job["target"] == "node2" and first["check"], first
+    (volume,) = job["volumes"]
+    assert (volume["volume"], volume["mode"], volume["base"]) == ("%s:%s" % (cs.STORAGE, name), "full", None)
+    assert 3_000_000 <= volume["estimated_bytes"] <= 4_000_000, volume  # the 3 MB written, and the file system's own
+
+    sr(lab, "node1", "run", "--id", "100-0")
+    (base,) = [snap for snap in cs.snapshots(lab, "node1", name) if snap.startswith("__replicate_100-0_")]
+    cs.write_random(lab, "node1", name, "b.bin", 2)
+    before = looked_at(lab, name)
+    second = json.loads(sr(lab, "node1", "run", "--check", "--id", "100-0", "--output-format", "json").stdout)
+    (volume,) = second["jobs"][0]["volumes"]
+    assert (volume["mode"], volume["base"], volume["estimated_bytes"]) == ("incremental", base, None), volume
+    assert volume["estimate"] == "zfs-fuse cannot size a delta without taking a snapshot"
+    text = sr(lab, "node1", "run", "--check", "--id", "100-0").stdout.splitlines()
+    assert text[:2] == ["100-0: would run now to 'node2': size unknown",
+                        "  %s:%s: incremental from '%s', size unknown (%s)" % (cs.STORAGE, name, base, volume["estimate"])]
+    # the timer's run: the job ran a moment ago, so nothing is due; it says when the next one is
+    timer = sr(lab, "node1", "run", "--check").stdout
+    assert timer.startswith("nothing is due now; next: 100-0 at "), timer
+    assert looked_at(lab, name) == before
 
 
 def test_delete_with_a_node_down_keeps_the_cleanup_and_the_removal_reaches_every_node(cluster):

@@ -14,24 +14,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import pytest
 
+from lab._system import wait_until
 from oz_cluster import ENC_POOL, ENGINE, KEY_FILE, POOL
 
 MiB = 1 << 20
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %d s waiting for %s" % (timeout, what))
-        time.sleep(0.5)
 
 
 def assert_ok(result):
@@ -108,12 +97,14 @@ def interrupt_mid_stream(cluster, job, volume_dataset, after_bytes, interrupt):
     """Start the job with the CLI, call interrupt() once the target received after_bytes; returns rx before."""
     rx_before = cluster.link_rx_bytes("node2")
     with subprocess.Popen(cluster.run_job_argv(job), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
-        wait_for(lambda: cluster.link_rx_bytes("node2") - rx_before > after_bytes, 300, "the transfer to get going")
+        wait_until(lambda: cluster.link_rx_bytes("node2") - rx_before > after_bytes, 300, "the transfer to get going", 0.5,
+               error=AssertionError)
         interrupt()
         _out, err = run.communicate(timeout=300)
     assert run.returncode != 0, "the interrupted run succeeded"
     assert job in err
-    wait_for(lambda: cluster.resume_token("node2", volume_dataset), 120, "the target to save a resume token")
+    wait_until(lambda: cluster.resume_token("node2", volume_dataset), 120, "the target to save a resume token", 0.5,
+               error=AssertionError)
     return rx_before
 
 

@@ -14,7 +14,8 @@ import pytest
 from ansible_collections.storage.replication.plugins.module_utils import cluster
 from ansible_collections.storage.replication.plugins.module_utils import config as C
 from ansible_collections.storage.replication.plugins.module_utils import quorum
-from ansible_collections.storage.replication.plugins.module_utils.receiver import CONTROL_OPERATIONS
+from ansible_collections.storage.replication.plugins.module_utils.protocol import Refused
+from ansible_collections.storage.replication.plugins.module_utils.serve import CONTROL_OPERATIONS
 from ansible_collections.storage.replication.plugins.module_utils.transport import RemoteError, TransportError
 
 KEY = "ssh-ed25519 " + base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + bytes(range(32))).decode()
@@ -63,7 +64,7 @@ class FakeChannel:
         receiver = type("R", (), {"confdir": self.peers.dirs[self.node_name], "node": self.node_name})()
         try:
             reply = CONTROL_OPERATIONS[operation](receiver, json.loads(json.dumps(request)))
-        except C.ConfigError as exc:
+        except (C.ConfigError, Refused) as exc:
             raise RemoteError(self.node_name, operation, {"ok": False, "error": str(exc)}) from None
         return dict(reply, ok=True)
 

@@ -15,6 +15,7 @@ import pytest
 
 from ansible_collections.storage.replication.plugins.module_utils import cluster
 from ansible_collections.storage.replication.plugins.module_utils import config as C
+from ansible_collections.storage.replication.plugins.module_utils import report as reportmod
 from ansible_collections.storage.replication.plugins.module_utils import runner as R
 from ansible_collections.storage.replication.plugins.module_utils import state as S
 from ansible_collections.storage.replication.plugins.module_utils.zfs import ZfsError
@@ -161,11 +162,11 @@ def test_an_interrupted_run_is_shown_as_such(tmp_path):
     gone.wait()
     statefile.record_job_start(job, 1000, node="node1", pid=os.getpid())
     statefile.set_fields(job, pid=gone.pid)  # the run's process is gone: killed mid-job
-    figures = R.job_report(cfg, statefile.read(), "node1", 2000)[0]
+    figures = reportmod.job_report(cfg, statefile.read(), "node1", 2000)[0]
     assert figures["status"] == S.STATUS_INTERRUPTED
     assert figures["state"].startswith("interrupted: the run started ") and "did not end" in figures["state"]
     statefile.record_job_end(job, 1000, 1.0)
-    assert R.job_report(cfg, statefile.read(), "node1", 2000)[0]["state"] == "OK"
+    assert reportmod.job_report(cfg, statefile.read(), "node1", 2000)[0]["state"] == "OK"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ from ansible_collections.storage.replication.plugins.module_utils import config 
 from ansible_collections.storage.replication.plugins.module_utils.failover import (
     FailoverError, NodeView, newest_replica_snapshot, plan_failover, quorum, replica_snapshot_time)
 from ansible_collections.storage.replication.plugins.module_utils.migrate import (
-    MigrationError, copy_size, drop_job_snapshots, plan_migration, plan_summary)
+    MigrationError, copy_size, plan_migration, plan_summary)
+from ansible_collections.storage.replication.plugins.module_utils.pruning import drop_job_snapshots
 
 NOW = 1_800_000_000
 

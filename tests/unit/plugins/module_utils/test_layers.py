@@ -16,16 +16,17 @@ import pytest
 ENGINE = pathlib.Path(__file__).resolve().parents[4] / "plugins" / "module_utils"
 
 LAYERS = [
-    # names, file helpers, fault points: import nothing of ours
-    "names", "files", "failpoints",
-    # schedules, state and the configuration model
-    "schedule", "state", "config",
+    # names, file helpers, job logs, fault points, the wire between nodes: import nothing of ours but names
+    "names", "files", "joblog", "failpoints", "protocol",
+    # schedules, state, the configuration model; the node's settings and what it reports (status, metrics,
+    # notifications)
+    "schedule", "state", "config", "settings", "report", "metrics", "notify",
     # ZFS, processes, the quorum protocol and the transport
-    "zfs", "orphans", "quorum", "transport",
+    "zfs", "pruning", "receive_stream", "orphans", "quorum", "transport",
     # the cluster configuration layer, and the node's own view of its quorum (self-fencing)
     "cluster", "fence",
-    # one replication: the receiving side, then the sending side
-    "receiver", "replicate",
+    # one replication: the receiving side (who may ask what, the operations, the forced command), the sending side
+    "authority", "receiver", "serve", "replicate", "plan",
     # what runs replications: the runner, failover, migration
     "runner", "failover", "migrate",
     # entry points: the CLI and the Ansible modules' plumbing

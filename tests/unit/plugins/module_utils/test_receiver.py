@@ -12,7 +12,8 @@ import json
 import pytest
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
-from ansible_collections.storage.replication.plugins.module_utils.receiver import Receiver, main
+from ansible_collections.storage.replication.plugins.module_utils.receiver import Receiver
+from ansible_collections.storage.replication.plugins.module_utils.serve import main
 
 
 class NoZfs:

@@ -4,7 +4,7 @@
 """The receiver's fuzzer (tests/fuzz/fuzz_receiver.py) in `make test`: its seed corpus replayed through the harness and
 the oracle, deterministically, and a bounded coverage-guided run (FUZZ_TEST_SECONDS, 20 s by default) in a subprocess.
 
-Either fails on a new defect: an exception escaping receiver.main(), a reply that is not one JSON line with ok
+Either fails on a new defect: an exception escaping serve.main(), a reply that is not one JSON line with ok
 true/false, a malformed request reaching ZFS, or a refused request that changed something.  Defects already reported
 (fuzz_receiver.KNOWN, each with a strict xfail test in test_receiver_fuzz_findings.py) are counted, not failed.
 `make fuzz` runs the same fuzzer for longer (FUZZ_SECONDS).

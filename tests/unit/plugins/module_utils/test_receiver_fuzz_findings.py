@@ -2,7 +2,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Defects of the receiver that the fuzzer (tests/fuzz/fuzz_receiver.py) found, each reduced to a minimal request and
-kept as a regression test now that receiver.py refuses them.  A new finding goes here as xfail(strict=True) with its
+kept as a regression test now that the receiver refuses them.  A new finding goes here as xfail(strict=True) with its
 reason, and into KNOWN in the fuzzer, until it is fixed.
 
 The node: this node is node2 (generation 7); guest 100 is owned by node1 (replicated here), guest 200 by this node.
@@ -18,7 +18,9 @@ import subprocess
 import pytest
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+from ansible_collections.storage.replication.plugins.module_utils import receive_stream
 from ansible_collections.storage.replication.plugins.module_utils import receiver as receivermod
+from ansible_collections.storage.replication.plugins.module_utils import serve as serving
 from ansible_collections.storage.replication.plugins.module_utils.zfs import Features
 
 from test_receiver import node_dirs
@@ -113,7 +115,7 @@ def node(tmp_path, monkeypatch):
     confdir, statedir = node_dirs(tmp_path, cfg, "node2")
     zfs = RecordingZfs()
     monkeypatch.setattr(RecordingPopen, "zfs", zfs)
-    monkeypatch.setattr(receivermod.subprocess, "Popen", RecordingPopen)
+    monkeypatch.setattr(receive_stream.subprocess, "Popen", RecordingPopen)
     monkeypatch.setattr(receivermod.orphans, "leftover_receives", lambda datasets: {})
     return receivermod.Receiver(confdir=confdir, statedir=statedir, zfs=zfs, now=lambda: 1700003600.0,
                                 peer="node1")
@@ -125,7 +127,7 @@ def serve(receiver, command, stdin, tmp_path):
     path.write_bytes(stdin)
     out = io.StringIO()
     with open(path, "rb") as handle:
-        code = receivermod.main(environ={"SSH_ORIGINAL_COMMAND": command}, stdin=handle, stdout=out, receiver=receiver)
+        code = serving.main(environ={"SSH_ORIGINAL_COMMAND": command}, stdin=handle, stdout=out, receiver=receiver)
     lines = out.getvalue().splitlines()
     assert len(lines) == 1
     reply = json.loads(lines[0])
@@ -187,7 +189,7 @@ def test_receive_guest_in_superscript_digits_is_refused_not_a_crash(node, tmp_pa
 def test_session_operation_that_is_not_a_string_is_refused_not_a_crash(node, operation):
     stdin = io.BytesIO((json.dumps({"operation": operation, "request": {}}) + "\n").encode())
     out = io.StringIO()
-    code = receivermod.main(environ={"SSH_ORIGINAL_COMMAND": "session"}, stdin=stdin, stdout=out, receiver=node)
+    code = serving.main(environ={"SSH_ORIGINAL_COMMAND": "session"}, stdin=stdin, stdout=out, receiver=node)
     replies = [json.loads(line) for line in out.getvalue().splitlines()]
     assert code == 0 and len(replies) == 1 and replies[0]["reason"] == "invalid-operation"
 

@@ -20,6 +20,9 @@ from concurrent.futures import FIRST_COMPLETED
 import pytest
 
 from ansible_collections.storage.replication.plugins.module_utils import config as C
+from ansible_collections.storage.replication.plugins.module_utils import joblog, metrics, notify
+from ansible_collections.storage.replication.plugins.module_utils import report as reportmod
+from ansible_collections.storage.replication.plugins.module_utils import settings as settingsmod
 from ansible_collections.storage.replication.plugins.module_utils import runner as R
 from ansible_collections.storage.replication.plugins.module_utils.state import StateFile, runner_lock
 
@@ -28,7 +31,7 @@ NOW = 1767225600  # 2026-01-01 00:00:00 UTC
 
 
 def test_notification_cadence_is_pvesr_s():
-    assert [n for n in range(0, 2000) if R.should_notify(n)] == [1, 2, 3, 48, 96, 192, 384, 768, 1536]
+    assert [n for n in range(0, 2000) if notify.should_notify(n)] == [1, 2, 3, 48, 96, 192, 384, 768, 1536]
 
 
 def make_config(guests=(100,), jobs_per_guest=1):
@@ -64,10 +67,10 @@ def test_job_report_and_metrics(tmp_path):
     cfg.jobs["200-0"].disable = True
     state = {"100": {"local/node2": dict(jobstate(NOW - 300, NOW - 300), duration=2.5, bytes_sent=1048576)},
              "200": {"local/node2": dict(jobstate(NOW - 60, NOW - 60, fail_count=2), last_sync=0, error="target down")}}
-    report = R.job_report(cfg, state, "node1", NOW)
+    report = reportmod.job_report(cfg, state, "node1", NOW)
     assert [(j["id"], j["enabled"], j["lag"], j["state"], j["next_sync"]) for j in report] == [
         ("100-0", True, 300, "OK", NOW), ("200-0", False, None, "target down", None)]
-    text = R.format_metrics(report, "node1", 7, NOW)
+    text = metrics.format_metrics(report, "node1", 7, NOW)
     expected = [
         'storage_replication_job_last_sync_timestamp_seconds{job="100-0",guest="100",target="node2",node="node1"} %d' % (NOW - 300),
         'storage_replication_job_lag_seconds{job="100-0",guest="100",target="node2",node="node1"} 300',
@@ -88,11 +91,11 @@ def test_job_report_and_metrics(tmp_path):
 
 def test_logs_keep_the_last_n_runs(tmp_path):
     for run in range(1, 6):
-        R.rotate_logs(str(tmp_path), "100-0", 3)
+        joblog.rotate_logs(str(tmp_path), "100-0", 3)
         (tmp_path / "100-0.log").write_text("run %d\n" % run)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["100-0.log", "100-0.log.1", "100-0.log.2"]
-    assert R.read_logs(str(tmp_path), "100-0", 10) == [(2, ["run 3"]), (1, ["run 4"]), (0, ["run 5"])]
-    R.rotate_logs(str(tmp_path), "100-0", 1)  # a smaller setting drops the older runs
+    assert joblog.read_logs(str(tmp_path), "100-0", 10) == [(2, ["run 3"]), (1, ["run 4"]), (0, ["run 5"])]
+    joblog.rotate_logs(str(tmp_path), "100-0", 1)  # a smaller setting drops the older runs
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
@@ -105,8 +108,8 @@ def test_logs_keep_the_last_n_runs(tmp_path):
 def test_bad_settings_are_named(tmp_path, settings, message):
     path = tmp_path / "runner.json"
     path.write_text(json.dumps(settings))
-    with pytest.raises(R.SettingsError, match="%s: %s" % (path, _escape(message))):
-        R.load_settings(str(path))
+    with pytest.raises(settingsmod.SettingsError, match="%s: %s" % (path, _escape(message))):
+        settingsmod.load_settings(str(path))
 
 
 def _escape(text):
@@ -115,7 +118,7 @@ def _escape(text):
 
 
 def test_missing_settings_file_means_defaults(tmp_path):
-    assert R.load_settings(str(tmp_path / "none.json")) == R.DEFAULT_SETTINGS
+    assert settingsmod.load_settings(str(tmp_path / "none.json")) == settingsmod.DEFAULT_SETTINGS
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -178,11 +181,11 @@ class Node:
     """A node's directories with config, settings and a fake run_job that records into the real state file."""
 
     def __init__(self, tmp_path, cfg, settings=None, durations=None, failing=(), start=NOW):
-        self.paths = R.Paths(str(tmp_path / "conf"), str(tmp_path / "state"), str(tmp_path / "log"))
+        self.paths = settingsmod.Paths(str(tmp_path / "conf"), str(tmp_path / "state"), str(tmp_path / "log"))
         (tmp_path / "state").mkdir()
         (tmp_path / "state" / "local-node").write_text("node1\n")
         C.save(cfg, self.paths.confdir)
-        self.settings = dict(R.DEFAULT_SETTINGS, metrics_file=str(tmp_path / "metrics.prom"), **(settings or {}))
+        self.settings = dict(settingsmod.DEFAULT_SETTINGS, metrics_file=str(tmp_path / "metrics.prom"), **(settings or {}))
         self.durations = durations or {}
         self.failing = set(failing)
         self.lock = threading.Lock()

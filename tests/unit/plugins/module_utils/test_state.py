@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from ansible_collections.storage.replication.plugins.module_utils import files as F
 from ansible_collections.storage.replication.plugins.module_utils import state as S
 from ansible_collections.storage.replication.plugins.module_utils.config import ClusterConfig, Guest, Job, Node, Storage
 
@@ -290,7 +291,7 @@ def test_a_second_runner_exits_at_once(tmp_path):
     holder, release = _contend(lambda: S.runner_lock(str(tmp_path)))
     try:
         started = time.monotonic()
-        with pytest.raises(S.LockError) as info:
+        with pytest.raises(F.LockError) as info:
             with S.runner_lock(str(tmp_path)):
                 pass
         assert time.monotonic() - started < 0.5
@@ -309,7 +310,7 @@ def test_guest_lock_waits_then_names_the_guest(tmp_path):
     holder, release = _contend(lambda: S.guest_lock(100, str(tmp_path)))
     try:
         started = time.monotonic()
-        with pytest.raises(S.LockError) as info:
+        with pytest.raises(F.LockError) as info:
             with S.guest_lock(100, str(tmp_path), timeout=0.3):
                 pass
         assert 0.3 <= time.monotonic() - started < 1.5
@@ -326,7 +327,7 @@ def test_state_writes_wait_for_the_lock_and_then_proceed(tmp_path):
     holder, release = _contend(lambda: S.StateFile(str(tmp_path)).locked())
     try:
         short = S.StateFile(str(tmp_path), lock_timeout=0.2)
-        with pytest.raises(S.LockError) as info:
+        with pytest.raises(F.LockError) as info:
             short.set_fields(job(), last_sync=1)
         assert "the job state file %s/replication-state.json is held by pid %d" % (tmp_path, holder.pid) in str(info.value)
         assert short.read() == {}  # the holder writes {} at its end; the reader never waited

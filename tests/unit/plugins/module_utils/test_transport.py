@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from ansible_collections.storage.replication.plugins.module_utils.transport import (
-    INLINE_LIMIT, PUMP_CHUNK, RemoteError, TokenBucket, TransportError, explain_ssh_failure, known_hosts_text,
+    INLINE_STREAM_MAX, PUMP_CHUNK, RemoteError, TokenBucket, TransportError, explain_ssh_failure, known_hosts_text,
     parse_reply, ssh_argv, stream, unreachable_message)
 
 # stands in for `zfs send`: writes N deterministic bytes
@@ -107,7 +107,7 @@ def test_parse_reply():
         parse_reply("node2", "prepare", b"", b"sh: command not found\n", 127)
 
 
-@pytest.mark.parametrize("size", [0, 2292, INLINE_LIMIT])
+@pytest.mark.parametrize("size", [0, 2292, INLINE_STREAM_MAX])
 def test_small_stream_goes_inline_without_ssh(size):
     calls = []
     result = stream(SEND + [str(size)], NEVER, "node2", "10.0.0.2", inline=inline_receiver(calls))
@@ -118,7 +118,7 @@ def test_small_stream_goes_inline_without_ssh(size):
 @pytest.mark.parametrize("rate", [None, 10 ** 9])
 def test_big_stream_goes_through_ssh_whole_and_in_order(rate):
     calls = []
-    size = INLINE_LIMIT + 3 * PUMP_CHUNK + 17
+    size = INLINE_STREAM_MAX + 3 * PUMP_CHUNK + 17
     result = stream(SEND + [str(size)], RECEIVE, "node2", "10.0.0.2", rate_bps=rate, inline=inline_receiver(calls))
     assert not result.inline and calls == []
     assert result.bytes == size and result.reply["sha"] == expected(size)

@@ -16,7 +16,7 @@ from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.storage.replication.plugins.module_utils import _module, cluster
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
-from ansible_collections.storage.replication.plugins.module_utils.receiver import CONTROL_OPERATIONS
+from ansible_collections.storage.replication.plugins.module_utils.serve import CONTROL_OPERATIONS
 from ansible_collections.storage.replication.plugins.module_utils.transport import TransportError
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFOmI4sx3vPGCUxrBYrxB1NvD5x4Uc8mfv7wbJxeD1oW"

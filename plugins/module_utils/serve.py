@@ -1,0 +1,151 @@
+# Copyright (c) 2026, storage.replication developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""`storage-replication serve`: the only thing a peer node may run here.
+
+authorized_keys pins the peers' keys to the forced command `/opt/storage-replication/bin/storage-replication serve
+--peer <node>`, which calls ``main()``.  It reads what the peer wants from SSH_ORIGINAL_COMMAND (protocol.py: one
+operation, `receive` with its stream, or a session of several), hands it to the operation, and answers one JSON line
+per request; a refusal or a failure is an answer too, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ansible_collections.storage.replication.plugins.module_utils import cluster
+from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+from ansible_collections.storage.replication.plugins.module_utils.protocol import (
+    DROP_COPY, INLINE_STREAM_MAX, PLAN, RECEIVE, SESSION, SET_STATE, Refused, check_request_keys, decode_request,
+    read_request, read_request_line, reply_line)
+from ansible_collections.storage.replication.plugins.module_utils.receiver import Receiver
+from ansible_collections.storage.replication.plugins.module_utils.zfs import ZfsError
+
+CONTROL_OPERATIONS = {
+    "prepare": Receiver.prepare,
+    # run --check: what prepare would do, changing nothing.
+    PLAN: Receiver.plan,
+    "finalize": Receiver.finalize,
+    "list": Receiver.list_replicas,
+    # OpenZFS: drop an interrupted receive the source cannot resume.
+    "abort-resume": Receiver.abort_resume,
+    # The cluster configuration (cluster.py): its generation and files, and the quorum acceptor's four steps.
+    cluster.GET_CONFIG: cluster.serve_get_config,
+    **{operation: cluster.serve_quorum(operation) for operation in cluster.QUORUM_FIELDS},
+    # Migration (migrate.py): the new owner receives the guest's job states (pvesr set-state).
+    SET_STATE: Receiver.set_state,
+    # Migration to a node without a replica: the copy is complete there, the one-off copy job's traces go.
+    DROP_COPY: Receiver.drop_migration_copy,
+}
+
+
+def handle(command, receiver, stdin):
+    """Dispatch one SSH_ORIGINAL_COMMAND; returns the reply dict."""
+    tokens = (command or "").split()
+    if not tokens:
+        raise Refused("no operation given: this key may only run the replication receiver", "invalid-operation")
+    operation, arguments = tokens[0], tokens[1:]
+    if operation == RECEIVE:
+        return receiver.receive(arguments, stdin)
+    if operation not in CONTROL_OPERATIONS or arguments:
+        raise Refused("operation %r is not allowed: this key may only run the replication receiver's operations "
+                      "(%s)" % (command[:80], ", ".join(sorted(list(CONTROL_OPERATIONS) + [RECEIVE, SESSION]))),
+                      "invalid-operation")
+    return control(receiver, operation, read_request(stdin))
+
+
+def control(receiver, operation, request):
+    """One control operation; whatever it is, the key must name a node and the request may not claim another."""
+    receiver.caller(request)
+    return CONTROL_OPERATIONS[operation](receiver, request)
+
+
+def answer(receiver, work):
+    """Run work() -> reply dict and turn refusals and failures into the reply peers understand."""
+    receiver.log = []
+    try:
+        reply = work()
+        reply.update({"ok": True})
+    except Refused as exc:
+        reply = dict(exc.extra, ok=False, error=str(exc), reason=exc.reason)
+    except (ZfsError, configmod.ConfigError, OSError) as exc:
+        reply = {"ok": False, "error": "node '%s': %s" % (receiver.node, exc), "reason": "error"}
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        # A defect here must still reach the caller's run log as an answer, not as a traceback it cannot read.
+        reply = {"ok": False, "reason": "internal-error",
+                 "error": "node '%s': internal error of the receiver (%s: %s) - the request stopped there; please "
+                          "report it with this message" % (receiver.node, type(exc).__name__, exc)}
+    finally:
+        receiver.forget_config()  # a session's next request (or a set-config) must see the file as it is now
+    reply.update({"log": receiver.log, "node": receiver.node})
+    return reply
+
+
+def session(receiver, stdin, stdout):
+    """Several operations in one process (one per JSON line: {"operation", "request"}), so that a run pays for one
+    process start on the target instead of one per operation.  A `receive` request ({"arguments": [key=value, ...],
+    "bytes": n}) is followed by its whole stream of n bytes (a small one: INLINE_STREAM_MAX).  Ends at end of
+    input, or after a request whose stream cannot be framed."""
+    while True:
+        line = read_request_line(stdin)
+        if not line:
+            return 0
+        reply = answer(receiver, lambda: session_request(receiver, line, stdin))
+        stdout.write(reply_line(reply))
+        stdout.flush()
+        if reply.get("reason") == "stream-framing":
+            return 1
+
+
+def session_request(receiver, line, stdin):
+    message = decode_request(line)
+    operation = message.get("operation") if isinstance(message, dict) else None
+    if not isinstance(operation, str):
+        raise Refused("operation %r is not an operation name: refused" % (str(operation)[:80],), "invalid-operation")
+    if operation == RECEIVE:
+        return receive_inline(receiver, message.get("request"), stdin)
+    if operation not in CONTROL_OPERATIONS:
+        raise Refused("operation %r is not allowed in a session (%s)" % (
+            str(operation)[:80], ", ".join(sorted(list(CONTROL_OPERATIONS) + [RECEIVE]))), "invalid-operation")
+    return control(receiver, operation, message.get("request"))
+
+
+def receive_inline(receiver, request, stdin):
+    """`receive` of a small stream that follows the request in the session: read all of it, then receive it with
+    the checks of the OpenSSH data path.  A size that cannot be trusted ends the session (the bytes that follow
+    could not be told from the next request)."""
+    size = request.get("bytes") if isinstance(request, dict) else None
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= INLINE_STREAM_MAX:
+        raise Refused("invalid inline stream size %r (at most %d bytes): refused, session ended" % (
+            size, INLINE_STREAM_MAX), "stream-framing")
+    data = stdin.read(size)
+    if len(data) != size:
+        raise Refused("the inline stream ended after %d of %d bytes: refused, session ended" % (len(data), size),
+                      "stream-framing")
+    check_request_keys(request, ("arguments", "bytes"))
+    arguments = request.get("arguments")
+    if not isinstance(arguments, list) or not all(isinstance(a, str) for a in arguments):
+        raise Refused("invalid receive arguments %r: refused" % (arguments,), "invalid-argument")
+    return receiver.receive(arguments, data)
+
+
+def main(argv=None, environ=None, stdin=None, stdout=None, receiver=None, peer=None):
+    """The `serve` entry point: one operation, or a session of control operations, per SSH session.  ``peer`` is the
+    calling node, from the key's forced command (`serve --peer <node>`)."""
+    del argv
+    environ = os.environ if environ is None else environ
+    stdin = stdin or sys.stdin.buffer
+    stdout = stdout or sys.stdout
+    receiver = receiver or Receiver(peer=peer)
+    command = environ.get("SSH_ORIGINAL_COMMAND", "")
+    if command.strip() == SESSION:
+        return session(receiver, stdin, stdout)
+    reply = answer(receiver, lambda: handle(command, receiver, stdin))
+    stdout.write(reply_line(reply))
+    stdout.flush()
+    return 0 if reply["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
