@@ -1,11 +1,18 @@
 # Copyright (c) 2026, storage.replication developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""site.yml and the modules on a fresh lab, with real ansible-playbook runs.
+"""site.yml, the runner role and the modules on a fresh lab, with real ansible-playbook runs.
 
-The tests of this file run in order on one lab of their own (``$SR_SITE_LAB_NAME``, default srsite, fresh nodes, so that the
-first dry run meets nodes without the runner): the site.yml idempotence ladder, replication after it, the ladder
-of each module, --diff, bad inventories, job_info and run.
+The tests of this file run in order on one lab of their own (``<SR_LAB_NAME>-site``, fresh nodes, so that the first
+dry run meets nodes without the runner). site.yml's first play is the runner role, so its idempotence ladder is the
+role's too: a dry run on fresh nodes reports the role's changes and changes nothing, the real run installs the runner
+and converges the configuration, a second dry run and a second run report nothing, and nothing the role or the
+modules write has changed (a listing with sizes, modes, times and checksums). Then what the nodes hold (venv, CLI,
+units verified by systemd-analyze, settings, identity file, SSH trust, a peer reaching only the receiver),
+replication after site.yml, the ladder of each module, --diff, bad inventories, job_info and run, and last the
+role's refusals, applied alone as a user may apply it (it gathers the facts it needs itself), which change nothing.
+The playbooks run from a snapshot of the collection taken when the module starts, so that edits to the working
+tree during the run cannot make a second run differ.
 """
 
 from __future__ import annotations
@@ -21,14 +28,27 @@ from lab.site_tour import VOLUMES, replica_digests, site_vars, write_data
 
 from ansible_runner import run_playbook, snapshot_collection
 
+pytestmark = pytest.mark.lab
+
 CONFDIR = "/etc/storage-replication"
-PYTHON = "/opt/storage-replication/venv/bin/python"
+INSTALL_DIR = "/opt/storage-replication"
+PYTHON = INSTALL_DIR + "/venv/bin/python"
+UNITS = ("/etc/systemd/system/storage-replication.service", "/etc/systemd/system/storage-replication.timer",
+         "/etc/systemd/system/storage-replication-fence.service")
+# Everything the role and the modules may write on a node; a listing with sizes, modes and times shows any change.
+WATCHED = [INSTALL_DIR, CONFDIR, "/var/lib/storage-replication", "/var/log/storage-replication",
+           "/etc/systemd/system", "/root/.ssh"]
+PINS = {"paramiko": "5.1.0", "croniter": "7.0.0"}
+ROLE_TASKS = {"storage.replication.runner : Install the runner's pinned dependencies in its virtual environment",
+              "storage.replication.runner : Install the storage-replication launcher",
+              "storage.replication.runner : Create the node's SSH key",
+              "storage.replication.runner : Let the peers run the engine's receiving side, and nothing else",
+              "storage.replication.runner : Install the systemd units"}
 
 
 @pytest.fixture(scope="module")
 def site_lab():
-    # Not "<SR_LAB_NAME>-...": lab names must not extend one another (lab down matches by prefix).
-    lab = Lab(os.environ.get("SR_SITE_LAB_NAME", "srsite"))
+    lab = Lab("%s-site" % os.environ.get("SR_LAB_NAME", "srtest")[:12])
     lab.down(out=lambda _line: None)
     lab.up(nodes=3, pool_size="512M", out=lambda _line: None)
     yield lab
@@ -39,15 +59,30 @@ def site_lab():
 class Site:
     """Runs playbooks against the lab with the example inventory's variables (overridable per run)."""
 
-    def __init__(self, lab, collections):
+    def __init__(self, lab, directory):
         self.lab = lab
         self.vars = site_vars()
-        self.collections = collections  # a snapshot: the runs compared see the same code while the tree changes
+        # a snapshot: the runs compared see the same code while the tree changes
+        self.collections = snapshot_collection(directory / "collections")
+        self.role_playbook = directory / "runner.yml"
+        self.role_playbook.write_text(yaml.safe_dump([{
+            "name": "Apply the runner role", "hosts": "replication_nodes", "gather_facts": False,
+            "roles": [{"role": "storage.replication.runner"}]}], sort_keys=False))
+        self.last_real_run = None
 
     def play(self, overrides=None, **kwargs):
         """site.yml with the example inventory's variables (``overrides`` replace some)."""
         extra = dict(self.vars, **(overrides or {}))
-        return run_playbook(self.lab.inventory_path, "playbooks/site.yml", extra_vars=extra, timeout=1800,
+        run = run_playbook(self.lab.inventory_path, "playbooks/site.yml", extra_vars=extra, timeout=1800,
+                           collections_path=self.collections, **kwargs)
+        if not kwargs.get("check") and run.rc == 0:
+            self.last_real_run = run
+        return run
+
+    def apply_role(self, extra_vars=None, **kwargs):
+        """The runner role alone (gather_facts off: the role gathers what it needs)."""
+        extra = dict({"runner_pip_wheelhouse": self.vars["runner_pip_wheelhouse"]}, **(extra_vars or {}))
+        return run_playbook(self.lab.inventory_path, str(self.role_playbook), extra_vars=extra, timeout=1800,
                             collections_path=self.collections, **kwargs)
 
     def converge(self, overrides=None, **kwargs):
@@ -66,6 +101,15 @@ class Site:
         path.write_text(yaml.safe_dump(play, sort_keys=False))
         return run_playbook(self.lab.inventory_path, str(path), timeout=900, collections_path=self.collections, **kwargs)
 
+    def footprint(self):
+        """{node: listing of every watched path (name, size, mode, mtime) + checksums of the files}."""
+        script = ("find %s -xdev -printf '%%p %%s %%m %%T@\\n' 2>/dev/null | sort; "
+                  "find %s -xdev -type f -exec sha256sum {} + 2>/dev/null | sort") % (" ".join(WATCHED), " ".join(WATCHED))
+        return {node: self.lab.exec(node, ["sh", "-c", script]).stdout for node in self.lab.nodes}
+
+    def read(self, node, path):
+        return self.lab.exec(node, ["cat", path]).stdout
+
     def config_files(self):
         """{node: text of replication.cfg + cluster.json} (empty strings where there is none)."""
         files = {}
@@ -83,7 +127,7 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(site_lab, tmp_path_factory):
-    return Site(site_lab, snapshot_collection(tmp_path_factory.mktemp("collection")))
+    return Site(site_lab, tmp_path_factory.mktemp("site"))
 
 
 def assert_replica(lab, target, job_id, name="vm-100-disk-0"):
@@ -92,19 +136,38 @@ def assert_replica(lab, target, job_id, name="vm-100-disk-0"):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# site.yml
+# The idempotence ladder of site.yml and its runner role, and what the nodes hold after it
 
-def test_site_ladder(site):
-    """Dry run on fresh nodes changes nothing; the real run converges; a second dry and real run change nothing."""
+def test_dry_run_on_fresh_nodes_reports_changes_and_changes_nothing(site):
+    before = site.footprint()
     dry = site.play(check=True)
     dry.assert_ok()
-    assert dry.changed_count() > 0
     for node in site.lab.nodes:
-        assert site.lab.exec(node, ["sh", "-c", "ls /opt/storage-replication/venv %s/current 2>&1 || true" % CONFDIR]).stdout.count(
-            "No such file") == 2, "the dry run installed something on %s" % node
+        assert ROLE_TASKS <= set(dry.changed_tasks(node)), dry.describe()
+    assert site.footprint() == before
+    for node in site.lab.nodes:
+        assert site.lab.exec(node, ["ls", "-A", INSTALL_DIR]).stdout == "", "the dry run installed something on %s" % node
+        assert site.lab.exec(node, ["test", "-e", "/root/.ssh/id_ed25519"], check=False).returncode == 1
+        assert site.lab.exec(node, ["test", "-e", CONFDIR + "/current"], check=False).returncode == 1
 
+
+def test_real_run_installs_the_runner_and_converges_the_configuration(site):
     real = site.play()
     real.assert_ok()
+    for node in site.lab.nodes:
+        assert real.changed_count(node) > 0
+        venv_versions = site.lab.exec(node, [PYTHON, "-c", "import paramiko, croniter; from importlib.metadata import version; "
+                                                           "print(version('paramiko'), version('croniter'))"]).stdout.split()
+        assert venv_versions == [PINS["paramiko"], PINS["croniter"]]
+        assert site.lab.exec(node, ["storage-replication", "--help"]).stdout.startswith("usage: storage-replication")
+        assert site.read(node, "/var/lib/storage-replication/local-node") == node + "\n"
+        modes = site.lab.exec(node, ["stat", "-c", "%n %a %U", INSTALL_DIR, CONFDIR, "/var/lib/storage-replication",
+                                     "/var/log/storage-replication", INSTALL_DIR + "/bin/storage-replication"]).stdout.splitlines()
+        assert modes == [INSTALL_DIR + " 755 root", CONFDIR + " 750 root", "/var/lib/storage-replication 750 root",
+                         "/var/log/storage-replication 750 root", INSTALL_DIR + "/bin/storage-replication 755 root"]
+    said = real.task_results("storage.replication.runner : Say who starts the runner where systemd does not", "node1")
+    assert "installed in /etc/systemd/system and verified, but not started" in said[0]["msg"]
+
     assert {"Record the nodes of the cluster, their addresses and host keys", "Record the storages",
             "Converge the replication jobs"} <= set(real.changed_tasks("node1"))
     files = site.config_files()
@@ -117,11 +180,96 @@ def test_site_ladder(site):
     assert "local: 100-0\n\ttarget node2\n" in jobs and "\trate 50\n" in jobs and "local: 200-0\n" in jobs
     assert "\tdisable\n" in jobs
 
+
+def test_units_are_installed_and_verified(site):
+    for node in site.lab.nodes:
+        verify = site.lab.exec(node, ["systemd-analyze", "verify"] + list(UNITS), check=False)
+        assert verify.returncode == 0, verify.stderr
+        service, timer, fence = (site.read(node, unit) for unit in UNITS)
+        assert service.startswith("#") and timer.startswith("#") and fence.startswith("#")  # ansible_managed
+        assert "Type=oneshot\n" in service
+        exec_start = [line for line in service.splitlines() if line.startswith("ExecStart=")]
+        assert exec_start == ["ExecStart=%s/bin/storage-replication run --mail" % INSTALL_DIR]
+        assert "IOSchedulingClass=idle\n" in service and "Nice=10\n" in service and "TimeoutStartSec=12h\n" in service
+        assert "OnCalendar=minutely\n" in timer and "Persistent=true\n" in timer and "AccuracySec=1s\n" in timer
+        assert "ExecStart=%s/bin/storage-replication fence\n" % INSTALL_DIR in fence
+        assert "Restart=always\n" in fence and "RestartSec=2\n" in fence and "WantedBy=multi-user.target\n" in fence
+
+
+def test_runner_settings_are_written_and_accepted_by_the_runner(site):
+    for node in site.lab.nodes:
+        settings = json.loads(site.read(node, CONFDIR + "/runner.json"))
+        assert settings == {"max_parallel": 4, "log_runs": 10, "notify_command": None,
+                            "metrics_file": "/var/lib/prometheus/node-exporter/storage-replication.prom",
+                            "fence_after": 60, "fence_interval": 5}
+    # The runner itself reads them without complaint: an idle run where no guest lives (node1's run, with its jobs,
+    # is test_replication_happens_after_site's).
+    for node in ("node2", "node3"):
+        idle = site.lab.exec(node, [INSTALL_DIR + "/bin/storage-replication", "run"], check=False)
+        assert idle.returncode == 0, idle.stderr
+
+
+def test_authorized_keys_let_peers_run_only_the_receiver(site):
+    controller_key = site.lab.controller_key_path.with_suffix(".pub").read_text(encoding="utf-8").strip()
+    public = {node: site.read(node, "/root/.ssh/id_ed25519.pub").split()[:2] for node in site.lab.nodes}
+    for node in site.lab.nodes:
+        lines = site.read(node, "/root/.ssh/authorized_keys").splitlines()
+        assert lines[0] == controller_key
+        block = lines[lines.index(next(line for line in lines if line.startswith("# BEGIN storage.replication"))):]
+        expected = ['restrict,command="%s/bin/storage-replication serve --peer %s" %s storage-replication@%s'
+                    % (INSTALL_DIR, peer, " ".join(public[peer]), peer) for peer in site.lab.nodes if peer != node]
+        assert block[1:-1] == expected
+        assert block[-1].startswith("# END storage.replication")
+
+
+def test_facts_describe_every_node_for_the_cluster_configuration(site):
+    facts = site.last_real_run.facts("node2")
+    nodes = facts["runner_cluster_nodes"]
+    assert [n["name"] for n in nodes] == site.lab.nodes
+    for entry in nodes:
+        host_key = site.read(entry["name"], "/etc/ssh/ssh_host_ed25519_key.pub").split()[:2]
+        assert entry["address"] == site.lab.address(entry["name"])
+        assert entry["port"] == 22
+        assert entry["host_key"] == " ".join(host_key)
+        assert entry["public_key"] == " ".join(site.read(entry["name"], "/root/.ssh/id_ed25519.pub").split()[:2])
+    assert facts["runner_node"] == nodes[1]
+
+
+def _ssh_from(site, source, target, command, known_hosts_line):
+    """ssh from source to target with source's own key, pinning target's host key (verification on)."""
+    site.lab.exec(source, ["sh", "-c", 'printf "%s\\n" "$1" > /tmp/role-known-hosts', "-", known_hosts_line])
+    return site.lab.exec(source, ["ssh", "-i", "/root/.ssh/id_ed25519", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                                  "-o", "UserKnownHostsFile=/tmp/role-known-hosts", "-o", "StrictHostKeyChecking=yes",
+                                  "root@" + site.lab.address(target)] + command, check=False, timeout=60)
+
+
+def test_a_peer_reaches_only_the_receiver(site):
+    node2 = site.last_real_run.facts("node1")["runner_cluster_nodes"][1]
+    pinned = "%s %s" % (node2["address"], node2["host_key"])
+    for command in (["id"], ["/bin/sh", "-c", "id"], []):
+        proc = _ssh_from(site, "node1", "node2", command, pinned)
+        assert proc.returncode != 0
+        assert "uid=0" not in proc.stdout
+        answer = json.loads(proc.stdout)
+        assert answer["ok"] is False and answer["reason"] == "invalid-operation" and answer["node"] == "node2"
+
+
+def test_a_wrong_host_key_is_refused(site):
+    wrong = site.last_real_run.facts("node1")["runner_cluster_nodes"][2]["host_key"]  # node3's key for node2
+    proc = _ssh_from(site, "node1", "node2", ["list"], "%s %s" % (site.lab.address("node2"), wrong))
+    assert proc.returncode == 255
+    assert "Host key verification failed" in proc.stderr
+
+
+def test_second_dry_run_and_second_run_change_nothing(site):
+    before, files = site.footprint(), site.config_files()
     again_dry = site.play(check=True, diff=True)
     again_dry.assert_ok()
     again = site.play()
     again.assert_ok()
     assert again_dry.changed_tasks() == [] and again.changed_tasks() == [], (again_dry.changed_tasks(), again.changed_tasks())
+    assert again_dry.changed_count() == 0 and again.changed_count() == 0
+    assert site.footprint() == before
     assert site.config_files() == files
 
 
@@ -266,3 +414,36 @@ def test_run_and_job_info(site, tmp_path):
     node2 = info.task_results("Info", "node2")[0]
     assert node2["jobs"] == [] and node2["elsewhere"] == {"100-0": "node1", "100-1": "node1"}
     assert info.changed_tasks() == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The runner role alone: refusals change nothing
+
+def test_a_node_left_out_of_the_play_changes_nothing(site):
+    before = site.footprint()
+    run = site.apply_role(limit="node1,node2")
+    assert run.rc != 0
+    messages = [f["result"]["msg"] for f in run.failures()]
+    assert messages and all("node3 of group 'replication_nodes' are not in this play" in m for m in messages)
+    assert site.footprint() == before
+
+
+def test_unpinned_requirements_are_refused(site):
+    before = site.footprint()
+    run = site.apply_role({"runner_pip_requirements": ["paramiko>=5", "croniter==7.0.0"]})
+    assert run.rc != 0
+    messages = {f["host"]: f["result"]["msg"] for f in run.failures()}
+    assert sorted(messages) == site.lab.nodes
+    assert all("must pin every package as name==version; these do not: paramiko>=5." in m for m in messages.values())
+    assert site.footprint() == before
+
+
+def test_a_timer_systemd_rejects_is_not_installed(site):
+    run = site.apply_role({"runner_timer_on_calendar": "every other tuesday"})
+    assert run.rc != 0
+    messages = {f["host"]: f["result"]["msg"] for f in run.failures()}
+    assert sorted(messages) == site.lab.nodes
+    assert all("systemd-analyze verify rejects the runner's units" in m and "every other tuesday" in m
+               for m in messages.values()), messages
+    for node in site.lab.nodes:
+        assert "OnCalendar=minutely\n" in site.read(node, UNITS[1])
