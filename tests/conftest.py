@@ -1,10 +1,19 @@
 # Copyright (c) 2026, storage.replication developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""How the tests share two workers (pytest-xdist, --dist loadgroup): tests that would disturb each other from two
-processes keep to one worker.  The orphan-receive tests start and end real processes that every test of the same
-namespaces can see (a test in the other worker would end them as leftovers); the collection-level checks
-(ansible-test sanity and friends) run one after another."""
+"""Which tests need real nodes, and how the others share two workers.
+
+Every test that needs real nodes (the lab of tests/integration, the OpenZFS tier of tests/openzfs) carries the
+``lab`` marker, and no other test does: ``-m lab`` selects exactly the tests on nodes, ``-m "not lab"`` exactly the
+ones without (the unit tests and the collection checks of tests/sanity).  The marker is written in the test files
+(``pytestmark = pytest.mark.lab``), not added here: a collection that finds a test using a lab fixture or living in
+a lab directory without it, or another test with it, stops before any test runs and names them (under xdist each
+such test fails instead).
+
+Under pytest-xdist (--dist loadgroup) tests that would disturb each other from two processes keep to one worker: the
+orphan-receive tests start and end real processes that every test of the same namespaces can see (a receiver test
+in the other worker would end them as leftovers), and the two ansible-test sanity runs start together in one worker
+(tests/sanity/test_sanity.py), so that they never run beside a third one."""
 
 from __future__ import annotations
 
@@ -12,13 +21,48 @@ import pathlib
 
 import pytest
 
-GROUPS = {"test_orphans.py": "processes", "sanity": "sanity", "integration": "lab", "openzfs": "lab"}
-# (make test runs test_orphans.py after the others all the same, in the lab's serial run: see the Makefile)
+LAB_DIRS = ("integration", "openzfs")
+LAB_FIXTURES = ("lab", "module_lab", "prepared")  # the session lab, a module's own lab, the OpenZFS tier
+GROUPS = {"test_orphans.py": "processes"}
 
 
-def pytest_collection_modifyitems(items):
+def lab_marker_problem(item):
+    """Why ``item`` breaks the marker rule, or None."""
+    parts = pathlib.Path(str(item.fspath)).parts
+    marked = item.get_closest_marker("lab") is not None
+    if marked:
+        return None if any(part in LAB_DIRS for part in parts) else "carries the lab marker but needs no node"
+    uses = [name for name in LAB_FIXTURES if name in item.fixturenames]
+    if uses:
+        return "uses the lab fixture '%s' but lacks the lab marker (pytestmark = pytest.mark.lab)" % uses[0]
+    if any(part in LAB_DIRS for part in parts):
+        return "runs on real nodes but lacks the lab marker (pytestmark = pytest.mark.lab)"
+    return None
+
+
+MARKER_PROBLEM = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects: an unmarked lab test must not slip out of `-m lab` unseen
+def pytest_collection_modifyitems(config, items):
+    problems = []
     for item in items:
-        parts = pathlib.Path(str(item.fspath)).parts
-        group = next((GROUPS[part] for part in parts if part in GROUPS), None)
+        problem = lab_marker_problem(item)
+        if problem:
+            item.stash[MARKER_PROBLEM] = problem
+            problems.append("%s %s" % (item.nodeid, problem))
+        group = GROUPS.get(pathlib.Path(str(item.fspath)).name) or ("sanity" if "sanity_runs" in item.fixturenames else None)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+    # An xdist worker cannot end the session with a usage error (the controller would report a crash): there each
+    # such test fails instead (pytest_runtest_setup), in the run whose -m selects it.
+    if problems and not hasattr(config, "workerinput"):
+        raise pytest.UsageError("the lab marker must separate the tests on real nodes from the others:\n  "
+                                + "\n  ".join(problems))
+
+
+@pytest.hookimpl(tryfirst=True)  # before any fixture: a lab test that lacks its marker touches no lab
+def pytest_runtest_setup(item):
+    problem = item.stash.get(MARKER_PROBLEM, None)
+    if problem:
+        pytest.fail(problem, pytrace=False)

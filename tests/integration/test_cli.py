@@ -13,6 +13,8 @@ import pytest
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 
+pytestmark = pytest.mark.lab
+
 
 def sr(lab, node, *argv, check=True):
     """Run the CLI on ``node`` (inside its namespaces, as an operator logged in there)."""

@@ -20,6 +20,8 @@ import pytest
 from lab._system import wait_until
 from oz_cluster import ENC_POOL, ENGINE, KEY_FILE, POOL
 
+pytestmark = pytest.mark.lab
+
 MiB = 1 << 20
 
 
