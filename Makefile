@@ -15,15 +15,13 @@ demo: deps
 
 # First the unit tests and the collection-level checks on two workers (tests/conftest.py), then the lab's tests one
 # after another: beside ansible-test's CPU load the lab's timing-sensitive tests (keep-alives, fencing) would not
-# measure what they mean to.  The orphan-receive tests go with the lab's: they start and end real processes, which
-# under the other worker's load did not keep to their timing.  The OpenZFS tier (tests/openzfs) runs where the machine has hardware virtualisation.
+# measure what they mean to.  The OpenZFS tier (tests/openzfs) runs where the machine has hardware virtualisation.
 # Under QEMU's software emulation it takes about 45 minutes on two cores, which would more than double the run, so
 # there it is skipped and the summary says so in one line; `make test-openzfs` runs it anywhere.  prepare.py stop
 # takes down a tier that pytest brought up but could not end (interrupted).
-ORPHAN_TESTS := tests/unit/plugins/module_utils/test_orphans.py
 test: deps
-	$(PY) -m pytest -n 2 --dist loadgroup tests/unit tests/sanity --ignore=$(ORPHAN_TESTS) && \
-		{ $(PY) -m pytest $(ORPHAN_TESTS) tests/integration tests/openzfs; rc=$$?; \
+	$(PY) -m pytest -n 2 --dist loadgroup tests/unit tests/sanity && \
+		{ $(PY) -m pytest tests/integration tests/openzfs; rc=$$?; \
 		  $(PY) tests/openzfs/prepare.py stop; exit $$rc; }
 
 units: deps

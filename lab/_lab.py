@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lab._system import (LabCommandError, LabError, describe_failure, end_processes, is_mount_point, mount_targets,
-                         ns_inode, processes_in, run, spawn_detached, tcp_open, wait_until)
+                         ns_inode, process_argv, processes_in, run, spawn_detached, tcp_open, wait_until)
 
 LAB_ROOT = Path("/var/tmp/storage-replication-lab")
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
@@ -120,6 +120,11 @@ def remove_empty_dir(path) -> None:
             raise
 
 
+def _in_lab_dir(name: str) -> property:
+    """A read-only attribute: the path of the file ``name`` in the lab's directory."""
+    return property(lambda lab: lab.dir / name, doc=f"{name} in the lab's directory")
+
+
 class Lab:
     """One lab of real nodes. Cheap to construct; every method reads the lab's state from lab.json."""
 
@@ -139,29 +144,13 @@ class Lab:
     def dir(self) -> Path:
         return self.root / self.name
 
-    @property
-    def json_path(self) -> Path:
-        return self.dir / "lab.json"
-
-    @property
-    def inventory_path(self) -> Path:
-        return self.dir / "inventory.yml"
-
-    @property
-    def ssh_config_path(self) -> Path:
-        return self.dir / "ssh_config"
-
-    @property
-    def known_hosts_path(self) -> Path:
-        return self.dir / "known_hosts"
-
-    @property
-    def controller_key_path(self) -> Path:
-        return self.dir / "id_ed25519"
-
-    @property
-    def hosts_path(self) -> Path:
-        return self.dir / "hosts"
+    # The lab's files, in its directory.
+    json_path = _in_lab_dir("lab.json")
+    inventory_path = _in_lab_dir("inventory.yml")
+    ssh_config_path = _in_lab_dir("ssh_config")
+    known_hosts_path = _in_lab_dir("known_hosts")
+    controller_key_path = _in_lab_dir("id_ed25519")
+    hosts_path = _in_lab_dir("hosts")
 
     def _load(self):
         try:
@@ -228,6 +217,12 @@ class Lab:
         # A clean root environment, as a login on the node would have: nothing of the controller's (PYTHONPATH,
         # ANSIBLE_*) leaks into the node.
         return self._enter(node) + ["env", "-i", *NODE_ENV] + [str(a) for a in argv]
+
+    def net_argv(self, node: str, argv: list) -> list:
+        """The argv that runs argv in the node's network namespace only (the controller's files and environment):
+        a program that must reach the node's loopback, or no network but the lab's (a browser in the tests)."""
+        self._node(node)
+        return ["nsenter", f"--net=/run/netns/{self._netns(node)}", "--"] + [str(a) for a in argv]
 
     def ssh_argv(self, node: str, argv: list) -> list:
         """The argv that runs argv on the node through its real sshd, as the controller. ssh hands the remote
@@ -550,6 +545,11 @@ class Lab:
         self._node(node)
         with flocked(self.dir):
             self._ensure_node(node)
+
+    def processes(self, node: str) -> dict:
+        """{pid: argv} of the processes that run in the node's namespaces (what `ps` would list inside it)."""
+        self._node(node)
+        return {pid: process_argv(pid) for pid in processes_in(self._namespaces(node))}
 
     def partition(self, node: str) -> None:
         """Cut the node off the network: its link to the bridge goes down."""

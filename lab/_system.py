@@ -102,6 +102,15 @@ def _proc_comm(pid: str) -> str:
         return comm.read().strip()
 
 
+def process_argv(pid: int) -> list:
+    """The command line of a process ([] once it has ended)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return [part.decode(errors="replace") for part in cmdline.read().split(b"\0")[:-1]]
+    except OSError:
+        return []
+
+
 def processes_in(namespaces: dict) -> dict:
     """Live processes that are in any of the given namespaces, as {pid: comm}.
 

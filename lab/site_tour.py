@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_INVENTORY = REPO / "docs" / "examples" / "inventory.yml"
 WHEELHOUSE = REPO / "build" / "wheelhouse"
 VOLUMES = {"vm-100-disk-0": 6, "subvol-200-disk-0": 3}  # the example guests' volumes -> MiB of random data
+EXAMPLE_JOBS = ("100-0", "100-1", "200-0")  # the IDs site.yml gives the example's jobs
+SYNCED_JOBS = {"node2": "100-0", "node3": "100-1"}  # its enabled ones (200-0 is disabled), by target
 
 
 def example_vars():
@@ -69,6 +71,22 @@ def write_data(lab, name, mib, seek=0):
                        "seek=%d" % seek, "conv=notrunc", "status=none"], timeout=300)
 
 
+def unlink_test_venv(lab, show):
+    """A lab that the integration tests' cluster set-up (or an older demo) used has the runner's venv linked to this
+    checkout's .venv (tests/integration/workload/guest.py, setup_cluster): the role would install into the
+    checkout's venv through the link. Drop such links; the role then makes the runner's own venv."""
+    from workload.guest import RUNNER_VENV  # pylint: disable=import-outside-toplevel,import-error
+    for node in lab.nodes:
+        if lab.exec(node, ["test", "-L", RUNNER_VENV], check=False).returncode == 0:
+            lab.exec(node, ["rm", RUNNER_VENV])
+            show("%s: %s was a link to a test virtualenv: removed, the role installs the runner's own" % (node, RUNNER_VENV))
+
+
+def cli_json(lab, node, *argv):
+    """``storage-replication ARGV --output-format json`` on node, parsed (the role's command, on the node's PATH)."""
+    return json.loads(lab.exec(node, ["storage-replication"] + list(argv) + ["--output-format", "json"], timeout=600).stdout)
+
+
 def site_tour(lab, step, show, check, first_step):
     """Returns the number of the next step."""
     _cluster_setup()
@@ -76,6 +94,7 @@ def site_tour(lab, step, show, check, first_step):
 
     step(first_step, "ansible-playbook playbooks/site.yml: the runner role, then nodes, storages, guests and jobs "
                      "from docs/examples/inventory.yml")
+    unlink_test_venv(lab, show)
     run = run_playbook(lab.inventory_path, "playbooks/site.yml", extra_vars=site_vars(), timeout=1800)
     show("changed tasks on node1: %s" % ", ".join(run.changed_tasks("node1")[-4:]))
     check(run.rc == 0 and not run.failures(), "site.yml converged (%d changes)" % run.changed_count())
@@ -86,10 +105,14 @@ def site_tour(lab, step, show, check, first_step):
         lab.exec("node1", ["zfs", "create", "-p", "rpool/data/" + name])
         write_data(lab, name, mib)
     started = int(time.time())
+    for job_id in SYNCED_JOBS.values():
+        # Due anyway on a new cluster; after an earlier demo run they synced minutes ago and would wait for their schedule.
+        show("node1$ storage-replication schedule-now %s" % job_id)
+        lab.exec("node1", ["storage-replication", "schedule-now", job_id])
+    show("node1$ storage-replication run")
     show(lab.exec("node1", ["storage-replication", "run"], timeout=600).stdout)
-    status = lab.exec("node1", ["storage-replication", "status", "--output-format", "json"]).stdout
-    jobs = {job["id"]: job for job in json.loads(status)}
-    for target, job_id in (("node2", "100-0"), ("node3", "100-1")):
+    jobs = {job["id"]: job for job in cli_json(lab, "node1", "status")}
+    for target, job_id in SYNCED_JOBS.items():
         job = jobs.get(job_id, {})
         check(job.get("fail_count") == 0 and (job.get("last_sync") or 0) >= started,
               "%s synced just now (%s)" % (job_id, job.get("state")))

@@ -10,9 +10,7 @@ ones without (the unit tests and the collection checks of tests/sanity).  The ma
 a lab directory without it, or another test with it, stops before any test runs and names them (under xdist each
 such test fails instead).
 
-Under pytest-xdist (--dist loadgroup) tests that would disturb each other from two processes keep to one worker: the
-orphan-receive tests start and end real processes that every test of the same namespaces can see (a receiver test
-in the other worker would end them as leftovers), and the two ansible-test sanity runs start together in one worker
+Under pytest-xdist (--dist loadgroup) the two ansible-test sanity runs start together in one worker
 (tests/sanity/test_sanity.py), so that they never run beside a third one."""
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ import pytest
 
 LAB_DIRS = ("integration", "openzfs")
 LAB_FIXTURES = ("lab", "module_lab", "prepared")  # the session lab, a module's own lab, the OpenZFS tier
-GROUPS = {"test_orphans.py": "processes"}
 
 
 def lab_marker_problem(item):
@@ -51,9 +48,8 @@ def pytest_collection_modifyitems(config, items):
         if problem:
             item.stash[MARKER_PROBLEM] = problem
             problems.append("%s %s" % (item.nodeid, problem))
-        group = GROUPS.get(pathlib.Path(str(item.fspath)).name) or ("sanity" if "sanity_runs" in item.fixturenames else None)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
+        if "sanity_runs" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("sanity"))
     # An xdist worker cannot end the session with a usage error (the controller would report a crash): there each
     # such test fails instead (pytest_runtest_setup), in the run whose -m selects it.
     if problems and not hasattr(config, "workerinput"):

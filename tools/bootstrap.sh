@@ -8,7 +8,9 @@ root=$(pwd)
 
 apt_packages=(zfs-fuse openssh-server openssh-client iproute2 procps psmisc util-linux
               python3 python3-venv systemd coreutils e2fsprogs
-              qemu-system-x86 debootstrap)  # the OpenZFS tier's guests (openzfs/)
+              qemu-system-x86 debootstrap   # the OpenZFS tier's guests (openzfs/)
+              chromium                      # the web pages' tests (a real browser, headless)
+              prometheus prometheus-node-exporter)  # the alert rules' and the dashboard's tests (promtool, live)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

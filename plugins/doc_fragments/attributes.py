@@ -62,3 +62,15 @@ attributes:
       - storage.replication.cluster
     description: Use C(group/storage.replication.cluster) in C(module_defaults) to set defaults for all of them.
 """
+
+    # Modules that act on one node for a playbook step (the platform and what they need there).
+    NODE_STEP = r"""
+options: {}
+attributes:
+  platform:
+    support: full
+    platforms: posix
+    description: Runs on a replication node prepared by the C(storage.replication.runner) role.
+requirements:
+  - The runner installed by the C(storage.replication.runner) role; use its interpreter.
+"""

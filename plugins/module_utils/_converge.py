@@ -109,13 +109,14 @@ def _set_guest(cfg, item):
 # ---------------------------------------------------------------------------------------------------------------
 # Jobs
 
-JOB_FIELDS = ("schedule", "rate", "comment", "disable", "remove_job")
+JOB_FIELDS = ("schedule", "rate", "comment", "disable", "remove_job", "keep", "keep_source")
 
 
 def job_fields(item):
     """The job options an item asks for: omitted options are pvesr's defaults (no rate, default schedule, ...)."""
     return {"schedule": item.get("schedule"), "rate": item.get("rate"), "comment": item.get("comment") or None,
-            "disable": item.get("enabled") is False, "remove_job": None}
+            "disable": item.get("enabled") is False, "remove_job": None, "keep": item.get("keep") or None,
+            "keep_source": item.get("keep_source") or None}
 
 
 def describe_item(item):
@@ -231,4 +232,5 @@ def job_view(job, cfg):
     guest = cfg.guests.get(job.guest)
     return {"id": job.id, "guest": job.guest, "jobnum": job.jobnum, "target": job.target,
             "source": guest.node if guest else job.source, "schedule": job.schedule, "rate": job.rate,
-            "comment": job.comment, "enabled": not job.disable, "remove_job": job.remove_job}
+            "comment": job.comment, "enabled": not job.disable, "remove_job": job.remove_job, "keep": job.keep,
+            "keep_source": job.keep_source}

@@ -19,6 +19,7 @@ from ansible_collections.storage.replication.plugins.module_utils.failover impor
 from ansible_collections.storage.replication.plugins.module_utils.fence import FenceStateError
 from ansible_collections.storage.replication.plugins.module_utils.migrate import MigrationError
 from ansible_collections.storage.replication.plugins.module_utils.replicate import ReplicationError
+from ansible_collections.storage.replication.plugins.module_utils.rollback import RollbackError
 from ansible_collections.storage.replication.plugins.module_utils.files import LockError
 from ansible_collections.storage.replication.plugins.module_utils.state import StateError, read_local_node
 from ansible_collections.storage.replication.plugins.module_utils.transport import RemoteError, TransportError
@@ -85,8 +86,8 @@ def missing_module_message(exc, what):
 
 
 # The exceptions by which the engine refuses or reports a failure, each with a message for the operator.
-ENGINE_ERRORS = (FailoverError, FenceStateError, MigrationError, cluster.ClusterError, configmod.ConfigError, ReplicationError, LockError,
-                 StateError, RemoteError, TransportError, ZfsError, OSError)
+ENGINE_ERRORS = (FailoverError, FenceStateError, MigrationError, RollbackError, cluster.ClusterError, configmod.ConfigError,
+                 ReplicationError, LockError, StateError, RemoteError, TransportError, ZfsError, OSError)
 
 
 def run_module_step(module, step):

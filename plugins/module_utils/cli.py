@@ -207,6 +207,8 @@ def _no_arguments(parser):
 def _serve_arguments(parser):
     parser.add_argument("--peer", type=node_name, metavar="NODE",
                         help="the node whose key runs this command (authorized_keys binds each peer's key to its name)")
+    _flag(parser, "--read-only", "only the operations that read (node-status): the forced command of a node's web "
+          "service key")
 
 
 @subcommand("serve", "The receiving side for peer nodes (the SSH forced command; reads SSH_ORIGINAL_COMMAND).",
@@ -214,9 +216,84 @@ def _serve_arguments(parser):
 def serve(args):
     """Answers on stdout itself (one JSON line); a refused operation exits 1."""
     from ansible_collections.storage.replication.plugins.module_utils import serve as serving  # pylint: disable=import-outside-toplevel
-    if serving.main(peer=args.peer) != 0:
+    operations = None
+    if args.read_only:
+        from ansible_collections.storage.replication.plugins.module_utils import nodeview  # pylint: disable=import-outside-toplevel
+        operations = nodeview.OPERATIONS
+    if serving.main(peer=args.peer, operations=operations) != 0:
         raise SystemExit(EXIT_FAILED)
     return Output(None, "")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# web, web-password: the read-only web views (web.py), imported only here
+# ---------------------------------------------------------------------------------------------------------
+
+def _web_arguments(parser):
+    parser.add_argument("--listen", default="127.0.0.1:8099", metavar="HOST:PORT",
+                        help="address and port (default 127.0.0.1:8099); any but a loopback address needs TLS and "
+                             "authentication")
+    parser.add_argument("--tls-cert", metavar="FILE", help="PEM certificate (chain) for HTTPS")
+    parser.add_argument("--tls-key", metavar="FILE", help="its PEM private key")
+    parser.add_argument("--token-file", metavar="FILE", help="a file with the bearer token (one word, >= 16 characters); "
+                        "browsers give it as the password of any user name")
+    parser.add_argument("--password-file", metavar="FILE", help="'user:hash' lines, bcrypt (htpasswd -B) or scrypt "
+                        "(storage-replication web-password USER)")
+    parser.add_argument("--key", metavar="FILE", default="/etc/storage-replication/web/id_ed25519",
+                        help="the SSH key the service asks the nodes with (bound to read-only access on every node)")
+    parser.add_argument("--cluster-file", metavar="FILE",
+                        help="the cluster configuration's cluster.json, where the nodes are found at start "
+                             "(default: the one in the configuration directory)")
+    parser.add_argument("--local-node-file", metavar="FILE",
+                        help="the file naming this node (default: local-node in the state directory)")
+    parser.add_argument("--refresh", type=bounded_int(2, 3600), default=5, metavar="SECONDS",
+                        help="how often the pages refresh themselves (default 5)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="a host name besides localhost that requests to a loopback address may name (repeatable)")
+    _flag(parser, "--check-config", "check the options and the files they name, say how it would serve, and exit")
+
+
+def _web_engine():
+    from ansible_collections.storage.replication.plugins.module_utils import web  # pylint: disable=import-outside-toplevel
+    return web
+
+
+@subcommand("web", "Serve the read-only replication pages (cluster, node, guest, job) and their JSON.", _web_arguments)
+def web(args):
+    webmod = _web_engine()
+    paths = _paths()
+    try:
+        summary = webmod.serve(
+            args.listen, key=args.key, cluster_file=args.cluster_file or os.path.join(paths.confdir, "cluster.json"),
+            local_node_file=args.local_node_file or os.path.join(paths.statedir, "local-node"), tls_cert=args.tls_cert,
+            tls_key=args.tls_key, token_file=args.token_file, password_file=args.password_file, refresh=args.refresh,
+            allowed_hosts=args.allow_host, check_only=args.check_config)
+    except webmod.WebError as exc:
+        raise UsageError(str(exc)) from None
+    return Output({"listen": args.listen, "summary": summary}, summary if args.check_config else "")
+
+
+def _web_password_arguments(parser):
+    parser.add_argument("user", metavar="USER", help="the user name (letters, digits and ._@-)")
+
+
+@subcommand("web-password", "Print a password file line (user:scrypt hash) for the web service; the password is read "
+            "from stdin (asked twice on a terminal).", _web_password_arguments)
+def web_password(args):
+    import getpass  # pylint: disable=import-outside-toplevel
+    webmod = _web_engine()
+    if not webmod.USER_RE.match(args.user):
+        raise UsageError("user name %r: letters, digits and ._@- only, at most 64" % args.user[:80])
+    if sys.stdin.isatty():
+        password = getpass.getpass("password for %s: " % args.user)
+        if getpass.getpass("again: ") != password:
+            raise UsageError("the two passwords differ; nothing was printed")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        raise UsageError("the password must have at least 8 characters")
+    line = "%s:%s" % (args.user, webmod.hash_password(password))
+    return Output({"user": args.user, "line": line}, line)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -269,6 +346,15 @@ def rate(text):
     if error:
         raise argparse.ArgumentTypeError(error)
     return int(value) if value.is_integer() else value
+
+
+def keep_rules(text):
+    """An argparse type: a keep rule set (retention.py)."""
+    from ansible_collections.storage.replication.plugins.module_utils import retention  # pylint: disable=import-outside-toplevel
+    error = retention.error(text)
+    if error:
+        raise argparse.ArgumentTypeError(error)
+    return text
 
 
 def _engine():
@@ -340,6 +426,10 @@ def _job_option_arguments(parser):
     parser.add_argument("--rate", type=rate, metavar="MBPS", help="rate limit in MB/s (default: unlimited)")
     parser.add_argument("--comment", metavar="TEXT", help="a description")
     parser.add_argument("--disable", nargs="?", const=True, default=None, type=boolean, metavar="0|1", help="disable the job")
+    parser.add_argument("--keep", type=keep_rules, metavar="RULES", help="restore points kept on the target, e.g. "
+                        "'last=4,hourly=24,daily=7,weekly=4,monthly=6' (default: the newest replica only, as pvesr)")
+    parser.add_argument("--keep-source", dest="keep_source", type=keep_rules, metavar="RULES",
+                        help="restore points kept on the source too, same form (default: the newest only)")
 
 
 def _create_arguments(parser):
@@ -353,7 +443,7 @@ def _create_arguments(parser):
 def create_local_job(args):
     config = _engine()[1]
     job = config.Job(id=args.id, target=args.target, schedule=args.schedule, rate=args.rate, comment=args.comment,
-                     disable=bool(args.disable))
+                     disable=bool(args.disable), keep=args.keep, keep_source=args.keep_source)
     return _apply(args, lambda cfg: cfg.add_job(job), "replication job '%s' to '%s' created" % (args.id, args.target),
                   setting_warnings(args.schedule))
 
@@ -361,19 +451,21 @@ def create_local_job(args):
 def _update_arguments(parser):
     parser.add_argument("id", type=job_id, metavar="ID", help="the job ID")
     _job_option_arguments(parser)
-    parser.add_argument("--delete", metavar="LIST", help="options to reset to their default, e.g. 'rate,comment'")
+    parser.add_argument("--delete", metavar="LIST", help="options to reset to their default, e.g. 'rate,comment,keep'")
     _force_argument(parser)
 
 
 @subcommand("update", "Change options of a replication job on every node.", _update_arguments)
 def update(args):
-    changes = {key: getattr(args, key) for key in ("schedule", "rate", "comment", "disable") if getattr(args, key) is not None}
+    changes = {key: getattr(args, key) for key in ("schedule", "rate", "comment", "disable", "keep", "keep_source")
+               if getattr(args, key) is not None}
     delete = [key.strip() for key in (args.delete or "").replace(";", ",").split(",") if key.strip()]
     both = sorted(set(changes) & set(delete))
     if both:
         raise UsageError("option '%s' is both set and deleted; do one or the other" % both[0])
     if not changes and not delete:
-        raise UsageError("update: nothing to change; give --schedule, --rate, --comment, --disable or --delete")
+        raise UsageError("update: nothing to change; give --schedule, --rate, --comment, --disable, --keep, "
+                         "--keep-source or --delete")
     return _apply(args, lambda cfg: cfg.update_job(args.id, delete=delete, **changes),
                   "replication job '%s' updated" % args.id, setting_warnings(changes.get("schedule")))
 
@@ -423,7 +515,7 @@ def delete(args):
 
 def _job_dict(job):
     data = {"id": job.id, "guest": job.guest, "jobnum": job.jobnum, "type": job.type, "target": job.target}
-    for key in ("schedule", "rate", "comment", "remove_job", "source"):
+    for key in ("schedule", "rate", "comment", "remove_job", "source", "keep", "keep_source"):
         if getattr(job, key) is not None:
             data[key] = getattr(job, key)
     if job.disable:
@@ -633,7 +725,8 @@ def _prepare_arguments(parser):
 
 def _receiver_call(operation, cfg, request):
     """Run receiver operation ``operation`` (prepare, finalize) on this node, as a peer would over SSH."""
-    from ansible_collections.storage.replication.plugins.module_utils import protocol, receiver, serve as serving  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from ansible_collections.storage.replication.plugins.module_utils import protocol, receiver, serve as serving, zfs
     config = _engine()[1]
     paths = _paths()
     # root on this node speaks for the guest's owner here (pvesr's internal commands); the receiver's rules still apply
@@ -642,7 +735,7 @@ def _receiver_call(operation, cfg, request):
         reply = serving.CONTROL_OPERATIONS[operation](local, dict(request, generation=cfg.generation))
     except protocol.Refused as exc:
         raise CliError(str(exc)) from None
-    except (serving.ZfsError, config.ConfigError, OSError) as exc:
+    except (zfs.ZfsError, config.ConfigError, OSError) as exc:
         raise CliError(_one_line(exc)) from None
     finally:
         for line in local.log:
@@ -734,6 +827,48 @@ def log(args):
     text = "\n".join("--- run %d (%s)\n%s" % (-age, "latest" if age == 0 else "%d before the latest" % age, "\n".join(lines))
                      for age, lines in runs)
     return Output(data, text)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# restore-points: a guest's restore points on every node (rollback.py)
+# ---------------------------------------------------------------------------------------------------------
+
+def _guest_argument(parser):
+    parser.add_argument("guest", type=bounded_int(100, 999999999), metavar="GUEST", help="the guest ID")
+
+
+def size_text(count):
+    """Bytes for people: 1023 B, 1.5 KiB, 20.0 MiB, ..."""
+    value, unit = float(count or 0), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return "%d B" % value if unit == "B" else "%.1f %s" % (value, unit)
+
+
+@subcommand("restore-points", "Show a guest's restore points on every node: per volume the time, job, snapshot and "
+            "the space each holds.", _guest_argument)
+def restore_points(args):
+    from ansible_collections.storage.replication.plugins.module_utils import rollback  # pylint: disable=import-outside-toplevel
+    paths = _paths()
+    cfg = _load_config()
+    try:
+        survey = rollback.survey_points(cfg, args.guest, paths.confdir, paths.statedir)
+    except rollback.RollbackError as exc:
+        raise UsageError(str(exc)) from None
+    rows = []
+    for node, view in survey.items():
+        for point in view["points"]:
+            for volume, space in sorted(point["volumes"].items()):
+                rows.append([node + (" (owner)" if view["owner"] else ""), volume, point["time_text"], point["job"],
+                             point["snapshot"], size_text(space["used"]), size_text(space["referenced"]),
+                             "" if point["complete"] else "incomplete"])
+    data = {"guest": args.guest, "owner": cfg.guests[args.guest].node, "nodes": survey}
+    warnings = ["node %s did not answer: %s" % (node, view["error"]) for node, view in survey.items() if view["error"]]
+    if not rows:
+        return Output(data, "guest %d has no restore point on the nodes that answered" % args.guest, warnings)
+    return Output(data, render_table(["NODE", "VOLUME", "TIME", "JOB", "SNAPSHOT", "HELD", "DATA", ""], rows), warnings)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from ansible_collections.storage.replication.plugins.module_utils import retention
 from ansible_collections.storage.replication.plugins.module_utils.names import (
     GUEST_ID_MAX, GUEST_ID_MIN, JOBNUM_MAX, NODE_RE, STORAGE_RE, VOLUME_NAME_MAX, VOLUME_NAME_RE)
 from ansible_collections.storage.replication.plugins.module_utils.schedule import ScheduleError, parse as parse_schedule
@@ -76,6 +77,9 @@ SCHEDULE_MAX = 128
 # then the other set options sorted.
 OPTIONAL_KEYS = ("rate", "remove_job", "schedule", "source")
 JOB_KEYS = ("comment", "disable", "target") + OPTIONAL_KEYS
+# Our own options of a job, which pvesr does not know: kept out of replication.cfg (pvesr's parser drops a section
+# with an unknown key), stored in cluster.json under "jobs" (retention.py: the restore points a job keeps).
+EXTENSION_KEYS = ("keep", "keep_source")
 
 _HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[a-zA-Z0-9]([a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?)*$")
 _STORAGE_TYPE_RE = re.compile(r"^[a-z][a-z0-9]*$")
@@ -173,6 +177,9 @@ class Job:
     remove_job: Optional[str] = None
     source: Optional[str] = None
     type: str = "local"
+    # Restore points (retention.py): on the target, and on the source; None is pvesr's (the newest replica only).
+    keep: Optional[str] = None
+    keep_source: Optional[str] = None
 
     @property
     def guest(self):
@@ -186,6 +193,10 @@ class Job:
     def target_id(self):
         """pvesr's "unique target id": keys the state file and makes (guest, target) unique."""
         return "%s/%s" % (self.type, self.target)
+
+    def retention(self, side="target"):
+        """The retention.Keep of the target (``keep``) or the source (``keep_source``); pvesr's if unset."""
+        return retention.parse(self.keep if side == "target" else self.keep_source)
 
     def as_dict(self):
         """The set options plus ``id``, ``guest`` and ``jobnum``, like pvesr's API items."""
@@ -217,7 +228,8 @@ class ClusterConfig:
 
     def jobs_on_node(self, node):
         """The jobs this node runs: those whose guest it owns (the source is always the owner)."""
-        return [j for j in self.jobs.values() if j.guest in self.guests and self.guests[j.guest].node == node]
+        owned = {gid for gid, guest in self.guests.items() if guest.node == node}
+        return [j for j in self.jobs.values() if j.guest in owned]  # one look at each job's guest (ten thousand jobs)
 
     def jobs_to_target(self, node):
         """The jobs that replicate to ``node``."""
@@ -401,6 +413,7 @@ def _check_new_job(cfg, job):
     if job.target == guest.node:
         raise ConfigError("Source and target must not be identical (guest '%d' runs on '%s'); choose another target"
                           % (job.guest, guest.node))
+    normalize_keep(job)
     if job.id in cfg.jobs:
         raise ConfigError("replication job '%s' already exists; the next free ID is '%d-%d'"
                           % (job.id, job.guest, cfg.next_jobnum(job.guest)))
@@ -412,7 +425,7 @@ def _updated_job(job, changes, delete):
     for key in delete:
         if key == "target":
             raise ConfigError("replication job '%s': unable to delete required option 'target'" % job.id)
-        if key not in OPTIONAL_KEYS + ("comment", "disable"):
+        if key not in UPDATABLE_KEYS:
             raise ConfigError("replication job '%s': no such option '%s'" % (job.id, key))
         changes.setdefault(key, None)
     for key, value in changes.items():
@@ -420,11 +433,24 @@ def _updated_job(job, changes, delete):
             if value != getattr(job, key):
                 raise ConfigError("replication job '%s': can't change value of fixed parameter '%s'" % (job.id, key))
             continue
-        if key not in OPTIONAL_KEYS + ("comment", "disable"):
+        if key not in UPDATABLE_KEYS:
             raise ConfigError("replication job '%s': unknown option '%s'; options are: %s"
-                              % (job.id, key, ", ".join(sorted(OPTIONAL_KEYS + ("comment", "disable")))))
+                              % (job.id, key, ", ".join(sorted(UPDATABLE_KEYS))))
         setattr(changed, key, bool(value) if key == "disable" else value)
-    return changed
+    return normalize_keep(changed)
+
+
+UPDATABLE_KEYS = OPTIONAL_KEYS + ("comment", "disable") + EXTENSION_KEYS
+
+
+def normalize_keep(job):
+    """A valid keep in its canonical text, and pvesr's default (``last=1``) as None, so that equal rules are equal
+    content; an invalid one is left for the validation to report."""
+    for key in EXTENSION_KEYS:
+        value = getattr(job, key)
+        if value is not None and retention.error(value) is None:
+            setattr(job, key, retention.normalized(value))
+    return job
 
 
 def _names(table):
@@ -632,6 +658,10 @@ def job_option_problems(job):
         yield "remove_job '%s' is not one of: %s" % (job.remove_job, ", ".join(REMOVE_MODES))
     if not isinstance(job.disable, bool):
         yield "disable must be true or false"
+    for key in EXTENSION_KEYS:
+        if getattr(job, key) is not None and retention.error(getattr(job, key)):
+            yield "%s: %s" % ("keep on the source (keep_source)" if key == "keep_source" else "keep",
+                              retention.error(getattr(job, key)))
 
 
 @functools.lru_cache(maxsize=256)  # jobs share few distinct schedules; parsing is the cost of a load
@@ -836,6 +866,11 @@ def _model_dict(cfg):
     }
     if cfg.forced:  # only once there is one: the files of a cluster that never forced a change stay as they were
         model["forced"] = [dict(entry) for entry in cfg.forced[-FORCED_KEPT:]]
+    extensions = {job.id: {key: getattr(job, key) for key in EXTENSION_KEYS if getattr(job, key) is not None}
+                  for job in cfg.jobs.values()}
+    extensions = {job_id: options for job_id, options in extensions.items() if options}
+    if extensions:  # likewise: a cluster without our job options keeps the files it had
+        model["jobs"] = extensions
     return model
 
 
@@ -849,15 +884,21 @@ def format_model(cfg):
 
 def parse_model(text, filename=MODEL_FILE):
     """A ClusterConfig without jobs from cluster.json's text; ConfigError naming the file and the entry."""
+    return _parse_model(text, filename)[0]
+
+
+def _parse_model(text, filename):
+    """(ClusterConfig without jobs, {job id: our options of the job}) from cluster.json's text."""
     try:
         data = json.loads(text) if text.strip() else {}
     except ValueError as exc:
         raise ConfigError("%s is not valid JSON (%s); restore it from the previous generation directory" % (filename, exc)) from None
     reader = _ModelReader(filename)
     cfg = reader.read(data)
+    extensions = reader.job_extensions(data)
     if reader.problems:
         raise ConfigError(reader.problems)
-    return cfg
+    return cfg, extensions
 
 
 class _ModelReader:
@@ -897,6 +938,17 @@ class _ModelReader:
                                          hooks=self.value(item, "hooks", dict, {}, what))
         return cfg
 
+    def job_extensions(self, data):
+        """{job id: {key: value}} of the "jobs" section (EXTENSION_KEYS only; values are checked with the job)."""
+        extensions = {}
+        for job_id, item in (self.section(data, "jobs") if isinstance(data, dict) else {}).items():
+            unknown = sorted(set(item) - set(EXTENSION_KEYS))
+            if unknown:
+                self.problems.append("%s: job '%s': unknown option(s) %s" % (self.filename, job_id, ", ".join(unknown)))
+            extensions[job_id] = {key: self.value(item, key, str, None, "job '%s'" % job_id)
+                                  for key in EXTENSION_KEYS if key in item}
+        return extensions
+
     def section(self, data, name):
         value = data.get(name, {})
         if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
@@ -918,8 +970,12 @@ class _ModelReader:
 def from_files(model_text, jobs_text, where=""):
     """The configuration described by the two files' texts (as pushed between nodes)."""
     prefix = where + "/" if where else ""
-    cfg = parse_model(model_text, prefix + MODEL_FILE)
+    cfg, extensions = _parse_model(model_text, prefix + MODEL_FILE)
     cfg.jobs, cfg.warnings = parse_replication_cfg(jobs_text, prefix + JOBS_FILE)
+    for job_id, options in extensions.items():
+        if job_id in cfg.jobs:  # a job pvesr's tools removed from replication.cfg takes its options with it
+            for key, value in options.items():
+                setattr(cfg.jobs[job_id], key, value)
     return cfg
 
 

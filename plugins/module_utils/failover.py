@@ -27,6 +27,8 @@ from ansible_collections.storage.replication.plugins.module_utils import config 
 from ansible_collections.storage.replication.plugins.module_utils import fence as fencemod
 from ansible_collections.storage.replication.plugins.module_utils.names import parse_replication_snapshot
 from ansible_collections.storage.replication.plugins.module_utils.receiver import Receiver
+from ansible_collections.storage.replication.plugins.module_utils import points, rollback
+from ansible_collections.storage.replication.plugins.module_utils.report import time_text
 from ansible_collections.storage.replication.plugins.module_utils.replicate import run_guest_hook
 from ansible_collections.storage.replication.plugins.module_utils.cluster import (
     ask_generation, connect_peer, describe, on_every_peer, peer_nodes, change_cluster)
@@ -94,13 +96,12 @@ def quorum(cfg, views):
     return {"nodes": len(cfg.nodes), "reachable": reachable, "needed": needed, "quorate": len(reachable) >= needed}
 
 
-def time_text(epoch):
-    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(epoch)) if epoch else "never"
-
-
-def plan_failover(cfg, local_node, failed_node, views, guests=None, to=None, force_quorum=False, now=None):
+def plan_failover(cfg, local_node, failed_node, views, guests=None, to=None, force_quorum=False, now=None, point=None,
+                  points=None):
     """The failover plan (a dict, see the guest_failover_plan module's RETURN), or FailoverError.
 
+    ``point`` (a snapshot name or a time, rollback.parse_point) recovers each guest from the newest restore point at
+    or before it instead of the newest replica; ``points`` is {guest: {node: [point]}} (rollback.survey_points).
     Pure: it decides from the configuration and the views only, so every rule is unit-tested without a lab.
     """
     now = int(time.time() if now is None else now)
@@ -116,8 +117,14 @@ def plan_failover(cfg, local_node, failed_node, views, guests=None, to=None, for
     if to is not None:
         _check_destination(cfg, failed_node, views, to)
     items, unrecoverable = [], []
+    wanted = None
+    if point is not None:
+        try:
+            wanted = rollback.parse_point(point, now)
+        except rollback.RollbackError as exc:
+            raise FailoverError("%s - nothing was changed" % exc) from None
     for guest in chosen:
-        item = _plan_guest(cfg, guest, views, failed_node, to, now)
+        item = _plan_guest(cfg, guest, views, failed_node, to, now, wanted, (points or {}).get(guest, {}))
         (items if item["to"] else unrecoverable).append(item)
     for item in unrecoverable:
         warnings.append("guest %d cannot be recovered: %s" % (item["guest"], item["reason"]))
@@ -134,9 +141,11 @@ def plan_summary(votes, force_quorum, items, unrecoverable):
         len(votes["reachable"]), votes["nodes"], ", ".join(votes["reachable"]), votes["needed"],
         " - NO QUORUM, FORCED" if force_quorum and not votes["quorate"] else "")]
     for item in items:
-        lines.append("guest %d: %s -> %s, from the replica of %s (job %s, %d s old): writes on %s after it are lost; "
-                     "jobs after: %s" % (item["guest"], item["from"], item["to"], item["recovery_point_text"], item["job"],
-                                         item["lost_writes_window"], item["from"],
+        lines.append("guest %d: %s -> %s, from the %s of %s (job %s, %d s old): writes on %s after it are lost%s; "
+                     "jobs after: %s" % (item["guest"], item["from"], item["to"],
+                                         "restore point %s" % item["point"]["snapshot"] if item.get("point") else "replica",
+                                         item["recovery_point_text"], item["job"], item["lost_writes_window"], item["from"],
+                                         " (the newer points are kept aside on %s)" % item["to"] if item.get("point") else "",
                                          ", ".join("%s %s" % pair for pair in sorted(item["jobs_after"].items())) or "none"))
     for item in unrecoverable:
         lines.append("guest %d: NOT recoverable - %s" % (item["guest"], item["reason"]))
@@ -198,7 +207,7 @@ def _check_destination(cfg, failed_node, views, to):
                             % (to, views[to].error))
 
 
-def _plan_guest(cfg, guest_id, views, failed_node, to, now):
+def _plan_guest(cfg, guest_id, views, failed_node, to, now, wanted=None, node_points=None):
     """One guest's line of the plan; ``to`` None with a ``reason`` if no surviving node can take it."""
     guest = cfg.guests[guest_id]
     replicas = {name: view.replicas[guest_id] for name, view in views.items()
@@ -213,6 +222,10 @@ def _plan_guest(cfg, guest_id, views, failed_node, to, now):
                 to, "missing volumes %s" % ", ".join(missing[to]) if to in replicas else "no replica at all"))
             return item
         chosen = to
+    if wanted is not None:
+        return _plan_from_point(cfg, item, usable if to is None else {to: usable[to]}, node_points, wanted, now)
+    if to is not None:
+        pass  # chosen above
     elif usable:
         chosen = max(usable, key=lambda name: (int(usable[name].get("last_sync", 0)), name))
     else:
@@ -223,6 +236,22 @@ def _plan_guest(cfg, guest_id, views, failed_node, to, now):
     item.update({"to": chosen, "job": record.get("job"), "recovery_point": last_sync,
                  "recovery_point_text": time_text(last_sync), "lost_writes_window": max(0, now - last_sync),
                  "jobs_after": _jobs_after_move(cfg, guest_id, chosen)})
+    return item
+
+
+def _plan_from_point(cfg, item, usable, node_points, wanted, now):
+    """The guest's line when it is to start from a restore point: the surviving replica node with the newest point
+    that ``wanted`` names."""
+    node, point = rollback.pick_holder({name: node_points.get(name, {}).get("points", []) for name in usable}, wanted)
+    if point is None:
+        item["reason"] = ("no surviving node with a complete replica (%s) holds a restore point %s on every volume"
+                          % (", ".join(sorted(usable)) or "none", "named '%s'" % wanted[1] if wanted[0] == "snapshot"
+                             else "at or before %s" % time_text(wanted[1])))
+        return item
+    item.update({"to": node, "job": point["job"], "recovery_point": point["time"],
+                 "recovery_point_text": time_text(point["time"]), "lost_writes_window": max(0, now - point["time"]),
+                 "point": {k: point[k] for k in ("snapshot", "job", "time")},
+                 "jobs_after": _jobs_after_move(cfg, item["guest"], node)})
     return item
 
 
@@ -313,9 +342,11 @@ def newest_replica_snapshot(snaps):
     return found[-1] if found else None
 
 
-def promote_replica(guest_id, confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, zfs=None, check_mode=False):
-    """Bring this node's replica of the guest to its newest replication snapshot; returns {"changed", "volumes",
-    "recovery_point"}. Data written on the replica since that snapshot is kept aside first, never destroyed."""
+def promote_replica(guest_id, confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, zfs=None, check_mode=False,
+                    point=None):
+    """Bring this node's replica of the guest to its newest replication snapshot, or to the restore point ``point``
+    (a snapshot name); returns {"changed", "volumes", "recovery_point"}. Data written on the replica since, and the
+    restore points newer than ``point``, are kept aside first (one copy per volume), never destroyed."""
     receiver = Receiver(confdir, statedir, zfs=zfs)
     cfg, node = receiver.cfg, receiver.node
     guest = cfg.guests.get(guest_id)
@@ -324,29 +355,37 @@ def promote_replica(guest_id, confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAUL
     if guest.node == node:
         return {"changed": False, "volumes": {}, "recovery_point": None, "owner": True,
                 "msg": "node '%s' owns guest %d already: its volumes are live data and are left alone" % (node, guest_id)}
-    volumes = {volume: _promotion_of(receiver, guest_id, volume) for volume in sorted(guest.volumes)}
+    volumes = {volume: _promotion_of(receiver, guest_id, volume, point) for volume in sorted(guest.volumes)}
     snapshots = {v["snapshot"] for v in volumes.values()}
     if len(snapshots) != 1:
         raise FailoverError("the volumes of guest %d on node '%s' are at different replication snapshots (%s) - a run "
                             "was interrupted between volumes; run the failover with another destination, or promote "
                             "by hand" % (guest_id, node, ", ".join(sorted(snapshots))))
-    changed = any(v["written"] for v in volumes.values())
+    changed = any(v["written"] or v["newer"] for v in volumes.values())
     if changed and not check_mode:
         for volume, promotion in volumes.items():
-            if promotion["written"]:
+            if promotion["written"] or promotion["newer"]:
                 dataset = receiver.dataset(volume)
-                promotion["kept"] = receiver.keep_aside(volume, dataset)
-                receiver.zfs.rollback(dataset, promotion["snapshot"])
+                promotion["kept"] = receiver.keep_aside(volume, dataset, promotion["newer"])
+                points.roll_back(receiver.zfs, dataset, promotion["snapshot"], promotion["newer"])
     return {"changed": changed, "volumes": volumes, "recovery_point": replica_snapshot_time(snapshots.pop()),
             "owner": False, "log": receiver.log}
 
 
-def _promotion_of(receiver, guest_id, volume):
+def _promotion_of(receiver, guest_id, volume, point=None):
     dataset = receiver.dataset(volume)
     if not receiver.zfs.exists(dataset):
         raise FailoverError("volume '%s' of guest %d does not exist on node '%s' (dataset '%s') - this node holds no "
                             "replica of it; choose another destination" % (volume, guest_id, receiver.node, dataset))
     snaps = receiver.zfs.snapshots(dataset)
+    if point is not None:
+        if point not in snaps:
+            raise FailoverError("volume '%s' of guest %d on node '%s' has no restore point '%s' - choose another point or "
+                                "destination ('storage-replication restore-points %d' lists them)"
+                                % (volume, guest_id, receiver.node, point, guest_id))
+        newer = [s for s, info in snaps.items() if info["createtxg"] > snaps[point]["createtxg"]]
+        return {"snapshot": point, "newer": newer, "kept": None,
+                "written": receiver.zfs.written_since(dataset, list(snaps)[-1])}
     newest = newest_replica_snapshot(snaps)
     if newest is None:
         raise FailoverError("volume '%s' of guest %d on node '%s' has no replication snapshot - it is not a replica; "
@@ -356,7 +395,7 @@ def _promotion_of(receiver, guest_id, volume):
         raise FailoverError("volume '%s' of guest %d on node '%s' has snapshots newer than its last replica (%s): "
                             "rolling back would destroy them - copy them elsewhere (zfs send), destroy them, and run "
                             "the failover again" % (volume, guest_id, receiver.node, ", ".join(later)))
-    return {"snapshot": newest, "written": receiver.zfs.written_since(dataset, newest), "kept": None}
+    return {"snapshot": newest, "written": receiver.zfs.written_since(dataset, newest), "kept": None, "newer": []}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import errno
 import fcntl
 import json
 import os
+import select
 import tempfile
 import time
 
@@ -25,6 +26,15 @@ _POLL_MAX = 0.2
 
 class LockError(RuntimeError):
     """A lock could not be taken in time; the message names the lock, its holder and what to do."""
+
+
+class StreamStalled(Exception):
+    """No byte arrived for ``seconds`` while a stream was copied; ``copied`` bytes had come before."""
+
+    def __init__(self, copied, seconds):
+        super().__init__("no data for %g s after %d bytes" % (seconds, copied))
+        self.copied = copied
+        self.seconds = seconds
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -40,8 +50,10 @@ def fsync_dir(path):
 
 
 def _write_synced_fd(fd, data, mode):
-    """Write ``data`` (str or bytes) to ``fd``, set ``mode`` and fsync."""
-    write_all(fd, data.encode("utf-8") if isinstance(data, str) else data)
+    """Write ``data`` (str or bytes, or a list of them: written one after another, never joined: the metrics of ten
+    thousand jobs are megabytes) to ``fd``, set ``mode`` and fsync."""
+    for chunk in data if isinstance(data, list) else [data]:
+        write_all(fd, chunk.encode("utf-8") if isinstance(chunk, str) else chunk)
     os.fchmod(fd, mode)
     os.fsync(fd)
 
@@ -56,7 +68,8 @@ def write_synced(path, data, mode=0o644):
 
 
 def atomic_write(path, data, mode=0o644):
-    """Replace ``path`` with ``data`` atomically: temporary file in the same directory, fsync, rename, fsync dir."""
+    """Replace ``path`` with ``data`` (str, bytes or a list of them) atomically: temporary file in the same directory,
+    fsync, rename, fsync dir."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".tmp-", dir=directory)
     try:
@@ -114,6 +127,23 @@ def file_lock(path, timeout, what, hint="try again later"):
         os.close(fd)  # closing the descriptor releases the flock
 
 
+def is_locked(path):
+    """Whether something holds the lock ``path`` (file_lock) now, found without creating or writing anything."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        return True
+    finally:
+        os.close(fd)  # and with it the shared lock, if it was taken
+
+
 def _acquire(fd, path, timeout, what, hint):
     deadline = time.monotonic() + timeout
     pause = _POLL_MIN
@@ -137,11 +167,23 @@ def _acquire(fd, path, timeout, what, hint):
 # ---------------------------------------------------------------------------------------------------------------
 # Moving bytes
 
-def copy_stream(source_fd, sink_fd):
-    """Copy until EOF, in the kernel (splice) where Python and the descriptors allow it; returns bytes."""
+def copy_stream(source_fd, sink_fd, idle_timeout=None):
+    """Copy until EOF, in the kernel (splice) where Python and the descriptors allow it; returns bytes.
+
+    With ``idle_timeout`` (seconds), StreamStalled when nothing arrives for that long: a source that is gone without
+    closing its end (a peer whose link went down) does not keep the copy waiting for ever."""
     total = 0
+    poller = None
+    if idle_timeout is not None:
+        poller = select.poll()
+        poller.register(source_fd, select.POLLIN)
+
+    def wait_for_data():
+        if poller is not None and not poller.poll(idle_timeout * 1000):
+            raise StreamStalled(total, idle_timeout)
     splice = getattr(os, "splice", None)
     while splice is not None:
+        wait_for_data()
         try:
             moved = splice(source_fd, sink_fd, SPLICE_CHUNK)
         except OSError as exc:
@@ -152,6 +194,7 @@ def copy_stream(source_fd, sink_fd):
             return total
         total += moved
     while True:
+        wait_for_data()
         data = os.read(source_fd, SPLICE_CHUNK)
         if not data:
             return total

@@ -35,9 +35,24 @@ NUMBER_RE = re.compile(r"\A(0|[1-9][0-9]{0,17})\Z", re.ASCII)
 REPLICA_PROPERTY = "storage-replication:replica"
 
 
+# Every snapshot the engine makes starts so: a replica's snapshot without it is someone else's, which a receive with
+# -F would destroy.
+ENGINE_SNAPSHOT_PREFIX = "__replicate_"
+
+
 def replication_snapshot(job, epoch):
     """pvesr's snapshot name: ``__replicate_<job>_<epoch>__``."""
-    return "__replicate_%s_%d__" % (job, epoch)
+    return "%s%s_%d__" % (ENGINE_SNAPSHOT_PREFIX, job, epoch)
+
+
+def probe_snapshot(pid):
+    """The short-lived snapshot that tells whether data was written since another (zfs.Zfs.written_since)."""
+    return "%sprobe_%d__" % (ENGINE_SNAPSHOT_PREFIX, pid)
+
+
+def kept_aside_snapshot(stamp):
+    """The short-lived snapshot a replica's diverged data is copied aside from (receiver.keep_aside)."""
+    return "__kept_%s__" % stamp
 
 
 def is_job_snapshot(name, job):

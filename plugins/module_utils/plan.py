@@ -19,7 +19,7 @@ from ansible_collections.storage.replication.plugins.module_utils.report import 
 from ansible_collections.storage.replication.plugins.module_utils.state import (
     DEFAULT_STATEDIR, StateError, StateFile, read_local_node)
 from ansible_collections.storage.replication.plugins.module_utils.transport import (
-    NODE_KEY, ControlChannel, RemoteError, TransportError)
+    ControlChannel, RemoteError, TransportError)
 from ansible_collections.storage.replication.plugins.module_utils.zfs import LookingZfs, Zfs, ZfsError
 
 
@@ -53,8 +53,7 @@ def _volumes(ctx, last_sync, connect):
     """[{volume, mode, base, estimated_bytes, estimate}] of the guest's volumes, as the run would send them."""
     job, cfg = ctx.job, ctx.cfg
     datasets = {v: cfg.dataset(v) for v in sorted(ctx.guest.volumes)}
-    target = cfg.nodes[job.target]
-    with connect(target.name, target.address, target.host_key, key=ctx.key or NODE_KEY, port=target.port) as channel:
+    with ctx.channel(connect) as channel:
         try:
             reply = channel.call(PLAN, ctx.request(volumes=list(datasets), scan=[], last_sync=last_sync))
         except RemoteError as exc:

@@ -26,6 +26,11 @@ SESSION = "session"
 SET_STATE = "set-state"
 PLAN = "plan"
 DROP_COPY = "drop-migration-copy"
+# Restore points (points.py, rollback.py): list a guest's, make room on a full pool, pull one back to the owner.
+POINTS = "points"
+MAKE_ROOM = "make-room"
+SEND_POINT = "send-point"
+SEND_POINT_KEYS = ("job", "guest", "volume", "snapshot", "generation", "source")
 
 MAX_REQUEST = 4 * 1024 * 1024
 MAX_REPLY = 16 * 1024 * 1024

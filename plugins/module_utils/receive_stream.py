@@ -2,33 +2,82 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """A ZFS stream into `zfs recv` on the receiving side: the bytes copied (in the kernel where it can: splice) and
-counted, and a failed receive explained with its cause and what happens next."""
+counted, a receive that hears nothing for ``stall_seconds`` ended by itself, and a failed receive explained with its
+cause and what happens next.
+
+Why a receive ends itself: when the link to the source goes down mid-stream, the source's run ends (its SSH
+keep-alives time out) but nothing tells this side; its connection never closes, so without a deadline `zfs recv`
+would keep the dataset busy, and once the link is back the source's last packets could even move its saved receive
+state on after the next run read it (OpenZFS then refuses the resumed stream).  So the copy gives up after
+``stall_seconds`` without a byte and closes `zfs recv`'s input: the receive fails as any cut stream does (OpenZFS
+keeps what arrived for a resume, zfs-fuse's partial first copy is removed by the receiver), and the process ends.
+
+While it runs, a receive holds the volume's receive lock (``receive_lock``).  The source holds the guest's lock for
+a whole run, so when the next run's prepare finds that lock held, it is a receive such a cut left behind: prepare
+waits for it (at most ``stall_seconds`` and RECEIVE_END_GRACE), so that what it reads no longer changes under it.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 
-from ansible_collections.storage.replication.plugins.module_utils.files import copy_stream, write_all
+from ansible_collections.storage.replication.plugins.module_utils.files import (
+    StreamStalled, copy_stream, file_lock, is_locked, write_all)
 from ansible_collections.storage.replication.plugins.module_utils.protocol import Refused
+from ansible_collections.storage.replication.plugins.module_utils.state import lock_path
+
+# What a receive needs after its stream stopped to end: `zfs recv` failing, the partial dataset removed (zfs-fuse
+# answers "dataset is busy" for a moment after a receive: zfs.BUSY_RETRY_SECONDS), the reply written.
+RECEIVE_END_GRACE = 30
 
 
-def feed_zfs_recv(argv, stream, node, volume):
+def feed_zfs_recv(argv, stream, node, volume, stall_seconds=None):
     """Run ``argv`` (a `zfs recv`) fed from ``stream`` (a binary file, or the whole stream as bytes when it came
-    inline in a session); returns the bytes fed.  Refused ("receive-failed") with a precise cause on failure."""
+    inline in a session); returns the bytes fed.  Refused ("receive-failed") with a precise cause on failure, and
+    ("stream-stalled") when the file brought nothing for ``stall_seconds``."""
     env = dict(os.environ, LC_ALL="C")
     # pylint: disable-next=ansible-bad-function
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    stalled = None
     try:
         total = write_all(proc.stdin.fileno(), stream) if isinstance(stream, bytes) else \
-            copy_stream(stream.fileno(), proc.stdin.fileno())
+            copy_stream(stream.fileno(), proc.stdin.fileno(), stall_seconds)
     except BrokenPipeError:
         total = None
-    _out, err = proc.communicate()  # closes zfs recv's stdin: end of stream
+    except StreamStalled as exc:
+        total, stalled = None, exc
+    _out, err = proc.communicate()  # closes zfs recv's stdin: end of stream (a cut one, if it stalled)
+    if stalled is not None:
+        raise Refused("the stream into volume '%s' on node '%s' brought nothing for %d s after %d bytes: the receive "
+                      "ended itself - the source's run was cut off (its link went down or its process ended); the "
+                      "replica is as it was before, and the next run resumes or sends again"
+                      % (volume, node, stall_seconds, stalled.copied), "stream-stalled")
     if proc.returncode != 0 or total is None:
         raise Refused(explain_recv_failure(node, volume, argv, proc.returncode, err.decode("utf-8", "replace")),
                       "receive-failed")
     return total
+
+
+def receive_lock(statedir, volume, timeout):
+    """The lock a receive into ``volume`` holds while it runs; ``timeout`` seconds to wait for one still running."""
+    return file_lock(receive_lock_path(statedir, volume), timeout, "volume '%s' (a receive into it)" % volume,
+                     "a receive left by an interrupted run does not end - if it persists, end it (its pid is in the "
+                     "lock file) or reboot this node; the next run retries")
+
+
+def receive_running(statedir, volume):
+    """Whether a receive into ``volume`` runs now (its lock is held), found without writing anything (a plan)."""
+    return is_locked(receive_lock_path(statedir, volume))
+
+
+def receive_lock_path(statedir, volume):
+    return lock_path(statedir, "receive-" + volume)
+
+
+def leftover_wait(stall_seconds):
+    """How long prepare waits for a receive left by a cut run: it ends itself within its stall deadline."""
+    return stall_seconds + RECEIVE_END_GRACE
 
 
 def explain_recv_failure(node, volume, argv, rc, stderr):

@@ -5,8 +5,9 @@
 authority.py has judged who may ask it.
 
 prepare (pvesr's prepare-local-job: stale snapshots and volumes go, what remains is listed), receive (a stream
-into `zfs recv`, into a replica of the guest only), finalize (only the job's newest replication snapshot stays, the
-guest's definition is kept beside it), abort-resume, list, and for a migration set-state and drop-migration-copy.
+into `zfs recv`, into a replica of the guest only), finalize (only the job's newest replication snapshot stays, or
+the restore points its keep rules keep; the guest's definition is kept beside it), abort-resume, list, and for a
+migration set-state and drop-migration-copy; for restore points (points.py) points, make-room and send-point.
 
 Safety: nothing is received into, rolled back on or destroyed on a node that owns the guest; a caller with an older
 cluster generation is refused; data written on a replica since the last sync is copied aside before a receive
@@ -17,21 +18,24 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
-from ansible_collections.storage.replication.plugins.module_utils import orphans
+from ansible_collections.storage.replication.plugins.module_utils import points as pointsmod
 from ansible_collections.storage.replication.plugins.module_utils.authority import Authority, check, check_int, check_job, check_volumes, int_or_none
-from ansible_collections.storage.replication.plugins.module_utils.files import atomic_write
+from ansible_collections.storage.replication.plugins.module_utils.files import LockError, atomic_write
 from ansible_collections.storage.replication.plugins.module_utils.names import (
-    GUEST_ID_MAX, GUEST_ID_MIN, REPLICA_PROPERTY, SNAPSHOT_RE, STORAGE_RE, VOLUME_RE, is_job_snapshot,
-    migration_copy_job, replica_identity, replication_snapshot)
+    ENGINE_SNAPSHOT_PREFIX, GUEST_ID_MAX, GUEST_ID_MIN, REPLICA_PROPERTY, SNAPSHOT_RE, STORAGE_RE, VOLUME_RE, is_job_snapshot,
+    kept_aside_snapshot, migration_copy_job, replica_identity, replication_snapshot)
 from ansible_collections.storage.replication.plugins.module_utils.protocol import (
-    DROP_COPY, Refused, check_request_keys, parse_arguments)
+    DROP_COPY, SEND_POINT_KEYS, Refused, check_request_keys, parse_arguments)
 from ansible_collections.storage.replication.plugins.module_utils.pruning import drop_job_snapshots, prune_job_snapshots
-from ansible_collections.storage.replication.plugins.module_utils.receive_stream import feed_zfs_recv
+from ansible_collections.storage.replication.plugins.module_utils.receive_stream import (
+    feed_zfs_recv, leftover_wait, receive_lock, receive_running)
+from ansible_collections.storage.replication.plugins.module_utils.settings import SETTINGS_FILE, load_settings
 from ansible_collections.storage.replication.plugins.module_utils.state import DEFAULT_STATEDIR, StateFile, read_local_node
-from ansible_collections.storage.replication.plugins.module_utils.zfs import LookingZfs, Zfs, recv_argv
+from ansible_collections.storage.replication.plugins.module_utils.zfs import LookingZfs, Zfs, ZfsError, recv_argv, send_argv
 
 DIVERGED_INFIX = "-diverged-"
 
@@ -49,6 +53,8 @@ class Receiver(Authority):
         self.node = read_local_node(statedir)
         self.log = []
         self._cfg = None
+        # Seconds to wait for a receive a cut run left behind; None: its stall deadline and a grace (tests set it).
+        self.leftover_wait = None
 
     @property
     def cfg(self):
@@ -71,6 +77,12 @@ class Receiver(Authority):
         if identity is None or replica_identity(**identity) != value:
             self.zfs.set_property(dataset, REPLICA_PROPERTY, value)
 
+    def job_keep(self, job):
+        """The restore points the job keeps on this node (its ``keep`` in the configuration in force; retention.py);
+        the migration's copy job keeps pvesr's one."""
+        found = self.cfg.jobs.get(job)
+        return found.retention() if found is not None else pointsmod.retention.PVESR
+
     # ------------------------------------------------------------ prepare
 
     def prepare(self, request):
@@ -90,7 +102,7 @@ class Receiver(Authority):
 
     def _prepare(self, request, looking):
         check_request_keys(request, ("job", "guest", "volumes", "scan", "last_sync", "parent_snapname", "force",
-                                     "generation", "source"))
+                                     "need", "generation", "source"))
         job, guest = check_job(request)
         self.check_caller(request, guest, adopt=not looking)
         self.check_job_here(job, guest)
@@ -104,11 +116,14 @@ class Receiver(Authority):
         if parent is not None:
             check(parent, SNAPSHOT_RE, "parent snapshot")
         force = request.get("force", False) is True
+        need = request.get("need")
+        if need is not None:
+            check_int(need, "need")
         if not volumes and not force:
             raise Refused("no volumes specified", "invalid-argument")
+        keep = self.job_keep(job)
         wanted = {v: self.dataset(v) for v in volumes}
-        if not looking:
-            self.end_leftover_receives(wanted)
+        self.await_leftover_receives(wanted, looking)
         found = self.scan_job_volumes(job, guest, scan, wanted)
         remaining = {}
         for volume, (dataset, snaps, bound) in sorted(found.items()):
@@ -116,7 +131,10 @@ class Receiver(Authority):
                 self.check_replica(volume, dataset, guest, bound)
             if volume in wanted and last_sync > 1:
                 snaps = self.drop_unfinished_replica(job, volume, dataset, snaps, replication_snapshot(job, last_sync))
-            deleted = prune_job_snapshots(self.zfs, self.say, job, volume, dataset, snaps, last_sync, parent)
+            if keep.history and volume in wanted and last_sync > 1:
+                deleted = set()  # the job's older snapshots are its restore points: finalize prunes them by the grid
+            else:
+                deleted = prune_job_snapshots(self.zfs, self.say, job, volume, dataset, snaps, last_sync, parent)
             if volume in wanted:
                 remaining[volume] = {s: {"id": i["guid"], "timestamp": i["creation"]} for s, i in snaps.items()
                                      if s not in deleted}
@@ -129,25 +147,60 @@ class Receiver(Authority):
         for volume in tokens:
             if not remaining.get(volume):  # an interrupted first receive: no replica yet, only its saved state
                 remaining.pop(volume, None)
+        room = [] if need is None or looking else self.room_for(
+            job, keep, {v: d for v, d in wanted.items() if v in remaining}, need, last_sync, parent)
         return {"volumes": remaining, "resume_tokens": tokens, "features": self.zfs.features.as_dict(),
-                "inline_receive": True}
+                "inline_receive": True, "keeps_points": keep.history, "space_pruned": room}
 
-    def end_leftover_receives(self, wanted):
-        """End the receives into these volumes that a dead run left behind (see orphans.py), and wait until ZFS has
-        saved their state, so that what this run reads (snapshots, resume tokens) no longer changes under it."""
-        for pid, (dataset, session) in sorted(orphans.leftover_receives(wanted.values()).items()):
-            volume = next(v for v, d in wanted.items() if d == dataset)
-            self.say("end the receive into '%s' (pid %d) left running by an interrupted run" % (volume, pid))
+    def room_for(self, job, keep, datasets, need, last_sync=0, parent=None, limit=None):
+        """Before a receive of ``need`` bytes (None: unknown, after one failed for lack of space): the job's oldest
+        restore points go until it fits, never its newest point or a base (the last sync, the parent)."""
+        if not keep.history or not datasets or (need is not None and need <= 0):
+            return []
+        if need is not None and pointsmod.available(self.zfs, next(iter(datasets.values()))) >= need:
+            return []
+        protected = [replication_snapshot(job, last_sync)] if last_sync > 1 else []
+        return pointsmod.make_room(self.zfs, self.say, job, datasets, need, protected + ([parent] if parent else []),
+                                   limit)
+
+    def make_room(self, request):
+        """``make-room``: a receive of the job failed because this node's pool is full; delete the job's oldest
+        restore point (not the newest, not a base) so that the source can send again.  Says which one went."""
+        check_request_keys(request, ("job", "guest", "volumes", "last_sync", "generation", "source"))
+        job, guest = check_job(request)
+        self.check_caller(request, guest)
+        self.check_job_here(job, guest)
+        datasets = self.checked_replicas(guest, check_volumes(request.get("volumes", [])))
+        last_sync = check_int(request.get("last_sync"), "last_sync")
+        present = {v: d for v, d in datasets.items() if self.zfs.exists(d)}
+        return {"space_pruned": self.room_for(job, self.job_keep(job), present, None, last_sync, limit=1)}
+
+    def await_leftover_receives(self, wanted, looking=False):
+        """Wait until no receive into these volumes runs any more (see receive_stream.py: one left by a run that was cut
+        off ends itself at its stall deadline), so that what this run reads (snapshots, resume tokens) no longer
+        changes under it.  Refused ("receive-busy") if one outlives the wait; a plan (``looking``) only says so."""
+        for volume in sorted(wanted):
+            if looking:
+                if receive_running(self.statedir, volume):
+                    self.say("a receive into '%s' left by an interrupted run is still running; a run waits for it to "
+                             "end itself" % volume)
+                continue
             try:
-                orphans.end(pid)
-                # Its session cleans up after the failed receive, unless it is blocked reading its dead connection:
-                # then it goes too, so that nothing holds the old stream open (zfs-fuse's daemon reads it until EOF).
-                if not orphans.wait_gone(session, orphans.SESSION_GRACE_SECONDS):
-                    orphans.end(session)
-            except orphans.StillRunning as exc:
-                raise Refused("a receive into volume '%s' on node '%s' left by an interrupted run does not end: %s - "
-                              "the next run retries; if it persists, reboot '%s'" % (volume, self.node, exc, self.node),
-                              "receive-busy")
+                with receive_lock(self.statedir, volume, self.wait_for_leftovers()):
+                    pass
+            except LockError as exc:
+                raise Refused("a receive into volume '%s' on node '%s' left by an interrupted run is still running: %s"
+                              % (volume, self.node, exc), "receive-busy") from None
+
+    def node_settings(self):
+        """This node's settings (runner.json; settings.py): the receive's stall deadline comes from there."""
+        return load_settings(os.path.join(self.confdir, SETTINGS_FILE))
+
+    def wait_for_leftovers(self):
+        """Seconds to wait for a receive a cut run left behind (``leftover_wait`` overrides it: tests)."""
+        if self.leftover_wait is not None:
+            return self.leftover_wait
+        return leftover_wait(self.node_settings()["receive_stall_seconds"])
 
     def resume_tokens(self, wanted):
         """{volume: receive_resume_token} of the wanted volumes holding an interrupted receive (OpenZFS)."""
@@ -228,18 +281,23 @@ class Receiver(Authority):
         if base is not None:
             check(base, SNAPSHOT_RE, "base snapshot")
         dataset = self.dataset(volume)
-        kept, bound = [], None
-        if args.get("resume") == "1":  # the rest of an interrupted stream: it goes where the first part went
-            received = feed_zfs_recv(recv_argv(dataset, force=False, resumable=True), stdin, self.node, volume)
-        elif base:
-            bound = self.check_replica(volume, dataset, guest)
-            kept = self.protect_diverged(volume, dataset, base)
-            received = feed_zfs_recv(self.recv_argv(dataset, True, args.get("raw") == "1"), stdin, self.node, volume)
-        else:
-            received = self.receive_full(volume, dataset, stdin, args.get("raw") == "1")
-        self.bind_replica(dataset, guest, job, source, bound)
+        stall = self.node_settings()["receive_stall_seconds"]
+        with receive_lock(self.statedir, volume, self.wait_for_leftovers()):
+            kept, bound = [], None
+            if args.get("resume") == "1":  # the rest of an interrupted stream: it goes where the first part went
+                received = self.feed(recv_argv(dataset, force=False, resumable=True), stdin, volume, stall)
+            elif base:
+                bound = self.check_replica(volume, dataset, guest)
+                kept = self.protect_diverged(volume, dataset, base, self.job_keep(job).history)
+                received = self.feed(self.recv_argv(dataset, True, args.get("raw") == "1"), stdin, volume, stall)
+            else:
+                received = self.receive_full(volume, dataset, stdin, args.get("raw") == "1", stall)
+            self.bind_replica(dataset, guest, job, source, bound)
         self.say("successfully imported '%s'" % volume)
         return {"bytes": received, "kept": kept}
+
+    def feed(self, argv, stream, volume, stall):
+        return feed_zfs_recv(argv, stream, self.node, volume, stall)
 
     def recv_argv(self, dataset, force, raw):
         """Resumable where ZFS can (-s); a non-raw stream's dataset inherits encryption from its parent on this node
@@ -248,7 +306,7 @@ class Receiver(Authority):
         exclude = ("encryption",) if features.receive_exclude and not raw else ()
         return recv_argv(dataset, force=force, resumable=features.resumable_receive, exclude=exclude)
 
-    def receive_full(self, volume, dataset, stdin, raw=False):
+    def receive_full(self, volume, dataset, stdin, raw, stall):
         """A full stream creates the dataset; if the receive fails, what it created is destroyed again, unless ZFS
         saved it for a resume (OpenZFS: the next run continues from its receive_resume_token)."""
         if self.zfs.exists(dataset):
@@ -256,7 +314,7 @@ class Receiver(Authority):
                           "the source; remove it from node '%s' if it is not needed, then the next run sends it in "
                           "full" % (volume, self.node, dataset, self.node), "volume-exists")
         try:
-            return feed_zfs_recv(self.recv_argv(dataset, False, raw), stdin, self.node, volume)
+            return self.feed(self.recv_argv(dataset, False, raw), stdin, volume, stall)
         except Refused:
             if self.resume_tokens({volume: dataset}):
                 self.say("kept the interrupted receive of '%s': the next run resumes it" % volume)
@@ -264,34 +322,51 @@ class Receiver(Authority):
                 self.zfs.destroy(dataset, recursive=True)
             raise
 
-    def protect_diverged(self, volume, dataset, base):
-        """Before `zfs recv -F` rolls the replica back to base: keep aside what was written here since."""
+    def protect_diverged(self, volume, dataset, base, points=False):
+        """Before `zfs recv -F` rolls the replica back to base: keep aside what was written here since.
+
+        ``points``: the job keeps restore points, and its stream is a plain incremental (`send -i`, which leaves
+        older snapshots alone where a replication stream would destroy those the source no longer has); the
+        replica must then end at base, so newer restore points (after a rollback of the guest to an older point)
+        are kept aside with the replica, every snapshot included, before it is rolled back to base."""
         snaps = self.zfs.snapshots(dataset)
         if base not in snaps:
             raise Refused("base snapshot '%s' of volume '%s' does not exist on node '%s' - the next run selects a new "
                           "base" % (base, volume, self.node), "base-missing")
         newer = [s for s, i in snaps.items() if i["createtxg"] > snaps[base]["createtxg"]]
-        foreign = [s for s in newer if not s.startswith("__replicate_")]
+        foreign = [s for s in newer if not s.startswith(ENGINE_SNAPSHOT_PREFIX)]
         if foreign:
             raise Refused("volume '%s' on node '%s' has snapshots the source does not have (%s): receiving would "
                           "destroy them - copy them elsewhere (zfs send) and destroy them on '%s', then the next run "
                           "continues" % (volume, self.node, ", ".join(foreign), self.node), "diverged")
+        if points and newer:
+            copy = self.keep_aside(volume, dataset, newer)
+            self.say("roll back %s to %s" % (volume, base))
+            pointsmod.roll_back(self.zfs, dataset, base, newer)
+            return [copy]
         latest = list(snaps)[-1]
         if not self.zfs.written_since(dataset, latest):
             return []
         return [self.keep_aside(volume, dataset)]
 
-    def keep_aside(self, volume, dataset):
+    def keep_aside(self, volume, dataset, newer=None):
+        """Copy the replica's current data aside as an independent dataset; with ``newer`` (restore points a
+        rollback would drop) every snapshot comes along, so those points stay usable there."""
         stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(self.now()))
-        mark = "__kept_%s__" % stamp
+        mark = kept_aside_snapshot(stamp)
         copy = "%s%s%s" % (dataset, DIVERGED_INFIX, stamp)
         self.zfs.snapshot([dataset], mark)
         try:
-            self.zfs.copy_local_snapshot("%s@%s" % (dataset, mark), copy)
+            self.zfs.copy_local_snapshot("%s@%s" % (dataset, mark), copy, replicate=bool(newer))
         finally:
             self.zfs.destroy("%s@%s" % (dataset, mark))
-        self.say("volume '%s' was modified on node '%s' since the last replica: kept its data as '%s' before "
-                 "replicating over it (destroy that dataset when it is no longer needed)" % (volume, self.node, copy))
+        if newer:
+            self.say("volume '%s' on node '%s' holds restore points newer than the source's base (%s): kept them with "
+                     "its data as '%s' (destroy that dataset when it is no longer needed)"
+                     % (volume, self.node, ", ".join(newer), copy))
+        else:
+            self.say("volume '%s' was modified on node '%s' since the last replica: kept its data as '%s' before "
+                     "replicating over it (destroy that dataset when it is no longer needed)" % (volume, self.node, copy))
         return copy
 
     # ------------------------------------------------------------ finalize, list
@@ -309,19 +384,26 @@ class Receiver(Authority):
         if not isinstance(definition, dict):
             raise Refused("guest_definition must be a JSON object", "invalid-argument")
         keep = replication_snapshot(job, last_sync)
+        grid = self.job_keep(job)
+        listed = {}
         for volume, dataset in self.checked_replicas(guest, volumes).items():
-            snaps = self.zfs.snapshots(dataset)
+            snaps = listed[volume] = pointsmod.listing(self.zfs, dataset)
             if keep not in snaps:
                 self.say("expected snapshot %s not present for %s, not removing others" % (keep, volume))
                 continue
             self.zfs.keep_for_next_sync("%s@%s" % (dataset, keep))
-            for snap in snaps:
-                if is_job_snapshot(snap, job) and snap != keep:
+            if grid.history:  # the job's restore points: the grid decides, the newest stays
+                deleted = pointsmod.prune(self.zfs, self.say, job, dataset, snaps, grid, [keep])
+                pointsmod.release_older_holds(self.zfs, dataset, snaps, job, keep, deleted)
+            else:
+                deleted = [snap for snap in snaps if is_job_snapshot(snap, job) and snap != keep]
+                for snap in deleted:
                     self.say("delete stale replication snapshot '%s' on %s" % (snap, volume))
                     self.zfs.destroy("%s@%s" % (dataset, snap))
+            listed[volume] = {s: i for s, i in snaps.items() if s not in deleted}
         self.store_guest(guest, {"guest": definition, "job": job, "source": source, "last_sync": last_sync,
                                  "volumes": volumes, "generation": request["generation"]})
-        return {}
+        return {"points": pointsmod.summary(listed, job)}
 
     # ------------------------------------------------------------ migration (on the target, before it owns the guest)
 
@@ -372,6 +454,58 @@ class Receiver(Authority):
             self.say("forget the definition of guest %d kept with its replica" % guest)
             if not looking:
                 os.unlink(path)
+
+    def list_points(self, request):
+        """``points``: the restore points of a guest on this node (read-only; any node of the cluster may ask):
+        {"volumes": {volume: {snapshot: {job, time, used, referenced}}}, "owner"}.  Datasets bound to another guest
+        are left out; so are datasets that are not there."""
+        check_request_keys(request, ("guest", "generation", "source"))
+        self.check_member(self.caller(request))
+        guest = check_int(request.get("guest"), "guest ID", GUEST_ID_MIN, GUEST_ID_MAX)
+        if guest not in self.cfg.guests:
+            raise Refused("guest %d is not in the cluster configuration on node '%s': refused" % (guest, self.node),
+                          "unknown-guest")
+        volumes = {}
+        for volume in sorted(self.cfg.guests[guest].volumes):
+            pool = self.storage_pool(volume.partition(":")[0], False)
+            dataset = "%s/%s" % (pool, volume.partition(":")[2]) if pool else None
+            if dataset is None or not self.zfs.exists(dataset):
+                continue
+            identity, guid = self.zfs.replica_identity(dataset)
+            if identity is not None and identity["guid"] == guid and identity["guest"] != guest:
+                continue
+            snaps = pointsmod.listing(self.zfs, dataset)
+            volumes[volume] = {name: {"job": job, "time": epoch, "used": snaps[name]["used"],
+                                      "referenced": snaps[name]["referenced"]}
+                               for name, (job, epoch) in pointsmod.guest_points(snaps, guest).items()}
+        return {"guest": guest, "volumes": volumes, "owner": self.cfg.guests[guest].node == self.node}
+
+    def send_point(self, arguments, stdout_fd):
+        """``send-point``: the guest's owner pulls one restore point of a replica back (rollback.py), as a full
+        stream of that one snapshot on this session's stdout.  Read-only here: the stream is received on the owner,
+        into a volume it has set aside first."""
+        args = parse_arguments(arguments, SEND_POINT_KEYS)
+        request = {"job": args.get("job"), "guest": int_or_none(args.get("guest")),
+                   "generation": int_or_none(args.get("generation")), "source": args.get("source")}
+        job, guest = check_job(request)
+        self.check_caller(request, guest)
+        self.check_job_here(job, guest)
+        volume = self.check_guest_volumes(guest, [check(args.get("volume"), VOLUME_RE, "volume")])[0]
+        snapshot = check(args.get("snapshot"), SNAPSHOT_RE, "snapshot")
+        if not is_job_snapshot(snapshot, job):
+            raise Refused("snapshot %r is not a restore point of job '%s': refused" % (snapshot, job), "invalid-argument")
+        dataset = self.dataset(volume)
+        self.check_replica(volume, dataset, guest)
+        if snapshot not in self.zfs.snapshots(dataset):
+            raise Refused("restore point '%s' of volume '%s' is not on node '%s' (any more) - list the points with "
+                          "'storage-replication restore-points %d'" % (snapshot, volume, self.node, guest), "no-point")
+        argv = send_argv(dataset, snapshot, replicate=False, **self.zfs.send_options(dataset))
+        # pylint: disable-next=ansible-bad-function
+        proc = subprocess.run(argv, stdout=stdout_fd, stderr=subprocess.PIPE, check=False,
+                              env=dict(os.environ, LC_ALL="C"))
+        if proc.returncode != 0:
+            raise ZfsError(argv, proc.returncode, proc.stderr.decode("utf-8", "replace"))
+        return {}
 
     def list_replicas(self, request):
         """The guest definitions this node holds replicas of (operation ``list``)."""

@@ -19,10 +19,11 @@ import time
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils import failpoints
+from ansible_collections.storage.replication.plugins.module_utils import points
 from ansible_collections.storage.replication.plugins.module_utils.cluster import ClusterError, change_cluster
 from ansible_collections.storage.replication.plugins.module_utils.joblog import DEFAULT_LOGDIR, RunLog
 from ansible_collections.storage.replication.plugins.module_utils.names import is_job_snapshot, replication_snapshot
-from ansible_collections.storage.replication.plugins.module_utils.protocol import RECEIVE, receive_arguments
+from ansible_collections.storage.replication.plugins.module_utils.protocol import MAKE_ROOM, RECEIVE, receive_arguments
 from ansible_collections.storage.replication.plugins.module_utils.pruning import prune_job_snapshots
 from ansible_collections.storage.replication.plugins.module_utils.files import LockError
 from ansible_collections.storage.replication.plugins.module_utils.state import DEFAULT_STATEDIR, StateError, StateFile, guest_lock, read_local_node
@@ -40,25 +41,39 @@ class ReplicationError(Exception):
     """A run failed; the message names the cause and the fix."""
 
 
+@dataclasses.dataclass(eq=False)
 class Context:
-    """What one run needs: the configuration, this node, the paths, the ZFS layer and the log."""
+    """What one run needs: the configuration, the job, this node, the state directory, the log, the ZFS layer and
+    this node's SSH key (None: NODE_KEY)."""
 
-    def __init__(self, cfg, job, node, statedir, log, zfs, key):
-        self.cfg = cfg
-        self.job = job
-        self.guest = cfg.guests[job.guest]
-        self.node = node
-        self.statedir = statedir
-        self.log = log
-        self.zfs = zfs
-        self.key = key
-        # Both ends receive resumably (OpenZFS): a failed send keeps its snapshot for the next run to resume.
-        self.resumable = False
-        # The target's session takes small streams inline (ControlChannel.receive_inline), else None.
-        self.inline = None
+    cfg: object
+    job: object
+    node: str
+    statedir: str
+    log: object
+    zfs: object
+    key: str = None
+    # Both ends receive resumably (OpenZFS): a failed send keeps its snapshot for the next run to resume.
+    resumable: bool = dataclasses.field(default=False, init=False)
+    # The target's session takes small streams inline (ControlChannel.receive_inline), else None.
+    inline: object = dataclasses.field(default=None, init=False)
+    # Restore points the target deleted in this run because its pool was full (reported, never silent).
+    space_pruned: list = dataclasses.field(default_factory=list, init=False)
+
+    def __post_init__(self):
+        self.guest = self.cfg.guests[self.job.guest]
+        self.key = self.key or NODE_KEY
+        # The target keeps restore points of this job (its keep; retention.py): plain incremental streams then
+        # (`send -i`: a replication stream received with -F destroys the points the source no longer has).
+        self.points = self.job.retention().history
 
     def request(self, **fields):
         return dict(fields, job=self.job.id, guest=self.job.guest, generation=self.cfg.generation, source=self.node)
+
+    def channel(self, connect=ControlChannel):
+        """The control connection to the job's target (not opened yet: a ``with`` block opens and closes it)."""
+        target = self.cfg.nodes[self.job.target]
+        return connect(target.name, target.address, target.host_key, key=self.key, port=target.port)
 
 
 def run_job(cfg, job_id, node=None, statedir=DEFAULT_STATEDIR, logdir=DEFAULT_LOGDIR, confdir=configmod.DEFAULT_CONFDIR,
@@ -92,9 +107,11 @@ def run_job(cfg, job_id, node=None, statedir=DEFAULT_STATEDIR, logdir=DEFAULT_LO
             log.close()
         sent = sum(v["bytes"] for v in volumes)
         duration = time.monotonic() - began
+        if ctx.points or ctx.space_pruned:  # what the last run had to give up, for status and the metrics
+            state.set_fields(job, space_pruned=sorted(set(ctx.space_pruned)))
         state.record_job_end(job, start, duration, error, bytes_sent=sent, target_unreachable=unreachable)
     return {"job": job_id, "ok": error is None, "error": error, "start": start, "duration": round(duration, 3),
-            "volumes": volumes, "bytes": sent, "log": log.lines}
+            "volumes": volumes, "bytes": sent, "log": log.lines, "space_pruned": sorted(set(ctx.space_pruned))}
 
 
 def _start_time(last_sync, now):
@@ -114,7 +131,7 @@ def _drop_job_from_cluster(ctx, confdir):
     Forced: a node that is down now adopts the change when it catches up, and nothing is left to clean for it."""
     try:
         dropped = change_cluster(lambda cfg: cfg.remove_job(ctx.job.id, missing_ok=True), confdir, ctx.statedir, force=True,
-                                 key=ctx.key or _node_key())
+                                 key=ctx.key)
     except ClusterError as exc:
         raise ReplicationError("job removal done, but dropping job '%s' from the cluster configuration failed: %s - the "
                                "next run tries again" % (ctx.job.id, exc)) from None
@@ -138,12 +155,13 @@ def replicate(ctx, state, start):
         return []
     datasets = {v: ctx.cfg.dataset(v) for v in volumes}
     target = ctx.cfg.nodes[job.target]
-    with ControlChannel(target.name, target.address, target.host_key, key=ctx.key or _node_key(), port=target.port) \
-            as channel:
+    with ctx.channel() as channel:
         # The target first: an interrupted transfer it holds is resumed before this node prunes the snapshot it needs.
         prepared = call(ctx, channel, "prepare", "remote_prepare_local_job",
-                        volumes=volumes, scan=storeid_list, last_sync=last_sync)
+                        volumes=volumes, scan=storeid_list, last_sync=last_sync, **space_need(ctx, datasets, last_sync))
         remote = prepared["volumes"]
+        ctx.points = ctx.points or bool(prepared.get("keeps_points"))
+        ctx.space_pruned += prepared.get("space_pruned") or []
         ctx.resumable = ctx.zfs.features.resumable_receive and prepared.get("features", {}).get("resumable_receive")
         ctx.inline = channel.receive_inline if prepared.get("inline_receive") else None
         resumed, sent = resume_transfers(ctx, channel, target, datasets, prepared.get("resume_tokens", {}), remote)
@@ -152,19 +170,15 @@ def replicate(ctx, state, start):
         state.set_fields(job, storeid_list=sorted({v.partition(":")[0] for v in volumes}))
         snap = replication_snapshot(job.id, start)
         take_snapshots(ctx, datasets, snap)
-        sent += send_volumes(ctx, target, datasets, bases, snap)
+        sent += send_volumes(ctx, target, datasets, bases, snap, channel, last_sync)
         failpoints.reach("before-record")
         state.record_sync_end(job, start)
         mark_synced(ctx, datasets, snap)
-        drop_previous_snapshots(ctx, datasets, local, replication_snapshot(job.id, last_sync), resumed)
+        drop_previous_snapshots(ctx, datasets, local, replication_snapshot(job.id, last_sync), resumed, snap)
         failpoints.reach("before-finalize")
-        finalize_remote(ctx, channel, volumes, start)
+        finalize_remote(ctx, channel, volumes, start, state)
         failpoints.reach("after-finalize")
     return sent
-
-
-def _node_key():
-    return NODE_KEY
 
 
 def call(ctx, channel, operation, prefix, **fields):
@@ -191,12 +205,45 @@ def prepare_local(ctx, datasets, last_sync, keep=None):
         except ZfsError as exc:
             raise ReplicationError("volume '%s' (dataset '%s') is not available on this node: %s - fix the guest's "
                                    "volume list or create the dataset" % (volume, dataset, exc.stderr)) from exc
-        deleted = prune_job_snapshots(ctx.zfs, ctx.log, ctx.job.id, volume, dataset, snaps, last_sync, keep.get(volume))
+        if ctx.job.retention("source").history and last_sync > 1:  # keep_source: the grid decides, bases stay
+            deleted = points.prune(ctx.zfs, ctx.log, ctx.job.id, dataset, snaps, ctx.job.retention("source"),
+                                   [replication_snapshot(ctx.job.id, last_sync), keep.get(volume)]
+                                   + fallback_bases(ctx, snaps))
+        else:
+            deleted = prune_job_snapshots(ctx.zfs, ctx.log, ctx.job.id, volume, dataset, snaps, last_sync, keep.get(volume))
         result[volume] = {s: i for s, i in snaps.items() if s not in deleted}
         for name, info in ctx.zfs.bookmarks(dataset).items():
             if is_job_snapshot(name, ctx.job.id) and name not in result[volume]:
                 result[volume][name] = dict(info, bookmark=True)
     return result
+
+
+def fallback_bases(ctx, snaps):
+    """This job's snapshots another job of the guest falls back on as its base: for each other job that synced at
+    time L, the newest of this job's snapshots made before L (that job's replication stream carried it to its
+    target, which keeps it while this node has it), should that job's own last snapshot be lost on one side."""
+    mine = points.job_points(snaps, ctx.job.id)
+    wanted = []
+    for other in ctx.cfg.jobs_of_guest(ctx.job.guest):
+        last = int(StateFile(ctx.statedir).job_state(other).get("last_sync", 0)) if other.id != ctx.job.id else 0
+        before = [name for name, epoch in mine.items() if epoch < last]
+        if before:
+            wanted.append(max(before, key=lambda name: mine[name]))
+    return wanted
+
+
+def space_need(ctx, datasets, last_sync):
+    """{"need": bytes} for prepare when the target keeps restore points and the size of this run's streams can be
+    told cheaply (OpenZFS: written@<last sync>), so that it makes room before the transfer; {} otherwise (then it
+    makes room when a receive fails for lack of space)."""
+    if not ctx.points or last_sync < 2 or not ctx.zfs.features.written_property:
+        return {}  # a first run may find the volumes there already: its size says nothing of what it will send
+    last_snap = replication_snapshot(ctx.job.id, last_sync)
+    try:
+        found = ctx.zfs.get(["written@" + last_snap], list(datasets.values()))
+        return {"need": sum(int(found[d]["written@" + last_snap]) for d in datasets.values())}
+    except (ZfsError, KeyError, ValueError):
+        return {}  # a volume without that snapshot, say: no estimate, the receive makes room if it must
 
 
 def select_bases(job_id, volumes, local, remote, last_sync):
@@ -263,7 +310,10 @@ def take_snapshots(ctx, datasets, snap):
             run_hook(ctx, "thaw")
 
 
-def send_volumes(ctx, target, datasets, bases, snap):
+ROOM_RETRIES = 3  # a volume sent again after the target made room for it, at most
+
+
+def send_volumes(ctx, target, datasets, bases, snap, channel=None, last_sync=0):
     rate = ctx.job.rate
     limit = "%s MByte/s" % configmod.format_number(rate) if rate else "none"
     ctx.log("using secure transmission, rate limit: %s" % limit)
@@ -272,7 +322,18 @@ def send_volumes(ctx, target, datasets, bases, snap):
     try:
         for index, (volume, dataset) in enumerate(datasets.items()):
             failpoints.reach("before-volume-%d" % index)
-            sent.append(send_volume(ctx, target, known_hosts, volume, dataset, bases[volume], snap))
+            for attempt in range(ROOM_RETRIES + 1):
+                try:
+                    sent.append(send_volume(ctx, target, known_hosts, volume, dataset, bases[volume], snap))
+                    break
+                except RemoteError as exc:
+                    if not target_full(ctx, exc):
+                        raise
+                    if attempt == ROOM_RETRIES or not made_room(ctx, channel, list(datasets), last_sync):
+                        ctx.log("the pool on '%s' is full and holds no more restore points of job %s it may delete (the "
+                                "newest and the bases are never deleted): this run's point cannot be kept there"
+                                % (ctx.job.target, ctx.job.id))
+                        raise
             failpoints.reach("after-volume-%d" % index)
     except (TransportError, RemoteError, ZfsError):
         arrived = [result["volume"] for result in sent]
@@ -286,6 +347,23 @@ def send_volumes(ctx, target, datasets, bases, snap):
             drop_snapshot(ctx, {v: d for v, d in datasets.items() if v not in arrived}, snap)
         raise
     return sent
+
+
+def target_full(ctx, exc):
+    """The receive of a job that keeps restore points failed because the target's pool is full."""
+    return ctx.points and exc.reply.get("reason") == "receive-failed" and " is full" in str(exc)
+
+
+def made_room(ctx, channel, volumes, last_sync):
+    """The target deletes its oldest restore point of the job (never the newest or a base) and says which; True if
+    the volume can be sent again now (not when the target saved the partial receive to resume: the next run
+    resumes it, in the room made now)."""
+    if channel is None:
+        return False
+    reply = call(ctx, channel, MAKE_ROOM, "remote_make_room", volumes=volumes, last_sync=last_sync)
+    pruned = reply.get("space_pruned") or []
+    ctx.space_pruned += pruned
+    return bool(pruned) and not ctx.resumable
 
 
 def drop_snapshot(ctx, datasets, snap):
@@ -312,6 +390,8 @@ def send_volume(ctx, target, known_hosts, volume, dataset, base, snap):
     if options["raw"] or options["compressed"]:
         ctx.log("sending '%s' %s" % (volume, "raw (encrypted on the wire and on the target)" if options["raw"]
                                      else "compressed as stored (-c)"))
+    if ctx.points:  # a plain stream of this one snapshot (the comment on Context.points says why)
+        options.update(replicate=False, properties=not base, intermediates=False)
     result = stream_to_target(ctx, target, known_hosts, send_argv(dataset, snap, base, **options), volume, snap,
                               limit, base=base.lstrip("#") if base else None, raw=options["raw"] or None)
     ctx.log("volume '%s': sent %d bytes in %.1f s (%.1f MB/s%s)" % (
@@ -332,7 +412,7 @@ def stream_to_target(ctx, target, known_hosts, send_command, volume, snap, rate_
     into the run log."""
     arguments = receive_arguments(job=ctx.job.id, guest=ctx.job.guest, volume=volume, snapshot=snap,
                                   generation=ctx.cfg.generation, source=ctx.node, **extra)
-    command = ssh_argv(target.name, target.address, known_hosts, [RECEIVE] + arguments, key=ctx.key or _node_key(),
+    command = ssh_argv(target.name, target.address, known_hosts, [RECEIVE] + arguments, key=ctx.key,
                        port=target.port)
     inline = (lambda data: ctx.inline(arguments, data)) if ctx.inline else None
     try:
@@ -346,10 +426,18 @@ def stream_to_target(ctx, target, known_hosts, send_command, volume, snap, rate_
     return result
 
 
-def drop_previous_snapshots(ctx, datasets, local, previous, resumed):
+def drop_previous_snapshots(ctx, datasets, local, previous, resumed, snap=None):
     """After a sync, as pvesr: the last sync's snapshot goes here, and a resumed transfer's.  Other leftovers of the
     job (one a volume kept from an interrupted run) go at the next run's prepare, as pvesr's do: a recovery point
-    stays readable until then."""
+    stays readable until then.  With keep_source the grid decides instead (the new snapshot ``snap`` stays)."""
+    grid = ctx.job.retention("source")
+    if grid.history and snap is not None:
+        for volume, dataset in datasets.items():
+            snaps = points.listing(ctx.zfs, dataset)
+            gone = points.prune(ctx.zfs, ctx.log, ctx.job.id, dataset, snaps, grid,
+                                [snap] + ([resumed[volume]] if volume in resumed else []) + fallback_bases(ctx, snaps))
+            points.release_older_holds(ctx.zfs, dataset, snaps, ctx.job.id, snap, gone)
+        return
     for volume, dataset in datasets.items():
         for snap in dict.fromkeys([previous] + ([resumed[volume]] if volume in resumed else [])):
             if snap in local.get(volume, {}) and not local[volume][snap].get("bookmark"):
@@ -389,7 +477,7 @@ def resume_transfers(ctx, channel, target, datasets, tokens, remote):
 
 
 # What the target's `zfs recv -s` says for any EINVAL, whatever the modules' versions: for a resumed stream, that the
-# saved receive state does not match the token's (see orphans.py for how that came about once).  Such a resume
+# saved receive state does not match the token's (receive_stream.py says how that came about once).  Such a resume
 # may fail the same way on every retry, so the token goes; any other failure (an incomplete stream, the link) keeps it.
 RESUME_REFUSED = "kernel modules must be upgraded to receive this stream"
 
@@ -447,12 +535,21 @@ def known_hosts_file(ctx):
                              [(n.name, n.host_key) for n in ctx.cfg.nodes.values()])
 
 
-def finalize_remote(ctx, channel, volumes, start):
+def finalize_remote(ctx, channel, volumes, start, state=None):
+    """The target keeps the job's newest snapshot (and the restore points its grid keeps); what it holds then is
+    recorded in the job state (``points``: count, oldest, newest, bytes; ``space_pruned``: points it had to
+    delete for lack of space in this run) for status, the metrics and job_info."""
     try:
-        call(ctx, channel, "finalize", "remote_finalize_local_job", volumes=volumes, last_sync=start,
-             guest_definition=dataclasses.asdict(ctx.guest))
+        reply = call(ctx, channel, "finalize", "remote_finalize_local_job", volumes=volumes, last_sync=start,
+                     guest_definition=dataclasses.asdict(ctx.guest))
     except (RemoteError, TransportError) as exc:
         ctx.log("delete stale replication snapshot error: %s" % exc)
+        return
+    if ctx.space_pruned:
+        ctx.log("restore point(s) deleted on '%s' for lack of space (the grid would have kept them): %s"
+                % (ctx.job.target, ", ".join(sorted(set(ctx.space_pruned)))))
+    if state is not None and isinstance(reply.get("points"), dict):
+        state.set_fields(ctx.job, points=reply["points"])
 
 
 def remove_job(ctx, volumes, storeid_list):
@@ -460,10 +557,8 @@ def remove_job(ctx, volumes, storeid_list):
     job = ctx.job
     ctx.log("start job removal - mode '%s'" % job.remove_job)
     if job.remove_job == "full" and job.target != ctx.node and job.target in ctx.cfg.nodes:
-        target = ctx.cfg.nodes[job.target]
         scan = sorted(set(storeid_list) | {v.partition(":")[0] for v in volumes})
-        with ControlChannel(target.name, target.address, target.host_key, key=ctx.key or _node_key(),
-                            port=target.port) as channel:
+        with ctx.channel() as channel:
             call(ctx, channel, "prepare", "remote_prepare_local_job", volumes=[], scan=scan, last_sync=1, force=True)
     datasets = {v: ctx.cfg.dataset(v) for v in volumes}
     prepare_local(ctx, {v: d for v, d in datasets.items() if ctx.zfs.exists(d)}, 1)

@@ -10,7 +10,7 @@ import datetime
 
 from ansible_collections.storage.replication.plugins.module_utils.schedule import DEFAULT_SCHEDULE
 from ansible_collections.storage.replication.plugins.module_utils.state import (
-    STATUS_INTERRUPTED, job_is_running, job_state_in, job_status, next_sync)
+    STATUS_INTERRUPTED, STATUS_WAITING, job_is_running, job_state_in, job_status, next_sync)
 
 _NEXT_SYNC_MEMO = {}
 _NEXT_SYNC_MEMO_SIZE = 65536
@@ -39,6 +39,10 @@ def job_figures(job, jobstate, now):
     """The figures of one job from its state entry at ``now`` (see job_report)."""
     running = job_is_running(jobstate)
     due = None if job.disable and not job.remove_job else memo_next_sync(job, jobstate)
+    if due and due < now and (job.remove_job or not jobstate.get("last_try")):
+        # pvesr's "due at the next tick" values are not times: 1 for a removal, and for a job that never ran (or was
+        # scheduled now) the schedule's first event after last_try 0, i.e. 1970-01-01 00:15. Such a job is due now.
+        due = int(now)
     last_sync = int(jobstate.get("last_sync", 0))
     figures = {
         "id": job.id, "guest": job.guest, "jobnum": job.jobnum, "target": job.target, "source": job.source,
@@ -52,14 +56,30 @@ def job_figures(job, jobstate, now):
         "status": job_status(job, jobstate),
         "pid": jobstate.get("pid") if running else None,
     }
+    figures.update(_point_figures(job, jobstate, now, last_sync))
     if running:
         figures["state"] = "SYNCING"
     elif figures["status"] == STATUS_INTERRUPTED:
         figures["state"] = "interrupted: the run started %s did not end (its process %s is gone); the next run starts " \
                            "over" % (time_text(jobstate.get("last_try")), jobstate.get("pid"))
+    elif figures["status"] == STATUS_WAITING:
+        # pvesr shows only the error and stops trying; we retry (next_sync) and say why the job waits.
+        figures["state"] = "waiting for target: %s" % figures["error"]
     else:
         figures["state"] = figures["error"] or "OK"
     return figures
+
+
+def _point_figures(job, jobstate, now, last_sync):
+    """The job's restore points on its target, as its last finalize reported them (before any: the newest replica,
+    if there is one): count, oldest, its age, bytes held (None: not known yet), and the points the target had to
+    delete in the last run for lack of space."""
+    points = jobstate.get("points") if isinstance(jobstate.get("points"), dict) else {}
+    oldest = points.get("oldest", last_sync or None)
+    return {"keep": job.keep, "keep_source": job.keep_source,
+            "restore_points": int(points.get("count", 1 if last_sync else 0)), "oldest_point": oldest,
+            "oldest_point_age": max(0, int(now) - int(oldest)) if oldest else None,
+            "points_bytes": points.get("bytes"), "space_pruned": list(jobstate.get("space_pruned") or [])}
 
 
 def time_text(epoch):

@@ -61,6 +61,7 @@ REFUSAL_FILE = "refusal.json"
 RECHECK_SECONDS = 10
 TICK_SECONDS = 60
 
+
 # ---------------------------------------------------------------------------------------------------------------
 # The run
 
@@ -313,6 +314,7 @@ class Runner:
                 # next tick found the lock taken: act as that tick (a new iteration: jobs may run again).
                 if running and self.now() - self.iteration >= TICK_SECONDS:
                     self.iteration, started = self.now(), {j.id for j in running.values()}
+                    self._write_metrics()  # the heartbeat: a long job is no stopped runner
                 # Jobs may have been changed while they ran (pvesr re-reads the configuration before every pick).
                 self.cfg = configmod.load(self.paths.confdir)
 
@@ -351,8 +353,9 @@ class Runner:
             outcome = {"ok": False, "error": str(exc)}
         entry = {"ok": outcome["ok"], "error": outcome.get("error"), "start": outcome.get("start"),
                  "bytes": outcome.get("bytes", 0), "seconds": round(time.monotonic() - began, 3),
-                 # what each volume took (full, incremental or resumed, from which base) and the run's log lines
-                 "volumes": [{key: volume.get(key) for key in ("volume", "mode", "base", "bytes", "seconds")}
+                 # what each volume took (full, incremental or resumed, from which base; what the target kept aside
+                 # of a replica written to since the base) and the run's log lines
+                 "volumes": [{key: volume.get(key) for key in ("volume", "mode", "base", "bytes", "seconds", "kept")}
                              for volume in outcome.get("volumes", [])],
                  "log": outcome.get("log", [])}
         if not outcome["ok"]:

@@ -7,6 +7,9 @@ authorized_keys pins the peers' keys to the forced command `/opt/storage-replica
 --peer <node>`, which calls ``main()``.  It reads what the peer wants from SSH_ORIGINAL_COMMAND (protocol.py: one
 operation, `receive` with its stream, or a session of several), hands it to the operation, and answers one JSON line
 per request; a refusal or a failure is an answer too, never a traceback.
+
+A web service's key is pinned to `serve --peer <node> --read-only`: ``main(operations=...)`` is then given the only
+operations that key may run (nodeview.OPERATIONS), and no stream is received for it.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ import sys
 from ansible_collections.storage.replication.plugins.module_utils import cluster
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils.protocol import (
-    DROP_COPY, INLINE_STREAM_MAX, PLAN, RECEIVE, SESSION, SET_STATE, Refused, check_request_keys, decode_request,
-    read_request, read_request_line, reply_line)
+    DROP_COPY, INLINE_STREAM_MAX, MAKE_ROOM, PLAN, POINTS, RECEIVE, SEND_POINT, SESSION, SET_STATE, Refused,
+    check_request_keys, decode_request, read_request, read_request_line, reply_line)
 from ansible_collections.storage.replication.plugins.module_utils.receiver import Receiver
 from ansible_collections.storage.replication.plugins.module_utils.zfs import ZfsError
 
@@ -37,28 +40,41 @@ CONTROL_OPERATIONS = {
     SET_STATE: Receiver.set_state,
     # Migration to a node without a replica: the copy is complete there, the one-off copy job's traces go.
     DROP_COPY: Receiver.drop_migration_copy,
+    # Restore points: what this node holds of a guest (read-only); a full pool makes room for the next point.
+    POINTS: Receiver.list_points,
+    MAKE_ROOM: Receiver.make_room,
 }
 
 
-def handle(command, receiver, stdin):
-    """Dispatch one SSH_ORIGINAL_COMMAND; returns the reply dict."""
+def handle(command, receiver, stdin, operations=None):
+    """Dispatch one SSH_ORIGINAL_COMMAND; returns the reply dict. ``operations``: what this key may run, if not every
+    control operation and `receive`."""
     tokens = (command or "").split()
     if not tokens:
         raise Refused("no operation given: this key may only run the replication receiver", "invalid-operation")
     operation, arguments = tokens[0], tokens[1:]
-    if operation == RECEIVE:
+    if operation == RECEIVE and operations is None:
         return receiver.receive(arguments, stdin)
-    if operation not in CONTROL_OPERATIONS or arguments:
+    if operation not in _table(operations) or arguments:
         raise Refused("operation %r is not allowed: this key may only run the replication receiver's operations "
-                      "(%s)" % (command[:80], ", ".join(sorted(list(CONTROL_OPERATIONS) + [RECEIVE, SESSION]))),
-                      "invalid-operation")
-    return control(receiver, operation, read_request(stdin))
+                      "(%s)" % (command[:80], allowed(operations, SESSION)), "invalid-operation")
+    return control(receiver, operation, read_request(stdin), operations)
 
 
-def control(receiver, operation, request):
+def _table(operations):
+    return CONTROL_OPERATIONS if operations is None else operations
+
+
+def allowed(operations, *more):
+    """The names a key may send, for a refusal's message."""
+    names = list(operations) if operations is not None else list(CONTROL_OPERATIONS) + [RECEIVE, SEND_POINT]
+    return ", ".join(sorted(names + list(more)))
+
+
+def control(receiver, operation, request, operations=None):
     """One control operation; whatever it is, the key must name a node and the request may not claim another."""
     receiver.caller(request)
-    return CONTROL_OPERATIONS[operation](receiver, request)
+    return _table(operations)[operation](receiver, request)
 
 
 def answer(receiver, work):
@@ -82,7 +98,7 @@ def answer(receiver, work):
     return reply
 
 
-def session(receiver, stdin, stdout):
+def session(receiver, stdin, stdout, operations=None):
     """Several operations in one process (one per JSON line: {"operation", "request"}), so that a run pays for one
     process start on the target instead of one per operation.  A `receive` request ({"arguments": [key=value, ...],
     "bytes": n}) is followed by its whole stream of n bytes (a small one: INLINE_STREAM_MAX).  Ends at end of
@@ -91,24 +107,24 @@ def session(receiver, stdin, stdout):
         line = read_request_line(stdin)
         if not line:
             return 0
-        reply = answer(receiver, lambda: session_request(receiver, line, stdin))
+        reply = answer(receiver, lambda: session_request(receiver, line, stdin, operations))
         stdout.write(reply_line(reply))
         stdout.flush()
         if reply.get("reason") == "stream-framing":
             return 1
 
 
-def session_request(receiver, line, stdin):
+def session_request(receiver, line, stdin, operations=None):
     message = decode_request(line)
     operation = message.get("operation") if isinstance(message, dict) else None
     if not isinstance(operation, str):
         raise Refused("operation %r is not an operation name: refused" % (str(operation)[:80],), "invalid-operation")
-    if operation == RECEIVE:
+    if operation == RECEIVE and operations is None:
         return receive_inline(receiver, message.get("request"), stdin)
-    if operation not in CONTROL_OPERATIONS:
-        raise Refused("operation %r is not allowed in a session (%s)" % (
-            str(operation)[:80], ", ".join(sorted(list(CONTROL_OPERATIONS) + [RECEIVE]))), "invalid-operation")
-    return control(receiver, operation, message.get("request"))
+    if operation not in _table(operations):
+        raise Refused("operation %r is not allowed in a session (%s)" % (str(operation)[:80], allowed(operations)),
+                      "invalid-operation")
+    return control(receiver, operation, message.get("request"), operations)
 
 
 def receive_inline(receiver, request, stdin):
@@ -130,9 +146,11 @@ def receive_inline(receiver, request, stdin):
     return receiver.receive(arguments, data)
 
 
-def main(argv=None, environ=None, stdin=None, stdout=None, receiver=None, peer=None):
+def main(argv=None, environ=None, stdin=None, stdout=None, receiver=None, peer=None, operations=None,
+         stream_out=None):
     """The `serve` entry point: one operation, or a session of control operations, per SSH session.  ``peer`` is the
-    calling node, from the key's forced command (`serve --peer <node>`)."""
+    calling node, from the key's forced command (`serve --peer <node>`); ``operations``, if given, is all this key
+    may run (`serve --read-only`)."""
     del argv
     environ = os.environ if environ is None else environ
     stdin = stdin or sys.stdin.buffer
@@ -140,8 +158,15 @@ def main(argv=None, environ=None, stdin=None, stdout=None, receiver=None, peer=N
     receiver = receiver or Receiver(peer=peer)
     command = environ.get("SSH_ORIGINAL_COMMAND", "")
     if command.strip() == SESSION:
-        return session(receiver, stdin, stdout)
-    reply = answer(receiver, lambda: handle(command, receiver, stdin))
+        return session(receiver, stdin, stdout, operations)
+    if command.split()[:1] == [SEND_POINT] and operations is None:
+        # stdout carries the stream: the answer of a refusal goes to stderr.  A read-only key never gets here.
+        reply = answer(receiver, lambda: receiver.send_point(command.split()[1:],
+                                                             (stream_out or sys.stdout.buffer).fileno()))
+        if not reply["ok"]:
+            sys.stderr.write(reply_line(reply))
+        return 0 if reply["ok"] else 1
+    reply = answer(receiver, lambda: handle(command, receiver, stdin, operations))
     stdout.write(reply_line(reply))
     stdout.flush()
     return 0 if reply["ok"] else 1

@@ -6,7 +6,7 @@ where the configuration, the state and the logs live (the STORAGE_REPLICATION_* 
 
     {"max_parallel": 4, "log_runs": 10, "notify_command": ["/usr/local/bin/notify-replication"],
      "metrics_file": "/var/lib/prometheus/node-exporter/storage-replication.prom", "peer_check_interval": 600,
-     "fence_after": 60, "fence_interval": 5}
+     "fence_after": 60, "fence_interval": 5, "receive_stall_seconds": 120}
 
 The runner, the fence service and the CLI read them; a file that is not valid is refused with every problem named,
 never half used.
@@ -32,6 +32,9 @@ DEFAULT_SETTINGS = {
     # The fence service (fence.py): seconds without quorum before this node stops its guests, and its tick.
     "fence_after": 60,
     "fence_interval": 5,
+    # The receiving side (receive_stream.py): a stream into `zfs recv` that brings no byte for this long ends itself,
+    # so that a run cut off from this node (its link down) leaves no receive behind.
+    "receive_stall_seconds": 120,
 }
 
 # Environment variables that move the node's directories (tests, benchmarks, unusual installs).
@@ -83,7 +86,7 @@ def _settings_problems(data):
     for key in sorted(set(data) - set(DEFAULT_SETTINGS)):
         yield "unknown setting '%s'; the settings are: %s" % (key, ", ".join(sorted(DEFAULT_SETTINGS)))
     for key, low in (("max_parallel", 1), ("log_runs", 1), ("peer_check_interval", 0), ("fence_after", 1),
-                     ("fence_interval", 1)):
+                     ("fence_interval", 1), ("receive_stall_seconds", 10)):
         value = data.get(key, low)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             yield "'%s' must be a whole number >= %d, not %r" % (key, low, value)

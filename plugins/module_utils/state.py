@@ -16,6 +16,7 @@ that was interrupted (``STATUS_INTERRUPTED``).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import socket
@@ -32,7 +33,9 @@ LOCAL_NODE_FILE = "local-node"
 
 STATE_LOCK_TIMEOUT = 10
 GUEST_LOCK_TIMEOUT = 2
-MAX_STATE_SIZE = 1024 * 1024
+# A state entry is about 300 bytes: 16 MiB holds tens of thousands of jobs (ten thousand per node are measured,
+# benchmarks/bench_runner.py) and still refuses a file no runner wrote.
+MAX_STATE_SIZE = 16 * 1024 * 1024
 
 # Back-off after failures, pvesr ReplicationState.pm: 5, 10, 15 minutes, then every 30 minutes.
 BACKOFF_STEP = 5 * 60
@@ -133,14 +136,32 @@ class StateFile:
         self.path = os.path.join(statedir, STATE_FILE)
         self.lock_path = os.path.join(statedir, STATE_LOCK_FILE)
         self.lock_timeout = lock_timeout
+        self._memo = None  # ((device, inode, size, mtime), state) of the last read
 
     def read(self):
-        """The whole state; a missing file is ``{}`` (no job ran here yet). StateError if it cannot be read."""
+        """The whole state; a missing file is ``{}`` (no job ran here yet). StateError if it cannot be read.
+
+        Read-only: the same object is returned until the file changes (every write replaces it by a rename, a new
+        inode), since a runner with ten thousand jobs reads a state of megabytes several times per tick; ``locked``
+        parses its own copy to change."""
+        return self._read(shared=True)
+
+    def _read(self, shared):
         try:
             with open(self.path, "rb") as handle:
+                stat = os.fstat(handle.fileno())
+                key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+                if shared and self._memo is not None and self._memo[0] == key:
+                    return self._memo[1]
                 data = handle.read(MAX_STATE_SIZE + 1)
         except FileNotFoundError:
             return {}
+        state = self._parse(data)
+        if shared:
+            self._memo = (key, state)
+        return state
+
+    def _parse(self, data):
         if len(data) > MAX_STATE_SIZE:
             raise StateError("state file %s is larger than %d bytes" % (self.path, MAX_STATE_SIZE))
         if not data.strip():  # every write has at least "{}": an empty file lost its content
@@ -169,7 +190,7 @@ class StateFile:
     def locked(self):
         """Yield the whole state under the lock; it is written atomically when the block ends without error."""
         with self._lock():
-            state = self.read()
+            state = self._read(shared=False)  # read's object is shared by its callers: never changed in place
             yield state
             self._write(state)
 
@@ -249,7 +270,7 @@ class StateFile:
 
     def guest_states(self, guest):
         """``{"local/<target>": entry}`` of ``guest`` (for migration's state transfer)."""
-        return self.read().get(str(int(guest)), {})
+        return copy.deepcopy(self.read().get(str(int(guest)), {}))
 
     def set_guest_states(self, guest, states):
         """Replace ``guest``'s whole entry (pvesr set-state); an empty ``states`` deletes it."""

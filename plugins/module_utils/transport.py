@@ -16,6 +16,7 @@ StrictHostKeyChecking=yes.  The receiving side counts the bytes it feeds to `zfs
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import select
@@ -117,18 +118,19 @@ def auth_message(node_name):
             "(re-run the site playbook / runner role)" % node_name)
 
 
+@dataclasses.dataclass(eq=False)
 class ControlChannel:
     """One authenticated SSH connection to a peer; `call` runs one receiver operation on it."""
 
-    def __init__(self, node_name, address, host_key, key=NODE_KEY, port=22, timeout=CONNECT_TIMEOUT):
-        self.node_name = node_name
-        self.address = address
-        self.host_key = host_key
-        self.key = key
-        self.port = port
-        self.timeout = timeout
-        self.client = None
-        self.session = None  # None: not opened yet; False: the peer has no sessions; else (channel, replies)
+    node_name: str
+    address: str
+    host_key: str
+    key: str = NODE_KEY
+    port: int = 22
+    timeout: float = CONNECT_TIMEOUT
+    client: object = dataclasses.field(default=None, init=False)
+    # None: not opened yet; False: the peer has no sessions; else (channel, replies)
+    session: object = dataclasses.field(default=None, init=False)
 
     def connect(self):
         import paramiko  # pylint: disable=import-outside-toplevel
@@ -457,9 +459,12 @@ def _collect(ssh, send):
 def _stream_outcome(node_name, address, send, ssh, ssh_out, ssh_err, send_err, seconds):
     """The cause of a failed stream, in order: zfs send itself, the receiver's answer, then ssh."""
     reply = last_json_line(ssh_out)
-    if send.returncode != -signal.SIGPIPE:
+    refused = isinstance(reply, dict) and not reply.get("ok", False)
+    # A receiver that failed (a full pool, say) closes the pipe: zfs-fuse's send then exits 1 saying "Broken pipe",
+    # and the receiver's answer is the cause worth reporting.
+    if send.returncode != -signal.SIGPIPE and not (refused and "Broken pipe" in send_err):
         _check_send(send, send_err, node_name)
-    if isinstance(reply, dict) and not reply.get("ok", False):
+    if refused:
         raise RemoteError(node_name, RECEIVE, reply)
     if not isinstance(reply, dict) or send.returncode != 0:
         explained = explain_ssh_failure(node_name, address, ssh_err)

@@ -22,7 +22,8 @@ import struct
 import subprocess
 import time
 
-from ansible_collections.storage.replication.plugins.module_utils.names import REPLICA_PROPERTY, parse_replica_identity
+from ansible_collections.storage.replication.plugins.module_utils.names import (
+    REPLICA_PROPERTY, parse_replica_identity, probe_snapshot)
 
 ZFS = "zfs"
 C_LOCALE_ENV = {"LC_ALL": "C", "LANG": "C"}
@@ -511,7 +512,7 @@ class Zfs:
             # Something was written, but reading files with atime=on writes too (metadata only): only data
             # records in the delta count, as on zfs-fuse (found by the OpenZFS tier: a replica read once was
             # kept aside as "modified").
-        probe = "__replicate_probe_%d__" % os.getpid()
+        probe = probe_snapshot(os.getpid())
         self.run(snapshot_argv(["%s@%s" % (dataset, probe)]), None, True)
         try:
             return self._stream_has_data(send_argv(dataset, probe, base=snapshot, replicate=False, properties=False,
@@ -560,13 +561,15 @@ class Zfs:
             return int(used["usedbydataset"]) + int(used["usedbysnapshots"]), "the space it and its snapshots use"
         return None, "zfs-fuse cannot size a delta without taking a snapshot"
 
-    def copy_local_snapshot(self, source_snapshot, target_dataset):
-        """Independent local copy of one snapshot's data (no other snapshots) as a new dataset."""
+    def copy_local_snapshot(self, source_snapshot, target_dataset, replicate=False):
+        """Independent local copy of one snapshot's data as a new dataset; with ``replicate`` the dataset's older
+        snapshots come along (`send -R`: same names and guids), else none."""
         env = dict(os.environ)
         env.update(C_LOCALE_ENV)
         dataset, snap = split_snapshot(source_snapshot)
         # pylint: disable-next=ansible-bad-function
-        send = subprocess.Popen(send_argv(dataset, snap, replicate=False), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        send = subprocess.Popen(send_argv(dataset, snap, replicate=replicate), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env)
         # pylint: disable-next=ansible-bad-function
         recv = subprocess.run(recv_argv(target_dataset, force=False), stdin=send.stdout, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, env=env, check=False)
@@ -609,5 +612,5 @@ class LookingZfs(Zfs):
             return int(self.get(["written@" + snapshot], [dataset])[dataset]["written@" + snapshot]) != 0
         return True
 
-    def copy_local_snapshot(self, source_snapshot, target_dataset):
-        self.changes.append(["copy", source_snapshot, target_dataset])
+    def copy_local_snapshot(self, source_snapshot, target_dataset, replicate=False):
+        self.changes.append(["copy", source_snapshot, target_dataset] + (["-R"] if replicate else []))

@@ -37,6 +37,12 @@ options:
   to:
     description: Recover every guest on this node instead of the node with the newest replica; it must hold a complete replica.
     type: str
+  point:
+    description:
+      - Recover each guest from a restore point instead of its newest replica, the newest point at or before this time
+        (an epoch, or a local time V(2026-05-01 14:30)) or the point of this snapshot name, on the surviving node
+        that holds the newest such point. The newer points are kept aside there (M(storage.replication.replica_promote)).
+    type: str
   force_quorum:
     description:
       - Go on although fewer than a majority of the nodes answer (the equivalent of C(pvecm expected 1)). Make no other
@@ -62,12 +68,8 @@ attributes:
   diff_mode:
     support: none
     description: Nothing to show as a diff.
-  platform:
-    support: full
-    platforms: posix
-    description: Runs on a replication node prepared by the C(storage.replication.runner) role.
-requirements:
-  - The runner installed by the C(storage.replication.runner) role; use its interpreter.
+extends_documentation_fragment:
+  - storage.replication.attributes.node_step
 seealso:
   - module: storage.replication.replica_promote
   - module: storage.replication.guest_takeover
@@ -93,7 +95,8 @@ guests:
   elements: dict
   sample: [{"guest": 100, "type": "service", "from": "node1", "to": "node2", "job": "100-0", "recovery_point": 1767225600,
             "recovery_point_text": "2026-01-01 00:00:00 UTC", "lost_writes_window": 42, "replicas": {"node2": 1767225600},
-            "volumes": ["local-zfs:subvol-100-disk-0"], "jobs_after": {"100-0": "node2 -> node1"}}]
+            "volumes": ["local-zfs:subvol-100-disk-0"], "jobs_after": {"100-0": "node2 -> node1"},
+            "point": {"snapshot": "__replicate_100-0_1767225600__", "job": "100-0", "time": 1767225600}}]
 unrecoverable:
   description: Guests no surviving node holds a complete replica of, each with the reason.
   returned: success
@@ -146,6 +149,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.storage.replication.plugins.module_utils._module import run_module_step
 from ansible_collections.storage.replication.plugins.module_utils import cluster, config as configmod, failover, fence
+from ansible_collections.storage.replication.plugins.module_utils import rollback
 
 
 def plan(params, check_mode):
@@ -153,8 +157,12 @@ def plan(params, check_mode):
     cfg = configmod.load()
     views = failover.survey(cfg)
     local = cluster.read_local_node()
+    points = None
+    if params["point"] is not None:  # the restore points of the failed node's guests on every node that answers
+        points = {guest: rollback.survey_points(cfg, guest) for guest, item in cfg.guests.items()
+                  if item.node == params["failed_node"] and (params["guests"] is None or guest in params["guests"])}
     result = failover.plan_failover(cfg, local, params["failed_node"], views, params["guests"], params["to"],
-                                    params["force_quorum"])
+                                    params["force_quorum"], point=params["point"], points=points)
     command = None
     if params["fence_command"] and not check_mode:
         command = failover.run_fence_command(params["fence_command"])
@@ -176,7 +184,7 @@ def plan(params, check_mode):
 def main():
     module = AnsibleModule(
         argument_spec={"failed_node": {"type": "str", "required": True}, "guests": {"type": "list", "elements": "int"},
-                       "to": {"type": "str"}, "force_quorum": {"type": "bool", "default": False},
+                       "to": {"type": "str"}, "point": {"type": "str"}, "force_quorum": {"type": "bool", "default": False},
                        "failed_node_is_off": {"type": "bool", "default": False},
                        "fence_command": {"type": "list", "elements": "str"}},
         supports_check_mode=True,

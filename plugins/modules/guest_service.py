@@ -32,12 +32,8 @@ attributes:
   diff_mode:
     support: none
     description: Nothing to show as a diff.
-  platform:
-    support: full
-    platforms: posix
-    description: Runs on a replication node prepared by the C(storage.replication.runner) role.
-requirements:
-  - The runner installed by the C(storage.replication.runner) role; use its interpreter.
+extends_documentation_fragment:
+  - storage.replication.attributes.node_step
 seealso:
   - module: storage.replication.guest
   - module: storage.replication.guest_takeover

@@ -54,6 +54,23 @@ options:
       - Whether the runner runs the job. A disabled job keeps its snapshots and state.
     type: bool
     default: true
+  keep:
+    description:
+      - Two meanings, told apart by the value's type.
+      - A text is the restore points the job keeps on its target, applied after every successful run, for example
+        V(last=4,hourly=24,daily=7,weekly=4,monthly=6). Rules C(last), C(hourly), C(daily), C(weekly), C(monthly),
+        C(yearly), each C(<rule>=<count>) at most once; each keeps the newest point of each of its last <count>
+        periods that have points (C(last) the <count> newest points); the newest point and any base a job needs are
+        always kept. Omitted is pvesr's behaviour, the newest replica only. See the README, "Restore points".
+      - A boolean, with O(state=absent) (or for the jobs O(purge) removes), keeps the replicated volumes on the
+        target (C(pvesr delete --keep)).
+    type: raw
+  keep_source:
+    description:
+      - The restore points the job keeps on the source too (same rules as O(keep)); omitted is the newest only.
+      - With it, a rollback to a point the source holds needs no transfer, and the guest's other jobs carry the
+        points to their targets too, so that they continue incrementally after a rollback or a failover to a point.
+    type: str
   state:
     description:
       - V(present) creates or updates the job.
@@ -63,12 +80,6 @@ options:
     type: str
     choices: [present, absent]
     default: present
-  keep:
-    description:
-      - With O(state=absent), keep the replicated volumes on the target (C(pvesr delete --keep)).
-      - Also applies to the jobs that O(purge) removes.
-    type: bool
-    default: false
   force:
     description:
       - With O(state=absent), drop the job from the configuration at once, without cleaning up snapshots or
@@ -104,6 +115,12 @@ options:
         description: Whether the job runs, as O(enabled).
         type: bool
         default: true
+      keep:
+        description: The restore points kept on the target, a text as O(keep) (V(last=4,daily=7)); omitted is the newest replica only.
+        type: str
+      keep_source:
+        description: The restore points kept on the source, as O(keep_source).
+        type: str
       state:
         description: V(present) or V(absent), as O(state).
         type: str
@@ -146,6 +163,15 @@ EXAMPLES = r"""
   vars:
     ansible_python_interpreter: /opt/storage-replication/venv/bin/python
 
+- name: Keep restore points of guest 100 on node2 (four newest, a day of hours, a week of days, ...)
+  storage.replication.job:
+    guest: 100
+    target: node2
+    keep: last=4,hourly=24,daily=7,weekly=4,monthly=6
+  run_once: true
+  vars:
+    ansible_python_interpreter: /opt/storage-replication/venv/bin/python
+
 - name: Remove job 100-1 but keep the replica on its target
   storage.replication.job:
     id: 100-1
@@ -170,7 +196,7 @@ job:
   returned: success, with a single job
   type: dict
   sample: {"id": "100-0", "guest": 100, "jobnum": 0, "target": "node2", "source": "node1", "schedule": "*/15",
-           "rate": 50.0, "comment": null, "enabled": true, "remove_job": null}
+           "rate": 50.0, "comment": null, "enabled": true, "remove_job": null, "keep": "last=4,daily=7", "keep_source": null}
 jobs:
   description: The jobs the task manages after the change, in the order of the configuration.
   returned: success
@@ -210,19 +236,43 @@ ITEM_OPTIONS = {
     "rate": {"type": "float"},
     "comment": {"type": "str"},
     "enabled": {"type": "bool", "default": True},
+    "keep": {"type": "str"},
+    "keep_source": {"type": "str"},
     "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
 }
+BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
 def argument_spec():
-    options = dict(ITEM_OPTIONS, keep={"type": "bool", "default": False}, force={"type": "bool", "default": False},
+    options = dict(ITEM_OPTIONS, keep={"type": "raw"}, force={"type": "bool", "default": False},
                    jobs=list_spec(ITEM_OPTIONS), purge={"type": "bool", "default": False})
     return cluster_argument_spec(options)
 
 
 def sections(cfg, names):
-    """The pvesr sections of the named jobs, as replication.cfg shows them."""
-    return configmod.format_replication_cfg(cfg.jobs[n] for n in cfg.jobs if n in names)
+    """The pvesr sections of the named jobs, as replication.cfg shows them, with our options (kept in cluster.json)
+    after each section, so that a change of keep shows in the diff too."""
+    text = ""
+    for job in (cfg.jobs[n] for n in cfg.jobs if n in names):
+        ours = "".join("# %s %s\n" % (key, getattr(job, key)) for key in configmod.EXTENSION_KEYS if getattr(job, key))
+        text += configmod.format_job(job) + ours + "\n"
+    return text
+
+
+def split_keep(module):
+    """The top-level keep: a boolean is pvesr's ``delete --keep`` (returned), a text the single job's restore
+    points (moved into the item's ``keep``, False returned)."""
+    value = module.params["keep"]
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if str(value).strip().lower() in BOOLEAN_WORDS:
+        module.params["keep"] = BOOLEAN_WORDS[str(value).strip().lower()]
+        return module.params["keep"]
+    if module.params["jobs"] is not None:
+        module.fail_json(msg="keep: with jobs, keep is the boolean of pvesr delete --keep for the jobs purge removes; "
+                             "give each job's restore points as jobs[].keep")
+    module.params["keep"] = str(value)
+    return False
 
 
 def main():
@@ -233,17 +283,20 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    if params["keep"] and params["force"]:
+    removal_keep = split_keep(module)
+    if removal_keep and params["force"]:
         module.fail_json(msg="keep conflicts with force: a forced removal cleans up nothing, so there is nothing to keep; "
                              "use one of them")
     if params["purge"] and params["jobs"] is None:
         module.fail_json(msg="purge needs jobs: the whole set of jobs to keep")
     task = ItemsTask(module, "jobs", "job", "jobs", ITEM_OPTIONS, apply_jobs, job_view, diff_text=sections)
+    if params["jobs"] is None and not isinstance(params["keep"], str):
+        task.items[0]["keep"] = None  # the boolean was pvesr's delete --keep, not restore points
     for number, item in enumerate(task.items, 1):
         if not item.get("id") and item.get("guest") is None:
             module.fail_json(msg="jobs[%d]: give the job's id, or its guest and target" % number)
     what = "the jobs" if params["jobs"] is not None else describe_item(task.items[0])
-    task.run(what, purge=params["purge"], keep=params["keep"], force=params["force"])
+    task.run(what, purge=params["purge"], keep=removal_keep, force=params["force"])
 
 
 if __name__ == "__main__":

@@ -95,15 +95,32 @@ jobs:
     remove_job: {description: "V(full) or V(local) when the job is marked for removal, else null.", type: str, sample: null}
     last_sync: {description: "Start time (epoch) of the last successful sync; 0 for never.", type: int, sample: 1767225600}
     last_try: {description: "Start time (epoch) of the last attempt; 0 for never.", type: int, sample: 1767225600}
-    next_sync: {description: "When the job is due next (epoch); 0 or null when it is not scheduled.", type: int, sample: 1767226500}
+    next_sync:
+      description: >-
+        When the job is due next (epoch); the time of the call for a job that never ran or is marked for removal
+        (both are due at once); 0 or null when it is not scheduled.
+      type: int
+      sample: 1767226500
     lag: {description: "Seconds since the last successful sync (the recovery point), null before the first one.", type: int, sample: 312}
     duration: {description: "Seconds the last attempt took.", type: float, sample: 3.4}
     fail_count: {description: "Consecutive failed attempts.", type: int, sample: 0}
     error: {description: "The last error, or null.", type: str, sample: null}
     bytes_sent: {description: "Bytes sent by the last attempt.", type: int, sample: 1048576}
     status: {description: "One word: ok, running, error, waiting for target, disabled, removal pending.", type: str, sample: ok}
-    state: {description: "pvesr's State column, C(OK), C(SYNCING) or the error.", type: str, sample: OK}
+    state:
+      description: >-
+        pvesr's State column, C(OK), C(SYNCING) or the error; C(waiting for target: <error>) while the job waits for
+        its offline target, C(interrupted: ...) after a run that did not end.
+      type: str
+      sample: OK
     pid: {description: "The process running the job now, or null.", type: int, sample: null}
+    keep: {description: "The restore points kept on the target (keep rules), null for the newest replica only.", type: str, sample: "last=4,daily=7"}
+    keep_source: {description: "The restore points kept on the source, null for the newest only.", type: str, sample: null}
+    restore_points: {description: "Restore points of the job on its target, as its last run found them.", type: int, sample: 11}
+    oldest_point: {description: "Time (epoch) of the oldest restore point on the target, null if none.", type: int, sample: 1767139200}
+    oldest_point_age: {description: "Seconds since the oldest restore point, null if none.", type: int, sample: 86712}
+    points_bytes: {description: "Bytes the job's restore points hold on the target, null until a run reported it.", type: int, sample: 73400320}
+    space_pruned: {description: "Restore points the target deleted in the last run because its pool was full.", type: list, elements: str, sample: []}
 elsewhere:
   description: Matching jobs that another node runs (the owner of their guest), by job ID; their status is there.
   returned: always

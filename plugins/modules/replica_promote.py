@@ -17,11 +17,16 @@ description:
   - Refuses when a volume is missing, holds no replication snapshot, has other snapshots newer than it (a rollback
     would destroy them), or when the volumes are at different replication snapshots.
   - On a node that already owns the guest it changes nothing (its volumes are live data).
+  - With O(point), each volume goes to that restore point instead; the snapshots newer than it (newer restore points)
+    are kept with the copy set aside, never destroyed.
 options:
   guest:
     description: The guest ID.
     type: int
     required: true
+  point:
+    description: The restore point (a replication snapshot's name, as M(storage.replication.failover_plan) chose it) to bring the replica to.
+    type: str
 attributes:
   check_mode:
     support: full
@@ -29,12 +34,8 @@ attributes:
   diff_mode:
     support: none
     description: Nothing to show as a diff.
-  platform:
-    support: full
-    platforms: posix
-    description: Runs on a replication node prepared by the C(storage.replication.runner) role.
-requirements:
-  - The runner installed by the C(storage.replication.runner) role; use its interpreter.
+extends_documentation_fragment:
+  - storage.replication.attributes.node_step
 seealso:
   - module: storage.replication.failover_plan
 author:
@@ -54,7 +55,8 @@ volumes:
   description: Per volume, the replication snapshot it is at, whether data was written since, and the dataset it was kept in.
   returned: success
   type: dict
-  sample: {"local-zfs:subvol-100-disk-0": {"snapshot": "__replicate_100-0_1767225600__", "written": false, "kept": null}}
+  sample: {"local-zfs:subvol-100-disk-0": {"snapshot": "__replicate_100-0_1767225600__", "written": false, "kept": null,
+           "newer": []}}
 recovery_point:
   description: The start time (epoch seconds) of the replication snapshot the guest starts from.
   returned: success
@@ -72,8 +74,10 @@ from ansible_collections.storage.replication.plugins.module_utils import failove
 
 
 def main():
-    module = AnsibleModule(argument_spec={"guest": {"type": "int", "required": True}}, supports_check_mode=True)
-    run_module_step(module, lambda: failover.promote_replica(module.params["guest"], check_mode=module.check_mode))
+    module = AnsibleModule(argument_spec={"guest": {"type": "int", "required": True}, "point": {"type": "str"}},
+                           supports_check_mode=True)
+    run_module_step(module, lambda: failover.promote_replica(module.params["guest"], check_mode=module.check_mode,
+                                                             point=module.params["point"]))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ attributes:
   check_mode:
     support: full
     description:
-      - Reports what the job would send (RV(plan)): per volume a full or an incremental stream, from which base
+      - Reports what the job would send in RV(plan), per volume a full or an incremental stream, from which base
         snapshot, and about how many bytes. Nothing changes on either node (no snapshot, deletion, log or state).
       - With O(schedule_now=true), reports whether the job would be made due.
   diff_mode:
@@ -87,7 +87,7 @@ result:
   type: dict
   sample: {"job": "100-0", "ok": true, "error": null, "bytes": 1048576, "seconds": 1.2,
            "volumes": [{"volume": "local-zfs:vm-100-disk-0", "mode": "incremental",
-                        "base": "__replicate_100-0_1700000000__", "bytes": 1048576, "seconds": 0.8}]}
+                        "base": "__replicate_100-0_1700000000__", "bytes": 1048576, "seconds": 0.8, "kept": []}]}
 plan:
   description:
     - In check mode, what the run would do, as C(storage-replication run --check --id ID --output-format json)

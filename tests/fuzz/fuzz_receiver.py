@@ -14,7 +14,7 @@ small valid cluster configuration written by config.py (generation 7, this node 
 the real ``zfs.Zfs`` class driven by an in-memory emulator of the ``zfs`` commands it runs (``FakeZfs``).  Every
 process the receiver would start (``zfs recv``, ``zfs send``) goes to the same emulator; any other process, any SSH
 connection (cluster.catch_up is replaced by a local adoption of a prepared generation 8) and any signal to another
-process (orphans.py) is refused and reported.  Nothing on the machine is touched.
+process is refused and reported.  Nothing on the machine is touched.
 
 One input is one SSH session (``Case``)::
 
@@ -49,9 +49,10 @@ so that one run reports every kind it meets; the run then fails.  ``--stop-on-de
 
 To reach the receiver's paths the emulator injects failures from the stream's first bytes (``FAIL``, ``FAILCREATED``,
 ``ENOSPC``, ``PARTIAL``, ``KILLED``; ``EPIPE`` anywhere in the input makes ``zfs recv`` die at once), the calling node
-``node9`` makes catching up with a newer generation fail, two datasets have receives left by a dead run (one of them
-survives SIGKILL), and protocol.MAX_REQUEST is lowered to 4096 bytes during the run so that its size checks are within
-libFuzzer's -max_len.  Durability (fsync) is switched off in the harness process: it is not what is fuzzed.
+``node9`` makes catching up with a newer generation fail, one volume has a receive left by a run that was cut off and
+that does not end (the harness holds its receive lock; the receiver waits 0 s for it), and protocol.MAX_REQUEST is
+lowered to 4096 bytes during the run so that its size checks are within libFuzzer's -max_len.  Durability (fsync)
+is switched off in the harness process: it is not what is fuzzed.
 
 Run (from the work tree, with PYTHONPATH as the Makefile sets it)::
 
@@ -69,8 +70,10 @@ in a fresh process under a line tracer, without atheris).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
+import fcntl
 import fnmatch
 import hashlib
 import inspect
@@ -102,6 +105,7 @@ LOCAL_NODE = "node2"
 GENERATION = 7
 NOW = 1700003600.0
 MAX_LEN = 8192
+LEFTOVER_RECEIVE = "local-zfs:subvol-300-disk-1"  # its receive lock is held throughout (a receive that does not end)
 MAX_REQUEST = 4096  # protocol.MAX_REQUEST (4 MiB) during the run, so that its size checks are reachable
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -123,7 +127,7 @@ def load_engine():
     if ENGINE:
         return ENGINE
     import importlib  # pylint: disable=import-outside-toplevel
-    for name in ("config", "state", "zfs", "orphans", "protocol", "authority", "receive_stream", "receiver", "serve",
+    for name in ("config", "state", "zfs", "protocol", "authority", "receive_stream", "receiver", "serve",
                  "cluster", "migrate", "names", "quorum"):
         ENGINE[name] = importlib.import_module("%s.%s" % (PKG, name))
     return ENGINE
@@ -156,7 +160,7 @@ def cluster_config(generation=GENERATION):
     cfg.storages["backup-dir"] = configmod.Storage(id="backup-dir", type="dir", pool="var/lib/vz")  # not replicatable
     guests = ((100, "vm", "node1", ["local-zfs:vm-100-disk-0", "tank:vm-100-disk-1", "local-zfs:vm-100-disk-2"]),
               (200, "vm", "node2", ["local-zfs:vm-200-disk-0"]),           # owned by this node
-              (300, "ct", "node3", ["local-zfs:subvol-300-disk-0"]),
+              (300, "ct", "node3", ["local-zfs:subvol-300-disk-0", "local-zfs:subvol-300-disk-1"]),
               (400, "vm", "node1", ["local-zfs:vm-400-disk-0"]))           # first receive interrupted (OpenZFS)
     for gid, gtype, node, volumes in guests:
         cfg.guests[gid] = configmod.Guest(id=gid, type=gtype, node=node, volumes=volumes)
@@ -197,9 +201,7 @@ def zfs_template():
     datasets["rpool/data/vm-400-disk-0"] = ds(token="1-e3f1a2b-c8-789c")  # an interrupted first receive
     datasets["rpool/data/vm-%d-disk-0" % 999999999] = ds("__replicate_999999999-999999999_1700000000__")
     datasets["rpool/data/subvol-300-disk-0"]["holds"]["__replicate_300-0_1700000000__"] = {"backup-tool"}
-    datasets["tank/vols/vm-100-disk-1"]["leftover"] = "ends"        # a receive left by a dead run (orphans.py)
-    datasets["rpool/data/subvol-300-disk-1"] = ds()
-    datasets["rpool/data/subvol-300-disk-1"]["leftover"] = "stuck"  # ... and one that ignores SIGKILL
+    datasets["rpool/data/subvol-300-disk-1"] = ds()  # a receive a cut run left into it still runs (LEFTOVER_RECEIVE)
     datasets["rpool/data/vm-100-disk-0"]["bookmarks"]["__replicate_100-0_1700000000__"] = {
         "guid": "1011", "createtxg": 11, "creation": 1700000011}
     return datasets, txg[0]
@@ -366,6 +368,10 @@ class FakeZfs:
             return "off"
         if ":" in prop:  # a user property (the replica identity): unset is "-", as zfs prints it
             return "-" if sep else self.datasets[dataset].get("user", {}).get(prop, "-")
+        if prop in ("used", "referenced", "usedbysnapshots", "available"):  # space figures of restore points
+            return str({"used": 4096, "referenced": 65536, "usedbysnapshots": 8192, "available": 1 << 30}[prop])
+        if prop == "userrefs":
+            return str(len(self.datasets[dataset]["holds"].get(snap, ()))) if sep else "-"
         if prop.startswith("written@") and self.openzfs and not sep:
             if prop[len("written@"):] not in self.datasets[dataset]["snaps"]:
                 return None
@@ -487,12 +493,17 @@ class FakeZfs:
             self.datasets[dataset]["snaps"][snap] = self._tick()
         return 0, "", ""
 
+    def _holds(self, name, create=False):
+        """The hold tags of snapshot ``name`` (with ``create``, a set stored for it)."""
+        dataset, _sep, snap = name.partition("@")
+        holds = self.datasets[dataset]["holds"]
+        return holds.setdefault(snap, set()) if create else holds.get(snap, set())
+
     def do_hold(self, args):
         tag, name = args
         if not self._exists(name) or "@" not in name:
             return self._missing(name)
-        dataset, _sep, snap = name.partition("@")
-        holds = self.datasets[dataset]["holds"].setdefault(snap, set())
+        holds = self._holds(name, create=True)
         if tag in holds:
             return 1, "", "cannot hold snapshot '%s': tag already exists on this dataset\n" % name
         holds.add(tag)
@@ -502,8 +513,7 @@ class FakeZfs:
         tag, name = args
         if not self._exists(name):
             return self._missing(name)
-        dataset, _sep, snap = name.partition("@")
-        holds = self.datasets[dataset]["holds"].get(snap, set())
+        holds = self._holds(name)
         if tag not in holds:
             return 1, "", "cannot release hold from snapshot '%s': no such tag on this dataset\n" % name
         holds.discard(tag)
@@ -513,8 +523,7 @@ class FakeZfs:
         name = args[-1]
         if not self._exists(name):
             return self._missing(name)
-        dataset, _sep, snap = name.partition("@")
-        tags = sorted(self.datasets[dataset]["holds"].get(snap, ()))
+        tags = sorted(self._holds(name))
         return 0, "".join("%s\t%s\tThu Jan  1 00:00 2026\n" % (name, t) for t in tags), ""
 
     def do_list(self, args):
@@ -764,7 +773,6 @@ class Outcome:
     consumed: dict
     spawned: list
     violations: list = dataclasses.field(default_factory=list)
-    ended: list = dataclasses.field(default_factory=list)   # [(request index, dataset)] of leftover receives ended
 
     @property
     def replies(self):
@@ -789,7 +797,7 @@ class Harness:
         self.pristine = os.path.join(self.root, "pristine")
         self.zfs_template = zfs_template()
         self.zfs = FakeZfs(self)
-        self.spawned, self.signalled, self.ended, self.leftover_pids = [], [], [], {}
+        self.spawned, self.signalled = [], []
         self.case = None
         self._writer = None
         self._cfg_cache = (None, None)
@@ -798,7 +806,7 @@ class Harness:
         self.next_files = next_generation_config().content()
         with self.patched():
             os.makedirs(os.path.join(self.pristine, "etc"))
-            os.makedirs(os.path.join(self.pristine, "lib"))
+            os.makedirs(os.path.join(self.pristine, "lib", "lock"))
             configmod.save(cluster_config(), os.path.join(self.pristine, "etc"))
             with open(os.path.join(self.pristine, "lib", "local-node"), "w", encoding="utf-8") as handle:
                 handle.write(LOCAL_NODE + "\n")
@@ -807,9 +815,13 @@ class Harness:
 
     # -- the node's files
     def _print(self):
+        """What the node's files are now (restore() copies them back only when this changed).  The lock files do not
+        count: what they hold (the last holder's pid) means nothing once their holder has ended."""
         found = []
         for base in (self.confdir, self.statedir):
             for root, dirs, files in os.walk(base):
+                if root == os.path.join(self.statedir, "lock"):
+                    continue
                 dirs.sort()
                 for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
                     path = os.path.join(root, name)
@@ -861,45 +873,31 @@ class Harness:
             found.adopted, found.source, found.generation = cfg.generation, "node1", cfg.generation
         return found
 
-    def fake_leftover_receives(self, datasets, proc_root=None):
-        """orphans.leftover_receives: the receives a dead run left into these datasets (the emulator's "leftover")."""
-        del proc_root
-        found = {}
-        for index, dataset in enumerate(sorted(set(datasets))):
-            entry = self.zfs.datasets.get(dataset)
-            if entry is not None and entry.get("leftover"):
-                self.leftover_pids[424200 + index] = dataset
-                found[424200 + index] = (dataset, 525200 + index)
-        return found
+    def leftover_receive(self):
+        """The receive lock of LEFTOVER_RECEIVE held, as by a receive a cut run left behind that does not end."""
+        path = os.path.join(self.statedir, "lock", "receive-%s.lock" % LEFTOVER_RECEIVE)
 
-    def fake_end(self, pid, *args, **kwargs):
-        """orphans.end: recorded (an ended receive is a change the oracle checks); "stuck" ones survive SIGKILL."""
-        del args, kwargs
-        if pid >= 525200:  # a leftover receive's session
-            return
-        dataset = self.leftover_pids.get(pid)
-        if dataset is None:
-            self.spawned.append(["end", pid])
-            return
-        self.ended.append((self.request_index(), dataset))
-        entry = self.zfs.datasets.get(dataset, {})
-        if entry.get("leftover") == "stuck":
-            raise self.engine["orphans"].StillRunning("process %d ignores SIGKILL (blocked in the kernel)" % pid)
-        entry.pop("leftover", None)
+        @contextlib.contextmanager
+        def held():
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+        return held()
 
     def patched(self):
         harness = self
 
         class Patches:
             def __enter__(self):
-                orphans = harness.engine["orphans"]
                 cluster = harness.engine["cluster"]
                 zfsmod = harness.engine["zfs"]
                 protocol = harness.engine["protocol"]
                 self.saved = [(subprocess, "Popen", subprocess.Popen), (subprocess, "run", subprocess.run),
                               (os, "fsync", os.fsync), (os, "kill", os.kill),
-                              (orphans, "leftover_receives", orphans.leftover_receives),
-                              (orphans, "end", orphans.end), (orphans, "wait_gone", orphans.wait_gone),
                               (cluster, "catch_up", cluster.catch_up),
                               (zfsmod, "BUSY_RETRY_SECONDS", zfsmod.BUSY_RETRY_SECONDS),
                               (protocol, "MAX_REQUEST", protocol.MAX_REQUEST)]
@@ -907,9 +905,6 @@ class Harness:
                 subprocess.run = fake_subprocess_run(harness)
                 os.fsync = lambda fd: None  # durability is not what is fuzzed; keeps an execution fast
                 os.kill = lambda pid, sig: harness.signalled.append((pid, sig))
-                orphans.leftover_receives = harness.fake_leftover_receives
-                orphans.end = harness.fake_end
-                orphans.wait_gone = lambda pid, timeout, proc_root=None: True
                 cluster.catch_up = harness.fake_catch_up
                 zfsmod.BUSY_RETRY_SECONDS = 0  # "dataset is busy" answered at once, not retried for 10 s
                 protocol.MAX_REQUEST = MAX_REQUEST  # the size limits are reachable within libFuzzer's -max_len
@@ -927,19 +922,21 @@ class Harness:
                   "now": lambda: NOW}
         if accepts(rmod.Receiver.__init__, "peer"):
             kwargs["peer"] = peer
-        return rmod.Receiver(**kwargs)
+        receiver = rmod.Receiver(**kwargs)
+        receiver.leftover_wait = 0  # a receive left behind is waited for 0 s: the harness holds its lock throughout
+        return receiver
 
     def execute(self, case):
         serving = self.engine["serve"]
         self.restore()
         self.zfs.reset(case.flavor == "openzfs")
-        self.spawned, self.signalled, self.ended, self.leftover_pids = [], [], [], {}
+        self.spawned, self.signalled = [], []
         self.case = case
         self._cfg_cache = (None, None)
         writer = ReplyWriter()
         reader = None
         error, rc = None, None
-        with self.patched():
+        with self.patched(), self.leftover_receive():
             try:
                 receiver = self.make_receiver(case.peer)
                 self._writer = writer
@@ -957,7 +954,7 @@ class Harness:
                     reader.close()
         self.case = None
         outcome = Outcome(case, writer.writes, rc, error, self.zfs.journal, reader.consumed if reader else {},
-                          self.spawned + [["kill"] + list(s) for s in self.signalled], ended=list(self.ended))
+                          self.spawned + [["kill"] + list(s) for s in self.signalled])
         outcome.violations = check(outcome, self.peer_mode)
         return outcome
 
@@ -1309,16 +1306,6 @@ def check(outcome, peer_mode=False):
             framing = bool(replies) and isinstance(replies[-1], dict) and replies[-1].get("reason") == "stream-framing"
             if outcome.rc != (1 if framing else 0):
                 found.append(Violation("reply-exit-code", "session ended with %r" % (outcome.rc,)))
-    for index, dataset in outcome.ended:
-        cfg = outcome.journal[0].cfg if outcome.journal else None
-        try:
-            context = request_context(outcome, index, cfg)
-            volume = volume_of_dataset(cfg, dataset) if cfg is not None else None
-            if context is None or volume not in context.volumes:
-                raise Malformed("ended-unrelated-receive", "ended the receive into %r, not a requested volume" % dataset)
-        except Malformed as exc:
-            found.append(Violation("malformed:%s:%s" % (operation_of(outcome, index), exc.rule),
-                                   "request %d ended a leftover receive but is malformed: %s" % (index, exc)))
     changes = {}
     for command in outcome.journal:
         if command.mutating:
@@ -1419,6 +1406,9 @@ def seeds():
         ("finalize-zfs-fuse", _request("finalize", finalize, "zfs-fuse")),
         ("list", _request("list", {"generation": 7, "source": "node1"})),
         ("list-guest", _request("list", {"guest": 100, "generation": 7, "source": "node1"})),
+        ("points", _request("points", {"guest": 100, "generation": 7, "source": "node1"})),
+        ("make-room", _request("make-room", {"job": "100-0", "guest": 100, "volumes": ["local-zfs:vm-100-disk-0"],
+                                             "last_sync": 1700000900, "generation": 7, "source": "node1"})),
         ("abort-resume", _request("abort-resume", {"job": "400-0", "guest": 400, "volume": "local-zfs:vm-400-disk-0",
                                                    "reason": "token expired", "generation": 7, "source": "node1"})),
         ("get-config", _request("get-config", {"generation": 7, "source": "node1", "content": True})),
@@ -1732,8 +1722,8 @@ STAT_RE = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)/(\S+)(
 # other modules.
 COVERAGE_SCOPE = {"serve": None, "protocol": None, "authority": None, "receiver": None, "receive_stream": None,
                   "pruning": None, "names": None,
-                  "cluster": ("serve_get_config", "serve_quorum", "serve_quorum_here", "_check_request", "_commit",
-                              "_committed", "_content_config"),
+                  "cluster": ("serve_get_config", "serve_quorum", "serve_quorum_here", "_commit", "_committed",
+                              "_content_config"),
                   "quorum": None}
 
 

@@ -14,6 +14,7 @@ status, and the recap per host, as the `changed=` counts of the PLAY RECAP.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,6 +23,8 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from lab import Lab
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_PLAYBOOK = Path(sys.executable).with_name("ansible-playbook")
@@ -95,7 +98,8 @@ def ansible_environment(results_file: str, collections_path=None) -> dict:
 
 
 def run_playbook(inventory, playbook, *, check: bool = False, diff: bool = False, extra_vars: dict | None = None,
-                 limit: str | None = None, timeout: float = 900, collections_path=None) -> PlaybookRun:
+                 limit: str | None = None, tags: str | None = None, timeout: float = 900,
+                 collections_path=None) -> PlaybookRun:
     """ansible-playbook PLAYBOOK (a path, relative to the repository root or absolute) against INVENTORY.
 
     collections_path: a directory holding ansible_collections/storage/replication (see snapshot_collection)
@@ -109,6 +113,8 @@ def run_playbook(inventory, playbook, *, check: bool = False, diff: bool = False
         argv += ["--extra-vars", json.dumps(extra_vars)]
     if limit:
         argv += ["--limit", limit]
+    if tags:
+        argv += ["--tags", tags]
     with tempfile.TemporaryDirectory(prefix="sr-ansible-") as tmp:
         results_file = os.path.join(tmp, "results.json")
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO,
@@ -131,3 +137,17 @@ def snapshot_collection(directory) -> Path:
         else:
             shutil.copy2(source, target / name)
     return Path(directory)
+
+
+@contextlib.contextmanager
+def playbook_lab(name, pool_size):
+    """A lab of 3 nodes of its own for a module of playbook tests, from nothing (an earlier lab of the name goes
+    first: the role and the site playbook must meet fresh nodes), taken down afterwards unless SR_LAB_KEEP=1."""
+    lab = Lab(name)
+    lab.down(out=lambda _line: None)
+    lab.up(nodes=3, pool_size=pool_size, out=lambda _line: None)
+    try:
+        yield lab
+    finally:
+        if os.environ.get("SR_LAB_KEEP") != "1":
+            lab.down(out=lambda _line: None)

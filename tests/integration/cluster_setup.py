@@ -62,12 +62,25 @@ def install_node(lab, node):
     return lab.exec(node, ["cat", "/root/.ssh/id_ed25519.pub"]).stdout.strip()
 
 
-def trust_peers(lab, node, public_keys):
-    """Replace this file's block in authorized_keys with every peer's key pinned to the forced command."""
+WEB_KEY = "/etc/storage-replication/web/id_ed25519"
+
+
+def install_web_key(lab, node):
+    """The web service's own key on one node (as the runner role makes it with runner_web_listen); its public key."""
+    lab.exec(node, ["sh", "-c", "mkdir -p -m 700 ${1%/*} && { test -f $1 || ssh-keygen -q -t ed25519 -N '' "
+                    "-C storage-replication-web@$2 -f $1; }", "sh", WEB_KEY, node])
+    return lab.exec(node, ["cat", WEB_KEY + ".pub"]).stdout.strip()
+
+
+def trust_peers(lab, node, public_keys, web_keys=None):
+    """Replace this file's block in authorized_keys with every peer's key pinned to the forced command, and every
+    node's web service key (``web_keys``, this node's own included) pinned to read-only access."""
     current = lab.exec(node, ["sh", "-c", "cat /root/.ssh/authorized_keys 2>/dev/null || true"]).stdout
     kept = current.split(MARK)[0].rstrip("\n")
     lines = ['restrict,command="%s serve --peer %s" %s' % (LAUNCHER, peer, key) for peer, key in sorted(public_keys.items())
              if peer != node]
+    lines += ['restrict,command="%s serve --peer %s --read-only" %s' % (LAUNCHER, peer, key)
+              for peer, key in sorted((web_keys or {}).items())]
     text = "%s\n%s\n%s\n" % (kept, MARK, "\n".join(lines))
     lab.exec(node, ["sh", "-c", "cat > /root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys"], input=text)
 
@@ -111,6 +124,14 @@ def setup(lab):
 
 
 # ---------------------------------------------------------------- driving the cluster
+
+def sr(lab, node, *argv, check=True, timeout=180):
+    """`storage-replication ARGV...` inside the node; AssertionError with its output when it fails and ``check``."""
+    proc = lab.exec(node, [LAUNCHER] + list(argv), check=False, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError("%s on %s failed (%d): %s%s" % (argv, node, proc.returncode, proc.stdout, proc.stderr))
+    return proc
+
 
 def run_job(lab, node, job_id, timeout=300):
     """Run one job on node (inside its namespaces); returns the result dict of replicate.run_job."""

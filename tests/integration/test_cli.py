@@ -10,6 +10,7 @@ import json
 
 import cluster_setup as cs
 import pytest
+from lab._system import wait_until
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 
@@ -171,6 +172,9 @@ def test_run_check_says_what_the_run_would_send_and_changes_nothing(cluster):
     for snap in cs.snapshots(lab, "node1", name):
         cs.destroy(lab, "node1", "%s@%s" % (cs.dataset(name), snap))
     cs.write_random(lab, "node1", name, "a.bin", 3)
+    # ZFS counts the space written at its next transaction group (zfs-fuse: within seconds)
+    wait_until(lambda: int(cs.zfs(lab, "node1", "get", "-Hp", "-o", "value", "used", cs.dataset(name)).stdout) > 3_000_000,
+               30, "node1 to account for the data written", 0.5, error=AssertionError)
     before = looked_at(lab, name)
     first = json.loads(sr(lab, "node1", "run", "--check", "--id", "100-0", "--output-format", "json").stdout)
     assert looked_at(lab, name) == before

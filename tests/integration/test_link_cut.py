@@ -7,6 +7,7 @@ the next operation on that connection must fail within LIVENESS_SECONDS * 2 plus
 
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 import time
@@ -14,6 +15,7 @@ import time
 import pytest
 
 import cluster_setup as cs
+from lab._system import wait_until
 from ansible_collections.storage.replication.plugins.module_utils.transport import LIVENESS_SECONDS
 
 pytestmark = pytest.mark.lab
@@ -63,16 +65,37 @@ def test_a_control_call_across_a_cut_link_ends_in_seconds(module_lab):
                                                                                time.monotonic() - started))
 
 
+STALL_SECONDS = 15
+
+
+def receives_into(lab, node, dataset):
+    """pids of the `zfs recv` processes of ``node`` that write into ``dataset``."""
+    return [pid for pid, argv in lab.processes(node).items()
+            if argv[:1] == ["zfs"] and argv[1:2] in (["recv"], ["receive"]) and argv[-1:] == [dataset]]
+
+
+def receive_lock_free(lab, node, volume):
+    """Whether no receiver process of ``node`` holds the receive lock of ``volume`` (receive_stream.receive_lock)."""
+    path = lab.private_path(node, "/var/lib/storage-replication") / "lock" / ("receive-%s.lock" % volume)
+    with open(path, "rb") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+
 def test_a_link_cut_mid_stream_makes_the_job_wait_for_its_target(module_lab):
     """ssh's keep-alives notice the cut ("Timeout, server ... not responding"): the job waits for its target (no
-    back-off) instead of failing as an ordinary error; once the link is back the next run completes the replica."""
+    back-off) instead of failing as an ordinary error.  On the target nothing notices: its connection never closes.
+    Its receive ends itself once no byte has come for receive_stall_seconds, with the link still down: no `zfs recv`
+    is left behind and the partial first copy is gone.  Once the link is back the next run completes the replica."""
     from test_replicate import Cluster  # pylint: disable=import-outside-toplevel
     cluster = Cluster(module_lab)
-    name = "vm-180-disk-0"
-    cluster.guest(180, [name])
-    cluster.job("180-0", "node2", rate=4)
-    cluster.push()
-    cs.write_random(module_lab, "node1", name, "a.bin", 40)
+    name = cluster.one_volume_guest(180, 40, rate=4)
+    # after the configuration is written (that replaces the directory's files)
+    settings = module_lab.private_path("node2", "/etc/storage-replication") / "runner.json"
+    settings.write_text(json.dumps({"receive_stall_seconds": STALL_SECONDS}) + "\n")
     argv = module_lab.exec_argv("node1", ["env", "PYTHONPATH=" + cs.PYTHONPATH, str(cs.PYTHON), "-m",
                                           "ansible_collections.storage.replication.plugins.module_utils.replicate",
                                           "180-0"])
@@ -83,10 +106,23 @@ def test_a_link_cut_mid_stream_makes_the_job_wait_for_its_target(module_lab):
                              check=False).returncode != 0 and time.monotonic() < deadline:
             time.sleep(0.1)
         time.sleep(2)
+        assert receives_into(module_lab, "node2", cs.dataset(name)), "no receive running on node2 before the cut"
         module_lab.partition("node2")
+        cut = time.monotonic()
+        # nothing reaches node2 any more, nothing tells it so: its receive ends itself at its stall deadline
+        volume = "%s:%s" % (cs.STORAGE, name)
+        wait_until(lambda: not receives_into(module_lab, "node2", cs.dataset(name))
+                   and receive_lock_free(module_lab, "node2", volume), STALL_SECONDS + 30,
+                   "node2's receive to end itself", 0.2, error=AssertionError)
+        ended = time.monotonic() - cut
         out, _err = runner.communicate(timeout=180)
+        assert not cs.exists(module_lab, "node2", cs.dataset(name)), "the partial first copy is still on node2"
     finally:
         module_lab.heal("node2")
+        settings.unlink()
+    print("node2's receive ended itself %.1f s after the link went down (receive_stall_seconds %d)"
+          % (ended, STALL_SECONDS))
+    assert STALL_SECONDS - 1 <= ended <= STALL_SECONDS + 20
     result = json.loads(out.strip().splitlines()[-1])
     assert not result["ok"] and "target node 'node2'" in result["error"] and "is unreachable" in result["error"], result
     state = cs.local_state(module_lab, "node1")["180"]["local/node2"]

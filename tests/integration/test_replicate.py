@@ -32,6 +32,16 @@ class Cluster:
         self.cfg.guests[guest_id] = configmod.Guest(id=guest_id, type="vm", node=owner, hooks=hooks or {},
                                                     volumes=["%s:%s" % (cs.STORAGE, n) for n in volumes])
 
+    def one_volume_guest(self, guest_id, megabytes, target="node2", **options):
+        """Guest ``guest_id`` on node1 with one volume holding ``megabytes`` of random data, and its job <guest>-0 to
+        ``target``, pushed to every node; returns the volume's name."""
+        name = "vm-%d-disk-0" % guest_id
+        self.guest(guest_id, [name])
+        self.job("%d-0" % guest_id, target, **options)
+        self.push()
+        cs.write_random(self.lab, "node1", name, "a.bin", megabytes)
+        return name
+
     def job(self, job_id, target, **options):
         self.cfg.jobs[job_id] = configmod.Job(id=job_id, target=target, **options)
 
@@ -63,10 +73,7 @@ def job_snapshots(lab, node, name, job_id):
 
 def test_full_then_incremental_sync(cluster):
     lab = cluster.lab
-    cluster.guest(100, ["vm-100-disk-0"])
-    cluster.job("100-0", "node2")
-    cluster.push()
-    cs.write_random(lab, "node1", "vm-100-disk-0", "a.bin", 20)
+    cluster.one_volume_guest(100, 20)
 
     first = cluster.run("100-0")
     assert first["ok"], first["error"]
@@ -137,10 +144,7 @@ def test_several_targets_keep_each_others_bases(cluster):
 
 def test_added_volume_goes_full_removed_volume_is_cleaned_on_target(cluster):
     lab = cluster.lab
-    cluster.guest(102, ["vm-102-disk-0"])
-    cluster.job("102-0", "node2")
-    cluster.push()
-    cs.write_random(lab, "node1", "vm-102-disk-0", "a.bin", 4)
+    cluster.one_volume_guest(102, 4)
     assert cluster.run("102-0")["ok"]
 
     cs.create_volume(lab, "node1", "vm-102-disk-1")

@@ -37,10 +37,7 @@ class Replicated:
         self.name = "vm-%d-disk-0" % guest
         self.job_id = "%d-0" % guest
         self.guest = guest
-        cluster.guest(guest, [self.name])
-        cluster.job(self.job_id, "node2", rate=rate)
-        cluster.push()
-        cs.write_random(self.lab, "node1", self.name, "a.bin", megabytes)
+        cluster.one_volume_guest(guest, megabytes, rate=rate)
         first = cluster.run(self.job_id)
         assert first["ok"], first["error"]
         self.snap = cluster.assert_replica("node2", self.name)
@@ -61,6 +58,12 @@ class Replicated:
             cs.run_log(self.lab, "node1", self.job_id)
         snaps = job_snapshots(self.lab, "node1", self.name, self.job_id)
         assert snaps[0] == self.snap and (len(snaps) == 1 or source_leftover_allowed)
+
+    def assert_failed_and_recovers(self, result, *phrases):
+        """The run failed saying ``phrases``, the previous replica is intact, and the next run goes on from it."""
+        self.assert_failed(result, *phrases)
+        self.assert_previous_replica_intact()
+        self.assert_recovers_incrementally()
 
     def assert_previous_replica_intact(self, unfinished_allowed=False):
         """The previous replica snapshot is there with its data.  zfs-fuse only: a receive whose client was killed
@@ -108,9 +111,7 @@ def test_host_key_mismatch_is_refused(cluster):
     finally:
         cluster.cfg.nodes["node2"].host_key = real_key
         cluster.push()
-    rep.assert_failed(result, "host key of target node 'node2' does not match", "record its new host key")
-    rep.assert_previous_replica_intact()
-    rep.assert_recovers_incrementally()
+    rep.assert_failed_and_recovers(result, "host key of target node 'node2' does not match", "record its new host key")
 
 
 def test_unknown_node_key_is_refused(cluster):
@@ -123,9 +124,7 @@ def test_unknown_node_key_is_refused(cluster):
         result = cluster.run(rep.job_id)
     finally:
         cs.trust_peers(cluster.lab, "node2", keys)
-    rep.assert_failed(result, "target node 'node2' refused this node's SSH key", "re-run the site playbook")
-    rep.assert_previous_replica_intact()
-    rep.assert_recovers_incrementally()
+    rep.assert_failed_and_recovers(result, "target node 'node2' refused this node's SSH key", "re-run the site playbook")
 
 
 def test_storage_missing_on_target(cluster):
@@ -138,10 +137,8 @@ def test_storage_missing_on_target(cluster):
         result = cluster.run(rep.job_id)
     finally:
         cs.write_config(cluster.lab, cluster.cfg, nodes=["node2"])
-    rep.assert_failed(result, "storage 'local-zfs': dataset 'rpool/elsewhere' does not exist on node 'node2'",
-                      "zfs create rpool/elsewhere")
-    rep.assert_previous_replica_intact()
-    rep.assert_recovers_incrementally()
+    rep.assert_failed_and_recovers(result, "storage 'local-zfs': dataset 'rpool/elsewhere' does not exist on node "
+                                   "'node2'", "zfs create rpool/elsewhere")
 
 
 def test_target_pool_full(cluster):
@@ -152,9 +149,7 @@ def test_target_pool_full(cluster):
         result = cluster.run(rep.job_id)
     finally:
         cluster.lab.unfill("node2")
-    rep.assert_failed(result, "the pool on node 'node2' is full", "free space on that pool")
-    rep.assert_previous_replica_intact()
-    rep.assert_recovers_incrementally()
+    rep.assert_failed_and_recovers(result, "the pool on node 'node2' is full", "free space on that pool")
 
 
 def _kill_mid_stream(cluster, rep, node, pattern):
@@ -267,10 +262,8 @@ def test_caller_with_older_generation_is_judged_by_its_guest(cluster):
     finally:
         cluster.cfg.generation = newer.generation + 1
         cluster.push()
-    rep.assert_failed(refused, "node 'node1' asked for guest 120, which is owned by node 'node3'",
-                      "node 'node1' holds the older generation %d" % held)
-    rep.assert_previous_replica_intact()
-    rep.assert_recovers_incrementally()
+    rep.assert_failed_and_recovers(refused, "node 'node1' asked for guest 120, which is owned by node 'node3'",
+                                   "node 'node1' holds the older generation %d" % held)
 
 
 def test_target_that_owns_the_guest_refuses(cluster):
@@ -284,6 +277,4 @@ def test_target_that_owns_the_guest_refuses(cluster):
         result = cluster.run(rep.job_id)
     finally:
         cs.write_config(cluster.lab, cluster.cfg, nodes=["node2"])
-    rep.assert_failed(result, "guest 121 is owned by node 'node2' (this node)", "refusing to let 'node1' replicate")
-    rep.assert_previous_replica_intact()
-    rep.assert_recovers_incrementally()
+    rep.assert_failed_and_recovers(result, "guest 121 is owned by node 'node2' (this node)", "refusing to let 'node1' replicate")

@@ -171,7 +171,7 @@ def test_notifications_follow_pvesr_cadence_and_report_recovery(cluster):
 
     metrics = (lab.private_path("node1", "/var/lib/storage-replication") / "metrics.prom").read_text().splitlines()
     state = state_of(lab, NOTIFIED, "node3")
-    labels = 'job="%s",guest="%d",target="node3",node="node1"' % (job_id, NOTIFIED)
+    labels = 'id="%s",guest="%d",target="node3",node="node1"' % (job_id, NOTIFIED)
     assert "storage_replication_job_last_sync_timestamp_seconds{%s} %d" % (labels, state["last_sync"]) in metrics
     assert "storage_replication_job_fail_count{%s} 0" % labels in metrics
     assert "storage_replication_job_last_bytes_sent{%s} %d" % (labels, state["bytes_sent"]) in metrics

@@ -9,8 +9,9 @@ role's too: a dry run on fresh nodes reports the role's changes and changes noth
 and converges the configuration, a second dry run and a second run report nothing, and nothing the role or the
 modules write has changed (a listing with sizes, modes, times and checksums). Then what the nodes hold (venv, CLI,
 units verified by systemd-analyze, settings, identity file, SSH trust, a peer reaching only the receiver),
-replication after site.yml, the ladder of each module, --diff, bad inventories, job_info and run, and last the
-role's refusals, applied alone as a user may apply it (it gathers the facts it needs itself), which change nothing.
+replication after site.yml, the ladder of each module, --diff, bad inventories, job_info and run; last the role
+applied alone, as a user may apply it (it gathers the facts it needs itself): its refusals, which change nothing, and
+its web service (runner_web_listen) switched on and off.
 The playbooks run from a snapshot of the collection taken when the module starts, so that edits to the working
 tree during the run cannot make a second run differ.
 """
@@ -23,10 +24,11 @@ import os
 import pytest
 import yaml
 
-from lab import Lab
 from lab.site_tour import VOLUMES, replica_digests, site_vars, write_data
 
-from ansible_runner import run_playbook, snapshot_collection
+from ansible_runner import playbook_lab, run_playbook, snapshot_collection
+
+from ansible_collections.storage.replication.plugins.module_utils.web import hash_password
 
 pytestmark = pytest.mark.lab
 
@@ -48,12 +50,8 @@ ROLE_TASKS = {"storage.replication.runner : Install the runner's pinned dependen
 
 @pytest.fixture(scope="module")
 def site_lab():
-    lab = Lab("%s-site" % os.environ.get("SR_LAB_NAME", "srtest")[:12])
-    lab.down(out=lambda _line: None)
-    lab.up(nodes=3, pool_size="512M", out=lambda _line: None)
-    yield lab
-    if os.environ.get("SR_LAB_KEEP") != "1":
-        lab.down(out=lambda _line: None)
+    with playbook_lab("%s-site" % os.environ.get("SR_LAB_NAME", "srtest")[:12], "512M") as lab:
+        yield lab
 
 
 class Site:
@@ -201,7 +199,7 @@ def test_runner_settings_are_written_and_accepted_by_the_runner(site):
         settings = json.loads(site.read(node, CONFDIR + "/runner.json"))
         assert settings == {"max_parallel": 4, "log_runs": 10, "notify_command": None,
                             "metrics_file": "/var/lib/prometheus/node-exporter/storage-replication.prom",
-                            "fence_after": 60, "fence_interval": 5}
+                            "fence_after": 60, "fence_interval": 5, "receive_stall_seconds": 120}
     # The runner itself reads them without complaint: an idle run where no guest lives (node1's run, with its jobs,
     # is test_replication_happens_after_site's).
     for node in ("node2", "node3"):
@@ -235,12 +233,13 @@ def test_facts_describe_every_node_for_the_cluster_configuration(site):
     assert facts["runner_node"] == nodes[1]
 
 
-def _ssh_from(site, source, target, command, known_hosts_line):
-    """ssh from source to target with source's own key, pinning target's host key (verification on)."""
+def _ssh_from(site, source, target, command, known_hosts_line, key="/root/.ssh/id_ed25519", stdin=None):
+    """ssh from source to target with one of source's keys (its own by default), pinning target's host key
+    (verification on)."""
     site.lab.exec(source, ["sh", "-c", 'printf "%s\\n" "$1" > /tmp/role-known-hosts', "-", known_hosts_line])
-    return site.lab.exec(source, ["ssh", "-i", "/root/.ssh/id_ed25519", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+    return site.lab.exec(source, ["ssh", "-i", key, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
                                   "-o", "UserKnownHostsFile=/tmp/role-known-hosts", "-o", "StrictHostKeyChecking=yes",
-                                  "root@" + site.lab.address(target)] + command, check=False, timeout=60)
+                                  "root@" + site.lab.address(target)] + command, input=stdin, check=False, timeout=60)
 
 
 def test_a_peer_reaches_only_the_receiver(site):
@@ -447,3 +446,71 @@ def test_a_timer_systemd_rejects_is_not_installed(site):
                for m in messages.values()), messages
     for node in site.lab.nodes:
         assert "OnCalendar=minutely\n" in site.read(node, UNITS[1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The web service (runner_web_listen)
+
+WEB_UNIT = "/etc/systemd/system/storage-replication-web.service"
+WEB_DIR = "/etc/storage-replication/web"
+
+
+def test_web_pages_off_loopback_without_tls_are_refused_before_any_change(site):
+    before = site.footprint()
+    run = site.apply_role({"runner_web_listen": "0.0.0.0:8443", "runner_web_token": "0123456789abcdef0123"})
+    assert run.rc != 0
+    messages = {f["host"]: f["result"]["msg"] for f in run.failures()}
+    assert sorted(messages) == site.lab.nodes
+    assert all("runner_web_listen is 0.0.0.0:8443, not a loopback address" in m and "runner_web_tls_cert" in m
+               for m in messages.values()), messages
+    assert "0123456789abcdef0123" not in run.stdout + run.stderr + json.dumps(run.results)  # the token is no_log
+    assert site.footprint() == before
+
+
+def test_web_pages_on_loopback_are_installed_with_read_only_trust(site):
+    web = {"runner_web_listen": "127.0.0.1:8099", "runner_web_users": [{"name": "ops", "password_hash": hash_password("a long password")}]}
+    run = site.apply_role(web)
+    run.assert_ok()
+    checked = run.task_results("storage.replication.runner : Check the web service's configuration (its files, TLS, "
+                               "users) before it is started", "node1")
+    assert checked[0]["stdout"] == ("storage-replication web: would serve http://127.0.0.1:8099/ (read-only, "
+                                    "authentication required) for node node1")
+    web_keys = {node: " ".join(site.read(node, WEB_DIR + "/id_ed25519.pub").split()[:2]) for node in site.lab.nodes}
+    for node in site.lab.nodes:
+        verify = site.lab.exec(node, ["systemd-analyze", "verify", WEB_UNIT], check=False)
+        assert verify.returncode == 0, verify.stderr
+        unit = site.read(node, WEB_UNIT)
+        assert ("ExecStart=%s/bin/storage-replication web --listen 127.0.0.1:8099 --refresh 5 --key %%d/web-key "
+                "--cluster-file %%d/node.json --local-node-file %%d/local-node --password-file %%d/passwords\n"
+                % INSTALL_DIR) in unit
+        assert "LoadCredential=web-key:%s/id_ed25519\n" % WEB_DIR in unit and "DynamicUser=yes\n" in unit
+        assert site.lab.exec(node, ["stat", "-c", "%n %a", WEB_DIR, WEB_DIR + "/passwords", WEB_DIR + "/node.json"]
+                             ).stdout.split() == [WEB_DIR, "700", WEB_DIR + "/passwords", "600", WEB_DIR + "/node.json", "600"]
+        assert site.lab.exec(node, ["test", "-e", WEB_DIR + "/token"], check=False).returncode == 1
+        assert json.loads(site.read(node, WEB_DIR + "/node.json"))["nodes"][node]["address"] == site.lab.address(node)
+        lines = site.read(node, "/root/.ssh/authorized_keys").splitlines()
+        # every node's web key (this node's own too), bound to read-only access
+        assert ['restrict,command="%s/bin/storage-replication serve --peer %s --read-only" %s storage-replication-web@%s'
+                % (INSTALL_DIR, peer, web_keys[peer], peer) for peer in site.lab.nodes] \
+            == [line for line in lines if "--read-only" in line]
+    # node1's web key reaches node2's read-only receiver, which answers node-status (with what site.yml configured)
+    # and runs nothing else
+    pinned = "%s %s" % (site.lab.address("node2"), " ".join(site.read("node2", "/etc/ssh/ssh_host_ed25519_key.pub").split()[:2]))
+    for operation in ("node-status", "get-config", "prepare"):
+        proc = _ssh_from(site, "node1", "node2", [operation], pinned, key=WEB_DIR + "/id_ed25519", stdin='{"source": "node1"}')
+        answer = json.loads(proc.stdout)
+        if operation == "node-status":
+            assert answer["ok"] and sorted(answer["nodes"]) == site.lab.nodes and "100" in answer["guests"], answer
+        else:
+            assert answer["reason"] == "invalid-operation", (operation, proc.stdout, proc.stderr)
+    again = site.apply_role(web)
+    again.assert_ok()
+    assert again.changed_count() == 0, again.changed_tasks()
+
+
+def test_web_pages_switched_off_leave_no_unit_and_no_read_only_trust(site):
+    site.apply_role().assert_ok()
+    for node in site.lab.nodes:
+        assert site.lab.exec(node, ["test", "-e", WEB_UNIT], check=False).returncode == 1
+        assert site.lab.exec(node, ["test", "-e", WEB_DIR + "/passwords"], check=False).returncode == 1
+        assert "--read-only" not in site.read(node, "/root/.ssh/authorized_keys")

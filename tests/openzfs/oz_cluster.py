@@ -48,12 +48,13 @@ GUESTS = [
     _guest(510, "ct", ["enc-zfs:subvol-510-disk-0"]),                              # plain into encrypted parent
     _guest(600, "ct", ["local-zfs:subvol-600-disk-0"]),                            # -c
     _guest(700, "ct", ["local-zfs:subvol-700-disk-0"]),                            # partition, refusals
+    _guest(800, "vm", ["local-zfs:vm-800-disk-0"]),                                # restore points on a zvol
 ]
 JOBS = [
     _job("100-0", "node2"), _job("100-1", "node3"), _job("200-0", "node2"),
     _job("300-0", "node2", rate=15), _job("310-0", "node2", rate=15), _job("320-0", "node2", rate=15),
     _job("400-0", "node2"), _job("500-0", "node2"), _job("510-0", "node2"), _job("600-0", "node2"),
-    _job("700-0", "node2"),
+    _job("700-0", "node2"), _job("800-0", "node2", keep="last=3", keep_source="last=2"),
 ]
 
 
@@ -133,9 +134,20 @@ class OzCluster:
         self.tier.exec(node, ["dd", "if=" + source, "of=/%s/%s" % (dataset, filename), "bs=1M",
                               "count=%d" % megabytes, "conv=fsync", "status=none"])
 
+    def filesystem_with_data(self, dataset, megabytes, filename="a.bin"):
+        """A new filesystem on node1 holding one file of random data."""
+        self.zfs("node1", "create", dataset)
+        self.write_file("node1", dataset, filename, megabytes)
+
     def tree_checksum(self, node, dataset):
         """sha256 over the file tree of a mounted filesystem dataset."""
         return self.tier.exec(node, ["python3", "-c", CHECKSUM_SCRIPT, "/" + dataset]).stdout.strip()
+
+    def assert_same_files(self, dataset, holds=True):
+        """node2's replica holds node1's files; with ``holds``, the engine holds exactly what the next runs need."""
+        assert self.tree_checksum("node2", dataset) == self.tree_checksum("node1", dataset)
+        if holds:
+            self.assert_no_orphaned_holds()
 
     def snapshots(self, node, dataset):
         proc = self.zfs(node, "list", "-H", "-p", "-t", "snapshot", "-o", "name", "-d", "1", dataset, check=False)

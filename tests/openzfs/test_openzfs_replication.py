@@ -81,14 +81,13 @@ def test_zvols_full_then_incremental_to_every_target(cluster):
 
 def test_filesystem_incremental_after_reading_the_replica_keeps_nothing_aside(cluster):
     dataset = "%s/subvol-200-disk-0" % POOL
-    cluster.zfs("node1", "create", dataset)
-    cluster.write_file("node1", dataset, "a.bin", 8)
+    cluster.filesystem_with_data(dataset, 8)
     assert modes(assert_ok(cluster.run_job("200-0"))) == ["full"]
     assert cluster.tree_checksum("node2", dataset) == cluster.tree_checksum("node1", dataset)  # reads: atime
     cluster.write_file("node1", dataset, "b.bin", 1)
     result = assert_ok(cluster.run_job("200-0"))
     assert modes(result) == ["incremental"] and result["volumes"][0]["kept"] == []
-    assert cluster.tree_checksum("node2", dataset) == cluster.tree_checksum("node1", dataset)
+    cluster.assert_same_files(dataset, holds=False)
     assert not [d for d in cluster.zfs("node2", "list", "-H", "-o", "name", "-r", POOL).stdout.split() if "-diverged-" in d]
     cluster.assert_no_orphaned_holds()
 
@@ -99,8 +98,8 @@ def interrupt_mid_stream(cluster, job, volume_dataset, after_bytes, interrupt):
     """Start the job with the CLI, call interrupt() once the target received after_bytes; returns rx before."""
     rx_before = cluster.link_rx_bytes("node2")
     with subprocess.Popen(cluster.run_job_argv(job), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
-        wait_until(lambda: cluster.link_rx_bytes("node2") - rx_before > after_bytes, 300, "the transfer to get going", 0.5,
-               error=AssertionError)
+        wait_until(lambda: cluster.link_rx_bytes("node2") - rx_before > after_bytes, 300, "the transfer to get going",
+                   0.5, error=AssertionError)
         interrupt()
         _out, err = run.communicate(timeout=300)
     assert run.returncode != 0, "the interrupted run succeeded"
@@ -142,8 +141,9 @@ def test_transfer_cut_by_link_down_resumes_from_the_token(cluster):
     cluster.create_zvol("node1", name, "256M", 96)
     try:
         rx_before = interrupt_mid_stream(cluster, "310-0", dataset, 40 * MiB, lambda: cluster.tier.partition("node2"))
-        # The source's run has ended, but the target's receive never saw its connection close: it is still running,
-        # and once the link is back it may take in the source's last packets and move its saved state on.
+        # The source's run has ended, but the target's receive never saw its connection close: it is still running
+        # (until its stall deadline), and once the link is back it may take in the source's last packets and move its
+        # saved state on: the next run's prepare waits for it to end before it reads the token.
         leftover = cluster.receives_running("node2", dataset)
         assert leftover, "the target's receive ended although its connection never closed"
     finally:
@@ -156,8 +156,7 @@ def test_transfer_cut_by_link_down_resumes_from_the_token(cluster):
 
 def test_stale_token_is_cleared_and_reported(cluster):
     dataset = "%s/subvol-320-disk-0" % POOL
-    cluster.zfs("node1", "create", dataset)
-    cluster.write_file("node1", dataset, "big.bin", 96)
+    cluster.filesystem_with_data(dataset, 96, "big.bin")
     interrupt_mid_stream(cluster, "320-0", dataset, 40 * MiB, lambda: kill_zfs_send(cluster, dataset))
     for snap in cluster.snapshots("node1", dataset):  # the snapshot the token continues is lost on the source
         cluster.zfs("node1", "destroy", "%s@%s" % (dataset, snap))
@@ -167,16 +166,14 @@ def test_stale_token_is_cleared_and_reported(cluster):
     assert "clear stale resume token on 'local-zfs:subvol-320-disk-0'" in log
     assert "cleared stale resume token on 'local-zfs:subvol-320-disk-0'" in log  # the target's own line
     assert cluster.resume_token("node2", dataset) is None
-    assert cluster.tree_checksum("node2", dataset) == cluster.tree_checksum("node1", dataset)
-    cluster.assert_no_orphaned_holds()
+    cluster.assert_same_files(dataset)
 
 
 # ---------------------------------------------------------------- bookmarks and holds
 
 def test_bookmark_is_the_incremental_base_once_the_snapshot_is_gone(cluster):
     dataset = "%s/subvol-400-disk-0" % POOL
-    cluster.zfs("node1", "create", dataset)
-    cluster.write_file("node1", dataset, "a.bin", 8)
+    cluster.filesystem_with_data(dataset, 8)
     assert_ok(cluster.run_job("400-0"))
     base = "%s@__replicate_400-0_%d__" % (dataset, cluster.job_state("400-0")["last_sync"])
     refused = cluster.zfs("node1", "destroy", base, check=False)
@@ -187,14 +184,12 @@ def test_bookmark_is_the_incremental_base_once_the_snapshot_is_gone(cluster):
     result = assert_ok(cluster.run_job("400-0"))
     assert modes(result) == ["incremental"] and result["volumes"][0]["base"].startswith("#__replicate_400-0_")
     assert result["bytes"] < 2 * MiB
-    assert cluster.tree_checksum("node2", dataset) == cluster.tree_checksum("node1", dataset)
-    cluster.assert_no_orphaned_holds()
+    cluster.assert_same_files(dataset)
 
 
 def test_target_unreachable_then_back_leaves_only_the_needed_holds(cluster):
     dataset = "%s/subvol-700-disk-0" % POOL
-    cluster.zfs("node1", "create", dataset)
-    cluster.write_file("node1", dataset, "a.bin", 4)
+    cluster.filesystem_with_data(dataset, 4)
     assert_ok(cluster.run_job("700-0"))
     cluster.write_file("node1", dataset, "b.bin", 1)
     cluster.tier.partition("node2")
@@ -206,8 +201,7 @@ def test_target_unreachable_then_back_leaves_only_the_needed_holds(cluster):
     cluster.assert_no_orphaned_holds()
     result = assert_ok(cluster.run_job("700-0"))
     assert modes(result) == ["incremental"]
-    assert cluster.tree_checksum("node2", dataset) == cluster.tree_checksum("node1", dataset)
-    cluster.assert_no_orphaned_holds()
+    cluster.assert_same_files(dataset)
 
 
 # ---------------------------------------------------------------- compressed, raw, encryption
@@ -219,7 +213,7 @@ def test_compressible_data_goes_compressed_as_stored(cluster):
     result = assert_ok(cluster.run_job("600-0"))
     assert "compressed as stored (-c)" in cluster.log("600-0")
     assert result["bytes"] < 8 * MiB, "32 MiB of text sent as %d bytes" % result["bytes"]
-    assert cluster.tree_checksum("node2", dataset) == cluster.tree_checksum("node1", dataset)
+    cluster.assert_same_files(dataset, holds=False)
 
 
 def test_encrypted_dataset_is_sent_raw_and_stays_encrypted_on_the_target(cluster):
@@ -237,21 +231,59 @@ def test_encrypted_dataset_is_sent_raw_and_stays_encrypted_on_the_target(cluster
     cluster.tier.put("node2", "/root/key-500", key.encode(), "0600")
     cluster.zfs("node2", "load-key", "-L", "file:///root/key-500", dataset)
     cluster.zfs("node2", "mount", dataset)
-    assert cluster.tree_checksum("node2", dataset) == cluster.tree_checksum("node1", dataset)
+    cluster.assert_same_files(dataset, holds=False)
 
 
 def test_plain_dataset_inherits_the_targets_encryption_as_pvesr_receives(cluster):
     dataset = "%s/subvol-510-disk-0" % ENC_POOL
-    cluster.zfs("node1", "create", dataset)
-    cluster.write_file("node1", dataset, "a.bin", 2)
+    cluster.filesystem_with_data(dataset, 2)
     assert_ok(cluster.run_job("510-0"))
     props = cluster.zfs("node2", "get", "-H", "-o", "value", "encryption,keystatus,encryptionroot", dataset).stdout.split()
     assert props == ["aes-256-gcm", "available", ENC_POOL]
-    assert cluster.tree_checksum("node2", dataset) == cluster.tree_checksum("node1", dataset)
+    cluster.assert_same_files(dataset, holds=False)
 
 
 @pytest.mark.parametrize("node", ["node1", "node2"])
 def test_no_engine_hold_is_left_on_a_snapshot_the_engine_no_longer_needs(cluster, node):
     held = cluster.holds(node)
     assert all(tags == ["storage-replication"] and "@__replicate_" in snap for snap, tags in held.items())
+    cluster.assert_no_orphaned_holds()
+
+
+# ---------------------------------------------------------------- restore points on a zvol (keep, keep_source)
+
+def test_restore_points_on_a_zvol_with_holds_and_bookmarks_and_a_rollback_to_one(cluster):
+    """Job 800-0 keeps last=3 on node2 and last=2 on node1: after five runs node2 holds three points and node1 two,
+    each side holds (with the engine's tag) only the newest, node1 bookmarks only the newest; a rollback of the zvol
+    to the older point node1 kept copies the current zvol aside whole, brings it back, and the job continues
+    incrementally from the point (node2 keeps its newer points aside first); no stray hold anywhere."""
+    name, job = "vm-800-disk-0", "800-0"
+    dataset = "%s/%s" % (POOL, name)
+    cluster.create_zvol("node1", name, "64M", 8)
+    sums = {}
+    for run in range(5):
+        cluster.write_zvol("node1", name, 1, offset_mb=10 + run)
+        result = assert_ok(cluster.run_job(job))
+        sums[result["start"]] = cluster.zvol_checksum("node1", name)
+    starts = sorted(sums)
+    points = ["__replicate_%s_%d__" % (job, start) for start in starts]
+    assert [s for s in cluster.snapshots("node2", dataset) if s.startswith("__replicate_800-0_")] == points[-3:]
+    assert [s for s in cluster.snapshots("node1", dataset) if s.startswith("__replicate_800-0_")] == points[-2:]
+    assert [b for b in cluster.bookmarks("node1", dataset) if b.startswith("__replicate_800-0_")] == points[-1:]
+    cluster.assert_no_orphaned_holds()
+    before = cluster.zvol_checksum("node1", name)
+
+    code = ("import json; from %s import rollback; print(json.dumps(rollback.rollback_guest(800, %r)))"
+            % (ENGINE, points[-2]))
+    done = json.loads(cluster.engine_python("node1", code).strip().splitlines()[-1])
+    kept = done["volumes"]["local-zfs:" + name]["kept"]
+    assert done["local"] is True and done["point"]["snapshot"] == points[-2]
+    assert cluster.zvol_checksum("node1", name) == sums[starts[-2]]
+    assert cluster.zvol_checksum("node1", kept.split("/", 2)[2]) == before  # the state before, kept whole
+    assert points[-1] in cluster.snapshots("node1", kept)
+
+    result = assert_ok(cluster.run_job(job))
+    assert modes(result) == ["incremental"] and result["volumes"][0]["base"] == points[-2]
+    assert result["volumes"][0]["kept"], "node2 keeps its newer point aside before rolling back to the base"
+    assert cluster.zvol_checksum("node2", name) == cluster.zvol_checksum("node1", name)
     cluster.assert_no_orphaned_holds()

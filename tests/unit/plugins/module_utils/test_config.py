@@ -557,3 +557,60 @@ def test_concurrent_edits_are_serialised(tmp_path):
     assert cfg.generation == 3
     assert sorted((j.id, j.target) for j in cfg.jobs.values()) in (
         [("200-0", "node1"), ("200-1", "node3")], [("200-0", "node3"), ("200-1", "node1")])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Restore points: keep and keep_source, kept out of replication.cfg
+
+def test_keep_lives_in_cluster_json_and_replication_cfg_stays_pvesr_s(tmp_path):
+    cfg = with_jobs()
+    plain = cfg.content()
+    cfg.update_job("100-0", keep="monthly=6, last=4,daily=0", keep_source="last=2")
+    assert (cfg.jobs["100-0"].keep, cfg.jobs["100-0"].keep_source) == ("last=4,monthly=6", "last=2")
+    assert cfg.content()["replication.cfg"] == plain["replication.cfg"]  # pvesr's file does not change at all
+    assert json.loads(cfg.content()["cluster.json"])["jobs"] == {"100-0": {"keep": "last=4,monthly=6", "keep_source": "last=2"}}
+    assert "jobs" not in json.loads(plain["cluster.json"])  # a cluster without keep writes the files it always wrote
+    jobs, warnings = C.parse_replication_cfg(cfg.content()["replication.cfg"])
+    assert warnings == [] and sorted(jobs) == ["100-0", "100-1", "200-0"]  # as pvesr's parser reads it
+    C.save(cfg, str(tmp_path))
+    loaded = C.load(str(tmp_path))
+    assert loaded == cfg and loaded.jobs["100-0"].retention().text == "last=4,monthly=6"
+    assert loaded.jobs["100-1"].retention() == C.retention.PVESR and loaded.jobs["100-0"].retention("source").text == "last=2"
+
+
+def test_keep_is_validated_normalized_and_reset():
+    cfg = with_jobs()
+    before = cfg.content()
+    message = problem_of(lambda: cfg.update_job("100-0", keep="hourly=24,minutely=5"))
+    assert message == ("replication job '100-0': keep: keep 'hourly=24,minutely=5': unknown rule 'minutely'; the rules "
+                       "are last, hourly, daily, weekly, monthly, yearly")
+    assert "keep on the source (keep_source): keep 'x'" in problem_of(lambda: cfg.update_job("100-0", keep_source="x"))
+    assert cfg.content() == before
+    assert cfg.update_job("100-0", keep="last=1").keep is None  # pvesr's behaviour is the default, stored as nothing
+    cfg.update_job("100-0", keep="daily=7")
+    assert cfg.update_job("100-0", delete=["keep"]).keep is None
+    assert cfg.content() == before
+    cfg.remove_job("100-1")
+    assert cfg.add_job(Job("100-1", "node3", keep="weekly=2,last=3")).keep == "last=3,weekly=2"
+
+
+def test_keep_of_a_job_removed_from_replication_cfg_goes_with_it():
+    cfg = with_jobs()
+    cfg.update_job("100-0", keep="daily=7")
+    content = cfg.content()
+    without = C.from_files(content["cluster.json"], content["replication.cfg"].replace(
+        C.format_job(cfg.jobs["100-0"]) + "\n", ""))
+    assert "100-0" not in without.jobs and "jobs" not in json.loads(without.content()["cluster.json"])
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"100-0": {"colour": "blue"}}, "job '100-0': unknown option(s) colour"),
+    ({"100-0": {"keep": 7}}, "'keep' must be of type str, not 7"),
+    ([1], "'jobs' must be an object of objects"),
+])
+def test_bad_job_options_in_cluster_json_are_named(section, message):
+    content = with_jobs().content()
+    model = json.loads(content["cluster.json"])
+    model["jobs"] = section
+    with pytest.raises(ConfigError, match=r"cluster.json: .*" + message.replace("(", r"\(").replace(")", r"\)")):
+        C.from_files(json.dumps(model), content["replication.cfg"])

@@ -16,21 +16,22 @@ import pytest
 ENGINE = pathlib.Path(__file__).resolve().parents[4] / "plugins" / "module_utils"
 
 LAYERS = [
-    # names, file helpers, job logs, fault points, the wire between nodes: import nothing of ours but names
-    "names", "files", "joblog", "failpoints", "protocol",
+    # names, file helpers, job logs, fault points, the wire between nodes, the restore-point grid: import nothing of
+    # ours but names
+    "names", "files", "joblog", "failpoints", "protocol", "retention",
     # schedules, state, the configuration model; the node's settings and what it reports (status, metrics,
     # notifications)
     "schedule", "state", "config", "settings", "report", "metrics", "notify",
     # ZFS, processes, the quorum protocol and the transport
-    "zfs", "pruning", "receive_stream", "orphans", "quorum", "transport",
+    "zfs", "points", "pruning", "receive_stream", "quorum", "transport",
     # the cluster configuration layer, and the node's own view of its quorum (self-fencing)
     "cluster", "fence",
     # one replication: the receiving side (who may ask what, the operations, the forced command), the sending side
     "authority", "receiver", "serve", "replicate", "plan",
-    # what runs replications: the runner, failover, migration
-    "runner", "failover", "migrate",
-    # entry points: the CLI and the Ansible modules' plumbing
-    "cli", "_converge", "_module",
+    # what runs replications: the runner, what a node tells of them (read-only), rollback, failover, migration
+    "runner", "nodeview", "rollback", "failover", "migrate",
+    # entry points: the web views, the CLI and the Ansible modules' plumbing
+    "web", "cli", "_converge", "_module",
 ]
 LAZY_ALLOWED = {"cli"}
 

@@ -139,6 +139,18 @@ def test_the_target_does_not_adopt_a_newer_generation_for_a_plan(harness):
     assert configmod.load(harness.confdir).generation == 7
 
 
+def test_a_plan_says_a_receive_left_behind_still_runs_and_waits_for_nothing(harness):
+    """The harness holds the receive lock of one volume, as a receive a cut run left behind (fuzz_receiver.py)."""
+    request = json.dumps(fuzz_receiver.prepare(job="300-0", guest=300, scan=[], source="node3",
+                                               volumes=[fuzz_receiver.LEFTOVER_RECEIVE])).encode()
+    planned = harness.execute(fuzz_receiver.Case("openzfs", "node3", "plan", request))
+    prepared = harness.execute(fuzz_receiver.Case("openzfs", "node3", "prepare", request))
+    assert planned.replies[0]["ok"] and planned.violations == [], planned.replies
+    assert "a receive into '%s' left by an interrupted run is still running; a run waits for it to end itself" \
+        % fuzz_receiver.LEFTOVER_RECEIVE in planned.replies[0]["log"]
+    assert prepared.replies[0]["reason"] == "receive-busy"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The source's plan of a job
 

@@ -116,7 +116,6 @@ def node(tmp_path, monkeypatch):
     zfs = RecordingZfs()
     monkeypatch.setattr(RecordingPopen, "zfs", zfs)
     monkeypatch.setattr(receive_stream.subprocess, "Popen", RecordingPopen)
-    monkeypatch.setattr(receivermod.orphans, "leftover_receives", lambda datasets: {})
     return receivermod.Receiver(confdir=confdir, statedir=statedir, zfs=zfs, now=lambda: 1700003600.0,
                                 peer="node1")
 

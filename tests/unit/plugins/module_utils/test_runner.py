@@ -10,6 +10,7 @@ tests/integration/test_runner_lab.py run real jobs)."""
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import math
 import sys
@@ -70,23 +71,61 @@ def test_job_report_and_metrics(tmp_path):
     report = reportmod.job_report(cfg, state, "node1", NOW)
     assert [(j["id"], j["enabled"], j["lag"], j["state"], j["next_sync"]) for j in report] == [
         ("100-0", True, 300, "OK", NOW), ("200-0", False, None, "target down", None)]
-    text = metrics.format_metrics(report, "node1", 7, NOW)
+    text = metrics.format_metrics(report, "node1", 7, NOW, guest_types={100: "vm", 200: "ct"})
     expected = [
-        'storage_replication_job_last_sync_timestamp_seconds{job="100-0",guest="100",target="node2",node="node1"} %d' % (NOW - 300),
-        'storage_replication_job_lag_seconds{job="100-0",guest="100",target="node2",node="node1"} 300',
-        'storage_replication_job_lag_seconds{job="200-0",guest="200",target="node2",node="node1"} +Inf',
-        'storage_replication_job_last_duration_seconds{job="100-0",guest="100",target="node2",node="node1"} 2.5',
-        'storage_replication_job_last_bytes_sent{job="100-0",guest="100",target="node2",node="node1"} 1048576',
-        'storage_replication_job_fail_count{job="200-0",guest="200",target="node2",node="node1"} 2',
-        'storage_replication_job_next_sync_timestamp_seconds{job="100-0",guest="100",target="node2",node="node1"} %d' % NOW,
-        'storage_replication_job_enabled{job="200-0",guest="200",target="node2",node="node1"} 0',
+        'storage_replication_job_last_sync_timestamp_seconds{id="100-0",guest="100",target="node2",node="node1"} %d' % (NOW - 300),
+        'storage_replication_job_lag_seconds{id="100-0",guest="100",target="node2",node="node1"} 300',
+        'storage_replication_job_lag_seconds{id="200-0",guest="200",target="node2",node="node1"} +Inf',
+        'storage_replication_job_last_duration_seconds{id="100-0",guest="100",target="node2",node="node1"} 2.5',
+        'storage_replication_job_last_bytes_sent{id="100-0",guest="100",target="node2",node="node1"} 1048576',
+        'storage_replication_job_fail_count{id="200-0",guest="200",target="node2",node="node1"} 2',
+        'storage_replication_job_next_sync_timestamp_seconds{id="100-0",guest="100",target="node2",node="node1"} %d' % NOW,
+        'storage_replication_job_enabled{id="200-0",guest="200",target="node2",node="node1"} 0',
         'storage_replication_runner_last_tick_timestamp_seconds{node="node1"} %d' % NOW,
         'storage_replication_config_generation{node="node1"} 7',
         'storage_replication_config_conflict{node="node1"} 0',
+        'storage_replication_job_schedule_interval_seconds{id="100-0",guest="100",target="node2",node="node1"} 900',
+        # prometheus-pve-exporter's series, its names and labels; what the job has not (a duration, a next sync of
+        # a disabled job) is left out, as Proxmox's API leaves it out
+        'pve_replication_info{id="100-0",type="local",source="node/node1",target="node/node2",guest="qemu/100"} 1',
+        'pve_replication_info{id="200-0",type="local",source="node/node1",target="node/node2",guest="lxc/200"} 1',
+        'pve_replication_duration_seconds{id="100-0"} 2.5',
+        'pve_replication_last_sync_timestamp_seconds{id="100-0"} %d' % (NOW - 300),
+        'pve_replication_last_sync_timestamp_seconds{id="200-0"} 0',
+        'pve_replication_last_try_timestamp_seconds{id="200-0"} %d' % (NOW - 60),
+        'pve_replication_next_sync_timestamp_seconds{id="100-0"} %d' % NOW,
+        'pve_replication_failed_syncs{id="200-0"} 2',
     ]
     lines = text.splitlines()
     assert [line for line in expected if line not in lines] == []
-    assert sum(1 for line in lines if not line.startswith("#")) == 7 * 2 + 5
+    assert not any(line.startswith(('pve_replication_duration_seconds{id="200-0"}',
+                                    'pve_replication_next_sync_timestamp_seconds{id="200-0"}')) for line in lines)
+    assert sum(1 for line in lines if not line.startswith("#")) == 12 * 2 + 2 + 8 + 5
+
+
+def test_restore_points_in_the_report_and_the_metrics():
+    """What the last finalize reported (count, oldest, bytes) and the points deleted for lack of space; before any
+    report, the newest replica is the one point, its space not known."""
+    cfg = make_config(guests=(100, 200))
+    cfg.jobs["100-0"].keep = "last=4,daily=7"
+    state = {"100": {"local/node2": dict(jobstate(NOW - 300, NOW - 300), space_pruned=["__replicate_100-0_5__"],
+                                         points={"count": 9, "oldest": NOW - 86400, "newest": NOW - 300,
+                                                 "bytes": 123456})},
+             "200": {"local/node2": jobstate(NOW - 60, NOW - 60)}}
+    report = {job["id"]: job for job in reportmod.job_report(cfg, state, "node1", NOW)}
+    keys = ("keep", "restore_points", "oldest_point", "oldest_point_age", "points_bytes", "space_pruned")
+    assert {k: report["100-0"][k] for k in keys} == {
+        "keep": "last=4,daily=7", "restore_points": 9, "oldest_point": NOW - 86400, "oldest_point_age": 86400,
+        "points_bytes": 123456, "space_pruned": ["__replicate_100-0_5__"]}
+    assert (report["200-0"]["restore_points"], report["200-0"]["oldest_point_age"], report["200-0"]["points_bytes"]) \
+        == (1, 60, None)
+    lines = metrics.format_metrics(list(report.values()), "node1", 7, NOW).splitlines()
+    labels = '{id="100-0",guest="100",target="node2",node="node1"}'
+    for line in ("storage_replication_job_restore_points%s 9" % labels,
+                 "storage_replication_job_oldest_point_age_seconds%s 86400" % labels,
+                 "storage_replication_job_points_bytes%s 123456" % labels,
+                 "storage_replication_job_points_pruned_for_space%s 1" % labels):
+        assert line in lines
 
 
 def test_logs_keep_the_last_n_runs(tmp_path):
@@ -103,6 +142,7 @@ def test_logs_keep_the_last_n_runs(tmp_path):
     ({"max_parallel": 0}, "'max_parallel' must be a whole number >= 1, not 0"),
     ({"notify_command": "mail -s x root"}, "'notify_command' must be an argv list"),
     ({"metrics_file": "relative.prom"}, "'metrics_file' must be an absolute path or null"),
+    ({"receive_stall_seconds": 5}, "'receive_stall_seconds' must be a whole number >= 10, not 5"),
     ({"paralel": 2}, "unknown setting 'paralel'; the settings are: fence_after, fence_interval, log_runs, max_parallel"),
 ])
 def test_bad_settings_are_named(tmp_path, settings, message):
@@ -242,6 +282,27 @@ def test_a_long_job_does_not_hold_back_the_others(tmp_path):
     assert sorted(j["job"] for j in result["jobs"]) == sorted(cfg.jobs)
     assert all(node.finished(j) < node.finished("100-0") for j in cfg.jobs if j != "100-0")
     assert node.peer_checks == 1
+
+
+def test_the_heartbeat_goes_on_while_a_long_job_runs(tmp_path, monkeypatch):
+    """A first full sync may run for hours: the runner's tick in the metrics file must not stop meanwhile, or the
+    stale-runner alert would fire for a runner that works."""
+    monkeypatch.setattr(R, "RECHECK_SECONDS", 0.1)
+    cfg = make_config(guests=(100,))
+    node = Node(tmp_path, cfg, durations={"100-0": 1.5})
+    began = time.monotonic()
+    node.clock = lambda: NOW + (time.monotonic() - began) * 100  # 1.5 s here are 150 s of the runner's
+    seen = []
+    run_job = node.run_job
+
+    def long_job(*args, **kwargs):
+        outcome = run_job(*args, **kwargs)
+        seen.append((tmp_path / "metrics.prom").read_text())  # before the runner writes it after the job
+        return outcome
+    node.run_job = long_job
+    node.run()
+    tick = [line for line in seen[0].splitlines() if line.startswith("storage_replication_runner_last_tick")]
+    assert tick and float(tick[0].split()[-1]) >= NOW + 60
 
 
 def test_a_job_that_becomes_due_during_a_long_job_starts_on_time(tmp_path):
@@ -385,3 +446,56 @@ def test_a_configuration_conflict_stops_every_job_and_is_reported(tmp_path, job_
     assert node.events == []
     assert R.last_peer_check(node.paths.statedir)["conflict"] == ["node2", "node3"]
     assert "storage_replication_config_conflict{node=\"node1\"} 1" in (tmp_path / "metrics.prom").read_text()
+
+
+def test_an_idle_tick_with_ten_thousand_jobs_starts_no_process_and_opens_no_connection(tmp_path, monkeypatch):
+    """Issue 19: a node with 10,000 jobs, none due, peers asked a minute ago. The tick is the real Runner (the real
+    run_job, catch_up and ZFS), so any ZFS or SSH command, any process at all, or any network connection fails
+    the test; it still writes every job's metrics. (Its speed is benchmarks/bench_runner.py's, not a test's.)"""
+    import socket  # pylint: disable=import-outside-toplevel
+    import subprocess  # pylint: disable=import-outside-toplevel
+    now = int(time.time())
+    cfg = make_config(guests=range(1000, 11000))
+    for job in cfg.jobs.values():
+        job.schedule = "%d:%02d" % divmod((now // 60 + 90) % 1440, 60)  # once a day, 90 minutes from now (UTC)
+    node = Node(tmp_path, cfg)
+    state = {str(job.guest): {job.target_id: jobstate(now, now)} for job in cfg.jobs.values()}
+    (tmp_path / "state" / "replication-state.json").write_text(json.dumps(state))
+    (tmp_path / "state" / R.PEER_CHECK_FILE).write_text(json.dumps({"time": now - 60, "generation": 1}))
+    attempts = []
+
+    def refuse(what):
+        def refused(*args, **_kwargs):
+            attempts.append((what, args[1:2]))
+            raise AssertionError("an idle tick %s: %r" % (what, args[1:2]))
+        return refused
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse("started a process"))
+    monkeypatch.setattr(socket.socket, "connect", refuse("opened a connection"))
+    monkeypatch.setattr(socket, "create_connection", refuse("opened a connection"))
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    try:
+        result = R.Runner(node.paths, node.settings, now=lambda: now + 1).run()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert result["jobs"] == [] and result["warnings"] == [] and result["peer_check"] is None and attempts == []
+    metrics = (tmp_path / "metrics.prom").read_text()
+    assert metrics.count("storage_replication_job_enabled{") == 10000
+
+
+@pytest.mark.parametrize("schedule, when, interval", [
+    ("*/15", "2026-12-07 10:07", 900),
+    ("*/1", "2026-12-07 10:07", 60),
+    ("*:*:0/20", "2026-12-07 10:07", 60),  # more often than the runner's tick: the tick
+    ("daily", "2026-12-07 10:07", 86400),
+    # a workday schedule: half an hour on Monday morning, the whole weekend on Saturday (no alert every weekend)
+    ("mon..fri 8..17:00/30", "2026-12-07 08:05", 1800),
+    ("mon..fri 8..17:00/30", "2026-12-05 12:00", (2 * 86400 + 14.5 * 3600)),
+    ("0 3 * * *", "2026-12-07 10:07", 86400),
+    ("2020-01-01 00:00", "2026-12-07 10:07", 0),  # runs no more
+])
+def test_the_schedule_interval_is_the_gap_around_now(monkeypatch, schedule, when, interval):
+    monkeypatch.setenv("TZ", "UTC")
+    now = int(datetime.datetime.strptime(when, "%Y-%m-%d %H:%M").replace(tzinfo=datetime.timezone.utc).timestamp())
+    assert metrics.schedule_interval(schedule, now) == interval

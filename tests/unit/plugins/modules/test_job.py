@@ -118,3 +118,33 @@ def test_job_after_a_migration_is_not_created_again(node_cluster, run):
     assert any("reversed the direction" in w for w in result["warnings"]), result["warnings"]
     jobs = node_cluster["load"]().jobs
     assert jobs["100-0"].target == "node1" and jobs["100-0"].remove_job is None
+
+
+def test_keep_text_sets_restore_points_and_shows_in_the_diff(node_cluster, run):
+    run({"guest": 100, "target": "node2"})
+    result = run({"guest": 100, "target": "node2", "keep": "monthly=6,last=4"}, diff=True)
+    assert result["changed"] is True and result["job"]["keep"] == "last=4,monthly=6"
+    assert result["diff"]["after"] == "local: 100-0\n\ttarget node2\n\tsource node1\n# keep last=4,monthly=6\n\n"
+    stored = node_cluster["load"]()
+    assert stored.jobs["100-0"].keep == "last=4,monthly=6"
+    assert "keep" not in stored.content()["replication.cfg"]  # pvesr's file stays pvesr's
+    again = run({"guest": 100, "target": "node2", "keep": "last=4, monthly=6"})
+    assert again["changed"] is False  # the same rules, written another way
+    reset = run({"guest": 100, "target": "node2"})  # left out: pvesr's behaviour again
+    assert reset["changed"] is True and node_cluster["load"]().jobs["100-0"].keep is None
+
+
+def test_keep_in_a_set_and_bad_keep_is_named(node_cluster, run):
+    result = run({"jobs": [{"guest": 100, "target": "node2", "keep": "daily=7", "keep_source": "last=2"}]})
+    assert result["changed"] is True and result["jobs"][0]["keep_source"] == "last=2"
+    bad = run({"jobs": [{"guest": 100, "target": "node2", "keep": "daily=seven"}]})
+    assert bad["failed"] is True and "'daily=seven' is not <rule>=<count>" in bad["msg"]
+    assert node_cluster["load"]().jobs["100-0"].keep == "daily=7"
+    text_with_set = run({"jobs": [{"guest": 100, "target": "node2"}], "keep": "daily=7"})
+    assert text_with_set["failed"] is True and "give each job's restore points as jobs[].keep" in text_with_set["msg"]
+
+
+def test_keep_true_is_still_pvesr_delete_keep(node_cluster, run):
+    run({"guest": 100, "target": "node2", "keep": "daily=7"})
+    result = run({"id": "100-0", "state": "absent", "keep": "yes"})
+    assert result["changed"] is True and node_cluster["load"]().jobs["100-0"].remove_job == "local"
