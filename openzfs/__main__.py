@@ -1,7 +1,7 @@
 # Copyright (c) 2026, storage.replication developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""python -m openzfs image | up [--nodes N] | down | status | ssh NODE [CMD...]  (--name NAME, default ozfs)."""
+"""python -m openzfs image | key | up [--nodes N] | down | status | ssh NODE [CMD...]  (--name NAME, default ozfs)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from openzfs._image import ImageError, ensure_image
+from openzfs._image import ImageError, ensure_image, recipe_key
 from openzfs._tier import Tier, TierError
 
 
@@ -19,6 +19,7 @@ def main(argv=None) -> int:
     parser.add_argument("--name", default=os.environ.get("SR_OPENZFS_NAME", "ozfs"), help="tier name (default ozfs)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("image", help="build the guest image if its recipe changed; print its directory")
+    sub.add_parser("key", help="print the image's recipe key (its directory's name in the cache: a CI cache key)")
     up = sub.add_parser("up", help="boot the tier's nodes (node1..nodeN)")
     up.add_argument("--nodes", type=int, default=2)
     sub.add_parser("down", help="power the tier's nodes off and remove its files")
@@ -31,6 +32,8 @@ def main(argv=None) -> int:
     try:
         if args.command == "image":
             print(ensure_image())
+        elif args.command == "key":
+            print(recipe_key())
         elif args.command == "up":
             tier.up(nodes=args.nodes)
             print("ssh -F %s node1" % tier.ssh_config_path)

@@ -65,7 +65,7 @@ def build(target: Path, log) -> None:
     work = target.with_name(target.name + ".building")
     if work.exists():
         shutil.rmtree(work)  # an earlier build died; its mounts are gone with its process (build.sh unmounts on exit)
-    log("openzfs: building the guest image %s (recipe changed or first build; about 5 minutes)" % target.name)
+    log("openzfs: building the guest image %s (recipe changed or first build; about 10 minutes on two cores)" % target.name)
     started = time.monotonic()
     argv = ["nice", "-n", "10", str(REPO / "openzfs" / "image" / "build.sh"), str(work)]
     proc = subprocess.run(argv, env=dict(os.environ, PYTHON=sys.executable), check=False)

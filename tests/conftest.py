@@ -20,7 +20,7 @@ import pathlib
 import pytest
 
 LAB_DIRS = ("integration", "openzfs")
-LAB_FIXTURES = ("lab", "module_lab", "prepared")  # the session lab, a module's own lab, the OpenZFS tier
+LAB_FIXTURES = ("lab", "module_lab", "prepared", "smoke_prepared")  # session lab, a module's own, the OpenZFS tier, its smoke
 
 
 def lab_marker_problem(item):

@@ -259,7 +259,7 @@ class ControlChannel:
 
     def _close_session(self):
         if self.session:
-            channel, _replies = self.session
+            channel = self.session[0]  # (channel, replies): pylint reads the field's default None as its type
             channel.shutdown_write()
             channel.close()
         self.session = None

@@ -3,14 +3,18 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The OpenZFS tier as a replication cluster, and the helpers the tests drive it with.
 
-Set-up is the production path: a pool per node on its own virtual disk, then playbooks/site.yml (the runner role
-installs the engine, the node keys and the forced-command trust; the modules converge storages, guests and jobs).
+The full tier's set-up is the production path: a pool per node on its own virtual disk, then playbooks/site.yml
+(the runner role installs the engine, the node keys and the forced-command trust; the modules converge storages,
+guests and jobs).  The smoke's set-up (setup_engine_only) skips Ansible, which under software emulation costs
+minutes: the engine's files copied in, the keys and trust the lab's nodes get (tests/integration/cluster_setup.py)
+and the configuration saved by the engine itself.
 Every guest of the tests is declared here once; each test owns its guest IDs and creates its volumes itself.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,13 +22,20 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 import ansible_runner  # noqa: E402  pylint: disable=wrong-import-position
+from lab._system import wait_until  # noqa: E402  pylint: disable=wrong-import-position
+import cluster_setup  # noqa: E402  pylint: disable=wrong-import-position
 from cluster_setup import CHECKSUM_SCRIPT  # noqa: E402  pylint: disable=wrong-import-position
+
+from ansible_collections.storage.replication.plugins.module_utils import config as configmod  # noqa: E402  pylint: disable=wrong-import-position
 
 POOL = "rpool/data"
 ENC_POOL = "rpool/encdata"
 RUNNER_PYTHON = "/opt/storage-replication/venv/bin/python"
 RUNNER_LIB = "/opt/storage-replication/lib"
 ENGINE = "ansible_collections.storage.replication.plugins.module_utils"
+ENGINE_DIR = RUNNER_LIB + "/" + ENGINE.replace(".", "/")
+MAKE_BUNDLE = REPO / "roles" / "runner" / "files" / "make_bundle.py"
+MiB = 1 << 20
 HOLD_TAG = "storage-replication"
 KEY_FILE = "/root/enc.key"
 
@@ -56,31 +67,45 @@ JOBS = [
     _job("400-0", "node2"), _job("500-0", "node2"), _job("510-0", "node2"), _job("600-0", "node2"),
     _job("700-0", "node2"), _job("800-0", "node2", keep="last=3", keep_source="last=2"),
 ]
+# The smoke (test_smoke.py): one zvol per test on two nodes.  The resumed transfer is rate-limited (2 MB/s: its
+# 24 MiB take 12 s), so that the kill lands mid-stream however fast the emulated link is.
+SMOKE_GUESTS = [
+    _guest(900, "vm", ["local-zfs:vm-900-disk-0"]),    # full, incremental, bookmark as base
+    _guest(910, "vm", ["local-zfs:vm-910-disk-0"]),    # resume after a kill
+]
+SMOKE_JOBS = [_job("900-0", "node2"), _job("910-0", "node2", rate=2)]
 
 
 class OzCluster:
     """Drives the tier's nodes: ZFS, the engine's runs, state, logs, checksums, holds."""
 
-    def __init__(self, tier):
+    def __init__(self, tier, guests=None, jobs=None):
         self.tier = tier
         self.nodes = tier.nodes
+        self.guests = GUESTS if guests is None else guests
+        self.jobs = JOBS if jobs is None else jobs
 
     # ------------------------------------------------------------ set-up
 
+    def fresh_pool(self, node, data_options=""):
+        """A new pool on the node's disk and the storage's dataset: a tier kept up from an earlier session
+        (SR_OPENZFS_KEEP=1) starts over, with no job state either."""
+        self.tier.sh(node, "! zpool list rpool >/dev/null 2>&1 || zpool destroy -f rpool; rm -rf /var/lib/storage-replication/guests "
+                           "/var/lib/storage-replication/replication-state.json /var/log/storage-replication/*.log; "
+                           "zpool create -f -O compression=lz4 -O atime=on rpool /dev/vdb && zfs create %s %s"
+                     % (data_options, POOL))
+
     def setup(self):
         for node in self.nodes:
-            # A tier kept up from an earlier session (SR_OPENZFS_KEEP=1) starts over: new pool, no job state.
-            self.tier.sh(node, "! zpool list rpool >/dev/null 2>&1 || zpool destroy -f rpool; rm -rf /var/lib/storage-replication/guests "
-                               "/var/lib/storage-replication/replication-state.json /var/log/storage-replication/*.log")
-            self.tier.sh(node, "zpool create -f -O compression=lz4 -O atime=on rpool /dev/vdb && zfs create %s" % POOL)
+            self.fresh_pool(node)
             # enc-zfs: plain on node1, an encrypted dataset on the other nodes (their own key).
             self.tier.sh(node, "echo 'passphrase-of-%s' > %s" % (node, KEY_FILE))
             encryption = "" if node == "node1" else "-o encryption=on -o keyformat=passphrase -o keylocation=file://%s" % KEY_FILE
             self.tier.sh(node, "zfs create %s %s" % (encryption, ENC_POOL))
-        jobs = [j for j in JOBS if j["target"] in self.nodes]
+        jobs = [j for j in self.jobs if j["target"] in self.nodes]
         group_vars = {
             "replication_storages": [{"id": "local-zfs", "pool": POOL}, {"id": "enc-zfs", "pool": ENC_POOL}],
-            "replication_guests": GUESTS, "replication_jobs": jobs, "runner_timer_enabled": False}
+            "replication_guests": self.guests, "replication_jobs": jobs, "runner_timer_enabled": False}
         inventory = self.tier.write_inventory(group_vars)
         if self.tier.converged_with(group_vars):  # kept up (SR_OPENZFS_KEEP=1) and converged the same way
             return self
@@ -88,6 +113,40 @@ class OzCluster:
         run = ansible_runner.run_playbook(inventory, "playbooks/site.yml", timeout=1500)
         run.assert_ok()
         self.tier.mark_converged(group_vars)
+        return self
+
+    def setup_engine_only(self):
+        """The smoke's cluster without Ansible: on every node a fresh pool (snapshots of zvols visible as devices,
+        for the checksums at a snapshot), the engine's files in the image's runner venv, the storage-replication
+        command, the node's key and the peers' keys pinned to the forced command, and the configuration
+        (storage local-zfs, the guests and jobs) saved by the engine on each node."""
+        bundle_path = self.tier.dir / "engine.tar"  # the runner role's bundle of the engine's files
+        subprocess.run([sys.executable, str(MAKE_BUNDLE), str(bundle_path)] + [
+            str(p) for p in (REPO / "plugins" / "module_utils").glob("*.py")], check=True)
+        bundle = bundle_path.read_bytes()
+        launcher = cluster_setup.launcher_text(RUNNER_PYTHON, RUNNER_LIB)
+        keys = {}
+        for node in self.nodes:
+            self.fresh_pool(node, "-o snapdev=visible")
+            self.tier.exec(node, ["sh", "-euc", 'rm -rf "$1" && mkdir -p "$1" && tar -x -C "$1" && ln -sfn "$2" "$3"',
+                                  "sh", ENGINE_DIR, cluster_setup.LAUNCHER, "/usr/local/bin/storage-replication"],
+                           input=bundle)
+            keys[node] = cluster_setup.install_node(self.tier, node, launcher)
+        for node in self.nodes:
+            cluster_setup.trust_peers(self.tier, node, keys)
+        cfg = cluster_setup.base_config(self.tier)
+        for guest in self.guests:
+            cfg.guests[guest["id"]] = configmod.Guest(id=guest["id"], type=guest["type"], node=guest["node"],
+                                                      volumes=list(guest["volumes"]))
+        for job in self.jobs:
+            cfg.jobs[job["id"]] = configmod.Job(id=job["id"], target=job["target"], schedule=job["schedule"],
+                                                rate=job.get("rate"))
+        cfg.validate()
+        content = json.dumps(cfg.content())
+        code = ("import json, sys; from %s import config; files = json.load(sys.stdin); "
+                "config.save(config.from_files(files[config.MODEL_FILE], files[config.JOBS_FILE]))" % ENGINE)
+        for node in self.nodes:
+            self.engine_python(node, code, input=content)
         return self
 
     # ------------------------------------------------------------ commands
@@ -111,8 +170,8 @@ class OzCluster:
         """argv (on the controller) that runs the job with the storage-replication CLI: for runs interrupted mid-way."""
         return self.tier.ssh_argv(node, ["storage-replication", "run", "--id", job_id, "--output-format", "json"])
 
-    def engine_python(self, node, code):
-        return self.tier.exec(node, ["env", "PYTHONPATH=" + RUNNER_LIB, RUNNER_PYTHON, "-c", code]).stdout
+    def engine_python(self, node, code, input=None):  # pylint: disable=redefined-builtin
+        return self.tier.exec(node, ["env", "PYTHONPATH=" + RUNNER_LIB, RUNNER_PYTHON, "-c", code], input=input).stdout
 
     # ------------------------------------------------------------ data
 
@@ -125,9 +184,12 @@ class OzCluster:
                               'conv=notrunc,fsync status=none', "sh", "/dev/zvol/%s/%s" % (POOL, name),
                               str(megabytes), str(offset_mb)])
 
-    def zvol_checksum(self, node, name):
-        out = self.tier.exec(node, ["sh", "-euc", 'udevadm settle; sha256sum < "$1"', "sh",
-                                    "/dev/zvol/%s/%s" % (POOL, name)]).stdout
+    def zvol_checksum(self, node, name, snapshot=None):
+        """sha256 of the zvol's data, or of its data at snapshot (the pool's snapdev=visible: setup_engine_only).
+        The device appears asynchronously after a create or a receive: waited for, then udev let settle."""
+        device = "/dev/zvol/%s/%s" % (POOL, name) + ("@" + snapshot if snapshot else "")
+        out = self.tier.exec(node, ["sh", "-euc", 'i=0; until [ -e "$1" ] || [ $i -ge 300 ]; do sleep 0.1; i=$((i+1)); done; '
+                                    'udevadm settle; sha256sum < "$1"', "sh", device]).stdout
         return out.split()[0]
 
     def write_file(self, node, dataset, filename, megabytes, source="/dev/urandom"):
@@ -176,7 +238,7 @@ class OzCluster:
 
     def job_state(self, job_id, node="node1"):
         guest, _sep, _num = job_id.partition("-")
-        target = next(j["target"] for j in JOBS if j["id"] == job_id)
+        target = next(j["target"] for j in self.jobs if j["id"] == job_id)
         return self.state(node).get(guest, {}).get("local/" + target, {})
 
     def log(self, job_id, node="node1"):
@@ -196,11 +258,11 @@ class OzCluster:
         """The engine holds exactly the last synced snapshot of each job, on the source and on the target."""
         expected = {}
         state = self.state()
-        for job in JOBS:
+        for job in self.jobs:
             last_sync = state.get(str(job["guest"]), {}).get("local/" + job["target"], {}).get("last_sync", 0)
             if not last_sync:
                 continue
-            guest = next(g for g in GUESTS if g["id"] == job["guest"])
+            guest = next(g for g in self.guests if g["id"] == job["guest"])
             for volume in guest["volumes"]:
                 storage, _sep, name = volume.partition(":")
                 dataset = "%s/%s" % (POOL if storage == "local-zfs" else ENC_POOL, name)
@@ -214,3 +276,54 @@ class OzCluster:
     def link_rx_bytes(self, node):
         """Bytes the node received on its replication link (eth1) since boot."""
         return int(self.tier.exec(node, ["cat", "/sys/class/net/eth1/statistics/rx_bytes"]).stdout)
+
+
+# ---------------------------------------------------------------- checks shared by the tier's and the smoke's tests
+
+def assert_ok(result):
+    assert result["ok"], "job %s failed: %s\n%s" % (result["job"], result["error"], "\n".join(result.get("log", [])))
+    return result
+
+
+def modes(result):
+    return [v["mode"] for v in result["volumes"]]
+
+
+def stream_size(cluster, node, snapshot):
+    """Bytes of a full replication stream of snapshot (`zfs send -nvP -R`)."""
+    out = cluster.zfs(node, "send", "-nvP", "-R", snapshot).stdout
+    return int([line for line in out.splitlines() if line.startswith("size")][-1].split()[-1])
+
+
+def interrupt_mid_stream(cluster, job, volume_dataset, after_bytes, interrupt):
+    """Start the job with the CLI, call interrupt() once the target received after_bytes; returns rx before."""
+    rx_before = cluster.link_rx_bytes("node2")
+    with subprocess.Popen(cluster.run_job_argv(job), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
+        wait_until(lambda: cluster.link_rx_bytes("node2") - rx_before > after_bytes, 300, "the transfer to get going",
+                   0.5, error=AssertionError)
+        interrupt()
+        _out, err = run.communicate(timeout=300)
+    assert run.returncode != 0, "the interrupted run succeeded"
+    assert job in err
+    wait_until(lambda: cluster.resume_token("node2", volume_dataset), 120, "the target to save a resume token", 0.5,
+               error=AssertionError)
+    return rx_before
+
+
+def kill_zfs_send(cluster, dataset):
+    pids = cluster.sh("node1", "pgrep -f '^zfs send .*%s@' || true" % dataset).stdout.split()
+    assert pids, "no zfs send of %s running" % dataset
+    cluster.tier.exec("node1", ["kill", "-9"] + pids)
+
+
+def check_resumed(cluster, job, dataset, rx_before, kept_snapshot, checksum):
+    full = stream_size(cluster, "node1", "%s@%s" % (dataset, kept_snapshot))
+    result = assert_ok(cluster.run_job(job))
+    assert modes(result) == ["resume", "incremental"]
+    assert "resume the interrupted transfer of" in cluster.log(job)
+    total = cluster.link_rx_bytes("node2") - rx_before
+    assert 0.9 * full < total < 1.1 * full, "sent %d bytes in total for a %d-byte stream" % (total, full)
+    assert cluster.resume_token("node2", dataset) is None
+    assert checksum("node2") == checksum("node1")
+    cluster.assert_no_orphaned_holds()
+    return result

@@ -13,31 +13,13 @@ sends; a non-raw stream inheriting the target's encryption as pvesr receives it.
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
-from lab._system import wait_until
-from oz_cluster import ENC_POOL, ENGINE, KEY_FILE, POOL
+from oz_cluster import (ENC_POOL, ENGINE, KEY_FILE, MiB, POOL, assert_ok, check_resumed, interrupt_mid_stream,
+                        kill_zfs_send, modes)
 
 pytestmark = pytest.mark.lab
-
-MiB = 1 << 20
-
-
-def assert_ok(result):
-    assert result["ok"], "job %s failed: %s\n%s" % (result["job"], result["error"], "\n".join(result.get("log", [])))
-    return result
-
-
-def modes(result):
-    return [v["mode"] for v in result["volumes"]]
-
-
-def stream_size(cluster, node, snapshot):
-    """Bytes of a full replication stream of snapshot (`zfs send -nvP -R`)."""
-    out = cluster.zfs(node, "send", "-nvP", "-R", snapshot).stdout
-    return int([line for line in out.splitlines() if line.startswith("size")][-1].split()[-1])
 
 
 # ---------------------------------------------------------------- feature detection
@@ -93,39 +75,6 @@ def test_filesystem_incremental_after_reading_the_replica_keeps_nothing_aside(cl
 
 
 # ---------------------------------------------------------------- resumable receive
-
-def interrupt_mid_stream(cluster, job, volume_dataset, after_bytes, interrupt):
-    """Start the job with the CLI, call interrupt() once the target received after_bytes; returns rx before."""
-    rx_before = cluster.link_rx_bytes("node2")
-    with subprocess.Popen(cluster.run_job_argv(job), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
-        wait_until(lambda: cluster.link_rx_bytes("node2") - rx_before > after_bytes, 300, "the transfer to get going",
-                   0.5, error=AssertionError)
-        interrupt()
-        _out, err = run.communicate(timeout=300)
-    assert run.returncode != 0, "the interrupted run succeeded"
-    assert job in err
-    wait_until(lambda: cluster.resume_token("node2", volume_dataset), 120, "the target to save a resume token", 0.5,
-               error=AssertionError)
-    return rx_before
-
-
-def kill_zfs_send(cluster, dataset):
-    pids = cluster.sh("node1", "pgrep -f '^zfs send .*%s@' || true" % dataset).stdout.split()
-    assert pids, "no zfs send of %s running" % dataset
-    cluster.tier.exec("node1", ["kill", "-9"] + pids)
-
-
-def check_resumed(cluster, job, dataset, rx_before, kept_snapshot, checksum):
-    full = stream_size(cluster, "node1", "%s@%s" % (dataset, kept_snapshot))
-    result = assert_ok(cluster.run_job(job))
-    assert modes(result) == ["resume", "incremental"]
-    assert "resume the interrupted transfer of" in cluster.log(job)
-    total = cluster.link_rx_bytes("node2") - rx_before
-    assert 0.9 * full < total < 1.1 * full, "sent %d bytes in total for a %d-byte stream" % (total, full)
-    assert cluster.resume_token("node2", dataset) is None
-    assert checksum("node2") == checksum("node1")
-    cluster.assert_no_orphaned_holds()
-
 
 def test_killed_transfer_resumes_from_the_token(cluster):
     name, dataset = "vm-300-disk-0", "%s/vm-300-disk-0" % POOL
