@@ -62,3 +62,19 @@ def pytest_runtest_setup(item):
     problem = item.stash.get(MARKER_PROBLEM, None)
     if problem:
         pytest.fail(problem, pytrace=False)
+
+
+# The summary lines a worker's tests leave for the session's end (the OpenZFS tiers' one line each: tests/openzfs
+# conftest.py's summary_lines): under pytest-xdist only the controller writes the summary.
+_worker_summary_lines = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    del error
+    _worker_summary_lines.extend(getattr(node, "workeroutput", {}).get("summary_lines", []))
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in _worker_summary_lines:
+        terminalreporter.write_line(line, yellow="NOT RUN" in line, bold="NOT RUN" in line)
