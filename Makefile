@@ -13,23 +13,25 @@ deps:
 demo: deps
 	$(PY) -m lab.demo $(LAB_ARGS)
 
-# First the unit tests and the collection-level checks on two workers (tests/conftest.py), then the lab's tests one
-# after another: beside ansible-test's CPU load the lab's timing-sensitive tests (keep-alives, fencing) would not
-# measure what they mean to.  The OpenZFS tier (tests/openzfs) runs where the machine has hardware virtualisation.
-# Under QEMU's software emulation it takes about 45 minutes on two cores, which would more than double the run, so
-# there it is skipped and the summary says so in one line; `make test-openzfs` runs it anywhere.  There the OpenZFS
-# smoke (tests/openzfs/test_smoke.py) runs instead: two guests booted from the cached image, the engine alone in
-# them (no Ansible), one zvol in full, incrementally and from a bookmark, one transfer killed and resumed from its
-# token, every step checked by sha256 at the snapshot on both sides.  It adds about 4-8 minutes on two idle cores
-# (340-470 s of emulated CPU; 15-28 minutes measured beside other suites: the README's Measured).  It runs last, on
-# its own, which keeps the run well under 30 minutes; beside the lab's tests (its guests run at nice 10) it did not
-# disturb them measurably and got about half a core, so starting it with them would win back most of its minutes.  It
-# never builds the image (about 11 minutes, beyond the budget): without the cached image it is skipped with a
-# one-line reason; `make openzfs-image` builds it, `python -m openzfs key` names it for a CI cache.  prepare.py stop
-# takes down guests that pytest brought up but could not end (interrupted).
+# Two parts, each on two workers (pytest-xdist).  First the tests that need no node (-m "not lab": the unit tests and
+# the collection-level checks, both ansible-test sanity runs side by side; tests/conftest.py), then the tests on real
+# nodes (-m lab), a whole test module per worker (--dist loadfile), each worker with a session lab of its own
+# (tests/integration/conftest.py).  Not both parts at once: beside ansible-test's CPU load the lab's timing-sensitive
+# tests (keep-alives, fencing) would not measure what they mean to; beside each other they do.  Both parts collect
+# all of tests/ and the marker is checked (a test on nodes without it, or another test with it, fails in the part
+# that selects it), so together they run every test exactly once.  The OpenZFS tier (tests/openzfs) runs where the
+# machine has hardware virtualisation.  Under QEMU's software emulation it takes about 45 minutes on two cores, which
+# would more than double the run, so there it is skipped and the summary says so in one line; `make test-openzfs`
+# runs it anywhere.  There the OpenZFS smoke (tests/openzfs/test_smoke.py) runs instead: two guests booted from the
+# cached image, the engine alone in them (no Ansible), one zvol in full, incrementally and from a bookmark, one
+# transfer killed and resumed from its token, every step checked by sha256 at the snapshot on both sides.  It adds
+# about 4-8 minutes of one worker on two idle cores (340-470 s of emulated CPU; its guests run at nice 10).  It never
+# builds the image (about 11 minutes, beyond the budget): without the cached image it is skipped with a one-line
+# reason; `make openzfs-image` builds it, `python -m openzfs key` names it for a CI cache.  prepare.py stop takes
+# down guests that pytest brought up but could not end (interrupted).
 test: deps
-	$(PY) -m pytest -n 2 --dist loadgroup tests/unit tests/sanity && \
-		{ $(PY) -m pytest tests/integration tests/openzfs; rc=$$?; \
+	$(PY) -m pytest -n 2 --dist loadgroup -m "not lab" tests && \
+		{ $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder -m lab tests; rc=$$?; \
 		  $(PY) tests/openzfs/prepare.py stop; exit $$rc; }
 
 units: deps

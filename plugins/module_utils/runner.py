@@ -103,15 +103,19 @@ def due_in_order(jobs, state, iteration, now):
 
 
 class Runner:
-    """One ``run``: ``Runner(paths, settings).run()`` returns a result dict (see ``run``)."""
+    """One ``run``: ``Runner(paths, settings).run()`` returns a result dict (see ``run``).
+
+    ``now`` is the clock the runner schedules by, ``wait`` (concurrent.futures.wait) how it waits for running jobs
+    until the next job is due: a test passes a virtual clock for both, and then nothing really waits."""
 
     def __init__(self, paths, settings, notify=False, echo=None, now=time.time, run_job=run_job, catch_up=cluster.catch_up,
-                 restore=cluster.restore_config, snapshot_epochs=_snapshot_epochs):
+                 restore=cluster.restore_config, snapshot_epochs=_snapshot_epochs, wait=wait):
         self.paths = paths
         self.settings = settings
         self.notify = notify
         self.echo = echo
         self.now = now
+        self.wait = wait
         self.run_job = run_job
         self.catch_up = catch_up
         self.restore = restore
@@ -301,8 +305,8 @@ class Runner:
                     running[pool.submit(self._execute, job, self._prefixed_echo(job))] = job
                 if not running:
                     return
-                finished, _pending = wait(list(running), timeout=self._seconds_until_due(started, running),
-                                          return_when=FIRST_COMPLETED)
+                finished, _pending = self.wait(list(running), timeout=self._seconds_until_due(started, running),
+                                               return_when=FIRST_COMPLETED)
                 for future in finished:
                     running.pop(future)
                     future.result()

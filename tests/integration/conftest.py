@@ -4,10 +4,13 @@
 """The session lab: one lab of real nodes for all integration tests.
 
 `lab` yields a lab.Lab that is up (3 nodes, 1G pools). Its name is $SR_LAB_NAME (default srtest). Under
-pytest-xdist every worker uses the same lab: the workers register in a small file, and the last one to finish
-takes the lab down. SR_LAB_KEEP=1 leaves the lab up after the tests (to look around: python -m lab status
---name srtest). `module_lab` is a lab of the test module's own, for tests that break nodes (kill, partition,
-fill): they repair the node before they return, and other modules never see the broken node.
+pytest-xdist each worker has a session lab of its own, $SR_LAB_NAME-<worker> (srtest-gw0, srtest-gw1): the
+modules that use it each write the whole cluster configuration, so two modules must never share one at the same
+time (`make test` runs the lab's tests on two workers, a whole module on one: --dist loadfile). A lab is taken down
+by the last process that uses it (they register in a small file). SR_LAB_KEEP=1 leaves the labs up after the tests
+(to look around: python -m lab status --name srtest). `module_lab` is a lab of the test module's own, for tests
+that break nodes (kill, partition, fill): they repair the node before they return, and other modules never see
+the broken node.
 """
 
 from __future__ import annotations
@@ -58,12 +61,14 @@ def shared_lab(name: str, nodes: int = 3, pool_size: str = "1G"):
 
 
 def session_lab_name() -> str:
-    return os.environ.get("SR_LAB_NAME", "srtest")
+    name = os.environ.get("SR_LAB_NAME", "srtest")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    return "%s-%s" % (name[:12], worker) if worker else name
 
 
 @pytest.fixture(scope="session")
 def lab():
-    """A lab of 3 real nodes, up for the whole session, shared by all tests (and xdist workers)."""
+    """A lab of 3 real nodes, up for the whole session, shared by the tests of this process."""
     with shared_lab(session_lab_name()) as session_lab:
         yield session_lab
 

@@ -25,7 +25,7 @@ import re
 import pytest
 
 import cluster_setup as cs
-from ansible_runner import playbook_lab, run_playbook, snapshot_collection
+from ansible_runner import playbook_lab, run_playbook
 from test_site import Site
 from workload.guest import config_of, runner
 
@@ -71,8 +71,8 @@ class Story:
 class Day(Site):
     """site.yml (with this module's inventory variables), the other playbooks and one-play tasks against the lab."""
 
-    def __init__(self, lab, collections):
-        super().__init__(lab, collections)
+    def __init__(self, lab, directory):
+        super().__init__(lab, directory)
         self.vars = inventory_vars(self.vars["runner_pip_wheelhouse"])
 
     def playbook(self, name, extra_vars=None, **kwargs):
@@ -92,7 +92,7 @@ class Day(Site):
 
 @pytest.fixture(scope="module")
 def day(day_lab, tmp_path_factory):
-    return Day(day_lab, snapshot_collection(tmp_path_factory.mktemp("collection")))
+    return Day(day_lab, tmp_path_factory.mktemp("day"))
 
 
 def output(run):

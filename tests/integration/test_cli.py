@@ -14,6 +14,8 @@ from lab._system import wait_until
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 
+pytestmark = pytest.mark.lab
+
 
 def sr(lab, node, *argv, check=True):
     """Run the CLI on ``node`` (inside its namespaces, as an operator logged in there)."""

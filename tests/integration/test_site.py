@@ -1,12 +1,20 @@
 # Copyright (c) 2026, storage.replication developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""site.yml and the modules on a fresh lab, with real ansible-playbook runs.
+"""site.yml, the runner role and the modules on a fresh lab, with real ansible-playbook runs.
 
-The tests of this file run in order on one lab of their own (``$SR_SITE_LAB_NAME``, default srsite, fresh nodes, so that the
-first dry run meets nodes without the runner): the site.yml idempotence ladder, replication after it, the ladder
-of each module, --diff, bad inventories, job_info and run, a user's own playbook (no interpreter setting at all), and
-a runner installed from another version of the collection.
+The tests of this file run in order on one lab of their own (``<SR_LAB_NAME>-site``, fresh nodes, so that the first
+dry run meets nodes without the runner). site.yml's first play is the runner role, so its idempotence ladder is the
+role's too: a dry run on fresh nodes reports the role's changes and changes nothing, the real run installs the runner
+and converges the configuration, a second dry run and a second run report nothing, and nothing the role or the
+modules write has changed (a listing with sizes, modes, times and checksums). Then what the nodes hold (venv, CLI,
+units verified by systemd-analyze, settings, identity file, SSH trust, a peer reaching only the receiver),
+replication after site.yml, the ladder of each module, --diff, bad inventories, job_info and run, a user's own
+playbook (no interpreter setting at all) and a runner installed from another version of the collection; last the role
+applied alone, as a user may apply it (it gathers the facts it needs itself): its refusals, which change nothing, and
+its web service (runner_web_listen) switched on and off.
+The playbooks run from a snapshot of the collection taken when the module starts, so that edits to the working
+tree during the run cannot make a second run differ.
 """
 
 from __future__ import annotations
@@ -22,29 +30,60 @@ from lab.site_tour import VOLUMES, replica_digests, site_vars, write_data
 
 from ansible_runner import playbook_lab, run_playbook, snapshot_collection
 
+from ansible_collections.storage.replication.plugins.module_utils.web import hash_password
+
+pytestmark = pytest.mark.lab
+
 CONFDIR = "/etc/storage-replication"
 ENGINE = "/opt/storage-replication/lib/ansible_collections/storage/replication/plugins/module_utils"
+INSTALL_DIR = "/opt/storage-replication"
+PYTHON = INSTALL_DIR + "/venv/bin/python"
+UNITS = ("/etc/systemd/system/storage-replication.service", "/etc/systemd/system/storage-replication.timer",
+         "/etc/systemd/system/storage-replication-fence.service")
+# Everything the role and the modules may write on a node; a listing with sizes, modes and times shows any change.
+WATCHED = [INSTALL_DIR, CONFDIR, "/var/lib/storage-replication", "/var/log/storage-replication",
+           "/etc/systemd/system", "/root/.ssh"]
+PINS = {"paramiko": "5.1.0", "croniter": "7.0.0"}
+ROLE_TASKS = {"storage.replication.runner : Install the runner's pinned dependencies in its virtual environment",
+              "storage.replication.runner : Install the storage-replication launcher",
+              "storage.replication.runner : Create the node's SSH key",
+              "storage.replication.runner : Let the peers run the engine's receiving side, and nothing else",
+              "storage.replication.runner : Install the systemd units"}
 
 
 @pytest.fixture(scope="module")
 def site_lab():
-    # Not "<SR_LAB_NAME>-...": lab names must not extend one another (lab down matches by prefix).
-    with playbook_lab(os.environ.get("SR_SITE_LAB_NAME", "srsite"), "512M") as lab:
+    with playbook_lab("%s-site" % os.environ.get("SR_LAB_NAME", "srtest")[:12], "512M") as lab:
         yield lab
 
 
 class Site:
     """Runs playbooks against the lab with the example inventory's variables (overridable per run)."""
 
-    def __init__(self, lab, collections):
+    def __init__(self, lab, directory):
         self.lab = lab
         self.vars = site_vars()
-        self.collections = collections  # a snapshot: the runs compared see the same code while the tree changes
+        # a snapshot: the runs compared see the same code while the tree changes
+        self.collections = snapshot_collection(directory / "collections")
+        self.role_playbook = directory / "runner.yml"
+        self.role_playbook.write_text(yaml.safe_dump([{
+            "name": "Apply the runner role", "hosts": "replication_nodes", "gather_facts": False,
+            "roles": [{"role": "storage.replication.runner"}]}], sort_keys=False))
+        self.last_real_run = None
 
     def play(self, overrides=None, **kwargs):
         """site.yml with the example inventory's variables (``overrides`` replace some)."""
         extra = dict(self.vars, **(overrides or {}))
-        return run_playbook(self.lab.inventory_path, "playbooks/site.yml", extra_vars=extra, timeout=1800,
+        run = run_playbook(self.lab.inventory_path, "playbooks/site.yml", extra_vars=extra, timeout=1800,
+                           collections_path=self.collections, **kwargs)
+        if not kwargs.get("check") and run.rc == 0:
+            self.last_real_run = run
+        return run
+
+    def apply_role(self, extra_vars=None, **kwargs):
+        """The runner role alone (gather_facts off: the role gathers what it needs)."""
+        extra = dict({"runner_pip_wheelhouse": self.vars["runner_pip_wheelhouse"]}, **(extra_vars or {}))
+        return run_playbook(self.lab.inventory_path, str(self.role_playbook), extra_vars=extra, timeout=1800,
                             collections_path=self.collections, **kwargs)
 
     def converge(self, overrides=None, **kwargs):
@@ -63,6 +102,15 @@ class Site:
         return run_playbook(inventory or self.lab.inventory_path, str(path), timeout=900, collections_path=self.collections,
                             **kwargs)
 
+    def footprint(self):
+        """{node: listing of every watched path (name, size, mode, mtime) + checksums of the files}."""
+        script = ("find %s -xdev -printf '%%p %%s %%m %%T@\\n' 2>/dev/null | sort; "
+                  "find %s -xdev -type f -exec sha256sum {} + 2>/dev/null | sort") % (" ".join(WATCHED), " ".join(WATCHED))
+        return {node: self.lab.exec(node, ["sh", "-c", script]).stdout for node in self.lab.nodes}
+
+    def read(self, node, path):
+        return self.lab.exec(node, ["cat", path]).stdout
+
     def config_files(self):
         """{node: text of replication.cfg + cluster.json} (empty strings where there is none)."""
         files = {}
@@ -80,7 +128,7 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(site_lab, tmp_path_factory):
-    return Site(site_lab, snapshot_collection(tmp_path_factory.mktemp("collection")))
+    return Site(site_lab, tmp_path_factory.mktemp("site"))
 
 
 def assert_replica(lab, target, job_id, name="vm-100-disk-0"):
@@ -89,21 +137,41 @@ def assert_replica(lab, target, job_id, name="vm-100-disk-0"):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# site.yml
+# The idempotence ladder of site.yml and its runner role, and what the nodes hold after it
 
-def test_site_ladder(site):
-    """Dry run on fresh nodes changes nothing; the real run converges; a second dry and real run change nothing."""
+def test_dry_run_on_fresh_nodes_reports_changes_and_changes_nothing(site):
+    before = site.footprint()
     dry = site.play(check=True)
     dry.assert_ok()
     assert dry.changed_count() > 0
     said = dry.task_results("Say why a dry run on fresh nodes cannot show the configuration changes")
     assert len(said) == 1 and "The runner is not installed yet" in said[0]["msg"], said
     for node in site.lab.nodes:
-        assert site.lab.exec(node, ["sh", "-c", "ls /opt/storage-replication/venv %s/current 2>&1 || true" % CONFDIR]).stdout.count(
-            "No such file") == 2, "the dry run installed something on %s" % node
+        assert ROLE_TASKS <= set(dry.changed_tasks(node)), dry.describe()
+    assert site.footprint() == before
+    for node in site.lab.nodes:
+        assert site.lab.exec(node, ["ls", "-A", INSTALL_DIR]).stdout == "", "the dry run installed something on %s" % node
+        assert site.lab.exec(node, ["test", "-e", "/root/.ssh/id_ed25519"], check=False).returncode == 1
+        assert site.lab.exec(node, ["test", "-e", CONFDIR + "/current"], check=False).returncode == 1
 
+
+def test_real_run_installs_the_runner_and_converges_the_configuration(site):
     real = site.play()
     real.assert_ok()
+    for node in site.lab.nodes:
+        assert real.changed_count(node) > 0
+        venv_versions = site.lab.exec(node, [PYTHON, "-c", "import paramiko, croniter; from importlib.metadata import version; "
+                                                           "print(version('paramiko'), version('croniter'))"]).stdout.split()
+        assert venv_versions == [PINS["paramiko"], PINS["croniter"]]
+        assert site.lab.exec(node, ["storage-replication", "--help"]).stdout.startswith("usage: storage-replication")
+        assert site.read(node, "/var/lib/storage-replication/local-node") == node + "\n"
+        modes = site.lab.exec(node, ["stat", "-c", "%n %a %U", INSTALL_DIR, CONFDIR, "/var/lib/storage-replication",
+                                     "/var/log/storage-replication", INSTALL_DIR + "/bin/storage-replication"]).stdout.splitlines()
+        assert modes == [INSTALL_DIR + " 755 root", CONFDIR + " 750 root", "/var/lib/storage-replication 750 root",
+                         "/var/log/storage-replication 750 root", INSTALL_DIR + "/bin/storage-replication 755 root"]
+    said = real.task_results("storage.replication.runner : Say who starts the runner where systemd does not", "node1")
+    assert "installed in /etc/systemd/system and verified, but not started" in said[0]["msg"]
+
     assert {"Record the nodes of the cluster, their addresses and host keys", "Record the storages",
             "Converge the replication jobs"} <= set(real.changed_tasks("node1"))
     files = site.config_files()
@@ -116,11 +184,97 @@ def test_site_ladder(site):
     assert "local: 100-0\n\ttarget node2\n" in jobs and "\trate 50\n" in jobs and "local: 200-0\n" in jobs
     assert "\tdisable\n" in jobs
 
+
+def test_units_are_installed_and_verified(site):
+    for node in site.lab.nodes:
+        verify = site.lab.exec(node, ["systemd-analyze", "verify"] + list(UNITS), check=False)
+        assert verify.returncode == 0, verify.stderr
+        service, timer, fence = (site.read(node, unit) for unit in UNITS)
+        assert service.startswith("#") and timer.startswith("#") and fence.startswith("#")  # ansible_managed
+        assert "Type=oneshot\n" in service
+        exec_start = [line for line in service.splitlines() if line.startswith("ExecStart=")]
+        assert exec_start == ["ExecStart=%s/bin/storage-replication run --mail" % INSTALL_DIR]
+        assert "IOSchedulingClass=idle\n" in service and "Nice=10\n" in service and "TimeoutStartSec=12h\n" in service
+        assert "OnCalendar=minutely\n" in timer and "Persistent=true\n" in timer and "AccuracySec=1s\n" in timer
+        assert "ExecStart=%s/bin/storage-replication fence\n" % INSTALL_DIR in fence
+        assert "Restart=always\n" in fence and "RestartSec=2\n" in fence and "WantedBy=multi-user.target\n" in fence
+
+
+def test_runner_settings_are_written_and_accepted_by_the_runner(site):
+    for node in site.lab.nodes:
+        settings = json.loads(site.read(node, CONFDIR + "/runner.json"))
+        assert settings == {"max_parallel": 4, "log_runs": 10, "notify_command": None,
+                            "metrics_file": "/var/lib/prometheus/node-exporter/storage-replication.prom",
+                            "fence_after": 60, "fence_interval": 5, "receive_stall_seconds": 120}
+    # The runner itself reads them without complaint: an idle run where no guest lives (node1's run, with its jobs,
+    # is test_replication_happens_after_site's).
+    for node in ("node2", "node3"):
+        idle = site.lab.exec(node, [INSTALL_DIR + "/bin/storage-replication", "run"], check=False)
+        assert idle.returncode == 0, idle.stderr
+
+
+def test_authorized_keys_let_peers_run_only_the_receiver(site):
+    controller_key = site.lab.controller_key_path.with_suffix(".pub").read_text(encoding="utf-8").strip()
+    public = {node: site.read(node, "/root/.ssh/id_ed25519.pub").split()[:2] for node in site.lab.nodes}
+    for node in site.lab.nodes:
+        lines = site.read(node, "/root/.ssh/authorized_keys").splitlines()
+        assert lines[0] == controller_key
+        block = lines[lines.index(next(line for line in lines if line.startswith("# BEGIN storage.replication"))):]
+        expected = ['restrict,command="%s/bin/storage-replication serve --peer %s" %s storage-replication@%s'
+                    % (INSTALL_DIR, peer, " ".join(public[peer]), peer) for peer in site.lab.nodes if peer != node]
+        assert block[1:-1] == expected
+        assert block[-1].startswith("# END storage.replication")
+
+
+def test_facts_describe_every_node_for_the_cluster_configuration(site):
+    facts = site.last_real_run.facts("node2")
+    nodes = facts["runner_cluster_nodes"]
+    assert [n["name"] for n in nodes] == site.lab.nodes
+    for entry in nodes:
+        host_key = site.read(entry["name"], "/etc/ssh/ssh_host_ed25519_key.pub").split()[:2]
+        assert entry["address"] == site.lab.address(entry["name"])
+        assert entry["port"] == 22
+        assert entry["host_key"] == " ".join(host_key)
+        assert entry["public_key"] == " ".join(site.read(entry["name"], "/root/.ssh/id_ed25519.pub").split()[:2])
+    assert facts["runner_node"] == nodes[1]
+
+
+def _ssh_from(site, source, target, command, known_hosts_line, key="/root/.ssh/id_ed25519", stdin=None):
+    """ssh from source to target with one of source's keys (its own by default), pinning target's host key
+    (verification on)."""
+    site.lab.exec(source, ["sh", "-c", 'printf "%s\\n" "$1" > /tmp/role-known-hosts', "-", known_hosts_line])
+    return site.lab.exec(source, ["ssh", "-i", key, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                                  "-o", "UserKnownHostsFile=/tmp/role-known-hosts", "-o", "StrictHostKeyChecking=yes",
+                                  "root@" + site.lab.address(target)] + command, input=stdin, check=False, timeout=60)
+
+
+def test_a_peer_reaches_only_the_receiver(site):
+    node2 = site.last_real_run.facts("node1")["runner_cluster_nodes"][1]
+    pinned = "%s %s" % (node2["address"], node2["host_key"])
+    for command in (["id"], ["/bin/sh", "-c", "id"], []):
+        proc = _ssh_from(site, "node1", "node2", command, pinned)
+        assert proc.returncode != 0
+        assert "uid=0" not in proc.stdout
+        answer = json.loads(proc.stdout)
+        assert answer["ok"] is False and answer["reason"] == "invalid-operation" and answer["node"] == "node2"
+
+
+def test_a_wrong_host_key_is_refused(site):
+    wrong = site.last_real_run.facts("node1")["runner_cluster_nodes"][2]["host_key"]  # node3's key for node2
+    proc = _ssh_from(site, "node1", "node2", ["list"], "%s %s" % (site.lab.address("node2"), wrong))
+    assert proc.returncode == 255
+    assert "Host key verification failed" in proc.stderr
+
+
+def test_second_dry_run_and_second_run_change_nothing(site):
+    before, files = site.footprint(), site.config_files()
     again_dry = site.play(check=True, diff=True)
     again_dry.assert_ok()
     again = site.play()
     again.assert_ok()
     assert again_dry.changed_tasks() == [] and again.changed_tasks() == [], (again_dry.changed_tasks(), again.changed_tasks())
+    assert again_dry.changed_count() == 0 and again.changed_count() == 0
+    assert site.footprint() == before
     assert site.config_files() == files
 
 
@@ -343,3 +497,117 @@ def test_a_runner_from_another_version_is_refused_naming_the_node_and_the_fix(si
         assert "runner on node 'node1' is version %s" % (version or "0.1.0") in message, message
         assert "re-run the storage.replication.runner role" in message and "nothing was changed" in message, message
     assert site.config_files() == before, "the refused task changed a node's configuration"
+
+
+# The runner role alone: refusals change nothing
+
+def test_a_node_left_out_of_the_play_keeps_its_trust(site):
+    """Strict, a node left out fails the role on every node and changes nothing; not strict, the others go on, keep
+    trusting the key recorded for it, and say that they could not refresh it."""
+    before = site.footprint()
+    strict = site.apply_role({"runner_strict": True}, limit="node1,node2")
+    assert strict.rc != 0
+    messages = [f["result"]["msg"] for f in strict.failures()]
+    assert len(messages) == 2 and all("node3 of group 'replication_nodes' are not in this play" in m
+                                      and "runner_strict" in m for m in messages), messages
+    assert site.footprint() == before
+
+    run = site.apply_role(limit="node1,node2")
+    run.assert_ok()
+    said = run.task_results("storage.replication.runner : Say what could not be refreshed for the nodes not in this play")
+    assert len(said) == 2 and all("Kept as recorded, not refreshed: the keys of node3" in s["msg"] for s in said), said
+    assert run.changed_count() == 0, run.changed_tasks()
+    assert site.footprint() == before
+    # The cluster's nodes still include node3, from what node1 trusts and the inventory.
+    nodes = run.facts("node1")["runner_cluster_nodes"]
+    assert [n["name"] for n in nodes] == ["node1", "node2", "node3"]
+    assert nodes[2]["public_key"].startswith("ssh-ed25519 ") and "host_key" not in nodes[2]
+
+
+def test_unpinned_requirements_are_refused(site):
+    before = site.footprint()
+    run = site.apply_role({"runner_pip_requirements": ["paramiko>=5", "croniter==7.0.0"]})
+    assert run.rc != 0
+    messages = {f["host"]: f["result"]["msg"] for f in run.failures()}
+    assert sorted(messages) == site.lab.nodes
+    assert all("must pin every package as name==version; these do not: paramiko>=5." in m for m in messages.values())
+    assert site.footprint() == before
+
+
+def test_a_timer_systemd_rejects_is_not_installed(site):
+    run = site.apply_role({"runner_timer_on_calendar": "every other tuesday"})
+    assert run.rc != 0
+    messages = {f["host"]: f["result"]["msg"] for f in run.failures()}
+    assert sorted(messages) == site.lab.nodes
+    assert all("systemd-analyze verify rejects the runner's units" in m and "every other tuesday" in m
+               for m in messages.values()), messages
+    for node in site.lab.nodes:
+        assert "OnCalendar=minutely\n" in site.read(node, UNITS[1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The web service (runner_web_listen)
+
+WEB_UNIT = "/etc/systemd/system/storage-replication-web.service"
+WEB_DIR = "/etc/storage-replication/web"
+
+
+def test_web_pages_off_loopback_without_tls_are_refused_before_any_change(site):
+    before = site.footprint()
+    run = site.apply_role({"runner_web_listen": "0.0.0.0:8443", "runner_web_token": "0123456789abcdef0123"})
+    assert run.rc != 0
+    messages = {f["host"]: f["result"]["msg"] for f in run.failures()}
+    assert sorted(messages) == site.lab.nodes
+    assert all("runner_web_listen is 0.0.0.0:8443, not a loopback address" in m and "runner_web_tls_cert" in m
+               for m in messages.values()), messages
+    assert "0123456789abcdef0123" not in run.stdout + run.stderr + json.dumps(run.results)  # the token is no_log
+    assert site.footprint() == before
+
+
+def test_web_pages_on_loopback_are_installed_with_read_only_trust(site):
+    web = {"runner_web_listen": "127.0.0.1:8099", "runner_web_users": [{"name": "ops", "password_hash": hash_password("a long password")}]}
+    run = site.apply_role(web)
+    run.assert_ok()
+    checked = run.task_results("storage.replication.runner : Check the web service's configuration (its files, TLS, "
+                               "users) before it is started", "node1")
+    assert checked[0]["stdout"] == ("storage-replication web: would serve http://127.0.0.1:8099/ (read-only, "
+                                    "authentication required) for node node1")
+    web_keys = {node: " ".join(site.read(node, WEB_DIR + "/id_ed25519.pub").split()[:2]) for node in site.lab.nodes}
+    for node in site.lab.nodes:
+        verify = site.lab.exec(node, ["systemd-analyze", "verify", WEB_UNIT], check=False)
+        assert verify.returncode == 0, verify.stderr
+        unit = site.read(node, WEB_UNIT)
+        assert ("ExecStart=%s/bin/storage-replication web --listen 127.0.0.1:8099 --refresh 5 --key %%d/web-key "
+                "--cluster-file %%d/node.json --local-node-file %%d/local-node --password-file %%d/passwords\n"
+                % INSTALL_DIR) in unit
+        assert "LoadCredential=web-key:%s/id_ed25519\n" % WEB_DIR in unit and "DynamicUser=yes\n" in unit
+        assert site.lab.exec(node, ["stat", "-c", "%n %a", WEB_DIR, WEB_DIR + "/passwords", WEB_DIR + "/node.json"]
+                             ).stdout.split() == [WEB_DIR, "700", WEB_DIR + "/passwords", "600", WEB_DIR + "/node.json", "600"]
+        assert site.lab.exec(node, ["test", "-e", WEB_DIR + "/token"], check=False).returncode == 1
+        assert json.loads(site.read(node, WEB_DIR + "/node.json"))["nodes"][node]["address"] == site.lab.address(node)
+        lines = site.read(node, "/root/.ssh/authorized_keys").splitlines()
+        # every node's web key (this node's own too), bound to read-only access
+        assert ['restrict,command="%s/bin/storage-replication serve --peer %s --read-only" %s storage-replication-web@%s'
+                % (INSTALL_DIR, peer, web_keys[peer], peer) for peer in site.lab.nodes] \
+            == [line for line in lines if "--read-only" in line]
+    # node1's web key reaches node2's read-only receiver, which answers node-status (with what site.yml configured)
+    # and runs nothing else
+    pinned = "%s %s" % (site.lab.address("node2"), " ".join(site.read("node2", "/etc/ssh/ssh_host_ed25519_key.pub").split()[:2]))
+    for operation in ("node-status", "get-config", "prepare"):
+        proc = _ssh_from(site, "node1", "node2", [operation], pinned, key=WEB_DIR + "/id_ed25519", stdin='{"source": "node1"}')
+        answer = json.loads(proc.stdout)
+        if operation == "node-status":
+            assert answer["ok"] and sorted(answer["nodes"]) == site.lab.nodes and "100" in answer["guests"], answer
+        else:
+            assert answer["reason"] == "invalid-operation", (operation, proc.stdout, proc.stderr)
+    again = site.apply_role(web)
+    again.assert_ok()
+    assert again.changed_count() == 0, again.changed_tasks()
+
+
+def test_web_pages_switched_off_leave_no_unit_and_no_read_only_trust(site):
+    site.apply_role().assert_ok()
+    for node in site.lab.nodes:
+        assert site.lab.exec(node, ["test", "-e", WEB_UNIT], check=False).returncode == 1
+        assert site.lab.exec(node, ["test", "-e", WEB_DIR + "/passwords"], check=False).returncode == 1
+        assert "--read-only" not in site.read(node, "/root/.ssh/authorized_keys")

@@ -146,16 +146,29 @@ def smoke(smoke_prepared):
     return smoke_prepared[1]
 
 
-def pytest_terminal_summary(terminalreporter):
+def summary_lines():
+    """What the session summary says of the tier and the smoke (the tiers' one line each: never a silent pass)."""
+    lines = []
     tier_ran = "zfs" in _outcome.get("tier", {})
     for key, label, nodes in (("tier", "OpenZFS tier", NODES), ("smoke", "OpenZFS smoke", SMOKE_NODES)):
         outcome = _outcome.get(key)
         if outcome is None or (key == "smoke" and tier_ran):  # not asked for, or it yields to the tier
             continue
         if "skipped" in outcome:
-            terminalreporter.write_line("%s: NOT RUN - %s" % (label, outcome["skipped"]), yellow=True, bold=True)
+            lines.append("%s: NOT RUN - %s" % (label, outcome["skipped"]))
         elif "zfs" in outcome:
-            terminalreporter.write_line("%s: ran on %s, %d QEMU guests (%s): %.0f s to boot and set up, %.0f s of "
-                                        "tests" % (label, outcome["zfs"], nodes, accelerator_args()[1].split(",", maxsplit=1)[0],
-                                                   outcome["ready"] - outcome["started"],
-                                                   outcome.get("ended", time.monotonic()) - outcome["ready"]))
+            lines.append("%s: ran on %s, %d QEMU guests (%s): %.0f s to boot and set up, %.0f s of tests"
+                         % (label, outcome["zfs"], nodes, accelerator_args()[1].split(",", maxsplit=1)[0],
+                            outcome["ready"] - outcome["started"], outcome.get("ended", time.monotonic()) - outcome["ready"]))
+    return lines
+
+
+def pytest_sessionfinish(session):
+    # Under pytest-xdist the tests ran in a worker, and the controller writes the summary (tests/conftest.py).
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["summary_lines"] = summary_lines()
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in summary_lines():
+        terminalreporter.write_line(line, yellow="NOT RUN" in line, bold="NOT RUN" in line)

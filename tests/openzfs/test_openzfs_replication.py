@@ -19,6 +19,8 @@ import pytest
 from oz_cluster import (ENC_POOL, ENGINE, KEY_FILE, MiB, POOL, assert_ok, check_resumed, interrupt_mid_stream,
                         kill_zfs_send, modes)
 
+pytestmark = pytest.mark.lab
+
 
 # ---------------------------------------------------------------- feature detection
 

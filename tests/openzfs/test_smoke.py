@@ -12,7 +12,11 @@ sides, with the mode the engine reports, its job state and its holds.
 
 from __future__ import annotations
 
+import pytest
+
 from oz_cluster import MiB, POOL, assert_ok, check_resumed, interrupt_mid_stream, kill_zfs_send, modes
+
+pytestmark = pytest.mark.lab
 
 
 def synced_snapshot(cluster, job):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -28,14 +29,48 @@ def assert_ok(result, what):
     assert result.returncode == 0, f"{what} failed (rc={result.returncode}):\n{tail}"
 
 
-def test_sanity_core_2_19():
-    assert_ok(run(["tools/sanity.sh", ".venv"]), "ansible-test sanity (ansible-core 2.19)")
+CORES = {"2.19": ".venv", "2.21": ".venv-2.21"}
 
 
-def test_sanity_core_2_21():
-    if not (ROOT / ".venv-2.21" / "bin" / "ansible-test").exists():
+@pytest.fixture(scope="module")
+def sanity_runs(request, tmp_path_factory):
+    """Both ansible-test sanity runs, started together: each keeps a core busy for minutes, and they share nothing
+    (each stages its own copy of the collection and uses the virtual environments of its own Python), so side by
+    side they take as long as the longer one.  {core: (process, output file), or None where that core is not
+    installed or its test not selected}; the output goes to a file, as a pipe nobody reads yet would stall the run."""
+    directory = tmp_path_factory.mktemp("sanity")
+    selected = {item.name for item in request.session.items}
+    runs = {}
+    for core, venv in CORES.items():
+        if "test_sanity_core_" + core.replace(".", "_") not in selected or not (ROOT / venv / "bin" / "ansible-test").exists():
+            runs[core] = None
+            continue
+        output = directory / ("%s.log" % core)
+        with open(output, "w", encoding="utf-8") as handle:
+            runs[core] = (subprocess.Popen(["tools/sanity.sh", venv], cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
+                                           start_new_session=True), output)
+    yield runs
+    for process, _output in filter(None, runs.values()):
+        if process.poll() is None:  # a test that failed before its run ended: end ansible-test too
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def finished(run_):
+    """The completed run of a process started by sanity_runs, its output as stdout."""
+    process, output = run_
+    process.wait()
+    return subprocess.CompletedProcess(process.args, process.returncode, output.read_text(encoding="utf-8"))
+
+
+def test_sanity_core_2_19(sanity_runs):
+    assert_ok(finished(sanity_runs["2.19"]), "ansible-test sanity (ansible-core 2.19)")
+
+
+def test_sanity_core_2_21(sanity_runs):
+    if sanity_runs["2.21"] is None:
         pytest.skip("no Python >= 3.12 on this machine, so ansible-core 2.21 cannot be installed (see tools/find-python312.sh)")
-    assert_ok(run(["tools/sanity.sh", ".venv-2.21"]), "ansible-test sanity (ansible-core 2.21)")
+    assert_ok(finished(sanity_runs["2.21"]), "ansible-test sanity (ansible-core 2.21)")
 
 
 def test_ansible_lint():

@@ -85,8 +85,7 @@ def test_the_runner_rebuilds_a_damaged_state_and_runs_incrementally(tmp_path, da
     def run_job(cfg, job_id, **kwargs):
         seen[job_id] = S.StateFile(kwargs["statedir"]).job_state(cfg.jobs[job_id])["last_sync"]
         return node.run_job(cfg, job_id, **kwargs)
-    result = R.Runner(node.paths, node.settings, run_job=run_job, catch_up=node.catch_up,
-                      snapshot_epochs=snapshots({"rpool/data/vm-100-disk-0": {"100-0": [1000]}})).run()
+    result = node.runner(run_job=run_job, snapshot_epochs=snapshots({"rpool/data/vm-100-disk-0": {"100-0": [1000]}})).run()
     assert seen == {"100-0": 1000}  # the job ran from the rebuilt last sync: its base is found, no full send
     warning = result["warnings"][0]
     assert warning.startswith("state file %s is " % path)
@@ -107,7 +106,7 @@ def test_the_runner_refuses_when_the_state_cannot_be_rebuilt(tmp_path):
             raise ZfsError(["zfs", "get"], 1, "connect: No such file or directory")
         return epochs
     with pytest.raises(R.RunnerRefused) as info:
-        R.Runner(node.paths, node.settings, run_job=node.run_job, catch_up=node.catch_up, snapshot_epochs=zfs_down).run()
+        node.runner(snapshot_epochs=zfs_down).run()
     assert str(info.value).startswith("state file %s is not valid JSON" % path) and "\n" not in str(info.value)
     assert "rebuilding it from the replication snapshots failed" in str(info.value)
     assert node.events == [] and open(path, encoding="utf-8").read() == "garbage"
@@ -129,8 +128,7 @@ def test_the_runner_refuses_a_damaged_configuration_it_cannot_restore(tmp_path):
         raise cluster.ClusterError("the cluster configuration of this node cannot be read: X; restoring it failed")
     for _run in range(4):
         with pytest.raises(R.RunnerRefused, match="restoring it failed"):
-            R.Runner(node.paths, node.settings, notify=True, run_job=node.run_job, catch_up=node.catch_up,
-                     restore=restore).run()
+            node.runner(notify=True, restore=restore).run()
     assert node.events == [] and node.peer_checks == 0
     lines = metrics(node)
     assert 'storage_replication_config_readable{node="node1"} 0' in lines
@@ -149,7 +147,7 @@ def test_the_runner_restores_a_damaged_configuration_then_runs(tmp_path):
         del statedir
         kept = C.restore(C.from_files(cfg.content()[C.MODEL_FILE], cfg.content()[C.JOBS_FILE]), confdir)
         return cluster.Restored(1, "node2", kept)
-    result = R.Runner(node.paths, node.settings, run_job=node.run_job, catch_up=node.catch_up, restore=restore).run()
+    result = node.runner(restore=restore).run()
     assert result["warnings"][0].startswith("restored cluster configuration generation 1 from node 'node2', the corrupt "
                                             "copy is kept as %s/generations/1.corrupt-" % node.paths.confdir)
     assert [j["job"] for j in result["jobs"]] == ["100-0"]

@@ -3,17 +3,20 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Unit tests of the runner: order, parallelism, guest exclusion, lock, notifications, logs, metrics, settings.
 
-The replication itself is replaced by a function that records its calls in the real state file (the lab tests in
-tests/integration/test_runner.py run real jobs)."""
+The replication itself is replaced by a function that records its calls in the real state file and takes its time
+in virtual time (VirtualClock): a "130 s" job ends at once, in the order real time would give (the lab tests in
+tests/integration/test_runner_lab.py run real jobs)."""
 
 from __future__ import annotations
 
 import base64
 import datetime
 import json
+import math
 import sys
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED
 
 import pytest
 
@@ -159,12 +162,65 @@ def test_missing_settings_file_means_defaults(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The run, with a fake replication
+# The run, with a fake replication in virtual time
+
+class VirtualClock:
+    """Time for the runner and its fake jobs in which nothing really waits.
+
+    A fake job's ``sleep(seconds)`` blocks its thread until the virtual time has reached its wake-up. The runner's
+    ``wait`` (concurrent.futures.wait) lets the time move only once every running job sleeps or is done, and then to
+    the earliest wake-up, or to the wait's timeout if that comes first: events happen in the order and at the times
+    real time would give them, without the waiting."""
+
+    def __init__(self, start=NOW):
+        self.time = float(start)
+        self.wakeups = {}  # thread -> virtual time it sleeps until
+        self.changed = threading.Condition()
+
+    def now(self):
+        with self.changed:
+            return self.time
+
+    def sleep(self, seconds):
+        with self.changed:
+            if threading.current_thread() is threading.main_thread():  # `run --id`: the job runs in the runner's thread
+                self.time += seconds
+                return
+            me = threading.get_ident()
+            self.wakeups[me] = self.time + seconds
+            self.changed.notify_all()
+            self.changed.wait_for(lambda: self.time >= self.wakeups[me])
+            del self.wakeups[me]
+
+    def _settled(self, futures):
+        """Every job not done sleeps (a thread whose wake-up has come is running until it deletes its entry)."""
+        sleeping = sum(wakeup > self.time for wakeup in self.wakeups.values())
+        return sum(not future.done() for future in futures) == sleeping
+
+    def wait(self, futures, timeout=None, return_when=FIRST_COMPLETED):
+        assert return_when == FIRST_COMPLETED, "the runner waits for the first job to end"
+        for future in futures:
+            future.add_done_callback(lambda _future: self._notify())
+        deadline = math.inf if timeout is None else self.time + timeout
+        with self.changed:
+            while True:
+                # A job thread just started or just woken runs for real until it sleeps again or ends.
+                assert self.changed.wait_for(lambda: self._settled(futures), timeout=30), "a fake job neither slept nor ended"
+                done = {future for future in futures if future.done()}
+                if done or self.time >= deadline:
+                    return done, set(futures) - done
+                self.time = min([deadline] + list(self.wakeups.values()))
+                self.changed.notify_all()
+
+    def _notify(self):
+        with self.changed:
+            self.changed.notify_all()
+
 
 class Node:
     """A node's directories with config, settings and a fake run_job that records into the real state file."""
 
-    def __init__(self, tmp_path, cfg, settings=None, durations=None, failing=()):
+    def __init__(self, tmp_path, cfg, settings=None, durations=None, failing=(), start=NOW):
         self.paths = settingsmod.Paths(str(tmp_path / "conf"), str(tmp_path / "state"), str(tmp_path / "log"))
         (tmp_path / "state").mkdir()
         (tmp_path / "state" / "local-node").write_text("node1\n")
@@ -176,7 +232,8 @@ class Node:
         self.active, self.events, self.overlaps = {}, [], []
         self.peer_checks = 0
         self.conflicts = []
-        self.clock = time.time
+        self.virtual = VirtualClock(start)
+        self.clock = self.virtual.now
 
     def run_job(self, cfg, job_id, node, statedir, logdir, confdir, echo):
         del node, logdir, confdir, echo
@@ -188,11 +245,11 @@ class Node:
             if job.guest in self.active.values():
                 self.overlaps.append(job_id)
             self.active[job_id] = job.guest
-            self.events.append(("start", job_id, time.monotonic()))
-        time.sleep(self.durations.get(job_id, 0.05))
+            self.events.append(("start", job_id, self.virtual.now()))
+        self.virtual.sleep(self.durations.get(job_id, 0.05))
         with self.lock:
             del self.active[job_id]
-            self.events.append(("end", job_id, time.monotonic()))
+            self.events.append(("end", job_id, self.virtual.now()))
         error = "target node2 is down" if job_id in self.failing else None
         state.record_job_end(job, start, 0.1, error, bytes_sent=4096)
         return {"job": job_id, "ok": error is None, "error": error, "start": start, "bytes": 4096}
@@ -203,9 +260,13 @@ class Node:
         return type("Found", (), {"adopted": None, "source": None, "unreachable": {}, "generation": 1,
                                   "conflicts": list(self.conflicts)})()
 
+    def runner(self, notify=False, **fakes):
+        """A Runner on this node's directories with its fakes (``fakes`` replace some or add others)."""
+        fakes = dict({"now": self.clock, "wait": self.virtual.wait, "run_job": self.run_job, "catch_up": self.catch_up}, **fakes)
+        return R.Runner(self.paths, self.settings, notify=notify, **fakes)
+
     def run(self, job_id=None, notify=False):
-        return R.Runner(self.paths, self.settings, notify=notify, now=self.clock, run_job=self.run_job,
-                        catch_up=self.catch_up).run(job_id)
+        return self.runner(notify).run(job_id)
 
     def finished(self, job_id):
         return next(t for kind, j, t in self.events if kind == "end" and j == job_id)
@@ -223,14 +284,11 @@ def test_a_long_job_does_not_hold_back_the_others(tmp_path):
     assert node.peer_checks == 1
 
 
-def test_the_heartbeat_goes_on_while_a_long_job_runs(tmp_path, monkeypatch):
+def test_the_heartbeat_goes_on_while_a_long_job_runs(tmp_path):
     """A first full sync may run for hours: the runner's tick in the metrics file must not stop meanwhile, or the
     stale-runner alert would fire for a runner that works."""
-    monkeypatch.setattr(R, "RECHECK_SECONDS", 0.1)
     cfg = make_config(guests=(100,))
-    node = Node(tmp_path, cfg, durations={"100-0": 1.5})
-    began = time.monotonic()
-    node.clock = lambda: NOW + (time.monotonic() - began) * 100  # 1.5 s here are 150 s of the runner's
+    node = Node(tmp_path, cfg, durations={"100-0": 150})
     seen = []
     run_job = node.run_job
 
@@ -246,17 +304,27 @@ def test_the_heartbeat_goes_on_while_a_long_job_runs(tmp_path, monkeypatch):
 
 def test_a_job_that_becomes_due_during_a_long_job_starts_on_time(tmp_path):
     cfg = make_config(guests=(100, 200))
-    now = int(time.time())
-    due = now + 2
-    cfg.jobs["200-0"].schedule = "*:*:%02d" % (due % 60)  # next event after last_try = now: `due`
+    due = NOW + 2
+    cfg.jobs["200-0"].schedule = "*:*:%02d" % (due % 60)  # next event after last_try = NOW: `due`
     node = Node(tmp_path, cfg, durations={"100-0": 3.5})
-    StateFile(node.paths.statedir).set_fields(cfg.jobs["200-0"], last_try=now, last_sync=now)
-    began = time.monotonic()
+    StateFile(node.paths.statedir).set_fields(cfg.jobs["200-0"], last_try=NOW, last_sync=NOW)
     result = node.run()
     assert sorted(j["job"] for j in result["jobs"]) == ["100-0", "200-0"]
-    # started at its due time (well before the 10 s recheck), while the long job was still running
-    assert node.started("200-0") - began <= due - now + 1 and node.finished("200-0") < node.finished("100-0")
-    assert StateFile(node.paths.statedir).read()["200"]["local/node2"]["last_try"] in (due, due + 1)
+    # started at its due time (not at the 10 s recheck), while the long job was still running
+    assert node.started("100-0") == NOW and due <= node.started("200-0") <= due + 0.1
+    assert node.finished("200-0") < node.finished("100-0") == NOW + 3.5
+    assert StateFile(node.paths.statedir).read()["200"]["local/node2"]["last_try"] == due
+
+
+def test_while_a_long_job_runs_a_new_iteration_begins_every_minute(tmp_path):
+    """The timer starts no second runner while this one is busy: the runner acts as its ticks would."""
+    cfg = make_config(guests=(100, 200))
+    cfg.jobs["200-0"].schedule = "minutely"
+    node = Node(tmp_path, cfg, durations={"100-0": 130})
+    result = node.run()
+    assert sorted(j["job"] for j in result["jobs"]) == ["100-0", "200-0", "200-0", "200-0"]
+    starts = [round(t - NOW) for kind, j, t in node.events if kind == "start" and j == "200-0"]
+    assert starts == [0, 60, 120] and node.finished("100-0") == NOW + 130
 
 
 def test_max_parallel_one_runs_jobs_one_after_another_in_order(tmp_path):
@@ -331,7 +399,8 @@ def notify_script(tmp_path):
 
 def test_failure_notifications_follow_the_cadence_and_recovery_is_reported(tmp_path):
     command, out = notify_script(tmp_path)
-    node = Node(tmp_path, make_config(), {"notify_command": command}, failing={"100-0"})
+    # started at the wall clock's time: a message's timestamp is the wall clock's
+    node = Node(tmp_path, make_config(), {"notify_command": command}, failing={"100-0"}, start=time.time())
     state = StateFile(node.paths.statedir)
     job = C.load(node.paths.confdir).jobs["100-0"]
     notified = []
