@@ -136,13 +136,20 @@ def converge(params, check_mode, diff, change, what, diff_of, result_of):
         raise ModuleFailure(failure_message(exc, "The change of %s was" % what)) from None
     except ImportError as exc:
         raise ModuleFailure(missing_module_message(exc, "%s: the change on the other nodes" % what)) from None
+    result = change_result(outcome, diff, diff_of, result_of)
+    result["warnings"] = caught_up + result["warnings"]
+    return result
+
+
+def change_result(outcome, diff, diff_of, result_of):
+    """The module result of a cluster change (a ClusterChange): whether it changed, the generation, what each node
+    did, the warnings, ``result_of(after, change_result)`` and, with ``diff``, ``diff_of(before, after)``."""
     summary = outcome.as_dict()
     result = {"changed": summary["changed"], "generation": summary["generation"], "push": summary["nodes"],
               "warnings": list(outcome.warnings)}
     result.update(result_of(outcome.after, outcome.result))
     if diff:
         result["diff"] = diff_of(outcome.before, outcome.after)
-    result["warnings"] = caught_up + result["warnings"]
     return result
 
 
@@ -509,15 +516,13 @@ def _owners(cfg, guests):
 @module_task("guest_takeover")
 def guest_takeover_module(params, check_mode, diff):
     moves = {item["id"]: item["node"] for item in params["guests"]}
+    # Without converge's catch-up first: in a failover the failed node is among the peers it would ask, and a
+    # change built on an older generation is rebuilt on the newer one when it commits (cluster.change_cluster).
     outcome = failover.take_over(moves, params["allow_unreachable"], check_mode=check_mode,
                                  force_quorum=params["force_quorum"])
-    summary = outcome.as_dict()
-    result = {"changed": outcome.changed, "moved": {str(g): m for g, m in (outcome.result or {}).items()},
-              "generation": summary["generation"], "push": summary["nodes"], "forced": summary["forced"],
-              "warnings": outcome.warnings}
-    if diff:
-        result["diff"] = json_diff(_owners(outcome.before, moves), _owners(outcome.after, moves), "guest owners")
-    return result
+    return change_result(
+        outcome, diff, lambda before, after: json_diff(_owners(before, moves), _owners(after, moves), "guest owners"),
+        lambda _after, moved: {"moved": {str(g): m for g, m in (moved or {}).items()}, "forced": outcome.forced})
 
 
 @module_task("guest_service")

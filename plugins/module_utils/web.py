@@ -160,13 +160,18 @@ def _check_bcrypt(stored, password):
     return bcrypt.checkpw(password.encode("utf-8"), stored.encode("ascii"))
 
 
-def read_password_file(path):
-    """{user: hash} from lines ``user:hash`` (``#`` comments and blank lines skipped); WebError naming the line."""
+def _read_text(path, what):
+    """The text of a file the web service is given; WebError naming ``what`` it is when it cannot be read."""
     try:
         with open(path, encoding="utf-8") as handle:
-            lines = handle.read().splitlines()
+            return handle.read()
     except (OSError, UnicodeDecodeError) as exc:
-        raise WebError("cannot read the password file %s: %s" % (path, exc)) from None
+        raise WebError("cannot read the %s %s: %s" % (what, path, exc)) from None
+
+
+def read_password_file(path):
+    """{user: hash} from lines ``user:hash`` (``#`` comments and blank lines skipped); WebError naming the line."""
+    lines = _read_text(path, "password file").splitlines()
     users = {}
     for number, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -202,11 +207,7 @@ def read_password_file(path):
 
 
 def read_token(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            token = handle.read().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WebError("cannot read the token file %s: %s" % (path, exc)) from None
+    token = _read_text(path, "token file").strip()
     if len(token) < MIN_TOKEN_LENGTH or not token.isascii() or not token.isprintable() or " " in token:
         raise WebError("the token in %s must be one word of at least %d printable ASCII characters (e.g. from "
                        "'openssl rand -hex 32')" % (path, MIN_TOKEN_LENGTH))
