@@ -6,41 +6,28 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    """Attributes and notes shared by the storage.replication modules."""
+    """Attributes that several storage.replication modules share (the platform, which every module has, is in the
+    runner fragment; the attributes of the modules that change the cluster configuration are in the cluster one).
 
-    # Modules that change the cluster configuration: they compute the whole new configuration, validate it, and
-    # push it to every node at once.
+    Ansible merges an attribute of a fragment with the module's own attribute of the same name, the module's keys
+    winning: a module gives only what differs, such as the description of its check mode."""
+
+    # The modules of the action group cluster (meta/runtime.yml).
     DOCUMENTATION = r"""
 options: {}
 attributes:
-  check_mode:
-    support: full
-    description: Computes the new cluster configuration and the diff, and writes nothing on any node.
-  diff_mode:
-    support: full
-    description: Shows the managed fields before and after the change.
-  platform:
-    support: full
-    platforms: posix
-    description: Runs on a replication node prepared by the C(storage.replication.runner) role.
   action_group:
     support: full
     membership:
       - storage.replication.cluster
     description: Use C(group/storage.replication.cluster) in C(module_defaults) to set defaults for all of them.
-notes:
-  - The cluster configuration is the same on every node. Run the task once for the cluster (C(run_once=true) on the
-    group of replication nodes), on a node that has the runner.
-  - The module loads the node's configuration, applies the change to a copy, validates the whole result (duplicate
-    targets, a target that owns the guest, unknown storages or nodes) and only then pushes it with the next
-    generation to every node over the nodes' SSH trust. If a node cannot be reached or holds a newer
-    configuration, nothing is written anywhere.
-  - The result reports C(changed) only when the cluster configuration changed.
 """
 
-    # Read-only modules.
+    # The _info modules: they only read, and their query is evaluated on the controller (an action plugin).
     INFO_MODULE = r"""
 options: {}
+requirements:
+  - jmespath on the controller, for O(query).
 attributes:
   check_mode:
     support: full
@@ -48,23 +35,16 @@ attributes:
   diff_mode:
     support: N/A
     description: This module only reads.
-  platform:
-    support: full
-    platforms: posix
-    description: Runs on a replication node prepared by the C(storage.replication.runner) role.
-  action_group:
-    support: full
-    membership:
-      - storage.replication.cluster
-    description: Use C(group/storage.replication.cluster) in C(module_defaults) to set defaults for all of them.
 """
 
-    # Modules that act on one node for a playbook step (the platform; what they need there is in the runner fragment).
+    # The steps of the migration, failover and rollback playbooks, on one node: each module describes what its check
+    # mode reports.
     NODE_STEP = r"""
 options: {}
 attributes:
-  platform:
+  check_mode:
     support: full
-    platforms: posix
-    description: Runs on a replication node prepared by the C(storage.replication.runner) role.
+  diff_mode:
+    support: none
+    description: Nothing to show as a diff.
 """

@@ -10,6 +10,11 @@ class ModuleDocFragment:
 
     DOCUMENTATION = r"""
 options: {}
+attributes:
+  platform:
+    support: full
+    platforms: posix
+    description: Runs on a replication node prepared by the C(storage.replication.runner) role.
 requirements:
   - The runner installed on the node by the C(storage.replication.runner) role (C(playbooks/site.yml) applies it), from
     the same version of the collection as the module.

@@ -63,11 +63,7 @@ options:
     elements: str
 attributes:
   check_mode:
-    support: full
     description: This module only reads; it runs the same way in check mode.
-  diff_mode:
-    support: none
-    description: Nothing to show as a diff.
 extends_documentation_fragment:
   - storage.replication.attributes.node_step
   - storage.replication.runner

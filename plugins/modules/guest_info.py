@@ -40,10 +40,9 @@ options:
         V([?owner != 'node1'].id) lists the guests that do not run on node1.
     type: str
 extends_documentation_fragment:
+  - storage.replication.attributes
   - storage.replication.attributes.info_module
   - storage.replication.runner
-requirements:
-  - jmespath on the controller, for O(query).
 seealso:
   - module: storage.replication.job_info
   - module: storage.replication.guest

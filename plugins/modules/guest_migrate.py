@@ -35,12 +35,8 @@ options:
     required: true
 attributes:
   check_mode:
-    support: full
     description: Checks everything, the other nodes included, and returns the plan (for a full copy with the size
       it would send, about); stops and sends nothing.
-  diff_mode:
-    support: none
-    description: Nothing to show as a diff.
 extends_documentation_fragment:
   - storage.replication.attributes.node_step
   - storage.replication.runner

@@ -34,10 +34,8 @@ options:
     required: true
 attributes:
   check_mode:
-    support: full
     description: Returns the plan (the point, where it comes from, what each volume goes back to and is kept aside as) and changes nothing.
   diff_mode:
-    support: none
     description: Nothing to show as a diff; the plan is in RV(summary).
 extends_documentation_fragment:
   - storage.replication.attributes.node_step

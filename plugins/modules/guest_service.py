@@ -27,11 +27,7 @@ options:
     default: started
 attributes:
   check_mode:
-    support: full
     description: Reports whether the hook would run, and runs only the status hook.
-  diff_mode:
-    support: none
-    description: Nothing to show as a diff.
 extends_documentation_fragment:
   - storage.replication.attributes.node_step
   - storage.replication.runner

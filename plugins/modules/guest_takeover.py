@@ -40,7 +40,6 @@ options:
     type: bool
     default: false
 extends_documentation_fragment:
-  - storage.replication.attributes
   - storage.replication.cluster
   - storage.replication.runner
 seealso:

@@ -32,10 +32,9 @@ options:
         V([?fail_count > `0`].id) lists the failing jobs.
     type: str
 extends_documentation_fragment:
+  - storage.replication.attributes
   - storage.replication.attributes.info_module
   - storage.replication.runner
-requirements:
-  - jmespath on the controller, for O(query).
 seealso:
   - module: storage.replication.job
   - module: storage.replication.run

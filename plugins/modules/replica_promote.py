@@ -29,11 +29,7 @@ options:
     type: str
 attributes:
   check_mode:
-    support: full
     description: Reports whether data would be kept aside and rolled back, and changes nothing.
-  diff_mode:
-    support: none
-    description: Nothing to show as a diff.
 extends_documentation_fragment:
   - storage.replication.attributes.node_step
   - storage.replication.runner

@@ -41,16 +41,8 @@ attributes:
   diff_mode:
     support: none
     description: Running a job changes data, not configuration.
-  platform:
-    support: full
-    platforms: posix
-    description: Runs on a replication node prepared by the C(storage.replication.runner) role.
-  action_group:
-    support: full
-    membership:
-      - storage.replication.cluster
-    description: Use C(group/storage.replication.cluster) in C(module_defaults) to set defaults for all of them.
 extends_documentation_fragment:
+  - storage.replication.attributes
   - storage.replication.runner
 seealso:
   - module: storage.replication.job_info
