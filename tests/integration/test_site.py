@@ -19,6 +19,7 @@ tree during the run cannot make a second run differ.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -476,19 +477,27 @@ TAMPERED = {
 }
 
 
-@pytest.mark.parametrize("case", list(TAMPERED))
-def test_a_runner_from_another_version_is_refused_naming_the_node_and_the_fix(site, tmp_path, case):
-    name, tamper, version = TAMPERED[case]
+@contextlib.contextmanager
+def tampered_engine(site, case):
+    """node1's installed engine changed as TAMPERED[case] says, for the time of the block; then as it was."""
+    name, tamper, _version = TAMPERED[case]
     installed = site.lab.private_path("node1", ENGINE) / name
     original, stat = installed.read_bytes(), installed.stat()
-    before = site.config_files()
     try:
         installed.write_text(tamper(original.decode("utf-8")))
-        # Both tasks go on after a failure, so that every node's answer is seen.
-        run = site.task(tmp_path, [dict(task, ignore_errors=True) for task in USER_TASKS])
+        yield
     finally:
         installed.write_bytes(original)
         os.utime(installed, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as the role's bundle left it
+
+
+@pytest.mark.parametrize("case", list(TAMPERED))
+def test_a_runner_from_another_version_is_refused_naming_the_node_and_the_fix(site, tmp_path, case):
+    version = TAMPERED[case][2]
+    before = site.config_files()
+    with tampered_engine(site, case):
+        # Both tasks go on after a failure, so that every node's answer is seen.
+        run = site.task(tmp_path, [dict(task, ignore_errors=True) for task in USER_TASKS])
     statuses = {(r["task"], r["host"]): r["status"] for r in run.results if r["task"] in ("Job", "Info")}
     assert statuses == {("Job", "node1"): "ignored", ("Info", "node1"): "ignored", ("Info", "node2"): "ok",
                         ("Info", "node3"): "ok"}, run.describe()
@@ -497,6 +506,23 @@ def test_a_runner_from_another_version_is_refused_naming_the_node_and_the_fix(si
         assert "runner on node 'node1' is version %s" % (version or "0.1.0") in message, message
         assert "re-run the storage.replication.runner role" in message and "nothing was changed" in message, message
     assert site.config_files() == before, "the refused task changed a node's configuration"
+
+
+def test_a_dry_run_of_an_upgrade_skips_the_configuration_saying_why(site):
+    """site.yml --check while node1's runner comes from another version, as right after an upgrade of the collection:
+    the role reports that it would replace the engine, the configuration play is skipped with one line naming the
+    node (its modules would refuse the old engine), the run exits 0, and nothing changes."""
+    before, files = site.footprint(), site.config_files()
+    with tampered_engine(site, "version"):
+        dry = site.play(check=True)
+    dry.assert_ok()
+    assert "storage.replication.runner : Compare the installed files with their bundles (a dry run)" in dry.changed_tasks("node1")
+    assert [dry.facts(node)["runner_engine_outdated"] for node in site.lab.nodes] == [True, False, False]
+    said = dry.task_results("Say why a dry run of an upgrade cannot show the configuration changes")
+    assert len(said) == 1 and said[0]["msg"].startswith("The runner on node1 comes from another version"), said
+    configuration = {r["status"] for r in dry.results if r["task"].startswith(("Record the ", "Converge the replication"))}
+    assert configuration == {"skipped"}, dry.describe()
+    assert site.footprint() == before and site.config_files() == files
 
 
 # The runner role alone: refusals change nothing
