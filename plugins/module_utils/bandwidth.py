@@ -74,11 +74,15 @@ class Window:
         return all(values is None for values in fields)
 
 
-@functools.lru_cache(maxsize=256)  # jobs share a few expressions; the runner and `status` evaluate them often
 def parse(text):
     """The windows of an expression, in order; WindowError naming the window and its bad part."""
     if not isinstance(text, str):
         raise WindowError("rate windows must be a text such as '%s'" % EXAMPLE)
+    return _parse(text)
+
+
+@functools.lru_cache(maxsize=256)  # jobs share a few expressions; the runner and `status` evaluate them often
+def _parse(text):
     if len(text) > MAX_LENGTH:
         raise WindowError("rate windows '%s...' are longer than %d characters" % (text[:20], MAX_LENGTH))
     if "\n" in text or "\r" in text:

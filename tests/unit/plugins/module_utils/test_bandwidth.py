@@ -135,12 +135,10 @@ def test_bad_expressions_are_named_precisely(text, fragments):
 
 
 def cluster():
-    cfg = C.ClusterConfig(generation=1)
-    cfg.nodes["node1"] = C.Node("node1", "10.0.0.1")
-    cfg.nodes["node2"] = C.Node("node2", "10.0.0.2")
-    cfg.storages["local-zfs"] = C.Storage("local-zfs")
-    cfg.guests[100] = C.Guest(100, "vm", "node1", ["local-zfs:vm-100-disk-0"])
-    return cfg
+    """Two nodes and guest 100 on node1, no job yet."""
+    return C.ClusterConfig(generation=1, nodes={name: C.Node(name, "10.0.0.%s" % name[-1]) for name in ("node1", "node2")},
+                           storages={"local-zfs": C.Storage("local-zfs")},
+                           guests={100: C.Guest(100, "vm", "node1", ["local-zfs:vm-100-disk-0"])})
 
 
 def test_windows_live_in_cluster_json_and_replication_cfg_keeps_pvesr_s_rate(tmp_path):
@@ -187,3 +185,14 @@ def test_evaluating_windows_is_cheap():
     for second in range(20000):
         bandwidth.in_effect(windows, 100, utc(2026, 3, 2) + 17 * second, VIENNA)
     assert time.perf_counter() - start < 2.0
+
+
+def test_run_check_says_the_limit_a_transfer_would_start_with(monkeypatch):
+    from ansible_collections.storage.replication.plugins.module_utils import plan  # pylint: disable=import-outside-toplevel
+    monkeypatch.setattr(bandwidth, "time", types.SimpleNamespace(time=lambda: utc(2026, 3, 2, 9)))
+    job = C.Job("100-0", "node2", rate=100, rate_windows="mon..fri 8..17:* UTC: 10")
+    planned = {"volumes": [], **bandwidth.job_limit(job)}
+    assert (planned["rate_now"], planned["rate_window"]) == (10, "mon..fri 8..17:* UTC")
+    assert plan.volume_lines(planned) == ["rate limit now: 10 MByte/s (window 'mon..fri 8..17:* UTC' of "
+                                          "'mon..fri 8..17:* UTC: 10')"]
+    assert plan.volume_lines({"volumes": [], **bandwidth.job_limit(C.Job("100-0", "node2", rate=100))}) == []
