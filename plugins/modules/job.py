@@ -49,11 +49,11 @@ options:
     type: float
   rate_windows:
     description:
-      - Limits by time of day, week and date, in pvesr's calendar-event grammar, for example
-        V(mon..fri 8..17:*: 10; sat,sun: 50; *: unlimited).
-      - Windows are separated by V(;), each C(<calendar event>: <MB/s or unlimited>). A window is the time its event
+      - "Limits by time of day, week and date, in pvesr's calendar-event grammar, for example
+        V(mon..fri 8..17:*: 10; sat,sun: 50; 0..5:*: unlimited)."
+      - "Windows are separated by V(;), each C(<calendar event>: <MB/s or unlimited>). A window is the time its event
         names; an event without a time is the whole day, one without seconds whole minutes (V(8..17:*) is 08:00 to
-        17:59). A lone minute list such as V(8..18) is refused, because that grammar reads it as minutes.
+        17:59). A lone minute list such as V(8..18) is refused, because that grammar reads it as minutes."
       - The first window that matches wins; outside every window O(rate) applies. Windows are evaluated in the node's
         local time (an event ending in V(UTC) in UTC), and a window that starts or ends changes the limit of a running
         transfer within a second.
