@@ -46,7 +46,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from ansible_collections.storage.replication.plugins.module_utils import retention
+from ansible_collections.storage.replication.plugins.module_utils import bandwidth, retention
+from ansible_collections.storage.replication.plugins.module_utils.bandwidth import format_number, rate_error
 from ansible_collections.storage.replication.plugins.module_utils.names import (
     GUEST_ID_MAX, GUEST_ID_MIN, JOBNUM_MAX, NODE_RE, STORAGE_RE, VOLUME_NAME_MAX, VOLUME_NAME_RE)
 from ansible_collections.storage.replication.plugins.module_utils.schedule import ScheduleError, parse as parse_schedule
@@ -79,7 +80,10 @@ OPTIONAL_KEYS = ("rate", "remove_job", "schedule", "source")
 JOB_KEYS = ("comment", "disable", "target") + OPTIONAL_KEYS
 # Our own options of a job, which pvesr does not know: kept out of replication.cfg (pvesr's parser drops a section
 # with an unknown key), stored in cluster.json under "jobs" (retention.py: the restore points a job keeps).
-EXTENSION_KEYS = ("keep", "keep_source")
+KEEP_KEYS = ("keep", "keep_source")
+# rate_windows (bandwidth.py): pvesr's rate is one number; the windows that vary it are ours, and `rate` stays pvesr's
+# meaning in replication.cfg (the limit outside every window, what pvesr itself would apply).
+EXTENSION_KEYS = KEEP_KEYS + ("rate_windows",)
 
 _HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[a-zA-Z0-9]([a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?)*$")
 _STORAGE_TYPE_RE = re.compile(r"^[a-z][a-z0-9]*$")
@@ -180,6 +184,8 @@ class Job:
     # Restore points (retention.py): on the target, and on the source; None is pvesr's (the newest replica only).
     keep: Optional[str] = None
     keep_source: Optional[str] = None
+    # Limits by calendar windows (bandwidth.py), the first matching wins; outside every window ``rate`` applies.
+    rate_windows: Optional[str] = None
 
     @property
     def guest(self):
@@ -446,7 +452,7 @@ UPDATABLE_KEYS = OPTIONAL_KEYS + ("comment", "disable") + EXTENSION_KEYS
 def normalize_keep(job):
     """A valid keep in its canonical text, and pvesr's default (``last=1``) as None, so that equal rules are equal
     content; an invalid one is left for the validation to report."""
-    for key in EXTENSION_KEYS:
+    for key in KEEP_KEYS:
         value = getattr(job, key)
         if value is not None and retention.error(value) is None:
             setattr(job, key, retention.normalized(value))
@@ -658,7 +664,9 @@ def job_option_problems(job):
         yield "remove_job '%s' is not one of: %s" % (job.remove_job, ", ".join(REMOVE_MODES))
     if not isinstance(job.disable, bool):
         yield "disable must be true or false"
-    for key in EXTENSION_KEYS:
+    if job.rate_windows is not None and bandwidth.error(job.rate_windows):
+        yield "rate_windows: %s" % bandwidth.error(job.rate_windows)
+    for key in KEEP_KEYS:
         if getattr(job, key) is not None and retention.error(getattr(job, key)):
             yield "%s: %s" % ("keep on the source (keep_source)" if key == "keep_source" else "keep",
                               retention.error(getattr(job, key)))
@@ -677,15 +685,6 @@ def schedule_error(text):
         parse_schedule(text)
     except ScheduleError as exc:
         return str(exc)  # names the schedule and the spot that does not parse
-    return None
-
-
-def rate_error(rate):
-    """The message for an invalid rate (MB/s, >= 1), or None."""
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or math.isnan(rate) or math.isinf(rate):
-        return "rate '%s' must be a number of MB/s" % (rate,)
-    if rate < 1:
-        return "rate '%s' is below the minimum of 1 (MB/s); leave it unset for no limit" % (rate,)
     return None
 
 
@@ -709,11 +708,6 @@ def encode_text(text):
 def decode_text(text):
     """pvesr's decode_text: percent-decoding, then UTF-8."""
     return urllib.parse.unquote_to_bytes(text).decode("utf-8", "replace")
-
-
-def format_number(value):
-    """A rate as pvesr would print it: 10 for 10.0, 2.5 for 2.5."""
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def format_job(job):
