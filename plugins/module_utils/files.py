@@ -69,8 +69,8 @@ def write_synced(path, data, mode=0o644):
 
 
 def atomic_write(path, data, mode=0o644):
-    """Replace ``path`` with ``data`` (str, bytes or a list or generator of them) atomically: temporary file in the same directory,
-    fsync, rename, fsync dir."""
+    """Replace ``path`` with ``data`` (str, bytes or a list or generator of them) atomically: temporary file in the
+    same directory, fsync, rename, fsync dir."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".tmp-", dir=directory)
     try:
