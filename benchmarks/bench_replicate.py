@@ -3,8 +3,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Replication speed on the lab: the engine against the raw `zfs send | ssh | zfs recv` pipeline.
 
-Brings up its own lab `srbench` (2 nodes, 4G pools), fills a volume with 1 GiB of random data, then measures, on
-the same nodes and data:
+Brings up its own lab `srbench` ($SR_LAB_NAME if set; 2 nodes, 4G pools), fills a volume with 1 GiB of random data,
+then measures, on the same nodes and data:
   raw       zfs send -R vol@s | ssh node2 zfs recv   (OpenSSH defaults, as an operator would type it)
   engine    a full run of job 900-0 (everything: prepare, snapshot, stream, finalize)
   delta     an incremental run after 10 MiB were overwritten: bytes vs `zfs send -i` of the same change
@@ -16,6 +16,7 @@ Prints a table and writes build/bench/bench_replicate.json.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -28,7 +29,7 @@ import cluster_setup as cs  # noqa: E402  pylint: disable=wrong-import-position
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod  # noqa: E402
 from lab import Lab  # noqa: E402
 
-LAB_NAME = "srbench"
+LAB_NAME = os.environ.get("SR_LAB_NAME", "srbench")  # a lab of its own beside other runs
 VOLUME = "vm-900-disk-0"
 JOB = "900-0"
 SIZE_MIB = 1024
@@ -79,6 +80,7 @@ def stream_bytes(lab, base, snap):
 
 RUN_TWICE = """
 import json
+import os
 from ansible_collections.storage.replication.plugins.module_utils import config, replicate
 print(json.dumps([replicate.run_job(config.load(), %r) for _ in range(2)]))
 """ % JOB

@@ -15,6 +15,7 @@ Under pytest-xdist (--dist loadgroup) the two ansible-test sanity runs start tog
 
 from __future__ import annotations
 
+import collections
 import pathlib
 
 import pytest
@@ -97,6 +98,21 @@ def pytest_testnodedown(node, error):
     _worker_summary_lines.extend(getattr(node, "workeroutput", {}).get("summary_lines", []))
 
 
+# Seconds per test module (set-up, call and tear-down of its tests, the module's lab included), summed where the
+# reports arrive (under xdist the controller): what a worker spent on each module, for balancing the gate.
+_module_seconds = collections.defaultdict(float)
+SHOW_MODULE_SECONDS = 30.0
+
+
+def pytest_runtest_logreport(report):
+    _module_seconds[report.nodeid.split("::")[0]] += report.duration
+
+
 def pytest_terminal_summary(terminalreporter):
     for line in _worker_summary_lines:
         terminalreporter.write_line(line, yellow="NOT RUN" in line, bold="NOT RUN" in line)
+    slow = sorted(((seconds, module) for module, seconds in _module_seconds.items() if seconds >= SHOW_MODULE_SECONDS),
+                  reverse=True)
+    if slow:
+        terminalreporter.write_line("seconds per test module (%.0f s or more): %s" % (
+            SHOW_MODULE_SECONDS, ", ".join("%s %.0f" % (pathlib.Path(module).name, seconds) for seconds, module in slow)))

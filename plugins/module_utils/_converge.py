@@ -127,14 +127,14 @@ def drift_warning(cfg, moved):
 # ---------------------------------------------------------------------------------------------------------------
 # Jobs
 
-JOB_FIELDS = ("schedule", "rate", "comment", "disable", "remove_job", "keep", "keep_source")
+JOB_FIELDS = ("schedule", "rate", "comment", "disable", "remove_job", "keep", "keep_source", "rate_windows")
 
 
 def job_fields(item):
     """The job options an item asks for: omitted options are pvesr's defaults (no rate, default schedule, ...)."""
     return {"schedule": item.get("schedule"), "rate": item.get("rate"), "comment": item.get("comment") or None,
             "disable": item.get("enabled") is False, "remove_job": None, "keep": item.get("keep") or None,
-            "keep_source": item.get("keep_source") or None}
+            "keep_source": item.get("keep_source") or None, "rate_windows": item.get("rate_windows") or None}
 
 
 def describe_item(item):
@@ -250,7 +250,7 @@ def job_view(job, cfg):
     return {"id": job.id, "guest": job.guest, "jobnum": job.jobnum, "target": job.target,
             "source": guest.node if guest else job.source, "schedule": job.schedule, "rate": job.rate,
             "comment": job.comment, "enabled": not job.disable, "remove_job": job.remove_job, "keep": job.keep,
-            "keep_source": job.keep_source}
+            "keep_source": job.keep_source, "rate_windows": job.rate_windows}
 
 
 # ---------------------------------------------------------------------------------------------------------------

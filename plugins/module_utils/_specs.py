@@ -51,6 +51,7 @@ JOB_OPTIONS = {
     "enabled": {"type": "bool", "default": True},
     "keep": {"type": "str"},
     "keep_source": {"type": "str"},
+    "rate_windows": {"type": "str"},
     "state": dict(STATE),
 }
 

@@ -59,7 +59,8 @@ def int_or_none(text):
 class Authority:
     """The checks that need this node's configuration and ZFS; the Receiver is one.  It provides ``cfg`` (the
     configuration in force), ``forget_config()``, ``node``, ``peer`` (the node whose key opened the session),
-    ``confdir``, ``statedir``, ``zfs`` and ``say(line)``."""
+    ``confdir``, ``statedir``, ``zfs``, ``pools_present`` (the storage datasets seen to exist in this request:
+    forget_config empties it) and ``say(line)``."""
 
     def caller(self, request):
         """The calling node, as its key says (never as the request says): refused when the key names no node, the
@@ -186,12 +187,15 @@ class Authority:
             raise Refused("storage '%s' is not defined as a zfspool storage on node '%s' - add it to the cluster "
                           "configuration (storages) and re-run the site playbook" % (storage_id, self.node),
                           "storage-missing")
-        if not self.zfs.exists(storage.pool):
-            if not required:
-                return None
-            raise Refused("storage '%s': dataset '%s' does not exist on node '%s' - create it (zfs create %s) or fix "
-                          "the storage's pool in the cluster configuration" % (
-                              storage_id, storage.pool, self.node, storage.pool), "storage-missing")
+        # asked once per request, not once per volume and storage (a `zfs get` each); one found missing is asked again
+        if storage.pool not in self.pools_present:
+            if not self.zfs.exists(storage.pool):
+                if not required:
+                    return None
+                raise Refused("storage '%s': dataset '%s' does not exist on node '%s' - create it (zfs create %s) or "
+                              "fix the storage's pool in the cluster configuration" % (
+                                  storage_id, storage.pool, self.node, storage.pool), "storage-missing")
+            self.pools_present.add(storage.pool)
         return storage.pool
 
     def dataset(self, volume):

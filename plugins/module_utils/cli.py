@@ -449,7 +449,11 @@ def _force_argument(parser):
 
 def _job_option_arguments(parser):
     parser.add_argument("--schedule", metavar="SCHEDULE", help="when to replicate (pvesr calendar event, default '*/15')")
-    parser.add_argument("--rate", type=rate, metavar="MBPS", help="rate limit in MB/s (default: unlimited)")
+    parser.add_argument("--rate", type=rate, metavar="MBPS", help="rate limit in MB/s (default: unlimited); with "
+                        "--rate-windows the limit outside every window")
+    parser.add_argument("--rate-windows", dest="rate_windows", metavar="WINDOWS",
+                        help="limits by calendar windows, the first matching wins, e.g. 'mon..fri 8..17:*: 10; "
+                        "sat,sun: 50; *-12-24..26: unlimited' (README: Bandwidth windows)")
     parser.add_argument("--comment", metavar="TEXT", help="a description")
     parser.add_argument("--disable", nargs="?", const=True, default=None, type=boolean, metavar="0|1", help="disable the job")
     parser.add_argument("--keep", type=keep_rules, metavar="RULES", help="restore points kept on the target, e.g. "
@@ -469,7 +473,8 @@ def _create_arguments(parser):
 def create_local_job(args):
     config = _engine()[1]
     job = config.Job(id=args.id, target=args.target, schedule=args.schedule, rate=args.rate, comment=args.comment,
-                     disable=bool(args.disable), keep=args.keep, keep_source=args.keep_source)
+                     disable=bool(args.disable), keep=args.keep, keep_source=args.keep_source,
+                     rate_windows=args.rate_windows)
     return _apply(args, lambda cfg: cfg.add_job(job), "replication job '%s' to '%s' created" % (args.id, args.target),
                   setting_warnings(args.schedule))
 
@@ -483,15 +488,15 @@ def _update_arguments(parser):
 
 @subcommand("update", "Change options of a replication job on every node.", _update_arguments)
 def update(args):
-    changes = {key: getattr(args, key) for key in ("schedule", "rate", "comment", "disable", "keep", "keep_source")
-               if getattr(args, key) is not None}
+    changes = {key: getattr(args, key) for key in ("schedule", "rate", "comment", "disable", "keep", "keep_source",
+                                                   "rate_windows") if getattr(args, key) is not None}
     delete = [key.strip() for key in (args.delete or "").replace(";", ",").split(",") if key.strip()]
     both = sorted(set(changes) & set(delete))
     if both:
         raise UsageError("option '%s' is both set and deleted; do one or the other" % both[0])
     if not changes and not delete:
-        raise UsageError("update: nothing to change; give --schedule, --rate, --comment, --disable, --keep, "
-                         "--keep-source or --delete")
+        raise UsageError("update: nothing to change; give --schedule, --rate, --rate-windows, --comment, --disable, "
+                         "--keep, --keep-source or --delete")
     return _apply(args, lambda cfg: cfg.update_job(args.id, delete=delete, **changes),
                   "replication job '%s' updated" % args.id, setting_warnings(changes.get("schedule")))
 
@@ -541,7 +546,7 @@ def delete(args):
 
 def _job_dict(job):
     data = {"id": job.id, "guest": job.guest, "jobnum": job.jobnum, "type": job.type, "target": job.target}
-    for key in ("schedule", "rate", "comment", "remove_job", "source", "keep", "keep_source"):
+    for key in ("schedule", "rate", "comment", "remove_job", "source", "keep", "keep_source", "rate_windows"):
         if getattr(job, key) is not None:
             data[key] = getattr(job, key)
     if job.disable:
@@ -596,6 +601,7 @@ def _next_sync_text(epoch, now):
 
 @subcommand("status", "Show the state of the replication jobs this node runs.", _status_arguments)
 def status(args):
+    from ansible_collections.storage.replication.plugins.module_utils.bandwidth import rate_now_text  # pylint: disable=import-outside-toplevel
     from ansible_collections.storage.replication.plugins.module_utils.report import job_report  # pylint: disable=import-outside-toplevel
     _cluster, _config, runner, state = _engine()
     paths = _paths()
@@ -615,6 +621,8 @@ def status(args):
         lines.append(form % (job["id"], "Yes" if job["enabled"] else "No", "local/" + job["target"], _status_time(job["last_sync"]),
                              _next_sync_text(job["next_sync"], now), _duration_text(job["duration"]),
                              job["fail_count"], job["state"].replace("\n", " ")))
+    # pvesr's columns stay as they are; the limit now of a job whose rate windows vary it goes below the table.
+    lines += ["%s: rate limit now %s" % (job["id"], rate_now_text(job)) for job in report if job["rate_windows"]]
     # A configuration conflict or a failed catch-up stops every job of this node: say so above the table.
     refusal = runner.last_peer_check(paths.statedir).get("error")
     return Output(report, "\n".join(lines), [refusal] if refusal else [])

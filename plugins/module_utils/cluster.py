@@ -352,11 +352,13 @@ class CatchUp:
 
 
 def catch_up(confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, key=NODE_KEY, connect=ControlChannel,
-             check_mode=False):
+             check_mode=False, current=None):
     """Adopt the newest committed configuration any peer holds, and finish a change a dead proposer left accepted
-    but uncommitted (quorum.catch_up).  ``check_mode`` writes nothing: it says what would be adopted."""
+    but uncommitted (quorum.catch_up).  ``check_mode`` writes nothing: it says what would be adopted.  ``current``:
+    this node's configuration as the caller has just loaded it (the runner), which names the peers to ask; the
+    versions compared are what each node's acceptor answers, this node's own read from its files under the lock."""
     local_node = read_local_node(statedir)
-    current = configmod.load(confdir)
+    current = configmod.load(confdir) if current is None else current
     nodes = {node.name: node for node in peer_nodes(current, local_node)}
     calls = _Calls(nodes, local_node, confdir, key, connect)
     if check_mode:

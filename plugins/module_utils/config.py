@@ -46,11 +46,12 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from ansible_collections.storage.replication.plugins.module_utils import retention
+from ansible_collections.storage.replication.plugins.module_utils import bandwidth, retention
+from ansible_collections.storage.replication.plugins.module_utils.bandwidth import format_number, rate_error
 from ansible_collections.storage.replication.plugins.module_utils.names import (
     GUEST_ID_MAX, GUEST_ID_MIN, JOBNUM_MAX, NODE_RE, STORAGE_RE, VOLUME_NAME_MAX, VOLUME_NAME_RE)
 from ansible_collections.storage.replication.plugins.module_utils.schedule import ScheduleError, parse as parse_schedule
-from ansible_collections.storage.replication.plugins.module_utils.files import file_lock, fsync_dir, write_synced
+from ansible_collections.storage.replication.plugins.module_utils.files import atomic_write, file_lock, fsync_dir, write_synced
 
 DEFAULT_CONFDIR = "/etc/storage-replication"
 JOBS_FILE = "replication.cfg"
@@ -58,6 +59,7 @@ MODEL_FILE = "cluster.json"
 CURRENT_LINK = "current"
 GENERATIONS_DIR = "generations"
 LOCK_FILE = ".lock"
+CACHE_FILE = ".parsed-cache.json"  # the current generation as it parsed (_ParsedCache)
 DIGEST_FILE = "SHA256SUMS"
 CORRUPT_SUFFIX = ".corrupt-"
 CONFLICT_SUFFIX = ".conflict-"  # a generation that lost to the majority's content (cluster.resolve_conflict)
@@ -79,7 +81,10 @@ OPTIONAL_KEYS = ("rate", "remove_job", "schedule", "source")
 JOB_KEYS = ("comment", "disable", "target") + OPTIONAL_KEYS
 # Our own options of a job, which pvesr does not know: kept out of replication.cfg (pvesr's parser drops a section
 # with an unknown key), stored in cluster.json under "jobs" (retention.py: the restore points a job keeps).
-EXTENSION_KEYS = ("keep", "keep_source")
+KEEP_KEYS = ("keep", "keep_source")
+# rate_windows (bandwidth.py): pvesr's rate is one number; the windows that vary it are ours, and `rate` stays pvesr's
+# meaning in replication.cfg (the limit outside every window, what pvesr itself would apply).
+EXTENSION_KEYS = KEEP_KEYS + ("rate_windows",)
 
 _HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[a-zA-Z0-9]([a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?)*$")
 _STORAGE_TYPE_RE = re.compile(r"^[a-z][a-z0-9]*$")
@@ -180,6 +185,8 @@ class Job:
     # Restore points (retention.py): on the target, and on the source; None is pvesr's (the newest replica only).
     keep: Optional[str] = None
     keep_source: Optional[str] = None
+    # Limits by calendar windows (bandwidth.py), the first matching wins; outside every window ``rate`` applies.
+    rate_windows: Optional[str] = None
 
     @property
     def guest(self):
@@ -446,7 +453,7 @@ UPDATABLE_KEYS = OPTIONAL_KEYS + ("comment", "disable") + EXTENSION_KEYS
 def normalize_keep(job):
     """A valid keep in its canonical text, and pvesr's default (``last=1``) as None, so that equal rules are equal
     content; an invalid one is left for the validation to report."""
-    for key in EXTENSION_KEYS:
+    for key in KEEP_KEYS:
         value = getattr(job, key)
         if value is not None and retention.error(value) is None:
             setattr(job, key, retention.normalized(value))
@@ -658,7 +665,9 @@ def job_option_problems(job):
         yield "remove_job '%s' is not one of: %s" % (job.remove_job, ", ".join(REMOVE_MODES))
     if not isinstance(job.disable, bool):
         yield "disable must be true or false"
-    for key in EXTENSION_KEYS:
+    if job.rate_windows is not None and bandwidth.error(job.rate_windows):
+        yield "rate_windows: %s" % bandwidth.error(job.rate_windows)
+    for key in KEEP_KEYS:
         if getattr(job, key) is not None and retention.error(getattr(job, key)):
             yield "%s: %s" % ("keep on the source (keep_source)" if key == "keep_source" else "keep",
                               retention.error(getattr(job, key)))
@@ -677,15 +686,6 @@ def schedule_error(text):
         parse_schedule(text)
     except ScheduleError as exc:
         return str(exc)  # names the schedule and the spot that does not parse
-    return None
-
-
-def rate_error(rate):
-    """The message for an invalid rate (MB/s, >= 1), or None."""
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or math.isnan(rate) or math.isinf(rate):
-        return "rate '%s' must be a number of MB/s" % (rate,)
-    if rate < 1:
-        return "rate '%s' is below the minimum of 1 (MB/s); leave it unset for no limit" % (rate,)
     return None
 
 
@@ -709,11 +709,6 @@ def encode_text(text):
 def decode_text(text):
     """pvesr's decode_text: percent-decoding, then UTF-8."""
     return urllib.parse.unquote_to_bytes(text).decode("utf-8", "replace")
-
-
-def format_number(value):
-    """A rate as pvesr would print it: 10 for 10.0, 2.5 for 2.5."""
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def format_job(job):
@@ -997,7 +992,7 @@ def load(confdir=DEFAULT_CONFDIR):
 def _load_once(confdir):
     current = os.path.join(confdir, CURRENT_LINK)
     if os.path.lexists(current):
-        return _load_generation(os.path.realpath(current))
+        return _load_generation(os.path.realpath(current), _ParsedCache(confdir))
     # A hand-made directory (e.g. a copied Proxmox replication.cfg): read leniently, as pvesr does.
     return from_files(_read(os.path.join(confdir, MODEL_FILE)), _read(os.path.join(confdir, JOBS_FILE)), confdir)
 
@@ -1010,15 +1005,17 @@ def _read(path):
         return ""
 
 
-def _load_generation(directory):
-    """A generation directory we wrote: checked against its digest, then parsed strictly."""
-    texts = {}
+def _load_generation(directory, cache=None):
+    """A generation directory we wrote: checked against its digest, then parsed strictly (or taken from ``cache``,
+    a _ParsedCache, when it holds the parse of exactly these bytes)."""
+    texts, sums = {}, []
     digests = _read_digests(directory)
     for name in (MODEL_FILE, JOBS_FILE):
         path = os.path.join(directory, name)
         with open(path, "rb") as handle:  # FileNotFoundError: load() retries, then reports it
             data = handle.read()
-        if digests is not None and digests.get(name) != hashlib.sha256(data).hexdigest():
+        sums.append(hashlib.sha256(data).hexdigest())
+        if digests is not None and digests.get(name) != sums[-1]:
             raise ConfigCorrupt("%s does not match the sha256 recorded in %s when it was written"
                                 % (path, DIGEST_FILE), path)
         try:
@@ -1028,6 +1025,10 @@ def _load_generation(directory):
     if not texts[MODEL_FILE].strip():  # we always write one; only a hand-made directory may lack it
         path = os.path.join(directory, MODEL_FILE)
         raise ConfigCorrupt("%s is empty" % path, path)
+    key = [directory] + sums
+    cached = cache.get(key) if cache is not None else None
+    if cached is not None:
+        return cached
     try:
         cfg = from_files(texts[MODEL_FILE], texts[JOBS_FILE], directory)
     except ConfigError as exc:
@@ -1035,7 +1036,62 @@ def _load_generation(directory):
         raise ConfigCorrupt(exc.problems[0].split("; ", 1)[0], os.path.join(directory, MODEL_FILE)) from None
     if cfg.warnings:  # we never write a line the parser drops: one that it drops was damaged
         raise ConfigCorrupt(cfg.warnings[0], os.path.join(directory, JOBS_FILE))
+    if cache is not None:
+        cache.put(key, cfg)
     return cfg
+
+
+class _ParsedCache:
+    """``<confdir>/.parsed-cache.json``: the current generation as it parsed, so that a process that loads it (the
+    runner's tick every minute, `status`) builds the objects from one compact JSON text instead of parsing and
+    checking both files again (with ten thousand jobs a third of an idle tick).
+
+    Never stale, never a way around the checks: it is keyed by the sha256 of the exact bytes ``load`` has just read
+    and checked (digest against SHA256SUMS, UTF-8, not empty), so any change of either file, whatever its size or
+    time stamps, misses it and the files are parsed strictly again, damage reported as ever. Only a strict parse
+    without a warning is stored. The cache carries the sha256 of its own text and the field names of the model's
+    classes: a damaged cache, or one written by another version, is ignored (and replaced). Failing to write it
+    (a read-only directory, a user without write access) costs only the time."""
+
+    FORMAT = 1
+    MAX_BYTES = 256 << 20
+
+    def __init__(self, confdir):
+        self.path = os.path.join(confdir, CACHE_FILE)
+
+    @staticmethod
+    def _fields():
+        return {cls.__name__: [f.name for f in dataclasses.fields(cls)] for cls in (Node, Storage, Guest, Job)}
+
+    def get(self, key):
+        """The configuration stored for ``key`` ([directory, sha256 of cluster.json, of replication.cfg]), or None."""
+        try:
+            with open(self.path, "rb") as handle:
+                header, _newline, payload = handle.read(self.MAX_BYTES).partition(b"\n")
+            head = json.loads(header)
+            if head != {"format": self.FORMAT, "key": key, "fields": self._fields(),
+                        "sha256": hashlib.sha256(payload).hexdigest()}:
+                return None
+            data = json.loads(payload)
+            cfg = ClusterConfig(generation=data["generation"], forced=data["forced"])
+            for table, cls in (("nodes", Node), ("storages", Storage), ("guests", Guest), ("jobs", Job)):
+                setattr(cfg, table, {row[0]: cls(*row) for row in data[table]})
+            return cfg
+        except (OSError, ValueError, TypeError, KeyError, IndexError):
+            return None  # no cache, or not one to trust: the files are parsed
+
+    def put(self, key, cfg):
+        fields = self._fields()
+
+        def rows(table):  # each object's fields in order (not dataclasses.astuple: it copies every value)
+            return [[getattr(item, name) for name in fields[type(item).__name__]] for item in table.values()]
+        payload = json.dumps({"generation": cfg.generation, "forced": cfg.forced, "nodes": rows(cfg.nodes),
+                              "storages": rows(cfg.storages), "guests": rows(cfg.guests), "jobs": rows(cfg.jobs)},
+                             separators=(",", ":")).encode("utf-8")
+        header = json.dumps({"format": self.FORMAT, "key": key, "fields": self._fields(),
+                             "sha256": hashlib.sha256(payload).hexdigest()}).encode("utf-8")
+        with contextlib.suppress(OSError):
+            atomic_write(self.path, [header, b"\n", payload])
 
 
 def kept_generations(confdir=DEFAULT_CONFDIR):

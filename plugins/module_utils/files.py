@@ -50,9 +50,10 @@ def fsync_dir(path):
 
 
 def _write_synced_fd(fd, data, mode):
-    """Write ``data`` (str or bytes, or a list of them: written one after another, never joined: the metrics of ten
-    thousand jobs are megabytes) to ``fd``, set ``mode`` and fsync."""
-    for chunk in data if isinstance(data, list) else [data]:
+    """Write ``data`` (str or bytes, or a list or generator of them: written one after another, never joined: the
+    metrics of ten thousand jobs are megabytes, made block by block as they are written) to ``fd``, set ``mode`` and
+    fsync."""
+    for chunk in [data] if isinstance(data, (str, bytes)) else data:
         write_all(fd, chunk.encode("utf-8") if isinstance(chunk, str) else chunk)
     os.fchmod(fd, mode)
     os.fsync(fd)
@@ -68,8 +69,8 @@ def write_synced(path, data, mode=0o644):
 
 
 def atomic_write(path, data, mode=0o644):
-    """Replace ``path`` with ``data`` (str, bytes or a list of them) atomically: temporary file in the same directory,
-    fsync, rename, fsync dir."""
+    """Replace ``path`` with ``data`` (str, bytes or a list or generator of them) atomically: temporary file in the
+    same directory, fsync, rename, fsync dir."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".tmp-", dir=directory)
     try:

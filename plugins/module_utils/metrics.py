@@ -117,29 +117,32 @@ def format_metrics(report, node, generation, tick, readable=None, guest_types=No
 
 
 def metric_blocks(report, node, generation, tick, readable=None, guest_types=None):
-    """format_metrics' text in blocks, one per metric (each ending with a newline)."""
+    """format_metrics' text in blocks, one per metric (each ending with a newline), made one at a time (a
+    generator)."""
     readable = readable or {"config": True, "state": True}
     guest_types = guest_types or {}
-    report = [dict(job, interval=schedule_interval(job["schedule"], tick)) for job in report]
+    # the schedule's interval beside each job's figures (not a copy of every job's dict: ten thousand of them)
+    intervals = [schedule_interval(job["schedule"], tick) for job in report]
     node_value = _label_value(node)
     labels = ['id="%s",guest="%d",target="%s",node="%s"' % (job["id"], job["guest"], _label_value(job["target"]), node_value)
               for job in report]  # job IDs are digits and '-'; node names are validated host names
-    # One block of text per metric, written as such (files.atomic_write), not one list of every line nor one
-    # string: with ten thousand jobs the whole text at once was the runner's peak memory (benchmarks/bench_runner.py).
-    blocks = []
+    # One block of text per metric, made when it is written (files.atomic_write takes the generator), not one list
+    # of every line nor one string: with ten thousand jobs the whole text (16 MB) at once was the runner's peak
+    # memory (benchmarks/bench_runner.py).
 
     def block(name, samples):
-        blocks.append("\n".join(["# HELP %s %s" % name, "# TYPE %s gauge" % name[0]] + samples) + "\n")
+        return "\n".join(["# HELP %s %s" % name, "# TYPE %s gauge" % name[0]] + samples) + "\n"
     for name, help_text, figure, convert in _JOB_METRICS:
-        block((name, help_text), ["%s{%s} %s" % (name, label, _sample(convert(job[figure])))
-                                  for label, job in zip(labels, report)])
-    block(("pve_replication_info", "Proxmox vm replication info"),
-          ['pve_replication_info{id="%s",type="local",source="node/%s",target="node/%s",guest="%s/%d"} 1'
-           % (job["id"], _label_value(job["source"] or node), _label_value(job["target"]),
-              PVE_GUEST_TYPES.get(guest_types.get(job["guest"]), "qemu"), job["guest"]) for job in report])
+        values = intervals if figure == "interval" else [job[figure] for job in report]
+        yield block((name, help_text), ["%s{%s} %s" % (name, label, _sample(convert(value)))
+                                        for label, value in zip(labels, values)])
+    yield block(("pve_replication_info", "Proxmox vm replication info"),
+                ['pve_replication_info{id="%s",type="local",source="node/%s",target="node/%s",guest="%s/%d"} 1'
+                 % (job["id"], _label_value(job["source"] or node), _label_value(job["target"]),
+                    PVE_GUEST_TYPES.get(guest_types.get(job["guest"]), "qemu"), job["guest"]) for job in report])
     for name, help_text, figure, convert in _PVE_METRICS:
-        block((name, help_text), ['%s{id="%s"} %s' % (name, job["id"], _sample(convert(job[figure])))
-                                  for job in report if job[figure] is not None])
+        yield block((name, help_text), ['%s{id="%s"} %s' % (name, job["id"], _sample(convert(job[figure])))
+                                        for job in report if job[figure] is not None])
     lines = []
     node_label = 'node="%s"' % _label_value(node)
     lines += ["# HELP storage_replication_runner_last_tick_timestamp_seconds When the runner last ran on this node.",
@@ -157,7 +160,7 @@ def metric_blocks(report, node, generation, tick, readable=None, guest_types=Non
         lines += ["# HELP storage_replication_config_generation The cluster configuration generation this node holds.",
                   "# TYPE storage_replication_config_generation gauge",
                   "storage_replication_config_generation{%s} %d" % (node_label, generation)]
-    return blocks + ["\n".join(lines) + "\n"]
+    yield "\n".join(lines) + "\n"
 
 
 def write_metrics(path, cfg, state, node, now, tick, conflict=False):

@@ -12,6 +12,7 @@ base selection.  Per volume it says full, incremental or resumed, from which bas
 
 from __future__ import annotations
 
+from ansible_collections.storage.replication.plugins.module_utils.bandwidth import job_limit, rate_now_text
 from ansible_collections.storage.replication.plugins.module_utils.protocol import PLAN
 from ansible_collections.storage.replication.plugins.module_utils.replicate import (
     Context, ReplicationError, base_references, prepare_local, resumable_snapshot, select_bases)
@@ -33,7 +34,7 @@ def plan_job(cfg, job_id, node=None, statedir=DEFAULT_STATEDIR, zfs=None, key=No
     lines = []
     ctx = Context(cfg, job, node, statedir, lines.append, looking, key)
     result = {"job": job_id, "target": job.target, "ok": True, "error": None, "volumes": [], "estimated_bytes": None,
-              "log": lines}
+              "log": lines, **job_limit(job)}
     try:
         last_sync = StateFile(statedir).job_state(job)["last_sync"]
         if job.remove_job:
@@ -97,6 +98,10 @@ def summary(planned):
 
 
 def volume_lines(planned):
-    """One line per volume: what it would send, from which base, about how much and how that was estimated."""
-    return ["%s: %s%s, %s (%s)" % (v["volume"], v["mode"], " from '%s'" % v["base"] if v["base"] else "",
-                                   estimate_text(v["estimated_bytes"]), v["estimate"]) for v in planned["volumes"]]
+    """One line per volume: what it would send, from which base, about how much and how that was estimated; then
+    the rate limit now when rate windows vary it."""
+    lines = ["%s: %s%s, %s (%s)" % (v["volume"], v["mode"], " from '%s'" % v["base"] if v["base"] else "",
+                                    estimate_text(v["estimated_bytes"]), v["estimate"]) for v in planned["volumes"]]
+    if planned.get("rate_windows"):
+        lines.append("rate limit now: %s" % rate_now_text(planned))
+    return lines

@@ -53,6 +53,7 @@ class Receiver(Authority):
         self.node = read_local_node(statedir)
         self.log = []
         self._cfg = None
+        self.pools_present = set()
         # Seconds to wait for a receive a cut run left behind; None: its stall deadline and a grace (tests set it).
         self.leftover_wait = None
 
@@ -63,7 +64,9 @@ class Receiver(Authority):
         return self._cfg
 
     def forget_config(self):
+        """After each request: the next one sees the configuration, and the storages' datasets, as they are then."""
         self._cfg = None
+        self.pools_present = set()
 
     def say(self, message):
         self.log.append(message)

@@ -17,6 +17,7 @@ import os
 import subprocess
 import time
 
+from ansible_collections.storage.replication.plugins.module_utils import bandwidth
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils import failpoints
 from ansible_collections.storage.replication.plugins.module_utils import points
@@ -314,9 +315,7 @@ ROOM_RETRIES = 3  # a volume sent again after the target made room for it, at mo
 
 
 def send_volumes(ctx, target, datasets, bases, snap, channel=None, last_sync=0):
-    rate = ctx.job.rate
-    limit = "%s MByte/s" % configmod.format_number(rate) if rate else "none"
-    ctx.log("using secure transmission, rate limit: %s" % limit)
+    ctx.log("using secure transmission, rate limit: %s" % limit_now_text(ctx.job))
     known_hosts = known_hosts_file(ctx)
     sent = []
     try:
@@ -383,9 +382,10 @@ def send_volume(ctx, target, known_hosts, volume, dataset, base, snap):
         ctx.log("incremental sync '%s' (%s => %s)" % (volume, base, snap))
     else:
         ctx.log("full sync '%s' (%s)" % (volume, snap))
-    limit = rate_bps(ctx.job)
-    if limit:
-        ctx.log("using a bandwidth limit of %d bytes per second for transferring '%s'" % (limit, volume))
+    limit = rate_bps(ctx.job, ctx.log)
+    now = limit() if callable(limit) else limit
+    if now:
+        ctx.log("using a bandwidth limit of %d bytes per second for transferring '%s'" % (now, volume))
     options = ctx.zfs.send_options(dataset)
     if options["raw"] or options["compressed"]:
         ctx.log("sending '%s' %s" % (volume, "raw (encrypted on the wire and on the target)" if options["raw"]
@@ -401,9 +401,27 @@ def send_volume(ctx, target, known_hosts, volume, dataset, base, snap):
             "seconds": round(result.seconds, 3), "kept": result.reply.get("kept", [])}
 
 
-def rate_bps(job):
-    """The job's rate limit in bytes per second (pvesr's rate is in MB/s), or None."""
-    return int(1000000 * job.rate) if job.rate else None
+def rate_bps(job, log=None):
+    """The job's rate limit in bytes per second (pvesr's rate is in MB/s), or None; with rate windows a function that
+    returns the limit now (None: unlimited), which the transfer asks every second, and which logs each change."""
+    if not job.rate_windows:
+        return int(1000000 * job.rate) if job.rate else None
+    said = []
+
+    def limit_now():
+        figures = bandwidth.job_limit(job)
+        if log is not None and said and said[-1] != figures:
+            log("the bandwidth limit changes to %s" % bandwidth.rate_now_text(figures))
+        said[:] = [figures]
+        return None if figures["rate_now"] is None else int(1000000 * figures["rate_now"])
+    return limit_now
+
+
+def limit_now_text(job):
+    """pvesr's "<n> MByte/s|none" for the run log; with rate windows the limit now, why, and that it follows them."""
+    if not job.rate_windows:
+        return bandwidth.limit_text(job.rate)
+    return "%s; it follows the windows within a running transfer" % bandwidth.rate_now_text(bandwidth.job_limit(job))
 
 
 def stream_to_target(ctx, target, known_hosts, send_command, volume, snap, rate_bps=None, **extra):
@@ -464,7 +482,7 @@ def resume_transfers(ctx, channel, target, datasets, tokens, remote):
         ctx.log("resume the interrupted transfer of '%s' (%s) from its receive resume token" % (volume, snap))
         try:
             result = stream_to_target(ctx, target, known_hosts_file(ctx), resume_send_argv(token), volume, snap,
-                                      rate_bps(ctx.job), resume=True)
+                                      rate_bps(ctx.job, ctx.log), resume=True)
         except RemoteError as exc:
             drop_refused_resume(ctx, channel, volume, exc)
             raise

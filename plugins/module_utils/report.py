@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 
+from ansible_collections.storage.replication.plugins.module_utils.bandwidth import job_limit
 from ansible_collections.storage.replication.plugins.module_utils.schedule import DEFAULT_SCHEDULE
 from ansible_collections.storage.replication.plugins.module_utils.state import (
     STATUS_INTERRUPTED, STATUS_WAITING, job_is_running, job_state_in, job_status, next_sync)
@@ -57,6 +58,7 @@ def job_figures(job, jobstate, now):
         "pid": jobstate.get("pid") if running else None,
     }
     figures.update(_point_figures(job, jobstate, now, last_sync))
+    figures.update(job_limit(job, now))
     if running:
         figures["state"] = "SYNCING"
     elif figures["status"] == STATUS_INTERRUPTED:

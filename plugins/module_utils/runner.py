@@ -395,7 +395,8 @@ class Runner:
             return True
         checked = {"time": int(self.now()), "generation": self.cfg.generation}
         try:
-            found = self.catch_up(self.paths.confdir, self.paths.statedir)
+            # the configuration this run loaded names the peers: not loaded again (ten thousand jobs' worth of memory)
+            found = self.catch_up(self.paths.confdir, self.paths.statedir, current=self.cfg)
             checked.update(unreachable=found.unreachable, adopted=found.adopted, source=found.source)
             conflicts = getattr(found, "conflicts", [])
             if conflicts:

@@ -349,10 +349,11 @@ class _Parser:
     def time_of_day(self, position):
         """``[H:]M[:S]``; a lone number is minutes.  If the hours do not parse (``24:00``, ``25:30``),
         the first two numbers are read again as minutes and seconds, as pvesr does."""
-        hours = _ANY
+        hours, written = _ANY, {MINUTE_FIELD}
         hour = self.value_list(position, HOUR)
         if hour is not None and self.at(hour[1], ":"):
             hours, position = hour[0], hour[1] + 1
+            written.add(HOUR)
         minute = self.value_list(position, MINUTE_FIELD)
         if minute is None:
             return None
@@ -362,7 +363,8 @@ class _Parser:
             second = self.value_list(position + 1, SECOND)
             if second is not None:
                 seconds, position = second
-        return (hours, minutes, seconds), position
+                written.add(SECOND)
+        return (hours, minutes, seconds, frozenset(written)), position
 
     def error(self, original):
         """The ScheduleError for a text that did not parse: the wrong value that stopped it, if it is in the
@@ -440,7 +442,7 @@ def _parse_calendar(text):
     if text.endswith("UTC"):
         body, utc = text[:-3].rstrip(" "), True
     if body in _KEYWORDS:
-        return CalendarEvent(text, utc, *_KEYWORDS[body])
+        return CalendarEvent(text, utc, *_KEYWORDS[body], keyword=body)
     parser = _Parser(body)
     position, parts = 0, 0
     weekdays = None
@@ -455,10 +457,10 @@ def _parse_calendar(text):
     if date is not None:
         (years, months, days), position = date
         position, parts = parser.skip_blanks(position), parts + 1
-    hours, minutes, seconds = _ZERO_HOUR, _ZERO_MINUTE, _ZERO_SECOND
+    hours, minutes, seconds, time_written = _ZERO_HOUR, _ZERO_MINUTE, _ZERO_SECOND, frozenset()
     time_of_day = parser.time_of_day(position)
     if time_of_day is not None:
-        (hours, minutes, seconds), position = time_of_day
+        (hours, minutes, seconds, time_written), position = time_of_day
         parts += 1
     if not parts:
         if not body:
@@ -468,7 +470,7 @@ def _parse_calendar(text):
     if position != len(body):
         parser.fail(position, "unexpected text")
         raise parser.error(text)
-    return CalendarEvent(text, utc, weekdays, years, months, days, hours, minutes, seconds)
+    return CalendarEvent(text, utc, weekdays, years, months, days, hours, minutes, seconds, time_written=time_written)
 
 
 def parse(text):
@@ -690,8 +692,14 @@ class CalendarEvent(Schedule):
 
     kind = "calendar"
 
-    def __init__(self, text, utc, weekdays, years, months, days, hours, minutes, seconds):
+    # pylint: disable-next=too-many-arguments
+    def __init__(self, text, utc, weekdays, years, months, days, hours, minutes, seconds, time_written=None, keyword=None):
         self.utc = utc
+        self.keyword = keyword  # 'daily', ... when the event is one
+        # The time fields the text wrote (HOUR, MINUTE_FIELD, SECOND); the others are the grammar's defaults: every
+        # hour when only minutes are written, second 0 without seconds, 00:00:00 without any time.  A keyword writes
+        # all three.
+        self.time_written = frozenset((HOUR, MINUTE_FIELD, SECOND)) if time_written is None else time_written
         self.weekdays = None if weekdays is None or weekdays == _ALL_WEEKDAYS else weekdays
         self._weekday_steps = None if self.weekdays is None else _weekday_steps(self.weekdays)
         self.years, self.months, self.days = years, months, days
@@ -709,6 +717,22 @@ class CalendarEvent(Schedule):
 
     def fires_more_often_than_once_a_minute(self):
         return self.seconds is None or sum(self.seconds.contains(s) for s in range(60)) > 1
+
+    def matches(self, epoch, tz=None, ignore=()):
+        """Whether the wall-clock time of the epoch second in time zone ``tz`` (None: the node's) has every field the
+        event asks for, leaving out the fields in ``ignore`` (HOUR, MINUTE_FIELD, SECOND): a time of the event, read
+        as a set of seconds rather than a search (bandwidth.py's windows).  No search: a handful of lookups."""
+        clock = None if self.utc else _clock(_zone(tz))
+        epoch = int(epoch)
+        year, month, day, hour, minute, second, weekday = _utc_fields(epoch) if clock is None else clock.fields(epoch)
+        if self.years is not None and not self.years.contains(year):
+            return False
+        if self.weekdays is not None and weekday not in self.weekdays:
+            return False
+        checks = ((self.months, month), (self.days, day), (self.hours if HOUR not in ignore else None, hour),
+                  (self.minutes if MINUTE_FIELD not in ignore else None, minute),
+                  (self.seconds if SECOND not in ignore else None, second))
+        return all(values is None or values.contains(value) for values, value in checks)
 
     def next_event(self, after, tz=None):
         clock = None if self.utc else _clock(_zone(tz))

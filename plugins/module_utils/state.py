@@ -222,7 +222,13 @@ class StateFile:
         return entry
 
     def set_fields(self, job, **fields):
-        """Set fields of ``job``'s entry (e.g. ``storeid_list``); returns the entry."""
+        """Set fields of ``job``'s entry (e.g. ``storeid_list``); returns the entry.  Fields the entry already holds
+        with these values are not written again (a run's storage list rarely changes; each write is a synced
+        rename of the whole file): only this job's run changes them, under the guest lock."""
+        state = self.read()
+        stored = state.get(str(job.guest), {}).get(job.target_id)
+        if stored is not None and all(key in stored and stored[key] == value for key, value in fields.items()):
+            return job_state_in(state, job)
         return self._change_job(job, lambda entry: dict(entry, **fields))
 
     def record_job_start(self, job, start_time, iteration=None, node=None, pid=None):

@@ -35,6 +35,9 @@ CONNECT_TIMEOUT = 10
 # Measured on the lab: aes128-gcm is the fastest cipher both ends offer (see docs/architecture.md).
 DATA_CIPHERS = "aes128-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-gcm@openssh.com"
 PUMP_CHUNK = 256 * 1024
+# A limit that changes with the time (bandwidth windows) is looked up again this often within a transfer: a window's
+# start or end takes effect within a second, for one lookup (a few dictionary reads) a second.
+RATE_RECHECK_SECONDS = 1.0
 # A peer that has not begun to answer an operation for this long is asked whether the link still carries anything
 # (an OpenSSH keep-alive that wants an answer); no answer within as long again means the link is down.  A cut link
 # ends a control call in about 20 s instead of at the operation's timeout (600 s for a run's operations).
@@ -308,21 +311,43 @@ def parse_reply(node_name, operation, out, err, status):
 # ---------------------------------------------------------------- data streams
 
 class TokenBucket:
-    """Rate limiter: at most `rate` bytes per second on average, bursts bounded by `burst` bytes."""
+    """Rate limiter: at most `rate` bytes per second on average, bursts bounded by `burst` bytes.
 
-    def __init__(self, rate, burst=None, clock=time.monotonic, sleep=time.sleep):
-        self.rate = float(rate)
-        self.burst = float(burst if burst is not None else max(PUMP_CHUNK, rate / 10.0))
+    `rate` is a number, or a function of no argument that returns the limit now (None: no limit for now), asked
+    again every `recheck` seconds of `clock` (bandwidth windows: the limit changes within a running transfer).
+    """
+
+    def __init__(self, rate, burst=None, clock=time.monotonic, sleep=time.sleep, recheck=RATE_RECHECK_SECONDS):
+        self.limit = rate if callable(rate) else None
+        self.fixed_burst = burst
         self.clock = clock
         self.sleep = sleep
+        self.recheck = recheck
         self.tokens = 0.0
-        self.last = clock()
+        self.last = self.checked = clock()
+        self.rate = self.burst = None
+        self._set_rate(rate() if self.limit else rate)
+
+    def _set_rate(self, rate):
+        """A new limit: saved tokens beyond the new burst go (a lower limit starts at once); none while unlimited."""
+        self.rate = None if rate is None else float(rate)
+        self.burst = float(self.fixed_burst if self.fixed_burst is not None else max(PUMP_CHUNK, (self.rate or 0) / 10.0))
+        self.tokens = 0.0 if self.rate is None else min(self.tokens, self.burst)
 
     def take(self, amount):
         """Account for `amount` bytes, sleeping off any debt: the average is exact, a burst at most `burst`."""
         now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate) - amount
+        if self.rate is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
         self.last = now
+        if self.limit is not None and now - self.checked >= self.recheck:
+            self.checked = now
+            rate = self.limit()
+            if rate != self.rate:
+                self._set_rate(rate)
+        if self.rate is None:
+            return
+        self.tokens -= amount
         if self.tokens < 0:
             self.sleep(-self.tokens / self.rate)
 
@@ -358,6 +383,8 @@ class StreamResult:
 
 def stream(send_argv, ssh_command, node_name, address, rate_bps=None, on_start=None, inline=None):
     """Run `send_argv | [rate pump] | ssh_command`; returns a StreamResult with the receiver's JSON reply.
+
+    `rate_bps` is a limit in bytes per second, or a function returning the limit now (see TokenBucket).
 
     With `inline` (a function data -> reply, e.g. ControlChannel.receive_inline), the first INLINE_STREAM_MAX + 1 bytes
     are read first: a stream that ends within them goes through `inline` instead of a new OpenSSH connection; a

@@ -45,7 +45,21 @@ options:
   rate:
     description:
       - Bandwidth limit of the transfer in MB/s (at least V(1)). Omitted means no limit.
+      - With O(rate_windows), the limit outside every window. It is the number C(replication.cfg) keeps, as pvesr does.
     type: float
+  rate_windows:
+    description:
+      - "Limits by time of day, week and date, in pvesr's calendar-event grammar, for example
+        V(mon..fri 8..17:*: 10; sat,sun: 50; 0..5:*: unlimited)."
+      - "Windows are separated by V(;), each C(<calendar event>: <MB/s or unlimited>). A window is the time its event
+        names; an event without a time is the whole day, one without seconds whole minutes (V(8..17:*) is 08:00 to
+        17:59). A lone minute list such as V(8..18) is refused, because that grammar reads it as minutes."
+      - The first window that matches wins; outside every window O(rate) applies. Windows are evaluated in the node's
+        local time (an event ending in V(UTC) in UTC), and a window that starts or ends changes the limit of a running
+        transfer within a second.
+      - Kept in the cluster configuration, not in C(replication.cfg), whose C(rate) pvesr reads as one number.
+        See the README, "Bandwidth windows".
+    type: str
   comment:
     description:
       - A free-form comment stored with the job.
@@ -109,6 +123,9 @@ options:
       rate:
         description: The bandwidth limit in MB/s, as O(rate).
         type: float
+      rate_windows:
+        description: Limits by calendar windows, as O(rate_windows).
+        type: str
       comment:
         description: A comment, as O(comment).
         type: str
@@ -161,6 +178,14 @@ EXAMPLES = r"""
     enabled: false
   run_once: true
 
+- name: Replicate guest 300 to node2 at 10 MB/s in office hours, 50 MB/s at weekends, unlimited at night
+  storage.replication.job:
+    guest: 300
+    target: node2
+    rate: 100
+    rate_windows: "mon..fri 8..17:*: 10; sat,sun 8..19:*: 50; 0..5,22..23:*: unlimited"
+  run_once: true
+
 - name: Keep restore points of guest 100 on node2 (four newest, a day of hours, a week of days, ...)
   storage.replication.job:
     guest: 100
@@ -188,7 +213,8 @@ job:
   returned: success, with a single job
   type: dict
   sample: {"id": "100-0", "guest": 100, "jobnum": 0, "target": "node2", "source": "node1", "schedule": "*/15",
-           "rate": 50.0, "comment": null, "enabled": true, "remove_job": null, "keep": "last=4,daily=7", "keep_source": null}
+           "rate": 50.0, "comment": null, "enabled": true, "remove_job": null, "keep": "last=4,daily=7", "keep_source": null,
+           "rate_windows": null}
 jobs:
   description: The jobs the task manages after the change, in the order of the configuration.
   returned: success

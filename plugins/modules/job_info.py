@@ -89,7 +89,10 @@ jobs:
     source: {description: "The node the job replicates from (the guest's owner).", type: str, sample: node1}
     target: {description: "The node the job replicates to.", type: str, sample: node2}
     schedule: {description: "The schedule (the default V(*/15) when none is set).", type: str, sample: "*/15"}
-    rate: {description: "The rate limit in MB/s, or null.", type: float, sample: 50}
+    rate: {description: "The rate limit in MB/s, or null; with rate windows the limit outside every window.", type: float, sample: 50}
+    rate_windows: {description: "The limits by calendar windows (job option rate_windows), or null.", type: str, sample: "mon..fri 8..17:*: 10"}
+    rate_now: {description: "The limit in effect now in MB/s (the window's, else rate), null for no limit.", type: float, sample: 10}
+    rate_window: {description: "The window in effect now, null when rate applies.", type: str, sample: "mon..fri 8..17:*"}
     comment: {description: "The comment, or null.", type: str, sample: offsite}
     enabled: {description: "Whether the job runs.", type: bool, sample: true}
     remove_job: {description: "V(full) or V(local) when the job is marked for removal, else null.", type: str, sample: null}

@@ -101,12 +101,15 @@ plan:
       reports it. C(ok) is false with C(error) when the run would fail (the target unreachable, no common base).
     - C(estimated_bytes) is null where the node's ZFS cannot size a delta without a snapshot (zfs-fuse).
     - C(log) holds what the run would delete on either node besides sending.
+    - C(rate_now) is the bandwidth limit in MB/s a transfer would start with (null for none), C(rate_window) the
+      window of C(rate_windows) that sets it (null when the job's C(rate) applies).
   returned: in check mode, when the job runs on this node
   type: dict
   sample: {"job": "100-0", "target": "node2", "ok": true, "error": null, "estimated_bytes": 1572864,
            "volumes": [{"volume": "local-zfs:vm-100-disk-0", "mode": "incremental",
                         "base": "__replicate_100-0_1700000000__", "estimated_bytes": 1572864,
-                        "estimate": "written since '__replicate_100-0_1700000000__'"}], "log": []}
+                        "estimate": "written since '__replicate_100-0_1700000000__'"}], "log": [],
+           "rate_now": 10, "rate_window": "mon..fri 8..17:*", "rate_windows": "mon..fri 8..17:*: 10"}
 log:
   description: The lines of the job's run log (as in C(/var/log/storage-replication/<job>.log), without the time stamps).
   returned: when the job ran

@@ -104,9 +104,12 @@ class Site:
                             **kwargs)
 
     def footprint(self):
-        """{node: listing of every watched path (name, size, mode, mtime) + checksums of the files}."""
-        script = ("find %s -xdev -printf '%%p %%s %%m %%T@\\n' 2>/dev/null | sort; "
-                  "find %s -xdev -type f -exec sha256sum {} + 2>/dev/null | sort") % (" ".join(WATCHED), " ".join(WATCHED))
+        """{node: listing of every watched path (name, size, mode, mtime) + checksums of the files}.
+
+        Lock files are left out: whoever takes a lock writes its pid into it (for the timeout message), and even a
+        run that changes nothing takes the configuration's lock to read it consistently."""
+        script = ("find %s -xdev -not -name '*.lock' -printf '%%p %%s %%m %%T@\\n' 2>/dev/null | sort; "
+                  "find %s -xdev -type f -not -name '*.lock' -exec sha256sum {} + 2>/dev/null | sort") % (" ".join(WATCHED), " ".join(WATCHED))
         return {node: self.lab.exec(node, ["sh", "-c", script]).stdout for node in self.lab.nodes}
 
     def read(self, node, path):

@@ -411,8 +411,8 @@ def test_older_generation_is_refused_and_newer_adopted(tmp_path):
 def test_failed_validation_writes_nothing(tmp_path):
     confdir = str(tmp_path)
     C.save(with_jobs(), confdir)
+    bad = C.load(confdir)  # before the listing: this load writes the parsed cache (config._ParsedCache)
     before = listing(tmp_path)
-    bad = C.load(confdir)
     bad.guests[200].node = "nowhere"
     assert problem_of(lambda: C.save(bad, confdir)).startswith("guest '200': owner node 'nowhere' does not exist")
     with pytest.raises(ConfigError):

@@ -6,6 +6,8 @@ strict parsing of the directories we wrote (legacy ones without a digest too), a
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pathlib
 import subprocess
@@ -18,10 +20,13 @@ from ansible_collections.storage.replication.plugins.module_utils.config import 
 from test_config import with_jobs  # pylint: disable=import-error
 
 
-@pytest.fixture(name="confdir")
-def confdir_fixture(tmp_path):
-    """A configuration directory holding with_jobs() as generation 1."""
+@pytest.fixture(name="confdir", params=["cold", "cached"])
+def confdir_fixture(tmp_path, request):
+    """A configuration directory holding with_jobs() as generation 1; "cached": loaded once, so that the parsed
+    cache holds it (every damage below must be found all the same)."""
     C.save(with_jobs(), str(tmp_path))
+    if request.param == "cached":
+        assert C.load(str(tmp_path)) == saved() and (tmp_path / C.CACHE_FILE).exists()
     return tmp_path
 
 
@@ -146,3 +151,100 @@ def test_a_generation_kept_aside_still_names_the_peers(confdir):
     assert sorted(C.known_nodes(str(confdir))) == ["node1", "node2", "node3"]
     kept = C.restore(saved(), str(confdir))  # twice within a second: both damaged copies are kept
     assert pathlib.Path(kept).read_bytes() == b"{" and len(list((confdir / "generations").iterdir())) == 3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The parsed cache (config._ParsedCache): used when it holds exactly the bytes on disk, never stale
+
+def parses_not(monkeypatch):
+    """From now on parsing the files fails the test: a load must come from the cache."""
+    def refused(*_args):
+        raise AssertionError("the files were parsed again")
+    monkeypatch.setattr(C, "from_files", refused)
+
+
+def rewrite(confdir, name, text):
+    """Replace a file of the current generation and record its sha256 in SHA256SUMS, as a careful hand-edit (or an
+    attacker) would: the digest check passes, only the content changed."""
+    directory = confdir / "current"
+    (directory / name).write_text(text)
+    sums = {n: hashlib.sha256((directory / n).read_bytes()).hexdigest() for n in (C.JOBS_FILE, C.MODEL_FILE)}
+    (directory / C.DIGEST_FILE).write_text("".join("%s  %s\n" % (sums[n], n) for n in sorted(sums)))
+
+
+def test_a_second_load_takes_the_cache_and_gets_its_own_objects(confdir, monkeypatch):
+    first = C.load(str(confdir))
+    parses_not(monkeypatch)
+    second = C.load(str(confdir))
+    assert second == first == saved() and second.content() == first.content()
+    second.jobs["100-0"].rate = 99  # a caller changing its copy changes no other load's
+    second.guests[100].volumes.append("local-zfs:vm-100-disk-9")
+    assert C.load(str(confdir)) == first
+
+
+def test_a_file_replaced_with_the_same_size_is_parsed_again(confdir, monkeypatch):
+    C.load(str(confdir))
+    jobs = (confdir / "current" / C.JOBS_FILE).read_text()
+    changed = jobs.replace("schedule */5", "schedule */7", 1)
+    assert len(changed) == len(jobs) and changed != jobs
+    stat = os.stat(confdir / "current" / C.JOBS_FILE)
+    rewrite(confdir, C.JOBS_FILE, changed)
+    os.utime(confdir / "current" / C.JOBS_FILE, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same mtime
+    cfg = C.load(str(confdir))
+    assert cfg.jobs["100-0"].schedule == "*/7"
+    parses_not(monkeypatch)  # and that parse is what the cache holds now
+    assert C.load(str(confdir)).jobs["100-0"].schedule == "*/7"
+
+
+def test_garbage_behind_a_matching_digest_is_still_corruption(confdir):
+    C.load(str(confdir))
+    rewrite(confdir, C.JOBS_FILE, "garbage\n")
+    assert "replication.cfg line 1 - ignore config line: garbage" in str(corrupt(confdir))
+    rewrite(confdir, C.MODEL_FILE, "{")
+    assert "cluster.json is not valid JSON" in str(corrupt(confdir))
+
+
+def test_a_new_generation_is_loaded_not_the_cached_one(confdir, monkeypatch):
+    C.load(str(confdir))
+    cfg = saved()
+    cfg.update_job("100-0", rate=20)
+    assert C.save(cfg, str(confdir)) is True
+    loaded = C.load(str(confdir))
+    assert loaded.generation == 2 and loaded.jobs["100-0"].rate == 20
+    parses_not(monkeypatch)
+    assert C.load(str(confdir)) == loaded
+
+
+@pytest.mark.parametrize("spoil", [
+    lambda text: b"garbage",
+    lambda text: text[:len(text) // 2],  # cut short
+    lambda text: text.replace(b'"node2"', b'"node9"'),  # changed behind its own sha256
+    lambda text: text.replace(b'"format": 1', b'"format": 2'),  # another version's
+])
+def test_a_damaged_cache_is_ignored_and_replaced(confdir, monkeypatch, spoil):
+    C.load(str(confdir))
+    cache = confdir / C.CACHE_FILE
+    cache.write_bytes(spoil(cache.read_bytes()))
+    assert C.load(str(confdir)) == saved()
+    parses_not(monkeypatch)
+    assert C.load(str(confdir)) == saved()
+
+
+def test_the_cache_of_another_directory_is_not_taken(confdir, tmp_path_factory):
+    C.load(str(confdir))
+    other = tmp_path_factory.mktemp("other")
+    cfg = saved()
+    cfg.update_job("100-0", rate=20)
+    C.save(cfg, str(other))
+    # the same generation number, other files: the cache copied over must not answer for them
+    (other / C.CACHE_FILE).write_bytes((confdir / C.CACHE_FILE).read_bytes())
+    assert C.load(str(other)).jobs["100-0"].rate == 20
+    head = json.loads((other / C.CACHE_FILE).read_bytes().partition(b"\n")[0])
+    assert head["key"][0] == os.path.realpath(other / "current")
+
+
+def test_a_directory_that_cannot_be_written_still_loads(confdir, monkeypatch):
+    def refused(*_args, **_kwargs):
+        raise PermissionError("read-only")
+    monkeypatch.setattr(C, "atomic_write", refused)
+    assert C.load(str(confdir)) == saved()

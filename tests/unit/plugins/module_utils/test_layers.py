@@ -25,9 +25,9 @@ LAYERS = [
     # names, file helpers, job logs, fault points, the wire between nodes, the restore-point grid, the modules' side
     # of a module call: import nothing of ours but names
     "names", "files", "joblog", "failpoints", "protocol", "retention", "_specs", "_runner_call",
-    # schedules, state, the configuration model; the node's settings and what it reports (status, metrics,
-    # notifications)
-    "schedule", "state", "config", "settings", "report", "metrics", "notify",
+    # schedules and bandwidth windows, state, the configuration model; the node's settings and what it reports
+    # (status, metrics, notifications)
+    "schedule", "bandwidth", "state", "config", "settings", "report", "metrics", "notify",
     # ZFS, processes, the quorum protocol and the transport
     "zfs", "points", "pruning", "receive_stream", "quorum", "transport",
     # the cluster configuration layer, and the node's own view of its quorum (self-fencing)

@@ -123,6 +123,25 @@ def test_an_older_generation_is_judged_by_what_the_request_depends_on(receiver):
     assert reply["ok"] and reply["volumes"] == {}, reply
 
 
+def test_a_request_asks_once_whether_a_storage_dataset_exists_and_the_next_request_asks_again(receiver):
+    asked = []
+
+    class CountingZfs(ListingZfs):
+        @staticmethod
+        def exists(name):
+            asked.append(name)
+            return name != "rpool/gone"
+    receiver.zfs = CountingZfs()
+    request = prepare_request(scan=["local-zfs"])
+    assert serve(receiver, "prepare", request)["ok"] and asked == ["rpool/data"]  # the volume and the scan: one look
+    assert serve(receiver, "prepare", request)["ok"] and asked == ["rpool/data"] * 2
+    cfg = configmod.load(receiver.confdir)
+    cfg.storages["local-zfs"].pool = "rpool/gone"
+    configmod.save(cfg, receiver.confdir)
+    reply = serve(receiver, "prepare", prepare_request(generation=8))  # a missing one is asked for, and refused
+    assert not reply["ok"] and reply["reason"] == "storage-missing" and asked[-1] == "rpool/gone"
+
+
 def test_an_older_generation_whose_guest_moved_is_refused(receiver):
     cfg = configmod.load(receiver.confdir)
     cfg.guests[100].node = "node3"

@@ -254,8 +254,10 @@ class Node:
         state.record_job_end(job, start, 0.1, error, bytes_sent=4096)
         return {"job": job_id, "ok": error is None, "error": error, "start": start, "bytes": 4096}
 
-    def catch_up(self, confdir, statedir):
-        del confdir, statedir
+    def catch_up(self, confdir, statedir, current=None):
+        del statedir
+        # the runner hands over the configuration it loaded (the peers to ask), not a stale one
+        assert current is not None and current.generation == C.load(confdir).generation
         self.peer_checks += 1
         return type("Found", (), {"adopted": None, "source": None, "unreachable": {}, "generation": 1,
                                   "conflicts": list(self.conflicts)})()

@@ -112,6 +112,21 @@ def test_lifecycle_of_a_successful_run(statefile):
         "last_node": "node1", "storeid_list": ["local-zfs"], "duration": 3.412771, "bytes_sent": 1048576}}}
 
 
+def test_fields_already_held_are_not_written_again(statefile):
+    j = job()
+    statefile.record_job_start(j, 1700000000)
+    statefile.set_fields(j, storeid_list=["local-zfs"], points={"count": 1})
+    written = os.stat(statefile.path).st_ino
+    entry = statefile.set_fields(j, storeid_list=["local-zfs"], points={"count": 1})  # a run with the same storages
+    assert os.stat(statefile.path).st_ino == written and entry["storeid_list"] == ["local-zfs"]
+    assert entry == S.job_state_in(statefile.read(), j)
+    statefile.set_fields(j, storeid_list=["local-zfs"], points={"count": 2})  # one value differs: written
+    assert os.stat(statefile.path).st_ino != written and statefile.job_state(j)["points"] == {"count": 2}
+    other = S.StateFile(statefile.statedir)
+    other.set_fields(job("200-0"), storeid_list=[])  # a job without an entry gets one, even with the default value
+    assert statefile.read()["200"] == {"local/node2": dict(S.JOB_STATE_DEFAULTS, storeid_list=[])}
+
+
 def test_a_failure_then_a_success_clears_the_error(statefile):
     j = job()
     statefile.record_job_start(j, 1000)

@@ -7,6 +7,7 @@ job that synced, one that waits for its offline target, one that never ran and o
 from __future__ import annotations
 
 import base64
+import os
 import json
 import time
 import types
@@ -98,3 +99,17 @@ def test_status_json_says_when_each_job_is_due_in_epoch_seconds_of_now(node1, ca
         "300-0": (NOW, "removal pending", "OK"),
     }
     assert (jobs["200-0"]["last_sync"], jobs["200-0"]["lag"]) == (0, None)
+
+
+def test_status_shows_the_limit_now_of_a_job_with_rate_windows(node1, capsys):
+    confdir = os.environ["STORAGE_REPLICATION_CONFDIR"]
+    cfg = C.load(confdir)
+    cfg.jobs["100-0"].rate, cfg.jobs["100-0"].rate_windows = 100, "thu 0:*: 10; 1..23:*: unlimited"  # NOW: Thu 00:02
+    cfg.generation += 1
+    C.save(cfg, confdir)
+    lines = status(capsys).splitlines()
+    assert len(lines) == 6 and lines[-1] == ("100-0: rate limit now 10 MByte/s (window 'thu 0:*' of "
+                                             "'thu 0:*: 10; 1..23:*: unlimited')")
+    jobs = {job["id"]: job for job in json.loads(status(capsys, "--output-format", "json"))}
+    assert (jobs["100-0"]["rate"], jobs["100-0"]["rate_now"], jobs["100-0"]["rate_window"]) == (100, 10, "thu 0:*")
+    assert (jobs["100-1"]["rate_now"], jobs["100-1"]["rate_window"], jobs["100-1"]["rate_windows"]) == (None, None, None)

@@ -68,6 +68,36 @@ def test_token_bucket_average_and_bursts(rate):
         window -= first
 
 
+def test_token_bucket_follows_a_changing_limit_within_a_second():
+    """A limit that changes with the time (bandwidth windows), the source able to give 20 MB/s: 2 MB/s, then 8 MB/s
+    from t=10, unlimited from t=20, 1 MB/s from t=25.  Each stretch averages within 5% of its limit, counted from one
+    second after the change (the limit is asked once a second, no more often)."""
+    clock = FakeClock()
+    start = clock()
+    asked = []
+
+    def limit():
+        asked.append(clock())
+        elapsed = clock() - start
+        return 2_000_000 if elapsed < 10 else 8_000_000 if elapsed < 20 else None if elapsed < 25 else 1_000_000
+
+    bucket = TokenBucket(limit, clock=clock, sleep=clock.sleep)
+    passed = []  # (time after the chunk, bytes)
+    while clock() - start < 35:
+        clock.sleep(PUMP_CHUNK / 20_000_000)  # the source's own pace
+        bucket.take(PUMP_CHUNK)
+        passed.append((clock() - start, PUMP_CHUNK))
+
+    def average(begin, end):
+        inside = [(t, b) for t, b in passed if begin < t <= end]
+        return sum(b for _t, b in inside) / (inside[-1][0] - begin)
+
+    for (begin, end), rate in {(1, 10): 2e6, (11, 20): 8e6, (21, 25): 20e6, (26, 35): 1e6}.items():
+        assert abs(average(begin, end) - rate) / rate < 0.05, (begin, end, average(begin, end))
+    gaps = [later - earlier for earlier, later in zip(asked, asked[1:])]
+    assert min(gaps) >= 1.0 and max(gaps) < 1.3 and len(asked) <= 36
+
+
 def test_ssh_argv_pins_host_key_and_never_disables_checking():
     argv = ssh_argv("node2", "10.0.0.2", "/var/lib/storage-replication/known_hosts", ["receive", "job=100-0"])
     assert "StrictHostKeyChecking=yes" in argv and "HostKeyAlias=node2" in argv and "BatchMode=yes" in argv

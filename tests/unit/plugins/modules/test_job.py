@@ -168,3 +168,17 @@ def test_keep_true_is_still_pvesr_delete_keep(node_cluster, run):
     run({"guest": 100, "target": "node2", "keep": "daily=7"})
     result = run({"id": "100-0", "state": "absent", "keep": "yes"})
     assert result["changed"] is True and node_cluster["load"]().jobs["100-0"].remove_job == "local"
+
+
+def test_rate_windows_are_set_shown_and_a_bad_one_is_named_with_the_job(node_cluster, run):
+    windows = "mon..fri 8..17:*: 10; *-12-24..26: unlimited"
+    result = run({"jobs": [{"guest": 100, "target": "node2", "rate": 100, "rate_windows": windows}]})
+    assert result["changed"] is True and result["jobs"][0]["rate_windows"] == windows
+    assert run({"jobs": [{"guest": 100, "target": "node2", "rate": 100, "rate_windows": windows}]})["changed"] is False
+    stored = node_cluster["load"]()
+    assert "\trate 100\n" in stored.content()["replication.cfg"] and "rate_windows" not in stored.content()["replication.cfg"]
+    bad = run({"jobs": [{"guest": 100, "target": "node2", "rate": 100, "rate_windows": "mon..fri 8..18: 10"}]})
+    assert bad["failed"] is True
+    assert "job of guest '100' to 'node2'" in bad["msg"] and "replication job '100-0': rate_windows: window 1 'mon..fri " \
+        "8..18: 10': '8..18' alone is minutes" in bad["msg"], bad["msg"]
+    assert node_cluster["load"]().jobs["100-0"].rate_windows == windows
