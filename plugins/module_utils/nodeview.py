@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 
+from ansible_collections.storage.replication.plugins.module_utils import bandwidth
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils import fence
 from ansible_collections.storage.replication.plugins.module_utils.names import JOB_ID_RE, replication_snapshot
@@ -40,11 +41,12 @@ MAX_LOG_LINES = 2000
 
 
 def config_jobs(cfg):
-    """Every job of the configuration as the cluster page lists it (pvesr's Datacenter view), guest and job order."""
+    """Every job of the configuration as the cluster page lists it (pvesr's Datacenter view), guest and job order,
+    with the rate in effect now in this node's local time (bandwidth windows; status's rate_now)."""
     jobs = sorted(cfg.jobs.values(), key=lambda j: (j.guest, j.jobnum))
-    return [{"id": j.id, "guest": j.guest, "jobnum": j.jobnum, "target": j.target, "source": j.source,
-             "schedule": j.schedule or DEFAULT_SCHEDULE, "rate": j.rate, "comment": j.comment,
-             "enabled": not j.disable, "remove_job": j.remove_job} for j in jobs]
+    return [dict({"id": j.id, "guest": j.guest, "jobnum": j.jobnum, "target": j.target, "source": j.source,
+                  "schedule": j.schedule or DEFAULT_SCHEDULE, "rate": j.rate, "comment": j.comment,
+                  "enabled": not j.disable, "remove_job": j.remove_job}, **bandwidth.job_limit(j)) for j in jobs]
 
 
 def _replicas(receiver, cfg):

@@ -47,6 +47,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+from ansible_collections.storage.replication.plugins.module_utils.bandwidth import format_number
 from ansible_collections.storage.replication.plugins.module_utils.names import GUEST_ID_MAX, GUEST_ID_MIN, JOB_ID_RE, NODE_RE
 from ansible_collections.storage.replication.plugins.module_utils.nodeview import NODE_STATUS
 from ansible_collections.storage.replication.plugins.module_utils.transport import ControlChannel, RemoteError, TransportError
@@ -585,6 +586,14 @@ def _status_class(row):
     return "error"
 
 
+def _rate_cell(row):
+    """pvesr's column (the job's MB/s); a job with bandwidth windows shows the limit in effect now and its windows."""
+    if not row.get("rate_windows"):
+        return "%s MB/s" % _e(row["rate"]) if row.get("rate") else "-"
+    now = "%s MB/s" % _e(format_number(row["rate_now"])) if row.get("rate_now") else "no limit"
+    return "%s now (windows: %s)" % (now, _e(row["rate_windows"]))
+
+
 def _cells(row, now):
     """Every column a job's row can have, as HTML: Proxmox VE's column names and renderings."""
     if not row.get("answered"):
@@ -609,7 +618,7 @@ def _cells(row, now):
         "Lag": lag,
         "Fail Count": fails,
         "Schedule": _e(row.get("schedule")),
-        "Rate limit": "%s MB/s" % _e(row["rate"]) if row.get("rate") else "-",
+        "Rate limit": _rate_cell(row),
         "Comment": _e(row.get("comment") or ""),
         "Log": '<a href="/job/%s#logs">log</a>' % _e(row["id"]),
     }

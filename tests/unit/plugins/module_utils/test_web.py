@@ -341,6 +341,21 @@ def test_the_cluster_page_shows_every_job_with_its_state_and_the_node_that_did_n
     assert jobs["100-1"]["status_text"] == ERROR and jobs["200-0"]["answered"] is False
 
 
+def test_a_job_with_bandwidth_windows_shows_the_limit_in_effect_now(cluster, server):
+    cluster.job("100-0").rate_windows = "*-*-* 00..23:*: 7"  # every hour of every day: 7 MB/s now, not the rate 10
+    cluster.cfg.generation += 1
+    for name in NODES:
+        C.save(cluster.cfg, str(cluster.dir(name, "conf")))
+    port = server(app_for(cluster))
+    body = get(port, "/guest/100")[1]
+    cell = '<td data-column="Rate limit">%s</td>'
+    assert cell % "7 MB/s now (windows: *-*-* 00..23:*: 7)" in body.split('id="job-100-0"')[1].split("</tr>")[0], body
+    assert cell % "-" in body.split('id="job-100-1"')[1].split("</tr>")[0]  # no rate, no windows: pvesr's dash
+    jobs = {j["id"]: j for j in json.loads(get(port, "/api/cluster")[1])["jobs"]}
+    assert (jobs["100-0"]["rate_now"], jobs["100-0"]["rate_window"], jobs["100-0"]["rate"]) == (7, "*-*-* 00..23:*", 10)
+    assert (jobs["100-1"]["rate_now"], jobs["100-1"]["rate_windows"]) == (None, None)
+
+
 def test_guest_and_job_pages_show_logs_and_restore_points(cluster, server):
     now = int(time.time())
     cluster.synced("node1", "100-0", now - 10)
