@@ -1088,7 +1088,7 @@ class _ParsedCache:
         payload = json.dumps({"generation": cfg.generation, "forced": cfg.forced, "nodes": rows(cfg.nodes),
                               "storages": rows(cfg.storages), "guests": rows(cfg.guests), "jobs": rows(cfg.jobs)},
                              separators=(",", ":")).encode("utf-8")
-        header = json.dumps({"format": self.FORMAT, "key": key, "fields": self._fields(),
+        header = json.dumps({"format": self.FORMAT, "key": key, "fields": fields,
                              "sha256": hashlib.sha256(payload).hexdigest()}).encode("utf-8")
         with contextlib.suppress(OSError):
             atomic_write(self.path, [header, b"\n", payload])
