@@ -85,7 +85,8 @@ def run_job(cfg, job_id, node=None, statedir=DEFAULT_STATEDIR, logdir=DEFAULT_LO
         raise ReplicationError("no such job '%s'" % job_id)
     node = node or read_local_node(statedir)
     state = StateFile(statedir)
-    start = _start_time(state.job_state(job)["last_sync"], now)
+    entry = state.job_state(job)
+    start = _start_time(entry["last_sync"], int(entry.get("last_try") or 0), now)
     with guest_lock(job.guest, statedir):
         state.record_job_start(job, start, node=node)
         log = RunLog(os.path.join(logdir, "%s.log" % job_id), job_id, echo)
@@ -115,11 +116,15 @@ def run_job(cfg, job_id, node=None, statedir=DEFAULT_STATEDIR, logdir=DEFAULT_LO
             "volumes": volumes, "bytes": sent, "log": log.lines, "space_pruned": sorted(set(ctx.space_pruned))}
 
 
-def _start_time(last_sync, now):
-    """pvesr refuses a start time <= last_sync; two runs within one second wait for the next second."""
+def _start_time(last_sync, last_try, now):
+    """pvesr refuses a start time <= last_sync; two runs within one second wait for the next second.  So does a run
+    after one that began in this very second and did not finish (killed, or failed early): its snapshots are named
+    after that second, and a first sync keeps such leftovers (pruning.prune_job_snapshots), so the names would
+    collide.  A last try ahead of this clock is another node's (state moved by a migration) and is not waited for."""
     deadline = time.monotonic() + 2.0
     start = int(now())
-    while start <= last_sync and time.monotonic() < deadline:
+    after = max(last_sync, last_try if last_try <= start else 0)
+    while start <= after and time.monotonic() < deadline:
         time.sleep(0.05)
         start = int(now())
     if start <= last_sync:
