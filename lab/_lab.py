@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import shutil
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +28,22 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
 SIZE_RE = re.compile(r"^([0-9]+)([KMGT]?)$")
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 MIN_POOL_BYTES = 64 << 20  # zpool refuses smaller vdevs
+HEAL_SECONDS = 15
+# run in a peer's network namespace by heal: connect to argv[1]:22 until the path works or argv[2] seconds pass
+REACH_PORT_22 = """
+import socket, sys, time
+deadline = time.monotonic() + float(sys.argv[2])
+while True:
+    try:
+        socket.create_connection((sys.argv[1], 22), timeout=1).close()
+        break
+    except ConnectionRefusedError:
+        break
+    except OSError as exc:
+        if time.monotonic() > deadline:
+            sys.exit("%s is not reachable: %s" % (sys.argv[1], exc))
+        time.sleep(0.1)
+"""
 MAX_NODES = 50  # addresses .11 to .60 of the lab's /24
 
 # What a node keeps to itself: each gets a per-node directory bind-mounted over it in the node's mount namespace.
@@ -557,8 +574,23 @@ class Lab:
         run(["ip", "link", "set", self._veth(node), "down"])
 
     def heal(self, node: str) -> None:
+        """Bring the node's link up again, and return once every other connected node reaches it.
+
+        `ip link set up` returns before packets flow (the kernel activates the link a moment later), and a peer
+        whose address resolution for the node ran out during that moment answers the next connect with "No route
+        to host": the link is healed when each peer has opened a TCP connection to the node (a refusal counts:
+        sshd may be down, the path is what matters)."""
         self._node(node)
         run(["ip", "link", "set", self._veth(node), "up"])
+        peers = [peer for peer in self.nodes if peer != node and self._link_up(peer)]
+        with ThreadPoolExecutor(max(1, len(peers))) as pool:
+            list(pool.map(lambda peer: run(self.net_argv(peer, [sys.executable, "-c", REACH_PORT_22,
+                                                                 self.address(node), str(HEAL_SECONDS)]),
+                                           timeout=HEAL_SECONDS + 10, where=f"{peer} reaching {node}"), peers))
+
+    def _link_up(self, node: str) -> bool:
+        flags = run(["ip", "-o", "link", "show", "dev", self._veth(node)]).stdout
+        return "<" in flags and "UP" in flags.split("<", 1)[1].split(">", 1)[0].split(",")
 
     def fill(self, node: str) -> None:
         """Make the pool run out of space: a dataset that reserves all the space that is left."""
