@@ -54,6 +54,8 @@ class Context:
     log: object
     zfs: object
     key: str = None
+    # The pass's shared control connections (channels.ChannelPool), or None: this run opens its own.
+    channels: object = None
     # Both ends receive resumably (OpenZFS): a failed send keeps its snapshot for the next run to resume.
     resumable: bool = dataclasses.field(default=False, init=False)
     # The target's session takes small streams inline (ControlChannel.receive_inline), else None.
@@ -72,14 +74,18 @@ class Context:
         return dict(fields, job=self.job.id, guest=self.job.guest, generation=self.cfg.generation, source=self.node)
 
     def channel(self, connect=ControlChannel):
-        """The control connection to the job's target (not opened yet: a ``with`` block opens and closes it)."""
+        """The control connection to the job's target, for a ``with`` block: one of the runner pass's, borrowed for
+        the block, else one of its own that the block opens and closes."""
         target = self.cfg.nodes[self.job.target]
+        if self.channels is not None:
+            return self.channels.borrow(target.name, target.address, target.host_key, key=self.key, port=target.port)
         return connect(target.name, target.address, target.host_key, key=self.key, port=target.port)
 
 
 def run_job(cfg, job_id, node=None, statedir=DEFAULT_STATEDIR, logdir=DEFAULT_LOGDIR, confdir=configmod.DEFAULT_CONFDIR,
-            zfs=None, key=None, echo=None, now=time.time):
-    """Run one job now (pvesr run_replication); returns a result dict, never raises for run failures."""
+            zfs=None, key=None, echo=None, now=time.time, channels=None):
+    """Run one job now (pvesr run_replication); returns a result dict, never raises for run failures.  ``channels``:
+    the runner pass's shared control connections (channels.ChannelPool); None, a connection of this run's own."""
     job = cfg.jobs.get(job_id)
     if job is None:
         raise ReplicationError("no such job '%s'" % job_id)
@@ -90,7 +96,7 @@ def run_job(cfg, job_id, node=None, statedir=DEFAULT_STATEDIR, logdir=DEFAULT_LO
     with guest_lock(job.guest, statedir):
         state.record_job_start(job, start, node=node)
         log = RunLog(os.path.join(logdir, "%s.log" % job_id), job_id, echo)
-        ctx = Context(cfg, job, node, statedir, log, zfs or Zfs(), key)
+        ctx = Context(cfg, job, node, statedir, log, zfs or Zfs(), key, channels)
         began = time.monotonic()
         log("start replication job")
         error, unreachable, volumes = None, False, []

@@ -38,6 +38,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from ansible_collections.storage.replication.plugins.module_utils import cluster
+from ansible_collections.storage.replication.plugins.module_utils.channels import ChannelPool
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils.files import LockError, atomic_write, read_json_object
 from ansible_collections.storage.replication.plugins.module_utils.joblog import rotate_logs
@@ -298,11 +299,14 @@ class Runner:
     def _run_parallel(self):
         limit = self.settings["max_parallel"]
         started, running = set(), {}
-        with ThreadPoolExecutor(max_workers=limit) as pool:
+        # The jobs share their control connections (channels.py): at most `limit` per target, all closed when the
+        # pass ends, however it ends (the executor waits for the running jobs first: it is left before the pool).
+        with ChannelPool() as channels, ThreadPoolExecutor(max_workers=limit) as pool:
+            self.result["connections"] = channels.opened
             while True:
                 for job in self._due_jobs(started, {j.guest for j in running.values()})[:limit - len(running)]:
                     started.add(job.id)
-                    running[pool.submit(self._execute, job, self._prefixed_echo(job))] = job
+                    running[pool.submit(self._execute, job, self._prefixed_echo(job), channels)] = job
                 if not running:
                     return
                 finished, _pending = self.wait(list(running), timeout=self._seconds_until_due(started, running),
@@ -337,14 +341,15 @@ class Runner:
 
     # -- one job ------------------------------------------------------------------------------------------------
 
-    def _execute(self, job, echo=None):
-        """Run one job with log rotation, notifications and the metrics update; records the outcome."""
+    def _execute(self, job, echo=None, channels=None):
+        """Run one job with log rotation, notifications and the metrics update; records the outcome.  ``channels``:
+        the pass's shared control connections (None: the job opens its own)."""
         previous = self.state.job_state(job)
         rotate_logs(self.paths.logdir, job.id, self.settings["log_runs"])
         began = time.monotonic()
         try:
             outcome = self.run_job(self.cfg, job.id, node=self.node, statedir=self.paths.statedir, logdir=self.paths.logdir,
-                                   confdir=self.paths.confdir, echo=echo)
+                                   confdir=self.paths.confdir, echo=echo, channels=channels)
         except LockError as exc:
             # The guest is busy (a migration or another job): nothing is recorded, the job is due again next run.
             self._record(job, {"ok": False, "skipped": True, "error": str(exc)})

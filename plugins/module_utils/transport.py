@@ -3,8 +3,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Talking to peer nodes: the control channel and the data streams.
 
-Control: one paramiko SSH connection per target and run; every receiver operation is one exec
-channel on it (the peer's authorized_keys forces the `serve` command, which reads the operation
+Control: one paramiko SSH connection per target and run (a runner pass lends its connections to its jobs one
+after another: channels.py); the receiver operations go through one `session` channel on it, or one exec
+channel each (the peer's authorized_keys forces the `serve` command, which reads the operation
 name from SSH_ORIGINAL_COMMAND and a JSON request from stdin, and answers one JSON line).
 The host key is checked against the key the cluster configuration records for the node
 (RejectPolicy; an unknown or changed key is refused).
@@ -134,6 +135,12 @@ class ControlChannel:
     client: object = dataclasses.field(default=None, init=False)
     # None: not opened yet; False: the peer has no sessions; else (channel, replies)
     session: object = dataclasses.field(default=None, init=False)
+    # A call failed in a way that leaves the connection out of step with the peer (the link, a timeout, no answer or
+    # half of one, a session the peer ended): nothing may be asked on it again (channels.py never lends it again).
+    broken: bool = dataclasses.field(default=False, init=False)
+    # The peer's session process was gone when a call expected its answer (it ended without one): a call sent on a
+    # new connection can still succeed (channels.py: a pooled connection that sat idle).
+    ended: bool = dataclasses.field(default=False, init=False)
 
     def connect(self):
         import paramiko  # pylint: disable=import-outside-toplevel
@@ -190,9 +197,15 @@ class ControlChannel:
                 raise TransportError("node '%s' has no receiver session for an inline stream - update the runner "
                                      "there (re-run the site playbook)" % self.node_name)
             return self._exec_call(operation, request, timeout)
+        except RemoteError:
+            raise  # the peer answered: the session is in step (_session_call marks it broken when it is not)
         except (OSError, EOFError, socket.timeout) as exc:
+            self.broken = True
             raise TransportError(unreachable_message(self.node_name, self.address,
                                                      "connection lost during '%s': %s" % (operation, exc)), True) from exc
+        except BaseException:
+            self.broken = True  # cut off mid-call (the link, an interrupt): where the peer stands is unknown
+            raise
 
     def _session_call(self, operation, request, timeout, payload=None):
         """One request (and its payload bytes, if any) on the session channel; None if the peer does not know
@@ -203,6 +216,8 @@ class ControlChannel:
             self.session = (channel, channel.makefile("rb"))
         channel, replies = self.session
         channel.settimeout(timeout)
+        if channel.closed:
+            self.ended = True  # the peer ended the session while it was idle (paramiko would say "Socket is closed")
         channel.sendall(session_line(operation, request))
         if payload:
             channel.sendall(payload)
@@ -213,10 +228,14 @@ class ControlChannel:
             self._close_session()
             self.session = False
             return None
-        if not isinstance(reply, dict):
+        if not isinstance(reply, dict) or not line.endswith(b"\n"):
+            # No answer, or not a whole one: what the peer did with the request, and what it sends next, is unknown.
+            self.broken, self.ended = True, self.ended or not line
             err = channel.makefile_stderr("rb").read(MAX_REPLY) if channel.exit_status_ready() else b""
             self._close_session()
             return parse_reply(self.node_name, operation, line, err, "closed")
+        if reply.get("reason") == "stream-framing":
+            self.broken = True  # the peer ended the session after this answer (serve.session)
         if not reply.get("ok"):
             raise RemoteError(self.node_name, operation, reply)
         return reply
@@ -259,6 +278,23 @@ class ControlChannel:
         probe.start()
         probe.join(LIVENESS_SECONDS)
         return not probe.is_alive()
+
+    def reusable(self):
+        """Whether another job may ask on this connection: open, in step with its peer (no call failed or was cut
+        on it), its session process still there and silent.  What the peer wrote on stderr meanwhile is dropped
+        (unread, it would fill the channel's window over the jobs of a long pass)."""
+        if self.client is None or self.broken:
+            return False
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            return False
+        if self.session:
+            channel = self.session[0]  # (channel, replies): pylint reads the field's default None as its type
+            if channel.closed or channel.eof_received or channel.exit_status_ready() or channel.recv_ready():
+                return False
+            while channel.recv_stderr_ready():
+                channel.recv_stderr(PUMP_CHUNK)
+        return True
 
     def _close_session(self):
         if self.session:

@@ -30,6 +30,8 @@ LAYERS = [
     "schedule", "bandwidth", "state", "config", "settings", "report", "metrics", "notify",
     # ZFS, processes, the quorum protocol and the transport
     "zfs", "points", "pruning", "receive_stream", "quorum", "transport",
+    # the control connections a runner pass shares among its jobs
+    "channels",
     # the cluster configuration layer, and the node's own view of its quorum (self-fencing)
     "cluster", "fence",
     # one replication: the receiving side (who may ask what, the operations, the forced command), the sending side

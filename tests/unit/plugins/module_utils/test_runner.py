@@ -232,11 +232,13 @@ class Node:
         self.active, self.events, self.overlaps = {}, [], []
         self.peer_checks = 0
         self.conflicts = []
+        self.channels = []  # what each job was given to reach its target (the pass's ChannelPool, or None)
         self.virtual = VirtualClock(start)
         self.clock = self.virtual.now
 
-    def run_job(self, cfg, job_id, node, statedir, logdir, confdir, echo):
+    def run_job(self, cfg, job_id, node, statedir, logdir, confdir, echo, channels=None):
         del node, logdir, confdir, echo
+        self.channels.append(channels)
         job = cfg.jobs[job_id]
         state = StateFile(statedir)
         start = int(self.clock())
@@ -346,6 +348,30 @@ def test_two_jobs_of_one_guest_never_run_at_once(tmp_path):
     assert sorted(j["job"] for j in result["jobs"]) == ["100-0", "100-1", "200-0", "200-1"]
     assert node.overlaps == []
     assert node.finished("100-0") <= node.started("100-1")
+
+
+def test_the_jobs_of_a_pass_share_its_connections_which_close_when_it_ends(tmp_path, monkeypatch):
+    """Every job of a pass gets the pass's one ChannelPool (channels.py), closed when the pass ends, also when it ends
+    with an exception; the run's result counts the connections it opened.  A single job (`run <id>`) opens its own."""
+    closed = []
+    monkeypatch.setattr(R.ChannelPool, "close", lambda pool: closed.append(pool))
+    cfg = make_config(guests=(100, 200, 300, 400, 500, 600))
+    node = Node(tmp_path, cfg, {"max_parallel": 4})
+    result = node.run()
+    assert len(node.channels) == 6 and isinstance(node.channels[0], R.ChannelPool)
+    assert all(pool is node.channels[0] for pool in node.channels)
+    assert closed == [node.channels[0]] and result["connections"] is node.channels[0].opened
+    node.channels.clear()
+    StateFile(node.paths.statedir).schedule_now(cfg.jobs["100-0"])
+    assert [j["job"] for j in node.run("100-0")["jobs"]] == ["100-0"] and node.channels == [None]
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+    for job in cfg.jobs.values():
+        StateFile(node.paths.statedir).schedule_now(job)
+    with pytest.raises(KeyboardInterrupt):
+        node.runner(run_job=interrupted).run()
+    assert len(closed) == 2
 
 
 def test_an_idle_run_runs_nothing_and_asks_no_peer(tmp_path):

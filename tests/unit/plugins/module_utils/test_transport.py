@@ -2,17 +2,20 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Unit tests of the transport layer: the rate limiter's exactness, ssh argv, failure messages, reply parsing, the
-choice between an inline and an OpenSSH data stream (local processes stand in for zfs send and ssh)."""
+choice between an inline and an OpenSSH data stream (local processes stand in for zfs send and ssh), and when the
+control channel is still fit for another job (a fake paramiko session stands in for the peer)."""
 
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import sys
 
 import pytest
 
 from ansible_collections.storage.replication.plugins.module_utils.transport import (
-    INLINE_STREAM_MAX, PUMP_CHUNK, RemoteError, TokenBucket, TransportError, explain_ssh_failure, known_hosts_text,
+    INLINE_STREAM_MAX, PUMP_CHUNK, ControlChannel, RemoteError, TokenBucket, TransportError, explain_ssh_failure, known_hosts_text,
     parse_reply, ssh_argv, stream, unreachable_message)
 
 # stands in for `zfs send`: writes N deterministic bytes
@@ -167,3 +170,126 @@ def test_refused_inline_receive_is_a_remote_error():
         raise RemoteError("node2", "receive", {"ok": False, "error": "pool full (%d bytes)" % len(data)})
     with pytest.raises(RemoteError, match=r"pool full \(10 bytes\)"):
         stream(SEND + ["10"], NEVER, "node2", "10.0.0.2", inline=refuse)
+
+
+# ---------------------------------------------------------------- the control channel's health (channels.py lends it)
+
+class FakeSession:
+    """paramiko's Channel for a `session`: the peer's answers are ``replies`` (bytes); select() sees a readable fd."""
+
+    def __init__(self, replies):
+        self.read_fd, self.write_fd = os.pipe()
+        os.write(self.write_fd, b"x")
+        self.replies = io.BytesIO(replies)
+        self.sent = []
+        self.closed = self.eof_received = self.ended = False
+        self.stderr = [b"a warning on stderr\n"]
+
+    def fileno(self):
+        return self.read_fd
+
+    def exec_command(self, command):
+        assert command == "session"
+
+    def makefile(self, mode):
+        assert mode == "rb"
+        return self.replies
+
+    def makefile_stderr(self, mode):
+        return io.BytesIO(b"")
+
+    def settimeout(self, seconds):
+        del seconds
+
+    def sendall(self, data):
+        if self.closed:
+            raise OSError("Socket is closed")
+        self.sent.append(data)
+
+    def exit_status_ready(self):
+        return self.ended
+
+    def recv_ready(self):
+        return False
+
+    def recv_stderr_ready(self):
+        return bool(self.stderr)
+
+    def recv_stderr(self, size):
+        return self.stderr.pop(0)[:size]
+
+    def shutdown_write(self):
+        pass
+
+    def close(self):
+        if not self.closed:
+            os.close(self.read_fd)
+            os.close(self.write_fd)
+        self.closed = True
+
+
+class FakeClient:
+    def __init__(self, session):
+        self.session = session
+        self.active = True
+
+    def get_transport(self):
+        return self
+
+    def open_session(self, timeout):
+        del timeout
+        return self.session
+
+    def is_active(self):
+        return self.active
+
+    def close(self):
+        self.active = False
+
+
+def channel_answering(*replies):
+    channel = ControlChannel("node2", "10.0.0.2", "ssh-ed25519 AAAA")
+    channel.client = FakeClient(FakeSession(b"".join(replies)))
+    return channel
+
+
+def test_a_refusal_leaves_the_session_in_step_and_reusable():
+    channel = channel_answering(b'{"ok": false, "error": "refused", "reason": "owner"}\n', b'{"ok": true}\n')
+    with pytest.raises(RemoteError, match="refused"):
+        channel.call("prepare", {})
+    assert channel.reusable() and channel.call("finalize", {})["ok"]
+    assert channel.client.session.stderr == []  # drained: unread, it would fill the channel's window
+
+
+@pytest.mark.parametrize("reply, ended", [
+    (b"", True),  # the session process ended without an answer (killed, say)
+    (b'{"ok": true', False),  # half an answer: the link was cut within it
+    (b'{"ok": false, "error": "the inline stream ended", "reason": "stream-framing"}\n', False),  # the peer ends it
+])
+def test_a_call_without_a_whole_answer_breaks_the_connection(reply, ended):
+    channel = channel_answering(reply)
+    with pytest.raises(RemoteError):
+        channel.call("prepare", {})
+    assert channel.broken and channel.ended == ended and not channel.reusable()
+
+
+def test_a_session_the_peer_closed_while_idle_is_not_reusable_and_a_call_on_it_says_it_ended():
+    channel = channel_answering(b'{"ok": true}\n')
+    channel.call("prepare", {})
+    channel.client.session.eof_received = True
+    assert not channel.reusable()
+    channel.client.session.close()
+    with pytest.raises(TransportError, match="connection lost during 'finalize'"):
+        channel.call("finalize", {})
+    assert channel.broken and channel.ended
+
+
+def test_an_interrupted_call_breaks_the_connection():
+    channel = channel_answering(b'{"ok": true}\n')
+
+    def interrupted(_data):
+        raise KeyboardInterrupt
+    channel.client.session.sendall = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        channel.call("prepare", {})
+    assert channel.broken and not channel.ended and not channel.reusable()
