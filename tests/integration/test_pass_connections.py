@@ -1,0 +1,163 @@
+# Copyright (c) 2026, storage.replication developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""A runner pass shares its control connections among its jobs (issue 19, channels.py), on real nodes.
+
+Node2's launcher notes every start of `serve` with the SSH command that started it: each control connection starts
+one `session` process there, so the notes count the connections for real.  A pass of many guests to node2 opens at
+most max_parallel of them (and one more for its peer check), says so in its result, and every replica holds its
+source's data.  When the target's session process is killed between two jobs of a pass, the next job does not fail
+for it: the pool finds the connection dead and opens a new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import cluster_setup as cs
+import pytest
+
+from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+
+pytestmark = pytest.mark.lab
+
+MANY = tuple(range(760, 772))  # twelve guests: three times max_parallel
+PAUSED = (780, 781, 782)  # run one after another (max_parallel 1); 781's status hook waits for the test
+STARTS = "/var/log/storage-replication/serve-starts.log"
+RUNNER_SETTINGS = "/etc/storage-replication/runner.json"
+READY, GO = "/tmp/pass-paused", "/tmp/pass-go"
+# A status hook (it says "running") that tells the test the job began, then waits until the test lets it go on.
+PAUSE_HOOK = ["/bin/sh", "-c", "touch %s; i=0; while [ ! -e %s ] && [ $i -lt 500 ]; do sleep 0.1; i=$((i + 1)); done"
+              % (READY, GO)]
+
+
+def counting_launcher():
+    """The launcher, noting each start (its pid and SSH command) before it runs the engine."""
+    first, rest = cs.launcher_text().split("\n", 1)
+    return "%s\necho \"$$ ${SSH_ORIGINAL_COMMAND:-}\" >> %s\n%s" % (first, STARTS, rest)
+
+
+def write_on(lab, node, path, text):
+    lab.exec(node, ["sh", "-c", 'cat > "$1"', "sh", path], input=text)
+
+
+@pytest.fixture(scope="module", name="cluster")
+def cluster_fixture(lab):
+    """Guests MANY and PAUSED on node1, each with one small filesystem and a job to node2 whose schedule is hours
+    away (a job runs when the test makes it due)."""
+    cfg = cs.setup(lab)
+    cs.install_node(lab, "node2", launcher=counting_launcher())
+    later = time.localtime(time.time() + 4 * 3600)
+    for guest in MANY + PAUSED:
+        name = "vm-%d-disk-0" % guest
+        for node in lab.nodes:
+            cs.destroy(lab, node, cs.dataset(name))
+        cs.create_volume(lab, "node1", name)
+        cs.write_random(lab, "node1", name, "base.bin", 1)
+        hooks = {"status": PAUSE_HOOK} if guest == PAUSED[1] else {}
+        cfg.guests[guest] = configmod.Guest(id=guest, type="vm", node="node1", hooks=hooks,
+                                            volumes=["%s:%s" % (cs.STORAGE, name)])
+        cfg.jobs["%d-0" % guest] = configmod.Job(id="%d-0" % guest, target="node2",
+                                                 schedule="%d:%02d" % (later.tm_hour, later.tm_min))
+    cfg.generation += 1
+    cs.write_config(lab, cfg)
+    yield lab
+    cs.install_node(lab, "node2")  # the plain launcher again
+    for guest in MANY + PAUSED:
+        for node in lab.nodes:
+            cs.destroy(lab, node, cs.dataset("vm-%d-disk-0" % guest))
+
+
+def settings(lab, **values):
+    write_on(lab, "node1", RUNNER_SETTINGS, json.dumps(dict(values, metrics_file="/var/lib/storage-replication/metrics.prom")))
+
+
+def make_due(lab, guests):
+    for guest in guests:
+        cs.sr(lab, "node1", "schedule-now", "%d-0" % guest)
+
+
+def session_starts(lab):
+    """The pids of the `session` processes started on node2 since the notes were last cleared."""
+    path = lab.private_path("node2", "/var/log/storage-replication") / os.path.basename(STARTS)
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [line.split()[0] for line in lines if line.split()[1:] == ["session"]]
+
+
+def clear_starts(lab):
+    lab.exec("node2", ["rm", "-f", STARTS])
+
+
+def run_pass(lab):
+    proc = cs.sr(lab, "node1", "run", "--output-format", "json", timeout=600)
+    return json.loads(proc.stdout)
+
+
+def assert_replicas(lab, guests):
+    """Each replica on node2 holds exactly its source's data, and its newest snapshot is the source's newest
+    replication snapshot (same name, same guid)."""
+    names = ["vm-%d-disk-0" % guest for guest in guests]
+    datasets = [cs.dataset(name) for name in names]
+    assert cs.tree_checksums(lab, "node2", datasets) == cs.tree_checksums(lab, "node1", datasets)
+    for name in names:
+        source, target = cs.snapshots(lab, "node1", name), cs.snapshots(lab, "node2", name)
+        newest = [snap for snap in target if snap.startswith("__replicate_")][-1]
+        assert source[newest] == target[newest], name
+
+
+def test_a_pass_of_many_guests_opens_at_most_max_parallel_connections_to_its_target(cluster):
+    lab = cluster
+    settings(lab)  # max_parallel: its default, 4
+    for round_number in (1, 2):  # the full syncs, then an incremental of a small change in each
+        if round_number == 2:
+            for guest in MANY:
+                cs.write_random(lab, "node1", "vm-%d-disk-0" % guest, "change.bin", 1)
+        make_due(lab, MANY)
+        clear_starts(lab)
+        result = run_pass(lab)
+        assert sorted(j["job"] for j in result["jobs"]) == ["%d-0" % g for g in MANY]
+        assert all(j["ok"] for j in result["jobs"]), result["warnings"]
+        modes = {v["mode"] for j in result["jobs"] for v in j["volumes"]}
+        assert modes == {"full" if round_number == 1 else "incremental"}
+        opened = result["connections"]["node2"]
+        # one session per connection: the jobs' (at most four, as many as ran at once) and the peer check's
+        assert 1 <= opened <= 4 and len(session_starts(lab)) == opened + 1, (result["connections"], session_starts(lab))
+        assert_replicas(lab, MANY)
+
+
+def test_a_session_killed_between_two_jobs_of_a_pass_is_replaced(cluster):
+    """The kill -9 comes after job 780-0 gave its connection back, before 781-0 borrows it: 781-0 and 782-0 must
+    succeed, over one new connection."""
+    lab = cluster
+    settings(lab, max_parallel=1)
+    tmp = lab.private_path("node1", "/tmp")
+    for marker in (READY, GO):
+        (tmp / os.path.basename(marker)).unlink(missing_ok=True)
+    make_due(lab, PAUSED)
+    clear_starts(lab)
+    runner = subprocess.Popen(lab.exec_argv("node1", [cs.LAUNCHER, "run", "--output-format", "json"]),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp / os.path.basename(READY)).exists():
+            assert time.monotonic() < deadline and runner.poll() is None, "781-0 never began"
+            time.sleep(0.1)
+        sessions = [pid for pid, argv in lab.processes("node2").items()
+                    if "serve" in argv and argv[argv.index("serve") + 1:][:2] == ["--peer", "node1"]]
+        assert len(sessions) == 1, lab.processes("node2")  # 780-0's, idle in the pool
+        os.kill(sessions[0], signal.SIGKILL)
+        (tmp / os.path.basename(GO)).touch()
+        out, err = runner.communicate(timeout=300)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert runner.returncode == 0, err
+    result = json.loads(out)
+    assert [(j["job"], j["ok"]) for j in result["jobs"]] == [("%d-0" % g, True) for g in PAUSED], result["warnings"]
+    # 780-0's connection, then one new one for 781-0 and 782-0; and the peer check's
+    assert result["connections"] == {"node2": 2} and len(session_starts(lab)) == 3
+    assert_replicas(lab, PAUSED)
