@@ -62,7 +62,7 @@ def set_up(lab):
     """The guests, their jobs (a daily schedule hours away: due only when made so), the first replication by a pass,
     and the raw loop's own copies on node2 from snapshot raw0."""
     cfg = cs.setup(lab)
-    shell(lab, "node1", "for v in %s; do zfs create %s/$v; done" % (" ".join(names()), cs.POOL))
+    shell(lab, "node1", "for v in %s; do zfs create -p %s/$v; done" % (" ".join(names()), cs.POOL))
     write_files(lab, "base.bin", 64)
     later = time.localtime(time.time() + 4 * 3600)
     for guest, name in zip(range(FIRST, FIRST + GUESTS), names()):
@@ -151,8 +151,10 @@ def newest_guids(lab, node, parent):
 
 
 def drop_raw1_on_target(lab):
-    """The raw copies back at raw0, for the next raw loop."""
-    shell(lab, "node2", "for v in %s; do zfs destroy %s/$v@raw1; done" % (" ".join(names()), RAW))
+    """The raw copies back at raw0, for the next raw loop (zfs-fuse may say "dataset is busy" for a moment after a
+    receive: once more a second later)."""
+    shell(lab, "node2", "for v in %s; do zfs destroy %s/$v@raw1 || { sleep 1; zfs destroy %s/$v@raw1; }; done"
+          % (" ".join(names()), RAW, RAW))
 
 
 def main():
