@@ -137,12 +137,16 @@ def verify(lab, parent, source_sums):
 
 def all_guids(lab, node, parent=cs.POOL):
     """{dataset: {snapshot: guid}} below ``parent`` on a node, in creation order."""
-    out = cs.zfs(lab, node, "list", "-Hp", "-t", "snapshot", "-s", "createtxg", "-o", "name,guid", "-r", parent).stdout
-    found = {}
+    out = cs.zfs(lab, node, "get", "-Hp", "-r", "-o", "name,property,value", "guid,createtxg", parent).stdout
+    values = {}
     for line in out.splitlines():
-        full, guid = line.split("\t")
+        full, prop, value = line.split("\t")
+        if "@" in full:
+            values.setdefault(full, {})[prop] = value
+    found = {}
+    for full, props in sorted(values.items(), key=lambda item: int(item[1]["createtxg"])):
         dataset, _sep, snap = full.partition("@")
-        found.setdefault(dataset, {})[snap] = guid
+        found.setdefault(dataset, {})[snap] = props["guid"]
     return found
 
 
