@@ -40,6 +40,13 @@ from ansible_collections.storage.replication.plugins.module_utils.zfs import Loo
 DIVERGED_INFIX = "-diverged-"
 
 
+def names_guest(dataset, bound, guest):
+    """The dataset says it is the guest's: an identity naming it (a true one or a copy's), or a name with the guest's
+    ID between dashes, as pvesr names volumes (vm-<id>-disk-<n>, subvol-<id>-disk-<n>, base-<id>-disk-<n>)."""
+    identity = bound[0]
+    return (identity is not None and identity["guest"] == guest) or "-%d-" % guest in "-%s-" % dataset.rpartition("/")[2]
+
+
 class Receiver(Authority):
     """Carries out peer requests on this node."""
 
@@ -249,7 +256,13 @@ class Receiver(Authority):
             pool = self.storage_pool(storage_id, any(v.startswith(storage_id + ":") for v in wanted))
             if pool is None:
                 continue
-            for dataset, (snaps, bound) in self.zfs.child_volumes(pool).items():
+
+            def concerns(dataset, bound, storage_id=storage_id):
+                """The datasets whose snapshots are looked at: those this job may act on, and those of the guest by
+                their identity or name that the log may have to tell of (a storage's other guests' are not)."""
+                volume = "%s:%s" % (storage_id, dataset.rpartition("/")[2])
+                return volume in wanted or self.is_job_replica(volume, job, guest, bound) or names_guest(dataset, bound, guest)
+            for dataset, (snaps, bound) in self.zfs.child_volumes(pool, concerns).items():
                 volume = "%s:%s" % (storage_id, dataset.rpartition("/")[2])
                 if volume in wanted or self.is_job_replica(volume, job, guest, bound):
                     found[volume] = (dataset, snaps, bound)

@@ -340,14 +340,18 @@ class Zfs:
         """{snap: {guid, createtxg, creation}} of one dataset, in creation order."""
         return snapshot_tree(self.get(SNAPSHOT_PROPERTIES, [dataset], 1)).get(dataset, {})
 
-    def child_volumes(self, parent):
-        """{dataset: (snapshots, (identity or None, guid))} of parent's direct children (a storage's volumes) in one
-        `zfs get`: their snapshots ({snap: info}, as snapshots() gives them), what REPLICA_PROPERTY says each one is
-        (names.parse_replica_identity) and the dataset's own guid, which a true identity names."""
-        props = self.get(SNAPSHOT_PROPERTIES + (REPLICA_PROPERTY,), [parent], 2)
-        tree = snapshot_tree(props)
-        return {ds: (snaps, (parse_replica_identity(props[ds].get(REPLICA_PROPERTY)), props[ds].get("guid", "")))
-                for ds, snaps in tree.items() if ds.rpartition("/")[0] == parent and ds in props}
+    def child_volumes(self, parent, look):
+        """{dataset: (snapshots, (identity or None, guid))} of those of parent's direct children (a storage's volumes)
+        that ``look(dataset, (identity, guid))`` picks: their snapshots ({snap: info}, as snapshots() gives them), what
+        REPLICA_PROPERTY says each one is (names.parse_replica_identity) and the dataset's own guid, which a true
+        identity names.  Two `zfs get`: who every child is, then the snapshots of those picked only (on a storage
+        of hundreds of guests, listing all their snapshots was most of the time of a job's prepare)."""
+        props = self.get(("guid", REPLICA_PROPERTY), [parent], 1)
+        bound = {ds: (parse_replica_identity(values.get(REPLICA_PROPERTY)), values.get("guid", ""))
+                 for ds, values in props.items() if ds.rpartition("/")[0] == parent and "@" not in ds}
+        picked = [ds for ds, identity in bound.items() if look(ds, identity)]
+        tree = snapshot_tree(self.get(SNAPSHOT_PROPERTIES, picked, 1)) if picked else {}
+        return {ds: (tree.get(ds, {}), bound[ds]) for ds in picked}
 
     def replica_identity(self, dataset):
         """(identity or None, guid) of one dataset (see child_volumes)."""

@@ -107,7 +107,7 @@ class ListingZfs(NoZfs):
         return True
 
     @staticmethod
-    def child_volumes(_pool):
+    def child_volumes(_pool, _look):
         return {}
 
     @staticmethod

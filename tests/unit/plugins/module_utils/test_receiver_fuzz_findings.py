@@ -53,8 +53,8 @@ class RecordingZfs:
     def snapshots(self, dataset):
         return self._info(dataset)
 
-    def child_volumes(self, parent):
-        return {d: (self._info(d), (None, d)) for d in self.datasets if d.rpartition("/")[0] == parent}
+    def child_volumes(self, parent, look):
+        return {d: (self._info(d), (None, d)) for d in self.datasets if d.rpartition("/")[0] == parent and look(d, (None, d))}
 
     @staticmethod
     def replica_identity(dataset):

@@ -168,3 +168,33 @@ def test_write_record_is_data_even_after_objects():
 def test_truncated_stream_is_an_error():
     with pytest.raises(ValueError, match="ends inside"):
         stream_writes_data(io.BytesIO(begin() + object_record(168)[:400]))
+
+
+def test_child_volumes_lists_the_snapshots_of_the_picked_children_only():
+    """Who every child of a storage is in one `zfs get`; the snapshots only of those a prepare looks at, in another
+    (the pool's own snapshots and other guests' volumes are not listed)."""
+    calls = []
+    identity = "guest=100 job=100-0 source=node1 guid=11"
+    answers = {
+        "1 guid,storage-replication:replica rpool/data": [
+            ("rpool/data", "guid", "1"), ("rpool/data@raw0", "guid", "2"),
+            ("rpool/data/vm-100-disk-0", "guid", "11"), ("rpool/data/vm-100-disk-0", "storage-replication:replica", identity),
+            ("rpool/data/vm-200-disk-0", "guid", "21"), ("rpool/data/vm-200-disk-0", "storage-replication:replica", "-")],
+        "1 type,guid,createtxg,creation rpool/data/vm-100-disk-0": [
+            ("rpool/data/vm-100-disk-0", "type", "filesystem"), ("rpool/data/vm-100-disk-0@s1", "type", "snapshot"),
+            ("rpool/data/vm-100-disk-0@s1", "guid", "12"), ("rpool/data/vm-100-disk-0@s1", "createtxg", "5"),
+            ("rpool/data/vm-100-disk-0@s1", "creation", "1700000000")],
+    }
+
+    def run(argv, _input=None, _check=True):
+        key = " ".join(argv[argv.index("-d") + 1:])
+        calls.append(key)
+        return 0, "".join("%s\t%s\t%s\n" % line for line in answers[key]), ""
+
+    looked = []
+    found = zfsmod.Zfs(run=run).child_volumes("rpool/data", lambda ds, bound: looked.append((ds, bound)) or "100" in ds)
+    assert calls == list(answers)
+    assert [ds for ds, _bound in looked] == ["rpool/data/vm-100-disk-0", "rpool/data/vm-200-disk-0"]
+    snaps, (who, guid) = found.pop("rpool/data/vm-100-disk-0")
+    assert found == {} and guid == "11" and who["job"] == "100-0"
+    assert snaps == {"s1": {"guid": "12", "createtxg": 5, "creation": 1700000000}}
