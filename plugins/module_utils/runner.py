@@ -301,12 +301,14 @@ class Runner:
         started, running = set(), {}
         # The jobs share their control connections (channels.py): at most `limit` per target, all closed when the
         # pass ends, however it ends (the executor waits for the running jobs first: it is left before the pool).
+        # One ZFS layer for the pass too: what this node's ZFS can do is asked once, not once per job.
+        zfs = Zfs()
         with ChannelPool() as channels, ThreadPoolExecutor(max_workers=limit) as pool:
             self.result["connections"] = channels.opened
             while True:
                 for job in self._due_jobs(started, {j.guest for j in running.values()})[:limit - len(running)]:
                     started.add(job.id)
-                    running[pool.submit(self._execute, job, self._prefixed_echo(job), channels)] = job
+                    running[pool.submit(self._execute, job, self._prefixed_echo(job), channels, zfs)] = job
                 if not running:
                     return
                 finished, _pending = self.wait(list(running), timeout=self._seconds_until_due(started, running),
@@ -341,15 +343,15 @@ class Runner:
 
     # -- one job ------------------------------------------------------------------------------------------------
 
-    def _execute(self, job, echo=None, channels=None):
-        """Run one job with log rotation, notifications and the metrics update; records the outcome.  ``channels``:
-        the pass's shared control connections (None: the job opens its own)."""
+    def _execute(self, job, echo=None, channels=None, zfs=None):
+        """Run one job with log rotation, notifications and the metrics update; records the outcome.  ``channels``
+        and ``zfs``: the pass's shared control connections and ZFS layer (None: the job makes its own)."""
         previous = self.state.job_state(job)
         rotate_logs(self.paths.logdir, job.id, self.settings["log_runs"])
         began = time.monotonic()
         try:
             outcome = self.run_job(self.cfg, job.id, node=self.node, statedir=self.paths.statedir, logdir=self.paths.logdir,
-                                   confdir=self.paths.confdir, echo=echo, channels=channels)
+                                   confdir=self.paths.confdir, echo=echo, channels=channels, zfs=zfs)
         except LockError as exc:
             # The guest is busy (a migration or another job): nothing is recorded, the job is due again next run.
             self._record(job, {"ok": False, "skipped": True, "error": str(exc)})

@@ -233,12 +233,14 @@ class Node:
         self.peer_checks = 0
         self.conflicts = []
         self.channels = []  # what each job was given to reach its target (the pass's ChannelPool, or None)
+        self.zfs = []  # and its ZFS layer (the pass's, or None)
         self.virtual = VirtualClock(start)
         self.clock = self.virtual.now
 
-    def run_job(self, cfg, job_id, node, statedir, logdir, confdir, echo, channels=None):
+    def run_job(self, cfg, job_id, node, statedir, logdir, confdir, echo, channels=None, zfs=None):
         del node, logdir, confdir, echo
         self.channels.append(channels)
+        self.zfs.append(zfs)
         job = cfg.jobs[job_id]
         state = StateFile(statedir)
         start = int(self.clock())
@@ -352,7 +354,8 @@ def test_two_jobs_of_one_guest_never_run_at_once(tmp_path):
 
 def test_the_jobs_of_a_pass_share_its_connections_which_close_when_it_ends(tmp_path, monkeypatch):
     """Every job of a pass gets the pass's one ChannelPool (channels.py), closed when the pass ends, also when it ends
-    with an exception; the run's result counts the connections it opened.  A single job (`run <id>`) opens its own."""
+    with an exception, and its one ZFS layer; the run's result counts the connections it opened.  A single job
+    (`run <id>`) opens its own."""
     closed = []
     monkeypatch.setattr(R.ChannelPool, "close", lambda pool: closed.append(pool))
     cfg = make_config(guests=(100, 200, 300, 400, 500, 600))
@@ -361,9 +364,11 @@ def test_the_jobs_of_a_pass_share_its_connections_which_close_when_it_ends(tmp_p
     assert len(node.channels) == 6 and isinstance(node.channels[0], R.ChannelPool)
     assert all(pool is node.channels[0] for pool in node.channels)
     assert closed == [node.channels[0]] and result["connections"] is node.channels[0].opened
+    assert node.zfs[0] is not None and all(zfs is node.zfs[0] for zfs in node.zfs)  # features asked once a pass
     node.channels.clear()
+    node.zfs.clear()
     StateFile(node.paths.statedir).schedule_now(cfg.jobs["100-0"])
-    assert [j["job"] for j in node.run("100-0")["jobs"]] == ["100-0"] and node.channels == [None]
+    assert [j["job"] for j in node.run("100-0")["jobs"]] == ["100-0"] and node.channels == [None] and node.zfs == [None]
 
     def interrupted(*_args, **_kwargs):
         raise KeyboardInterrupt
