@@ -138,6 +138,11 @@ def test_a_first_request_that_finds_the_idle_session_gone_goes_again_on_a_new_co
     assert pool.opened == {"node2": 2}
 
 
+def timed_out(*_args, **_kwargs):
+    """A call that broke the connection without the session ending (a timeout, a cut link)."""
+    raise RemoteError("node2", "prepare", {"error": "no answer within 600 s"})
+
+
 @pytest.mark.parametrize("case", ["new connection", "later request", "not ended"])
 def test_no_request_goes_twice_otherwise(case):
     """Only a reused connection's first request is sent again, and only when the session ended without answering:
@@ -153,7 +158,7 @@ def test_no_request_goes_twice_otherwise(case):
                 channel.call("prepare", {})
             made[-1].session_gone = True
             if case == "not ended":
-                made[-1].call = lambda *_a, **_k: (_ for _ in ()).throw(RemoteError("node2", "prepare", {"error": "x"}))
+                made[-1].call = timed_out
                 made[-1].broken = True
             channel.call("finalize", {})
     assert len(made) == 1 and made[0].closed

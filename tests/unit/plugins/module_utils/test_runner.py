@@ -357,7 +357,10 @@ def test_the_jobs_of_a_pass_share_its_connections_which_close_when_it_ends(tmp_p
     with an exception, and its one ZFS layer; the run's result counts the connections it opened.  A single job
     (`run <id>`) opens its own."""
     closed = []
-    monkeypatch.setattr(R.ChannelPool, "close", lambda pool: closed.append(pool))
+
+    def close(pool):
+        closed.append(pool)
+    monkeypatch.setattr(R.ChannelPool, "close", close)
     cfg = make_config(guests=(100, 200, 300, 400, 500, 600))
     node = Node(tmp_path, cfg, {"max_parallel": 4})
     result = node.run()
