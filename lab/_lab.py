@@ -582,11 +582,14 @@ class Lab:
         sshd may be down, the path is what matters)."""
         self._node(node)
         run(["ip", "link", "set", self._veth(node), "up"])
+        reach = [sys.executable, "-c", REACH_PORT_22, self.address(node), str(HEAL_SECONDS)]
+
+        def reached_from(peer):
+            run(self.net_argv(peer, reach), timeout=HEAL_SECONDS + 10, where=f"{peer} reaching {node}")
+
         peers = [peer for peer in self.nodes if peer != node and self._link_up(peer)]
         with ThreadPoolExecutor(max(1, len(peers))) as pool:
-            list(pool.map(lambda peer: run(self.net_argv(peer, [sys.executable, "-c", REACH_PORT_22,
-                                                                 self.address(node), str(HEAL_SECONDS)]),
-                                           timeout=HEAL_SECONDS + 10, where=f"{peer} reaching {node}"), peers))
+            list(pool.map(reached_from, peers))
 
     def _link_up(self, node: str) -> bool:
         flags = run(["ip", "-o", "link", "show", "dev", self._veth(node)]).stdout

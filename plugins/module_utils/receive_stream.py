@@ -85,6 +85,9 @@ def explain_recv_failure(node, volume, argv, rc, stderr):
     and ZFS's last word; either way the previous replica is intact."""
     if stderr.strip():
         detail = stderr.strip().splitlines()[-1]
+    elif rc == 0:
+        # seen once, under heavy load on zfs-fuse: the stream's end was never read, so the receive is not trusted
+        detail = "it ended with exit code 0 before it had read the whole stream"
     else:
         detail = "killed by signal %d" % -rc if rc < 0 else "exit code %s" % rc
     if "out of space" in stderr or "No space left" in stderr:

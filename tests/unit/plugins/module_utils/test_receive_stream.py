@@ -82,6 +82,21 @@ def test_a_slow_stream_that_keeps_coming_is_received_whole():
         assert feed_zfs_recv(CAT, source, "node2", "local-zfs:vm-100-disk-0", stall_seconds=1) == 6000
 
 
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "piped"])
+def test_a_receive_that_ends_well_before_its_stream_did_is_not_trusted(inline):
+    """`zfs recv` exiting 0 without reading the stream's end is a failure (seen once on zfs-fuse under load)."""
+    data = b"z" * (1 << 20)  # more than a pipe holds: the writer is still writing when the reader has gone
+    source, _write_fd = (None, None) if inline else open_pipe([data], close=True)
+    with pytest.raises(Refused) as info:
+        feed_zfs_recv(["true"], data if inline else source, "node2", "local-zfs:vm-100-disk-0")
+    if source is not None:
+        source.close()
+    assert info.value.reason == "receive-failed"
+    assert str(info.value) == ("'true' failed on node 'node2' for volume 'local-zfs:vm-100-disk-0': it ended with "
+                               "exit code 0 before it had read the whole stream - the previous replica is intact; "
+                               "the next run retries")
+
+
 def test_prepare_waits_for_a_receive_a_cut_run_left_behind(receiver):  # noqa: F811
     receiver.zfs = ListingZfs()
     receiver.leftover_wait = 10
