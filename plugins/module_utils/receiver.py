@@ -112,7 +112,7 @@ class Receiver(Authority):
 
     def _prepare(self, request, looking):
         check_request_keys(request, ("job", "guest", "volumes", "scan", "last_sync", "parent_snapname", "force",
-                                     "need", "generation", "source"))
+                                     "need", "generation", "source", "stale_search"))
         job, guest = check_job(request)
         self.check_caller(request, guest, adopt=not looking)
         self.check_job_here(job, guest)
@@ -129,12 +129,15 @@ class Receiver(Authority):
         need = request.get("need")
         if need is not None:
             check_int(need, "need")
+        stale_search = request.get("stale_search", True)
+        if not isinstance(stale_search, bool):
+            raise Refused("invalid stale_search %r (true or false): refused" % (stale_search,), "invalid-argument")
         if not volumes and not force:
             raise Refused("no volumes specified", "invalid-argument")
         keep = self.job_keep(job)
         wanted = {v: self.dataset(v) for v in volumes}
         self.await_leftover_receives(wanted, looking)
-        found = self.scan_job_volumes(job, guest, scan, wanted)
+        found = self.scan_job_volumes(job, guest, scan, wanted) if stale_search else self.job_volumes(wanted)
         remaining = {}
         for volume, (dataset, snaps, bound) in sorted(found.items()):
             if volume in wanted:
@@ -270,6 +273,14 @@ class Receiver(Authority):
                     self.say("'%s' carries snapshots of job %s but is not a replica this job made: left alone"
                              % (dataset, job))
         return found
+
+    def job_volumes(self, wanted):
+        """scan_job_volumes() for the wanted volumes only, without looking for the job's stale replicas: what a
+        source asks for when it sends the very volumes of its last sync (no replica of this job can have become
+        stale since; should one be there, not searching only leaves it alone).  Reads no other dataset, so a job's
+        prepare does not grow with the storage's guests."""
+        found = self.zfs.volumes(sorted(wanted.values()))
+        return {volume: (dataset,) + found[dataset] for volume, dataset in wanted.items() if dataset in found}
 
     def is_job_replica(self, volume, job, guest, bound):
         """A dataset the job may delete as stale: bound to this guest and job (REPLICA_PROPERTY naming the dataset's

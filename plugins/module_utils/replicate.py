@@ -169,8 +169,12 @@ def replicate(ctx, state, start):
     target = ctx.cfg.nodes[job.target]
     with ctx.channel() as channel:
         # The target first: an interrupted transfer it holds is resumed before this node prunes the snapshot it needs.
+        # The search for this job's stale replicas on the target lists every volume of its storages: needed only
+        # when the volumes differ from those of the last sync (a stale replica is one the job no longer sends).
+        unchanged = last_sync > 1 and jobstate.get("synced_volumes") == volumes
         prepared = call(ctx, channel, "prepare", "remote_prepare_local_job",
-                        volumes=volumes, scan=storeid_list, last_sync=last_sync, **space_need(ctx, datasets, last_sync))
+                        volumes=volumes, scan=storeid_list, last_sync=last_sync, **space_need(ctx, datasets, last_sync),
+                        **({"stale_search": False} if unchanged else {}))
         remote = prepared["volumes"]
         ctx.points = ctx.points or bool(prepared.get("keeps_points"))
         ctx.space_pruned += prepared.get("space_pruned") or []
@@ -184,7 +188,7 @@ def replicate(ctx, state, start):
         take_snapshots(ctx, datasets, snap)
         sent += send_volumes(ctx, target, datasets, bases, snap, channel, last_sync)
         failpoints.reach("before-record")
-        state.record_sync_end(job, start)
+        state.record_sync_end(job, start, volumes)
         mark_synced(ctx, datasets, snap)
         drop_previous_snapshots(ctx, datasets, local, replication_snapshot(job.id, last_sync), resumed, snap)
         failpoints.reach("before-finalize")

@@ -242,9 +242,14 @@ class StateFile:
             return entry
         return self._change_job(job, start)
 
-    def record_sync_end(self, job, start_time):
-        """The transfer succeeded: last_sync = start, written before old snapshots are removed (crash safety)."""
-        return self.set_fields(job, last_sync=int(start_time))
+    def record_sync_end(self, job, start_time, volumes=None):
+        """The transfer succeeded: last_sync = start, written before old snapshots are removed (crash safety), and
+        ``synced_volumes``, the volumes it sent (while they stay the same, the target need not search for stale
+        replicas of the job)."""
+        fields = {"last_sync": int(start_time)}
+        if volumes is not None:
+            fields["synced_volumes"] = sorted(volumes)
+        return self.set_fields(job, **fields)
 
     def record_job_end(self, job, start_time, duration, error=None, bytes_sent=None, target_unreachable=False):
         """A run ended. Error: fail_count + 1 and the message (and ``waiting_for_target`` if the target could not

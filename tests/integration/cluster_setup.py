@@ -164,14 +164,20 @@ def zfs(lab, node, *argv, check=True):
 
 
 def destroy(lab, node, full_name, deadline_s=20.0):
-    """zfs destroy -R (test clean-up: clones too), retried while zfs-fuse says "dataset is busy" (it does for a moment after a mount)."""
+    """zfs destroy -R (test clean-up: clones too); one that does not exist is not an error."""
+    _while_busy(lab, node, ["destroy", "-R", full_name], deadline_s, missing_ok=True)
+
+
+def _while_busy(lab, node, argv, deadline_s, missing_ok=False):
+    """A zfs command retried while zfs-fuse says "dataset is busy" (it does for a moment after a mount or a
+    receive)."""
     deadline = time.monotonic() + deadline_s
     while True:
-        proc = zfs(lab, node, "destroy", "-R", full_name, check=False)
-        if proc.returncode == 0 or "does not exist" in proc.stderr:
+        proc = zfs(lab, node, *argv, check=False)
+        if proc.returncode == 0 or (missing_ok and "does not exist" in proc.stderr):
             return
         if "busy" not in proc.stderr or time.monotonic() > deadline:
-            raise AssertionError("zfs destroy %s on %s: %s" % (full_name, node, proc.stderr))
+            raise AssertionError("zfs %s on %s: %s" % (" ".join(argv), node, proc.stderr))
         time.sleep(0.1)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 
 import cluster_setup as cs
+from ansible_collections.storage.replication.plugins.module_utils.names import REPLICA_PROPERTY
 from test_replicate import Cluster, job_snapshots
 from test_replicate_failures import _kill_mid_stream
 
@@ -47,18 +48,46 @@ def test_an_operators_copy_of_a_replica_survives_the_job_and_its_removal(cluster
         cs.write_random(lab, "node1", name, "a.bin", 1)
         again = cluster.run("150-0")
         assert again["ok"], again["error"]
-        assert "'%s' carries snapshots of job 150-0 but is not a replica this job made: left alone" % copy in \
-            "\n".join(again["log"])
+        # The same volumes as at the last sync: the target looks at the job's own volumes only, not at the copy.
+        left_alone = "'%s' carries snapshots of job 150-0 but is not a replica this job made: left alone" % copy
+        assert left_alone not in "\n".join(again["log"])
         cluster.assert_replica("node2", name)
         cluster.cfg.jobs["150-0"].remove_job = "full"
         cluster.push()
         removed = cluster.run("150-0")
         assert removed["ok"], removed["error"]
+        assert left_alone in "\n".join(removed["log"])  # the removal searches the storage: it saw the copy
         assert not cs.exists(lab, "node2", cs.dataset(name))  # the job's own replica went, as pvesr's removal does
         assert cs.snapshots(lab, "node2", "backup-before-upgrade").keys() == {snap}
         assert cs.tree_checksum(lab, "node2", "backup-before-upgrade", snap) == copied
     finally:
         cs.destroy(lab, "node2", copy)
+
+
+def test_a_replica_that_became_another_guests_is_refused_and_kept(cluster):
+    """Guest 153's replica on node2 made a true replica of guest 154 (its identity property rewritten, as an
+    operator's reuse of the dataset or a hostile peer would): 153-0's next run, whose volumes are those of its last
+    sync (so the target looks at them only), is refused and changes nothing there; with the identity back it runs."""
+    lab = cluster.lab
+    name, _snap = replicate_once(cluster, 153)
+    replica = cs.dataset(name)
+    identity = cs.zfs(lab, "node2", "get", "-H", "-o", "value", REPLICA_PROPERTY, replica).stdout.strip()
+    guid = cs.zfs(lab, "node2", "get", "-Hp", "-o", "value", "guid", replica).stdout.strip()
+    assert identity.startswith("guest=153 job=153-0 ")
+    cs.zfs(lab, "node2", "set", "%s=guest=154 job=154-0 source=node1 guid=%s" % (REPLICA_PROPERTY, guid), replica)
+    try:
+        before = cs.snapshots(lab, "node2", name)
+        checksum = cs.tree_checksum(lab, "node2", name)
+        cs.write_random(lab, "node1", name, "a.bin", 1)
+        refused = cluster.run("153-0")
+        assert not refused["ok"], "\n".join(refused["log"])
+        assert "is a replica of guest 154 (job 154-0 from node 'node1'), not of guest 153: refused" in refused["error"]
+        assert cs.snapshots(lab, "node2", name) == before and cs.tree_checksum(lab, "node2", name) == checksum
+    finally:
+        cs.zfs(lab, "node2", "set", "%s=%s" % (REPLICA_PROPERTY, identity), replica)
+    again = cluster.run("153-0")
+    assert again["ok"], again["error"]
+    cluster.assert_replica("node2", name)
 
 
 def _send_as_node1(lab, name, snap, base, arguments):

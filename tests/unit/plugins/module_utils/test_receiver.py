@@ -115,6 +115,51 @@ class ListingZfs(NoZfs):
         return {}
 
 
+class OwnVolumesZfs(ListingZfs):
+    """A target whose storage holds ``held`` ({dataset: (snapshots, (identity, guid))}); listing the whole storage
+    is a failure of the test (a prepare that need not search for stale replicas reads only its own volumes)."""
+
+    def __init__(self, held):
+        self.held = held
+        self.asked = []
+
+    @staticmethod
+    def child_volumes(_pool, _look):
+        raise AssertionError("the whole storage was listed")
+
+    def volumes(self, datasets):
+        self.asked.append(list(datasets))
+        return {ds: self.held[ds] for ds in datasets if ds in self.held}
+
+
+def test_a_prepare_without_stale_search_reads_only_the_jobs_own_volumes(receiver):
+    snaps = {"__replicate_100-0_1700000000__": {"guid": "12", "createtxg": 5, "creation": 1700000000}}
+    identity = {"guest": 100, "job": "100-0", "source": "node1", "guid": "11"}
+    receiver.zfs = OwnVolumesZfs({"rpool/data/vm-100-disk-0": (snaps, (identity, "11"))})
+    reply = serve(receiver, "prepare", prepare_request(last_sync=1700000000, stale_search=False))
+    assert reply["ok"], reply
+    assert receiver.zfs.asked == [["rpool/data/vm-100-disk-0"]]
+    assert reply["volumes"] == {"local-zfs:vm-100-disk-0": {"__replicate_100-0_1700000000__": {
+        "id": "12", "timestamp": 1700000000}}}
+
+
+def test_a_prepare_without_stale_search_still_refuses_another_guests_replica(receiver):
+    """The ownership check of the job's own volumes does not depend on the search: a dataset at the volume's name
+    that is guest 300's true replica is refused, and nothing is changed (no snapshot of it is dropped)."""
+    snaps = {"__replicate_100-0_1600000000__": {"guid": "12", "createtxg": 5, "creation": 1600000000}}
+    identity = {"guest": 300, "job": "300-0", "source": "node3", "guid": "31"}
+    receiver.zfs = OwnVolumesZfs({"rpool/data/vm-100-disk-0": (snaps, (identity, "31"))})
+    reply = serve(receiver, "prepare", prepare_request(last_sync=1700000000, stale_search=False))
+    assert not reply["ok"] and reply["reason"] == "not-ours", reply
+    assert "is a replica of guest 300 (job 300-0 from node 'node3')" in reply["error"]
+
+
+@pytest.mark.parametrize("value", ["no", 0, None, [False]])
+def test_stale_search_must_be_true_or_false(receiver, value):
+    reply = serve(receiver, "prepare", prepare_request(stale_search=value))
+    assert not reply["ok"] and reply["reason"] == "invalid-argument" and "invalid stale_search" in reply["error"]
+
+
 def test_an_older_generation_is_judged_by_what_the_request_depends_on(receiver):
     """Fencing by guest: node1's generation 6 still says it owns guest 100 and that 100-0 goes here - as generation 7
     does; a change elsewhere since (a job removal, another guest) does not fail its run."""

@@ -105,11 +105,12 @@ def test_lifecycle_of_a_successful_run(statefile):
     assert entry["pid"] == os.getpid() and entry["ptime"] == S.process_start_time(os.getpid())
     assert S.job_is_running(entry)
     statefile.set_fields(j, storeid_list=["local-zfs"])
-    statefile.record_sync_end(j, 1700000000)
+    statefile.record_sync_end(j, 1700000000, ["local-zfs:vm-100-disk-1", "local-zfs:vm-100-disk-0"])
     statefile.record_job_end(j, 1700000000, 3.412771, bytes_sent=1048576)
     assert json.loads(open(statefile.path, encoding="utf-8").read()) == {"100": {"local/node2": {
         "last_iteration": 1699999990, "last_try": 1700000000, "last_sync": 1700000000, "fail_count": 0,
-        "last_node": "node1", "storeid_list": ["local-zfs"], "duration": 3.412771, "bytes_sent": 1048576}}}
+        "last_node": "node1", "storeid_list": ["local-zfs"], "duration": 3.412771, "bytes_sent": 1048576,
+        "synced_volumes": ["local-zfs:vm-100-disk-0", "local-zfs:vm-100-disk-1"]}}}
 
 
 def test_fields_already_held_are_not_written_again(statefile):

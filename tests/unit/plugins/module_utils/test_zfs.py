@@ -198,3 +198,32 @@ def test_child_volumes_lists_the_snapshots_of_the_picked_children_only():
     snaps, (who, guid) = found.pop("rpool/data/vm-100-disk-0")
     assert found == {} and guid == "11" and who["job"] == "100-0"
     assert snaps == {"s1": {"guid": "12", "createtxg": 5, "creation": 1700000000}}
+
+
+def test_volumes_reads_the_named_datasets_only_and_skips_those_that_do_not_exist():
+    calls = []
+    identity = "guest=100 job=100-0 source=node1 guid=11"
+    out = "".join("%s\t%s\t%s\n" % line for line in [
+        ("rpool/data/vm-100-disk-0", "type", "filesystem"), ("rpool/data/vm-100-disk-0", "guid", "11"),
+        ("rpool/data/vm-100-disk-0", "storage-replication:replica", identity),
+        ("rpool/data/vm-100-disk-0@s1", "type", "snapshot"), ("rpool/data/vm-100-disk-0@s1", "guid", "12"),
+        ("rpool/data/vm-100-disk-0@s1", "createtxg", "5"), ("rpool/data/vm-100-disk-0@s1", "creation", "1700000000"),
+        ("rpool/data/vm-100-disk-0@s1", "storage-replication:replica", identity)])
+
+    def run(argv, _input=None, _check=True):
+        calls.append(argv)
+        return 1, out, "cannot open 'rpool/data/vm-100-disk-1': dataset does not exist\n"
+
+    found = zfsmod.Zfs(run=run).volumes(["rpool/data/vm-100-disk-0", "rpool/data/vm-100-disk-1"])
+    assert len(calls) == 1 and calls[0][-2:] == ["rpool/data/vm-100-disk-0", "rpool/data/vm-100-disk-1"]
+    snaps, (who, guid) = found.pop("rpool/data/vm-100-disk-0")
+    assert found == {} and guid == "11" and who["job"] == "100-0"
+    assert snaps == {"s1": {"guid": "12", "createtxg": 5, "creation": 1700000000}}
+
+
+@pytest.mark.parametrize("err", ["cannot open 'rpool/data': I/O error\n", "",
+                                 "cannot open 'a': dataset does not exist\nout of memory\n"])
+def test_volumes_fails_on_anything_but_a_missing_dataset(err):
+    zfs = zfsmod.Zfs(run=lambda argv, _input=None, _check=True: (1, "", err))
+    with pytest.raises(zfsmod.ZfsError):
+        zfs.volumes(["rpool/data/vm-100-disk-0"])
