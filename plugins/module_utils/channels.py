@@ -16,7 +16,9 @@ connection whose state is unknown is never lent again: one on which a call faile
 link, a timeout, a session that ended, ControlChannel.broken), and one whose job ended with an exception.  A
 connection that sat idle may have lost its session meanwhile (the target's process was killed, or the node
 restarted): checked when it is lent (ControlChannel.reusable), and should the job's first request still find it
-gone, that request goes again once on a new connection (Lent).
+gone, that request goes again once on a new connection (Lent).  A target that a job found unreachable (a connect
+that failed, a call that lost the link) is not tried again in the same pass: its later jobs fail at once as waiting
+for their target, as they would have after their own connect timeout.
 
 A single job (`run <id>`, a migration, a plan) keeps opening a connection of its own (replicate.Context.channel).
 """
@@ -25,17 +27,24 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 
-from ansible_collections.storage.replication.plugins.module_utils.transport import NODE_KEY, ControlChannel
+from ansible_collections.storage.replication.plugins.module_utils.transport import (
+    NODE_KEY, ControlChannel, TransportError, unreachable_message)
 
 
 class ChannelPool:
     """``with ChannelPool() as pool``: control connections by target, lent to one job at a time (``borrow``).
     ``opened`` counts the connections opened per target node (the run's result reports it)."""
 
-    def __init__(self, connect=ControlChannel):
+    def __init__(self, connect=ControlChannel, clock=time.monotonic):
         self.connect = connect
+        self.clock = clock
         self.opened = {}
+        # where -> when a job of this pass found it unreachable (a connect, or a call that lost the link): the
+        # pass's later jobs to it fail at once as waiting for their target, instead of each waiting out its own
+        # connect timeout (200 jobs to a dead node, 4 at a time: 500 s)
+        self._unreachable = {}
         self._lock = threading.Lock()
         self._idle = {}  # (node name, address, port, host key, key) -> [ControlChannel] not lent now
         self._open = set()  # every connection opened and not closed yet, lent or idle
@@ -49,7 +58,9 @@ class ChannelPool:
         lent = Lent(self, where, *self._take(where))
         try:
             yield lent
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, TransportError) and exc.unreachable:
+                self._found_unreachable(where)
             self.discard(lent.channel)
             raise
         self._give_back(where, lent.channel)
@@ -69,12 +80,27 @@ class ChannelPool:
     def open(self, where):
         """A new connection to ``where`` (connected outside the lock: a key exchange must not hold up other jobs)."""
         node_name, address, port, host_key, key = where
+        with self._lock:
+            failed_at = self._unreachable.get(where)
+        if failed_at is not None:
+            raise TransportError(unreachable_message(
+                node_name, address, "an earlier job of this pass could not reach it %d s ago, so this one did not "
+                "try" % (self.clock() - failed_at)), True)
         channel = self.connect(node_name, address, host_key, key=key, port=port)
-        channel.connect()
+        try:
+            channel.connect()
+        except TransportError as exc:
+            if exc.unreachable:
+                self._found_unreachable(where)
+            raise
         with self._lock:
             self.opened[node_name] = self.opened.get(node_name, 0) + 1
             self._open.add(channel)
         return channel
+
+    def _found_unreachable(self, where):
+        with self._lock:
+            self._unreachable.setdefault(where, self.clock())
 
     def _give_back(self, where, channel):
         """Idle again, if it is still usable and the pass goes on (after ``close``, a give-back closes it)."""

@@ -7,7 +7,8 @@ Node2's launcher notes every start of `serve` with the SSH command that started 
 one `session` process there, so the notes count the connections for real.  A pass of many guests to node2 opens at
 most max_parallel of them (and one more for its peer check), says so in its result, and every replica holds its
 source's data.  When the target's session process is killed between two jobs of a pass, the next job does not fail
-for it: the pool finds the connection dead and opens a new one.
+for it: the pool finds the connection dead and opens a new one.  When the link to the target is cut between two
+jobs, the jobs after it fail in seconds as waiting for their target, and the next pass catches up.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import cluster_setup as cs
 import pytest
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+from ansible_collections.storage.replication.plugins.module_utils.transport import LIVENESS_SECONDS
 
 pytestmark = pytest.mark.lab
 
@@ -162,4 +164,57 @@ def test_a_session_killed_between_two_jobs_of_a_pass_is_replaced(cluster):
     assert [(j["job"], j["ok"]) for j in result["jobs"]] == [("%d-0" % g, True) for g in PAUSED], result["warnings"]
     # 780-0's connection, then one new one for 781-0 and 782-0; and the peer check's
     assert result["connections"] == {"node2": 2} and len(session_starts(lab)) == 3
+    assert_replicas(lab, PAUSED)
+
+
+def test_a_link_cut_in_the_middle_of_a_pass_fails_the_jobs_after_it_as_waiting_for_their_target(cluster):
+    """Node2's link goes down after 780-0 gave its connection back to the pool, before 781-0 borrows it: the pass
+    ends in seconds, not at a call's timeout; 780-0 succeeded, 781-0 and 782-0 failed as waiting for their target
+    (782-0 without trying: the pass had found node2 unreachable), their replicas untouched; once the link is back
+    the next pass brings every replica up to date."""
+    lab = cluster
+    settings(lab, max_parallel=1)
+    tmp = lab.private_path("node1", "/tmp")
+    (tmp / os.path.basename(GO)).touch()
+    make_due(lab, PAUSED)
+    assert all(j["ok"] for j in run_pass(lab)["jobs"])  # every replica up to date before the cut
+    for marker in (READY, GO):
+        (tmp / os.path.basename(marker)).unlink(missing_ok=True)
+    for guest in PAUSED:
+        cs.write_random(lab, "node1", "vm-%d-disk-0" % guest, "cut.bin", 1)
+    kept = cs.tree_checksums(lab, "node2", [cs.dataset("vm-%d-disk-0" % g) for g in PAUSED[1:]])
+    make_due(lab, PAUSED)
+    runner = subprocess.Popen(lab.exec_argv("node1", [cs.LAUNCHER, "run", "--output-format", "json"]),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp / os.path.basename(READY)).exists():
+            assert time.monotonic() < deadline and runner.poll() is None, "781-0 never began"
+            time.sleep(0.1)
+        lab.partition("node2")
+        cut = time.monotonic()
+        (tmp / os.path.basename(GO)).touch()
+        out, err = runner.communicate(timeout=300)
+        ended = time.monotonic() - cut
+    finally:
+        lab.heal("node2")
+        if runner.poll() is None:
+            runner.kill()
+    result = json.loads(out)
+    assert [(j["job"], j["ok"]) for j in result["jobs"]] == [("780-0", True), ("781-0", False), ("782-0", False)], err
+    # 781-0's call ends within two liveness periods (no answer, then no answer to a keep-alive); 782-0 does not try
+    # a target this pass found unreachable (a call may last 600 s, a connect 10)
+    assert ended < 2 * LIVENESS_SECONDS + 15, ended
+    assert "an earlier job of this pass could not reach it" in result["jobs"][2]["error"]
+    states = cs.local_state(lab, "node1")
+    for guest in PAUSED[1:]:
+        failed = [j for j in result["jobs"] if j["job"] == "%d-0" % guest][0]
+        assert "unreachable" in failed["error"], failed["error"]
+        assert states[str(guest)]["local/node2"]["waiting_for_target"] is True
+    assert cs.tree_checksums(lab, "node2", list(kept)) == kept  # what node2 held of 781 and 782: as it was
+    assert_replicas(lab, PAUSED[:1])
+
+    make_due(lab, PAUSED)
+    again = run_pass(lab)
+    assert all(j["ok"] for j in again["jobs"]) and len(again["jobs"]) == len(PAUSED), again["warnings"]
     assert_replicas(lab, PAUSED)

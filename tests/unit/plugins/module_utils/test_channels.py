@@ -56,10 +56,12 @@ class FakeChannel:
 
 
 class Made(list):
-    """The pool's ``connect``: makes FakeChannels and keeps them."""
+    """The pool's ``connect``: makes FakeChannels (or ``kind``) and keeps them."""
+
+    kind = FakeChannel
 
     def __call__(self, *args, **kwargs):
-        channel = FakeChannel(*args, **kwargs)
+        channel = self.kind(*args, **kwargs)
         self.append(channel)
         return channel
 
@@ -170,6 +172,57 @@ def test_an_unreachable_target_fails_the_borrow_and_leaves_nothing_open():
         with pool.borrow("node2", "unreachable", "ssh-ed25519 AAAA"):
             pass
     assert pool.opened == {}
+
+
+def test_a_target_found_unreachable_is_not_tried_again_in_the_same_pass():
+    """The first job waits out its connect; the later ones fail at once, as unreachable (so waiting for their
+    target), saying why.  Another target, and the next pass, try again."""
+    now = [100.0]
+    made = Made()
+    pool = ChannelPool(connect=made, clock=lambda: now[0])
+    for tries in (1, 2, 3):
+        now[0] += 7
+        with pytest.raises(TransportError) as failed:
+            with pool.borrow("node2", "unreachable", "ssh-ed25519 AAAA"):
+                pass
+        assert failed.value.unreachable and len(made) == 1
+        if tries > 1:
+            assert "an earlier job of this pass could not reach it %d s ago, so this one did not try" \
+                % (7 * (tries - 1)) in str(failed.value)
+    with pool.borrow(*NODE2) as channel:
+        channel.call("prepare", {})
+    assert len(made) == 2 and pool.opened == {"node2": 1}
+    with pytest.raises(TransportError):
+        with ChannelPool(connect=made).borrow("node2", "unreachable", "ssh-ed25519 AAAA"):
+            pass
+    assert len(made) == 3  # a new pass tries again
+
+
+def test_a_call_that_lost_the_link_fails_the_pass_s_later_borrows_to_that_target():
+    pool, made = pool_of_fakes()
+    with pytest.raises(TransportError):
+        with pool.borrow(*NODE2) as channel:
+            channel.call("prepare", {})
+            raise TransportError("target node 'node2' is unreachable: the link went down during 'receive'", True)
+    with pytest.raises(TransportError, match="could not reach it"):
+        with pool.borrow(*NODE2):
+            pass
+    assert len(made) == 1 and made[0].closed
+
+
+def test_a_refused_key_is_tried_again_by_the_next_job():
+    """Only an unreachable node is remembered: a refused key or host key is a quick answer, asked again."""
+    class RefusedKey(FakeChannel):
+        def connect(self):
+            raise TransportError("target node '%s' refused this node's SSH key" % self.node_name)
+    made = Made()
+    made.kind = RefusedKey
+    pool = ChannelPool(connect=made)
+    for _try in range(2):
+        with pytest.raises(TransportError, match="refused"):
+            with pool.borrow(*NODE2):
+                pass
+    assert len(made) == 2
 
 
 def test_the_end_of_the_pass_closes_every_connection_even_on_an_interrupt():
