@@ -15,7 +15,7 @@ from __future__ import annotations
 from ansible_collections.storage.replication.plugins.module_utils.bandwidth import job_limit, rate_now_text
 from ansible_collections.storage.replication.plugins.module_utils.protocol import PLAN
 from ansible_collections.storage.replication.plugins.module_utils.replicate import (
-    Context, ReplicationError, base_references, prepare_local, resumable_snapshot, select_bases)
+    Context, ReplicationError, base_references, prepare_local, resumable_snapshot, select_bases, stale_search)
 from ansible_collections.storage.replication.plugins.module_utils.report import estimate_text
 from ansible_collections.storage.replication.plugins.module_utils.state import (
     DEFAULT_STATEDIR, StateError, StateFile, read_local_node)
@@ -36,12 +36,12 @@ def plan_job(cfg, job_id, node=None, statedir=DEFAULT_STATEDIR, zfs=None, key=No
     result = {"job": job_id, "target": job.target, "ok": True, "error": None, "volumes": [], "estimated_bytes": None,
               "log": lines, **job_limit(job)}
     try:
-        last_sync = StateFile(statedir).job_state(job)["last_sync"]
+        jobstate = StateFile(statedir).job_state(job)
         if job.remove_job:
             lines.append("remove the job (mode '%s'): its snapshots go%s" % (
                 job.remove_job, ", and its replicas on '%s'" % job.target if job.remove_job == "full" else ""))
             return result
-        result["volumes"] = _volumes(ctx, last_sync, connect)
+        result["volumes"] = _volumes(ctx, jobstate, connect)
     except (ReplicationError, RemoteError, TransportError, ZfsError, StateError, OSError) as exc:
         result.update(ok=False, error=str(exc))
     estimates = [v["estimated_bytes"] for v in result["volumes"]]
@@ -50,13 +50,14 @@ def plan_job(cfg, job_id, node=None, statedir=DEFAULT_STATEDIR, zfs=None, key=No
     return result
 
 
-def _volumes(ctx, last_sync, connect):
+def _volumes(ctx, jobstate, connect):
     """[{volume, mode, base, estimated_bytes, estimate}] of the guest's volumes, as the run would send them."""
-    job, cfg = ctx.job, ctx.cfg
+    job, cfg, last_sync = ctx.job, ctx.cfg, jobstate["last_sync"]
     datasets = {v: cfg.dataset(v) for v in sorted(ctx.guest.volumes)}
     with ctx.channel(connect) as channel:
         try:
-            reply = channel.call(PLAN, ctx.request(volumes=list(datasets), scan=[], last_sync=last_sync))
+            reply = channel.call(PLAN, ctx.request(volumes=list(datasets), scan=[], last_sync=last_sync,
+                                                   **stale_search(jobstate, datasets)))
         except RemoteError as exc:
             if exc.reply.get("reason") == "invalid-operation":
                 raise ReplicationError("node '%s' cannot say what it holds without changing it (its receiver has no "

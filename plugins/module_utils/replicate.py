@@ -169,12 +169,8 @@ def replicate(ctx, state, start):
     target = ctx.cfg.nodes[job.target]
     with ctx.channel() as channel:
         # The target first: an interrupted transfer it holds is resumed before this node prunes the snapshot it needs.
-        # The search for this job's stale replicas on the target lists every volume of its storages: needed only
-        # when the volumes differ from those of the last sync (a stale replica is one the job no longer sends).
-        unchanged = last_sync > 1 and jobstate.get("synced_volumes") == volumes
-        prepared = call(ctx, channel, "prepare", "remote_prepare_local_job",
-                        volumes=volumes, scan=storeid_list, last_sync=last_sync, **space_need(ctx, datasets, last_sync),
-                        **({"stale_search": False} if unchanged else {}))
+        prepared = call(ctx, channel, "prepare", "remote_prepare_local_job", volumes=volumes, scan=storeid_list,
+                        last_sync=last_sync, **space_need(ctx, datasets, last_sync), **stale_search(jobstate, volumes))
         remote = prepared["volumes"]
         ctx.points = ctx.points or bool(prepared.get("keeps_points"))
         ctx.space_pruned += prepared.get("space_pruned") or []
@@ -195,6 +191,14 @@ def replicate(ctx, state, start):
         finalize_remote(ctx, channel, volumes, start, state)
         failpoints.reach("after-finalize")
     return sent
+
+
+def stale_search(jobstate, volumes):
+    """The prepare request's ``stale_search``: the search for the job's stale replicas on the target lists every
+    volume of its storages, and is needed only when the volumes differ from those of the last sync (a stale replica
+    is one the job no longer sends).  Absent: the target searches."""
+    unchanged = jobstate["last_sync"] > 1 and jobstate.get("synced_volumes") == sorted(volumes)
+    return {"stale_search": False} if unchanged else {}
 
 
 def call(ctx, channel, operation, prefix, **fields):
