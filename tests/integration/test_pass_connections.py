@@ -133,16 +133,14 @@ def test_a_pass_of_many_guests_opens_at_most_max_parallel_connections_to_its_tar
         assert_replicas(lab, guests)
 
 
-def test_a_session_killed_between_two_jobs_of_a_pass_is_replaced(cluster):
-    """The kill -9 comes after job 780-0 gave its connection back, before 781-0 borrows it: 781-0 and 782-0 must
-    succeed, over one new connection."""
-    lab = cluster
-    settings(lab, max_parallel=1)
+def pass_with_781_paused(lab, at_pause):
+    """A pass of the PAUSED guests' jobs, made due (settings: one job at a time): once 781-0 has begun, with 780-0's
+    connection idle in the pool, ``at_pause()`` runs, then 781-0 goes on.  Returns (exit code, result, stderr,
+    seconds from the end of ``at_pause`` to the end of the pass)."""
     tmp = lab.private_path("node1", "/tmp")
     for marker in (READY, GO):
         (tmp / os.path.basename(marker)).unlink(missing_ok=True)
     make_due(lab, PAUSED)
-    clear_starts(lab)
     runner = subprocess.Popen(lab.exec_argv("node1", [cs.LAUNCHER, "run", "--output-format", "json"]),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -150,17 +148,30 @@ def test_a_session_killed_between_two_jobs_of_a_pass_is_replaced(cluster):
         while not (tmp / os.path.basename(READY)).exists():
             assert time.monotonic() < deadline and runner.poll() is None, "781-0 never began"
             time.sleep(0.1)
-        sessions = [pid for pid, argv in lab.processes("node2").items()
-                    if "serve" in argv and argv[argv.index("serve") + 1:][:2] == ["--peer", "node1"]]
-        assert len(sessions) == 1, lab.processes("node2")  # 780-0's, idle in the pool
-        os.kill(sessions[0], signal.SIGKILL)
+        at_pause()
+        paused = time.monotonic()
         (tmp / os.path.basename(GO)).touch()
         out, err = runner.communicate(timeout=300)
     finally:
         if runner.poll() is None:
             runner.kill()
-    assert runner.returncode == 0, err
-    result = json.loads(out)
+    return runner.returncode, json.loads(out), err, time.monotonic() - paused
+
+
+def test_a_session_killed_between_two_jobs_of_a_pass_is_replaced(cluster):
+    """The kill -9 comes after job 780-0 gave its connection back, before 781-0 borrows it: 781-0 and 782-0 must
+    succeed, over one new connection."""
+    lab = cluster
+    settings(lab, max_parallel=1)
+    clear_starts(lab)
+
+    def kill_the_idle_session():
+        sessions = [pid for pid, argv in lab.processes("node2").items()
+                    if "serve" in argv and argv[argv.index("serve") + 1:][:2] == ["--peer", "node1"]]
+        assert len(sessions) == 1, lab.processes("node2")  # 780-0's, idle in the pool
+        os.kill(sessions[0], signal.SIGKILL)
+    code, result, err, _seconds = pass_with_781_paused(lab, kill_the_idle_session)
+    assert code == 0, err
     assert [(j["job"], j["ok"]) for j in result["jobs"]] == [("%d-0" % g, True) for g in PAUSED], result["warnings"]
     # 780-0's connection, then one new one for 781-0 and 782-0; and the peer check's
     assert result["connections"] == {"node2": 2} and len(session_starts(lab)) == 3
@@ -174,33 +185,16 @@ def test_a_link_cut_in_the_middle_of_a_pass_fails_the_jobs_after_it_as_waiting_f
     the next pass brings every replica up to date."""
     lab = cluster
     settings(lab, max_parallel=1)
-    tmp = lab.private_path("node1", "/tmp")
-    (tmp / os.path.basename(GO)).touch()
+    (lab.private_path("node1", "/tmp") / os.path.basename(GO)).touch()
     make_due(lab, PAUSED)
     assert all(j["ok"] for j in run_pass(lab)["jobs"])  # every replica up to date before the cut
-    for marker in (READY, GO):
-        (tmp / os.path.basename(marker)).unlink(missing_ok=True)
     for guest in PAUSED:
         cs.write_random(lab, "node1", "vm-%d-disk-0" % guest, "cut.bin", 1)
     kept = cs.tree_checksums(lab, "node2", [cs.dataset("vm-%d-disk-0" % g) for g in PAUSED[1:]])
-    make_due(lab, PAUSED)
-    runner = subprocess.Popen(lab.exec_argv("node1", [cs.LAUNCHER, "run", "--output-format", "json"]),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while not (tmp / os.path.basename(READY)).exists():
-            assert time.monotonic() < deadline and runner.poll() is None, "781-0 never began"
-            time.sleep(0.1)
-        lab.partition("node2")
-        cut = time.monotonic()
-        (tmp / os.path.basename(GO)).touch()
-        out, err = runner.communicate(timeout=300)
-        ended = time.monotonic() - cut
+        _code, result, err, ended = pass_with_781_paused(lab, lambda: lab.partition("node2"))
     finally:
         lab.heal("node2")
-        if runner.poll() is None:
-            runner.kill()
-    result = json.loads(out)
     assert [(j["job"], j["ok"]) for j in result["jobs"]] == [("780-0", True), ("781-0", False), ("782-0", False)], err
     # 781-0's call ends within two liveness periods (no answer, then no answer to a keep-alive); 782-0 does not try
     # a target this pass found unreachable (a call may last 600 s, a connect 10)
