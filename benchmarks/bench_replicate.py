@@ -9,7 +9,10 @@ then measures, on the same nodes and data:
   engine    a full run of job 900-0 (everything: prepare, snapshot, stream, finalize)
   delta     an incremental run after 10 MiB were overwritten: bytes vs `zfs send -i` of the same change
   idle      incremental runs with nothing changed, in a fresh process and again in the same process: the fixed
-            cost of a run
+            cost of a run (the engine's run_job, which opens its own control connection)
+  single    the same through the runner, as `storage-replication run <id>` does it, twice in one process a second
+            apart: the runner first asks its peers for their generation (a safety check) and the job then goes
+            over that connection; the job's own seconds and the whole run's
 Prints a table and writes build/bench/bench_replicate.json.
 """
 
@@ -91,6 +94,28 @@ def run(lab):
     return checked(cs.run_job(lab, "node1", JOB, timeout=900))
 
 
+RUN_SINGLE = """
+import json, time
+from ansible_collections.storage.replication.plugins.module_utils import runner, settings
+paths = settings.Paths()
+timings = []
+for _ in range(2):
+    time.sleep(1)
+    began = time.monotonic()
+    result = runner.run(paths, settings.load_settings(paths.settings_file), %r)
+    job = result["jobs"][0]
+    assert job["ok"], job["error"]
+    timings.append({"job_s": job["seconds"], "run_s": round(time.monotonic() - began, 3), "start": job["start"]})
+print(json.dumps(timings))
+""" % JOB
+
+
+def run_single_twice(lab):
+    """Two `run <id>` through the runner in one process; the second's timings (warm)."""
+    out = lab.exec("node1", ["env", "PYTHONPATH=" + cs.PYTHONPATH, str(cs.PYTHON), "-c", RUN_SINGLE], timeout=900)
+    return json.loads(out.stdout.strip().splitlines()[-1])[-1]
+
+
 def run_twice(lab):
     """Two runs in one process: the second is warm (imports done), like the runner's later jobs in one tick."""
     out = lab.exec("node1", ["env", "PYTHONPATH=" + cs.PYTHONPATH, str(cs.PYTHON), "-c", RUN_TWICE], timeout=900)
@@ -136,6 +161,9 @@ def main():
         (idle_cold, _cold_seconds), (idle, _warm_seconds) = run_twice(lab)
         assert cs.tree_checksum(lab, "node2", VOLUME, "__replicate_%s_%d__" % (JOB, idle["start"])) == \
             cs.tree_checksum(lab, "node1", VOLUME, "__replicate_%s_%d__" % (JOB, idle["start"]))
+        single = run_single_twice(lab)
+        assert cs.tree_checksum(lab, "node2", VOLUME, "__replicate_%s_%d__" % (JOB, single["start"])) == \
+            cs.tree_checksum(lab, "node1", VOLUME, "__replicate_%s_%d__" % (JOB, single["start"]))
     finally:
         lab.down()
 
@@ -149,6 +177,8 @@ def main():
         # same process (the runner's later jobs in one tick), cold = a fresh process (imports paramiko etc.)
         "incremental_overhead_s": idle["duration"],
         "incremental_overhead_cold_s": idle_cold["duration"],
+        # through the runner: the job over the peer check's connection, and the whole run with that check
+        "run_single_job_s": single["job_s"], "run_single_s": single["run_s"],
         "raw_pipeline_bytes": raw_bytes, "raw_pipeline_s": round(raw_seconds, 3),
         "raw_pipeline_MBps": round(raw_rate / 1e6, 1),
         "engine_full_bytes": full["bytes"], "engine_full_run_s": full["duration"],
@@ -164,6 +194,8 @@ def main():
         ("incremental_bytes_ratio (target within 5%)", "%.4f" % figures["incremental_bytes_ratio"]),
         ("incremental_overhead_s (target < 1 s), warm process", "%.3f" % figures["incremental_overhead_s"]),
         ("  same, fresh process (imports paramiko etc.)", "%.3f" % figures["incremental_overhead_cold_s"]),
+        ("run <id> through the runner, warm: the job", "%.3f" % figures["run_single_job_s"]),
+        ("  the whole run (its peer check first)", "%.3f" % figures["run_single_s"]),
     ]
     width = max(len(r[0]) for r in rows)
     for name, value in rows:

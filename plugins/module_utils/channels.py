@@ -20,7 +20,9 @@ gone, that request goes again once on a new connection (Lent).  A target that a 
 that failed, a call that lost the link) is not tried again in the same pass: its later jobs fail at once as waiting
 for their target, as they would have after their own connect timeout.
 
-A single job (`run <id>`, a migration, a plan) keeps opening a connection of its own (replicate.Context.channel).
+The runner's peer check (cluster.catch_up, before any job) hands its connections to the pool (``adopt``), so a run
+opens one connection to a target for both, `run <id>` included.  A migration and a plan open their own
+(replicate.Context.channel).
 """
 
 from __future__ import annotations
@@ -97,6 +99,18 @@ class ChannelPool:
             self.opened[node_name] = self.opened.get(node_name, 0) + 1
             self._open.add(channel)
         return channel
+
+    def adopt(self, channel):
+        """Keep a connection opened elsewhere in this run (the peer check's, cluster.catch_up) for the jobs: idle,
+        counted as opened, if it is still in step with its peer; else, or once the pool is closed, closed."""
+        where = (channel.node_name, channel.address, channel.port, channel.host_key, channel.key)
+        with self._lock:
+            if not self._closed and channel.reusable():
+                self.opened[channel.node_name] = self.opened.get(channel.node_name, 0) + 1
+                self._open.add(channel)
+                self._idle.setdefault(where, []).append(channel)
+                return
+        _close(channel)
 
     def _found_unreachable(self, where):
         with self._lock:

@@ -195,10 +195,16 @@ class _Calls:
                 self.channels[name] = channel
             return self.channels[name]
 
-    def close(self):
+    def close(self, keep=None):
+        """Close the connections, or hand them to ``keep`` (a run's ChannelPool.adopt, which keeps those still in
+        step with their peer for the run's jobs)."""
         for channel in self.channels.values():
             if channel is not None:
-                channel.close()
+                (keep or _close_channel)(channel)
+
+
+def _close_channel(channel):
+    channel.close()
 
 
 def _raise(exc):
@@ -352,11 +358,12 @@ class CatchUp:
 
 
 def catch_up(confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, key=NODE_KEY, connect=ControlChannel,
-             check_mode=False, current=None):
+             check_mode=False, current=None, keep=None):
     """Adopt the newest committed configuration any peer holds, and finish a change a dead proposer left accepted
     but uncommitted (quorum.catch_up).  ``check_mode`` writes nothing: it says what would be adopted.  ``current``:
     this node's configuration as the caller has just loaded it (the runner), which names the peers to ask; the
-    versions compared are what each node's acceptor answers, this node's own read from its files under the lock."""
+    versions compared are what each node's acceptor answers, this node's own read from its files under the lock.
+    ``keep``: what takes the peer connections when it is done (the runner's ChannelPool.adopt), else they close."""
     local_node = read_local_node(statedir)
     current = configmod.load(confdir) if current is None else current
     nodes = {node.name: node for node in peer_nodes(current, local_node)}
@@ -372,7 +379,7 @@ def catch_up(confdir=configmod.DEFAULT_CONFDIR, statedir=DEFAULT_STATEDIR, key=N
         raise ClusterError("catching up with the peers failed: %s - this node does not act on a configuration it "
                            "cannot confirm" % exc) from exc
     finally:
-        calls.close()
+        calls.close(keep)
     result = CatchUp(found.version.generation if found.version else current.generation)
     result.unreachable = dict(found.unreachable)
     result.conflicts = list(found.conflicts)

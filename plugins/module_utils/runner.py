@@ -129,13 +129,15 @@ class Runner:
         self.cfg = None  # read under the runner lock (run), where a damaged one can be restored
         self.refused = False
         self.result = {"node": self.node, "iteration": int(self.iteration), "jobs": [], "warnings": [], "peer_check": None}
+        # The run's control connections (channels.py): the peer check's are kept for the jobs that follow it.
+        self.channels = None
 
     # -- entry points -------------------------------------------------------------------------------------------
 
     def run(self, job_id=None):
         """All due jobs (pvesr run_jobs), or the one job ``job_id`` regardless of its schedule (run_single_job)."""
         try:
-            with runner_lock(self.paths.statedir):
+            with runner_lock(self.paths.statedir), ChannelPool() as self.channels:
                 self.cfg = self._readable_config()
                 self._readable_state()
                 self._forget_refusal()
@@ -250,7 +252,8 @@ class Runner:
         problem = self._single_job_problem(job, job_id)
         if problem:
             raise RunnerRefused(problem + " (after adopting the newer cluster configuration)")
-        self._execute(job, echo=self.echo)
+        self.result["connections"] = self.channels.opened
+        self._execute(job, echo=self.echo, channels=self.channels)
 
     def _single_job_problem(self, job, job_id):
         """pvesr run_single_job's preconditions, with its messages."""
@@ -299,11 +302,11 @@ class Runner:
     def _run_parallel(self):
         limit = self.settings["max_parallel"]
         started, running = set(), {}
-        # The jobs share their control connections (channels.py): at most `limit` per target, all closed when the
-        # pass ends, however it ends (the executor waits for the running jobs first: it is left before the pool).
-        # One ZFS layer for the pass too: what this node's ZFS can do is asked once, not once per job.
-        zfs = Zfs()
-        with ChannelPool() as channels, ThreadPoolExecutor(max_workers=limit) as pool:
+        # The jobs share their control connections (channels.py), the peer check's among them: at most `limit`
+        # per target, all closed when the run ends, however it ends (the executor waits for the running jobs first:
+        # it is left before the pool).  One ZFS layer for the pass too: what this node's ZFS can do is asked once.
+        zfs, channels = Zfs(), self.channels
+        with ThreadPoolExecutor(max_workers=limit) as pool:
             self.result["connections"] = channels.opened
             while True:
                 for job in self._due_jobs(started, {j.guest for j in running.values()})[:limit - len(running)]:
@@ -403,7 +406,7 @@ class Runner:
         checked = {"time": int(self.now()), "generation": self.cfg.generation}
         try:
             # the configuration this run loaded names the peers: not loaded again (ten thousand jobs' worth of memory)
-            found = self.catch_up(self.paths.confdir, self.paths.statedir, current=self.cfg)
+            found = self.catch_up(self.paths.confdir, self.paths.statedir, current=self.cfg, keep=self.channels.adopt)
             checked.update(unreachable=found.unreachable, adopted=found.adopted, source=found.source)
             conflicts = getattr(found, "conflicts", [])
             if conflicts:

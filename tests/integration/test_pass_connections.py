@@ -5,9 +5,9 @@
 
 Node2's launcher notes every start of `serve` with the SSH command that started it: each control connection starts
 one `session` process there, so the notes count the connections for real.  A pass of many guests to node2 opens at
-most max_parallel of them (and one more for its peer check), says so in its result, and every replica holds its
-source's data.  When the target's session process is killed between two jobs of a pass, the next job does not fail
-for it: the pool finds the connection dead and opens a new one.  When the link to the target is cut between two
+most max_parallel of them, the peer check's among them (for a pass and for `run <id>`), says so in its result, and
+every replica holds its source's data.  When the target's session process is killed between two jobs of a pass,
+the next job does not fail for it: the pool finds the connection dead and opens a new one.  When the link to the target is cut between two
 jobs, the jobs after it fail in seconds as waiting for their target, and the next pass catches up.
 """
 
@@ -128,9 +128,23 @@ def test_a_pass_of_many_guests_opens_at_most_max_parallel_connections_to_its_tar
         assert all(j["ok"] for j in result["jobs"]), result["warnings"]
         assert {v["mode"] for j in result["jobs"] for v in j["volumes"]} == {mode}
         opened = result["connections"]["node2"]
-        # one session per connection: the jobs' (at most four, as many as ran at once) and the peer check's
-        assert 1 <= opened <= 4 and len(session_starts(lab)) == opened + 1, (result["connections"], session_starts(lab))
+        # one session per connection: at most four (as many as jobs ran at once), the peer check's the first of them
+        assert 1 <= opened <= 4 and len(session_starts(lab)) == opened, (result["connections"], session_starts(lab))
         assert_replicas(lab, guests)
+
+
+def test_a_single_run_uses_the_connection_of_its_peer_check(cluster):
+    """`run <id>` asks the peers for their generation first; its job goes over that same connection."""
+    lab = cluster
+    settings(lab)
+    cs.write_random(lab, "node1", "vm-%d-disk-0" % MANY[0], "single.bin", 1)
+    clear_starts(lab)
+    proc = cs.sr(lab, "node1", "run", "--id", "%d-0" % MANY[0], "--output-format", "json", timeout=300)
+    result = json.loads(proc.stdout)
+    assert [(j["job"], j["ok"]) for j in result["jobs"]] == [("%d-0" % MANY[0], True)], result["warnings"]
+    # one connection to node2 for the peer check and the job (and one to node3, the other peer asked)
+    assert result["connections"] == {"node2": 1, "node3": 1} and len(session_starts(lab)) == 1, session_starts(lab)
+    assert_replicas(lab, MANY[:1])
 
 
 def pass_with_781_paused(lab, at_pause):
@@ -173,8 +187,8 @@ def test_a_session_killed_between_two_jobs_of_a_pass_is_replaced(cluster):
     code, result, err, _seconds = pass_with_781_paused(lab, kill_the_idle_session)
     assert code == 0, err
     assert [(j["job"], j["ok"]) for j in result["jobs"]] == [("%d-0" % g, True) for g in PAUSED], result["warnings"]
-    # 780-0's connection, then one new one for 781-0 and 782-0; and the peer check's
-    assert result["connections"] == {"node2": 2} and len(session_starts(lab)) == 3
+    # the peer check's connection (780-0 used it), then one new one for 781-0 and 782-0
+    assert result["connections"]["node2"] == 2 and len(session_starts(lab)) == 2
     assert_replicas(lab, PAUSED)
 
 

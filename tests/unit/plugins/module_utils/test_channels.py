@@ -15,7 +15,7 @@ import time
 import pytest
 
 from ansible_collections.storage.replication.plugins.module_utils.channels import ChannelPool
-from ansible_collections.storage.replication.plugins.module_utils.transport import RemoteError, TransportError
+from ansible_collections.storage.replication.plugins.module_utils.transport import NODE_KEY, RemoteError, TransportError
 
 NODE2 = ("node2", "10.0.0.2", "ssh-ed25519 AAAA")
 
@@ -208,6 +208,26 @@ def test_a_call_that_lost_the_link_fails_the_pass_s_later_borrows_to_that_target
         with pool.borrow(*NODE2):
             pass
     assert len(made) == 1 and made[0].closed
+
+
+def test_an_adopted_connection_is_lent_to_the_next_job_and_closed_with_the_pool():
+    """The peer check's connections (cluster.catch_up hands them over): one in step is lent without a new connect
+    and counted; a broken one, or one handed over after the pool closed, is closed."""
+    pool, made = pool_of_fakes()
+    peer_check = FakeChannel(*NODE2, key=NODE_KEY).connect()
+    broken = FakeChannel("node3", "10.0.0.3", "ssh-ed25519 AAAA", key=NODE_KEY).connect()
+    broken.broken = True
+    pool.adopt(peer_check)
+    pool.adopt(broken)
+    assert broken.closed and pool.opened == {"node2": 1}
+    with pool.borrow(*NODE2) as channel:
+        channel.call("prepare", {})
+    assert made == [] and peer_check.calls == [("prepare", {})]
+    pool.close()
+    assert peer_check.closed
+    late = FakeChannel(*NODE2, key=NODE_KEY).connect()
+    pool.adopt(late)
+    assert late.closed
 
 
 def test_a_refused_key_is_tried_again_by_the_next_job():

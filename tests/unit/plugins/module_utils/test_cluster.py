@@ -203,6 +203,14 @@ def test_catch_up_with_all_peers_equal_adopts_nothing(peers):
     assert found.adopted is None and found.generation == 1 and list(found.unreachable) == ["node2"]
 
 
+def test_catch_up_hands_its_connections_to_keep_instead_of_closing_them(peers, monkeypatch):
+    """The runner keeps the peer check's connections for its jobs (channels.ChannelPool.adopt); none is closed."""
+    kept = []
+    monkeypatch.setattr(FakeChannel, "close", lambda _channel: pytest.fail("a kept connection was closed"))
+    cluster.catch_up(peers.dirs["node1"], str(peers.state["node1"]), connect=peers.connect, keep=kept.append)
+    assert sorted(channel.node_name for channel in kept) == ["node2", "node3"]
+
+
 def test_a_conflict_left_by_a_forced_change_is_reported_and_resolved_by_the_majority(peers):
     """node3 forced generation 2 alone while node1 and node2 committed another generation 2: node3's catch-up
     reports the conflict, resolve-conflict takes the majority's version and keeps node3's own aside."""

@@ -234,6 +234,7 @@ class Node:
         self.conflicts = []
         self.channels = []  # what each job was given to reach its target (the pass's ChannelPool, or None)
         self.zfs = []  # and its ZFS layer (the pass's, or None)
+        self.kept = []  # what each peer check was told to hand its connections to
         self.virtual = VirtualClock(start)
         self.clock = self.virtual.now
 
@@ -258,8 +259,9 @@ class Node:
         state.record_job_end(job, start, 0.1, error, bytes_sent=4096)
         return {"job": job_id, "ok": error is None, "error": error, "start": start, "bytes": 4096}
 
-    def catch_up(self, confdir, statedir, current=None):
+    def catch_up(self, confdir, statedir, current=None, keep=None):
         del statedir
+        self.kept.append(keep)
         # the runner hands over the configuration it loaded (the peers to ask), not a stale one
         assert current is not None and current.generation == C.load(confdir).generation
         self.peer_checks += 1
@@ -353,9 +355,9 @@ def test_two_jobs_of_one_guest_never_run_at_once(tmp_path):
 
 
 def test_the_jobs_of_a_pass_share_its_connections_which_close_when_it_ends(tmp_path, monkeypatch):
-    """Every job of a pass gets the pass's one ChannelPool (channels.py), closed when the pass ends, also when it ends
-    with an exception, and its one ZFS layer; the run's result counts the connections it opened.  A single job
-    (`run <id>`) opens its own."""
+    """Every job of a pass gets the run's one ChannelPool (channels.py), closed when the run ends, also when it ends
+    with an exception, and its one ZFS layer; the run's result counts the connections it opened.  The peer check
+    before the jobs hands its connections to that pool; a single job (`run <id>`) gets it too."""
     closed = []
 
     def close(pool):
@@ -367,11 +369,15 @@ def test_the_jobs_of_a_pass_share_its_connections_which_close_when_it_ends(tmp_p
     assert len(node.channels) == 6 and isinstance(node.channels[0], R.ChannelPool)
     assert all(pool is node.channels[0] for pool in node.channels)
     assert closed == [node.channels[0]] and result["connections"] is node.channels[0].opened
+    assert node.kept == [node.channels[0].adopt]
     assert node.zfs[0] is not None and all(zfs is node.zfs[0] for zfs in node.zfs)  # features asked once a pass
     node.channels.clear()
     node.zfs.clear()
     StateFile(node.paths.statedir).schedule_now(cfg.jobs["100-0"])
-    assert [j["job"] for j in node.run("100-0")["jobs"]] == ["100-0"] and node.channels == [None] and node.zfs == [None]
+    single = node.run("100-0")
+    assert [j["job"] for j in single["jobs"]] == ["100-0"] and node.zfs == [None]
+    assert len(node.channels) == 1 and isinstance(node.channels[0], R.ChannelPool) and closed[-1] is node.channels[0]
+    assert node.kept[-1] == node.channels[0].adopt and single["connections"] is node.channels[0].opened
 
     def interrupted(*_args, **_kwargs):
         raise KeyboardInterrupt
@@ -379,7 +385,7 @@ def test_the_jobs_of_a_pass_share_its_connections_which_close_when_it_ends(tmp_p
         StateFile(node.paths.statedir).schedule_now(job)
     with pytest.raises(KeyboardInterrupt):
         node.runner(run_job=interrupted).run()
-    assert len(closed) == 2
+    assert len(closed) == 3
 
 
 def test_an_idle_run_runs_nothing_and_asks_no_peer(tmp_path):
