@@ -293,3 +293,27 @@ def test_an_interrupted_call_breaks_the_connection():
     with pytest.raises(KeyboardInterrupt):
         channel.call("prepare", {})
     assert channel.broken and not channel.ended and not channel.reusable()
+
+
+LEAN_IMPORT = """
+import sys
+from ansible_collections.storage.replication.plugins.module_utils.transport import ControlChannel, TransportError
+channel = ControlChannel("node2", "127.0.0.1", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJiK4nz/cnY3cyAUYjpq4W13HzgqcR6J+KIvhTohaTcD",
+                         port=1, timeout=2)
+try:
+    channel.connect()
+except TransportError as exc:
+    assert exc.unreachable, exc
+loaded = [name for name, module in sys.modules.items() if name.partition(".")[0] == "invoke" and module is not None]
+print(loaded, "paramiko" in sys.modules)
+"""
+
+
+def test_a_connect_imports_paramiko_without_invoke():
+    """paramiko's `invoke` (for OpenSSH configs' `Match exec`, never read here) stays out of the process: a connect
+    (here refused: nothing listens on port 1) leaves no invoke module loaded, and paramiko works without it."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+    proc = subprocess.run([sys.executable, "-c", LEAN_IMPORT], capture_output=True, text=True, check=False,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["[]", "True"]
