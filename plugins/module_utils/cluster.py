@@ -199,12 +199,12 @@ class _Calls:
         """Close the connections, or hand them to ``keep`` (a run's ChannelPool.adopt, which keeps those still in
         step with their peer for the run's jobs)."""
         for channel in self.channels.values():
-            if channel is not None:
-                (keep or _close_channel)(channel)
-
-
-def _close_channel(channel):
-    channel.close()
+            if channel is None:
+                continue
+            if keep is None:
+                channel.close()
+            else:
+                keep(channel)
 
 
 def _raise(exc):
