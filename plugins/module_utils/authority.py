@@ -19,6 +19,7 @@ from ansible_collections.storage.replication.plugins.module_utils import config 
 from ansible_collections.storage.replication.plugins.module_utils.names import (
     GUEST_ID_MAX, GUEST_ID_MIN, JOB_ID_RE, NUMBER_RE, VOLUME_RE, job_guest, migration_copy_job)
 from ansible_collections.storage.replication.plugins.module_utils.protocol import Refused
+from ansible_collections.storage.replication.plugins.module_utils.zfs import bound_identity
 
 
 # ---------------------------------------------------------------- the values of a request
@@ -59,8 +60,8 @@ def int_or_none(text):
 class Authority:
     """The checks that need this node's configuration and ZFS; the Receiver is one.  It provides ``cfg`` (the
     configuration in force), ``forget_config()``, ``node``, ``peer`` (the node whose key opened the session),
-    ``confdir``, ``statedir``, ``zfs``, ``pools_present`` (the storage datasets seen to exist in this request:
-    forget_config empties it) and ``say(line)``."""
+    ``confdir``, ``statedir``, ``zfs``, ``pools_present`` (the storage datasets seen to exist in this
+    session) and ``say(line)``."""
 
     def caller(self, request):
         """The calling node, as its key says (never as the request says): refused when the key names no node, the
@@ -161,6 +162,21 @@ class Authority:
             self.check_replica(volume, dataset, guest)
         return datasets
 
+    def read_replicas(self, guest, volumes, properties):
+        """{volume: (dataset, props)} as checked_replicas() checks them, with what the caller reads next in the same
+        single `zfs get`: ``props`` holds ``properties`` of every dataset and of its snapshots (zfs.parse_get form).
+        A volume whose dataset does not exist is refused, like any other that fails a check, before anything is
+        touched."""
+        datasets = {volume: self.dataset(volume) for volume in self.check_guest_volumes(guest, volumes)}
+        props = self.zfs.volume_props(list(datasets.values()), properties)
+        for volume, dataset in datasets.items():
+            if dataset not in props:
+                raise Refused("volume '%s' has no replica on node '%s' (dataset '%s' does not exist): refused, nothing "
+                              "was changed - the next run of its job sends it again" % (volume, self.node, dataset),
+                              "replica-missing")
+            self.check_replica(volume, dataset, guest, bound_identity(props[dataset]))
+        return {volume: (dataset, props) for volume, dataset in datasets.items()}
+
     def adopt_newer(self, source, generation):
         """The caller holds a newer configuration: this node adopts it before judging the request (DESIGN rule 2).
 
@@ -187,7 +203,9 @@ class Authority:
             raise Refused("storage '%s' is not defined as a zfspool storage on node '%s' - add it to the cluster "
                           "configuration (storages) and re-run the site playbook" % (storage_id, self.node),
                           "storage-missing")
-        # asked once per request, not once per volume and storage (a `zfs get` each); one found missing is asked again
+        # Asked once per session, not once per request and volume (a `zfs get` each, three per job; on a slow CPU a
+        # process start is tenths of a second).  Only presence is remembered: a pool found missing is asked again, and
+        # one destroyed since makes the request's own `zfs` commands fail, which changes nothing.
         if storage.pool not in self.pools_present:
             if not self.zfs.exists(storage.pool):
                 if not required:

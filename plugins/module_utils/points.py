@@ -33,7 +33,11 @@ DESTROY_WORKERS = 4
 def listing(zfs, dataset):
     """{snap: {guid, createtxg, creation, used, referenced, userrefs}} of one dataset in creation order: what
     Zfs.snapshots gives plus the space figures, in the same single `zfs get`."""
-    props = zfs.get(POINT_PROPERTIES, [dataset], 1)
+    return listing_of(zfs.get(POINT_PROPERTIES, [dataset], 1), dataset)
+
+
+def listing_of(props, dataset):
+    """listing() from a `zfs get -d 1` of (at least) POINT_PROPERTIES that was read already (parse_get form)."""
     tree = snapshot_tree(props).get(dataset, {})
     for snap, info in tree.items():
         values = props.get("%s@%s" % (dataset, snap), {})

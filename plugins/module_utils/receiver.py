@@ -35,7 +35,8 @@ from ansible_collections.storage.replication.plugins.module_utils.receive_stream
     feed_zfs_recv, leftover_wait, receive_lock, receive_running)
 from ansible_collections.storage.replication.plugins.module_utils.settings import SETTINGS_FILE, load_settings
 from ansible_collections.storage.replication.plugins.module_utils.state import DEFAULT_STATEDIR, StateFile, read_local_node
-from ansible_collections.storage.replication.plugins.module_utils.zfs import LookingZfs, Zfs, ZfsError, recv_argv, send_argv
+from ansible_collections.storage.replication.plugins.module_utils.zfs import (
+    SNAPSHOT_PROPERTIES, LookingZfs, Zfs, ZfsError, bound_identity, recv_argv, send_argv, snapshot_tree)
 
 DIVERGED_INFIX = "-diverged-"
 
@@ -71,9 +72,8 @@ class Receiver(Authority):
         return self._cfg
 
     def forget_config(self):
-        """After each request: the next one sees the configuration, and the storages' datasets, as they are then."""
+        """After each request: the next one sees the configuration as it is then."""
         self._cfg = None
-        self.pools_present = set()
 
     def say(self, message):
         self.log.append(message)
@@ -137,7 +137,8 @@ class Receiver(Authority):
         keep = self.job_keep(job)
         wanted = {v: self.dataset(v) for v in volumes}
         self.await_leftover_receives(wanted, looking)
-        found = self.scan_job_volumes(job, guest, scan, wanted) if stale_search else self.job_volumes(wanted)
+        found, tokens = (self.scan_job_volumes(job, guest, scan, wanted), None) if stale_search else \
+            self.job_volumes(wanted)
         remaining = {}
         for volume, (dataset, snaps, bound) in sorted(found.items()):
             if volume in wanted:
@@ -156,7 +157,7 @@ class Receiver(Authority):
                 self.zfs.destroy(dataset, recursive=True)
         if force and not volumes and last_sync == 1:
             self.forget_guest(guest, job, looking)
-        tokens = self.resume_tokens(wanted)
+        tokens = self.resume_tokens(wanted) if tokens is None else tokens
         for volume in tokens:
             if not remaining.get(volume):  # an interrupted first receive: no replica yet, only its saved state
                 remaining.pop(volume, None)
@@ -278,9 +279,12 @@ class Receiver(Authority):
         """scan_job_volumes() for the wanted volumes only, without looking for the job's stale replicas: what a
         source asks for when it sends the very volumes of its last sync (no replica of this job can have become
         stale since; should one be there, not searching only leaves it alone).  Reads no other dataset, so a job's
-        prepare does not grow with the storage's guests."""
+        prepare does not grow with the storage's guests.  Returns (found, {volume: receive_resume_token}): the
+        tokens come with the same `zfs get` (resume_tokens() would list every dataset of the storages)."""
         found = self.zfs.volumes(sorted(wanted.values()))
-        return {volume: (dataset,) + found[dataset] for volume, dataset in wanted.items() if dataset in found}
+        mine = {volume: dataset for volume, dataset in wanted.items() if dataset in found}
+        return ({volume: (dataset,) + found[dataset][:2] for volume, dataset in mine.items()},
+                {volume: found[dataset][2] for volume, dataset in mine.items() if found[dataset][2] is not None})
 
     def is_job_replica(self, volume, job, guest, bound):
         """A dataset the job may delete as stale: bound to this guest and job (REPLICA_PROPERTY naming the dataset's
@@ -314,8 +318,10 @@ class Receiver(Authority):
             if args.get("resume") == "1":  # the rest of an interrupted stream: it goes where the first part went
                 received = self.feed(recv_argv(dataset, force=False, resumable=True), stdin, volume, stall)
             elif base:
-                bound = self.check_replica(volume, dataset, guest)
-                kept = self.protect_diverged(volume, dataset, base, self.job_keep(job).history)
+                props = self.read_replicas(guest, [volume], SNAPSHOT_PROPERTIES)[volume][1]
+                bound = bound_identity(props[dataset])
+                snaps = snapshot_tree(props).get(dataset, {})
+                kept = self.protect_diverged(volume, dataset, snaps, base, self.job_keep(job).history)
                 received = self.feed(self.recv_argv(dataset, True, args.get("raw") == "1"), stdin, volume, stall)
             else:
                 received = self.receive_full(volume, dataset, stdin, args.get("raw") == "1", stall)
@@ -349,14 +355,14 @@ class Receiver(Authority):
                 self.zfs.destroy(dataset, recursive=True)
             raise
 
-    def protect_diverged(self, volume, dataset, base, points=False):
-        """Before `zfs recv -F` rolls the replica back to base: keep aside what was written here since.
+    def protect_diverged(self, volume, dataset, snaps, base, points=False):
+        """Before `zfs recv -F` rolls the replica back to base: keep aside what was written here since.  ``snaps``:
+        the replica's snapshots, as Zfs.snapshots() lists them.
 
         ``points``: the job keeps restore points, and its stream is a plain incremental (`send -i`, which leaves
         older snapshots alone where a replication stream would destroy those the source no longer has); the
         replica must then end at base, so newer restore points (after a rollback of the guest to an older point)
         are kept aside with the replica, every snapshot included, before it is rolled back to base."""
-        snaps = self.zfs.snapshots(dataset)
         if base not in snaps:
             raise Refused("base snapshot '%s' of volume '%s' does not exist on node '%s' - the next run selects a new "
                           "base" % (base, volume, self.node), "base-missing")
@@ -413,8 +419,8 @@ class Receiver(Authority):
         keep = replication_snapshot(job, last_sync)
         grid = self.job_keep(job)
         listed = {}
-        for volume, dataset in self.checked_replicas(guest, volumes).items():
-            snaps = listed[volume] = pointsmod.listing(self.zfs, dataset)
+        for volume, (dataset, props) in self.read_replicas(guest, volumes, pointsmod.POINT_PROPERTIES).items():
+            snaps = listed[volume] = pointsmod.listing_of(props, dataset)
             if keep not in snaps:
                 self.say("expected snapshot %s not present for %s, not removing others" % (keep, volume))
                 continue

@@ -62,6 +62,8 @@ class Context:
     inline: object = dataclasses.field(default=None, init=False)
     # Restore points the target deleted in this run because its pool was full (reported, never silent).
     space_pruned: list = dataclasses.field(default_factory=list, init=False)
+    # {dataset: (bookmarks, send options)} as prepare_local read them with the snapshots, for the rest of the run.
+    listed: dict = dataclasses.field(default_factory=dict, init=False)
 
     def __post_init__(self):
         self.guest = self.cfg.guests[self.job.guest]
@@ -221,7 +223,7 @@ def prepare_local(ctx, datasets, last_sync, keep=None):
     result = {}
     for volume, dataset in datasets.items():
         try:
-            snaps = ctx.zfs.snapshots(dataset)
+            snaps, marks, options = ctx.zfs.source_listing(dataset)
         except ZfsError as exc:
             raise ReplicationError("volume '%s' (dataset '%s') is not available on this node: %s - fix the guest's "
                                    "volume list or create the dataset" % (volume, dataset, exc.stderr)) from exc
@@ -232,7 +234,8 @@ def prepare_local(ctx, datasets, last_sync, keep=None):
         else:
             deleted = prune_job_snapshots(ctx.zfs, ctx.log, ctx.job.id, volume, dataset, snaps, last_sync, keep.get(volume))
         result[volume] = {s: i for s, i in snaps.items() if s not in deleted}
-        for name, info in ctx.zfs.bookmarks(dataset).items():
+        ctx.listed[dataset] = (marks, options)
+        for name, info in marks.items():
             if is_job_snapshot(name, ctx.job.id) and name not in result[volume]:
                 result[volume][name] = dict(info, bookmark=True)
     return result
@@ -405,7 +408,7 @@ def send_volume(ctx, target, known_hosts, volume, dataset, base, snap):
     now = limit() if callable(limit) else limit
     if now:
         ctx.log("using a bandwidth limit of %d bytes per second for transferring '%s'" % (now, volume))
-    options = ctx.zfs.send_options(dataset)
+    options = dict(ctx.listed[dataset][1])
     if options["raw"] or options["compressed"]:
         ctx.log("sending '%s' %s" % (volume, "raw (encrypted on the wire and on the target)" if options["raw"]
                                      else "compressed as stored (-c)"))
@@ -553,13 +556,14 @@ def base_references(local, bases):
 
 def mark_synced(ctx, datasets, snap):
     """After a sync (OpenZFS): hold the new base so that nobody destroys it by accident, and bookmark it so that
-    the next run can still send incrementally if it is destroyed anyway; older bookmarks of the job go."""
+    the next run can still send incrementally if it is destroyed anyway; older bookmarks of the job go (those
+    prepare_local listed: the job's lock keeps anyone else from making more of them)."""
     for volume, dataset in datasets.items():
         try:
             ctx.zfs.keep_for_next_sync("%s@%s" % (dataset, snap))
             if ctx.zfs.features.bookmarks:
                 ctx.zfs.bookmark(dataset, snap)
-                for name in ctx.zfs.bookmarks(dataset):
+                for name in ctx.listed[dataset][0]:
                     if is_job_snapshot(name, ctx.job.id) and name != snap:
                         ctx.zfs.destroy("%s#%s" % (dataset, name))
         except ZfsError as exc:  # the sync itself succeeded; the next run falls back to the snapshot or a full send

@@ -121,6 +121,18 @@ def snapshot_tree(props_by_name):
     return {ds: dict(sorted(snaps.items(), key=lambda item: item[1]["createtxg"])) for ds, snaps in tree.items()}
 
 
+def bookmark_tree(props_by_name, dataset):
+    """From parse_get() output that lists bookmarks: {name: {guid, createtxg, creation}} of dataset's, oldest
+    first."""
+    marks = {}
+    for name, props in props_by_name.items():
+        owner, mark, bookmark = name.partition("#")
+        if mark and owner == dataset:
+            marks[bookmark] = {"guid": props.get("guid", ""), "createtxg": int(props.get("createtxg", "0") or 0),
+                               "creation": int(props.get("creation", "0") or 0)}
+    return dict(sorted(marks.items(), key=lambda item: item[1]["createtxg"]))
+
+
 def stream_begin_guids(header):
     """(toguid, fromguid) of a send stream's BEGIN record (its first 312 bytes)."""
     if len(header) < DRR_HEADER_SIZE:
@@ -262,25 +274,36 @@ def parse_resume_info(text):
     return fields["toname"], int(fields["toguid"], 0)
 
 
-def _bound(values):
+def bound_identity(values):
     """(identity or None, guid) of a dataset from its `zfs get` values: what REPLICA_PROPERTY says it is
     (names.parse_replica_identity) and its own guid, which a true identity names."""
     return parse_replica_identity(values.get(REPLICA_PROPERTY)), values.get("guid", "")
+
+
+def _token(values):
+    """A dataset's receive_resume_token from its `zfs get` values; None when it holds no interrupted receive."""
+    token = values.get("receive_resume_token", "-")
+    return None if token in NO_TOKEN else token
 
 
 def snapshot_argv(names):
     return [ZFS, "snapshot"] + list(names)
 
 
-def get_argv(properties, names, depth=None):
-    """`zfs get` in exact numbers; depth 1 adds the datasets' snapshots (and direct children), 2 theirs too."""
+def get_argv(properties, names, depth=None, types=None):
+    """`zfs get` in exact numbers; depth 1 adds the datasets' snapshots (and direct children), 2 theirs too;
+    ``types`` (OpenZFS) names the kinds listed ("bookmark" adds bookmarks, which are listed only when asked for)."""
     argv = [ZFS, "get", "-Hp", "-o", "name,property,value"]
     if depth is not None:
         argv += ["-d", str(depth)]
+    if types is not None:
+        argv += ["-t", ",".join(types)]
     return argv + [",".join(properties)] + list(names)
 
 
 SNAPSHOT_PROPERTIES = ("type", "guid", "createtxg", "creation")
+SEND_OPTION_PROPERTIES = ("compression", "encryption")
+LISTED_TYPES = ("filesystem", "volume", "snapshot", "bookmark")
 
 
 class Features:
@@ -338,8 +361,8 @@ class Zfs:
         rc, _out, _err = self.run([ZFS, "get", "-H", "-o", "value", "type", name], None, False)
         return rc == 0
 
-    def get(self, properties, names, depth=None):
-        _rc, out, _err = self.run(get_argv(properties, names, depth), None, True)
+    def get(self, properties, names, depth=None, types=None):
+        _rc, out, _err = self.run(get_argv(properties, names, depth, types), None, True)
         return parse_get(out)
 
     def snapshots(self, dataset):
@@ -353,23 +376,30 @@ class Zfs:
         identity names.  Two `zfs get`: who every child is, then the snapshots of those picked only (on a storage
         of hundreds of guests, listing all their snapshots was most of the time of a job's prepare)."""
         props = self.get(("guid", REPLICA_PROPERTY), [parent], 1)
-        bound = {ds: _bound(values) for ds, values in props.items() if ds.rpartition("/")[0] == parent and "@" not in ds}
+        bound = {ds: bound_identity(values) for ds, values in props.items() if ds.rpartition("/")[0] == parent and "@" not in ds}
         picked = [ds for ds, identity in bound.items() if look(ds, identity)]
         tree = snapshot_tree(self.get(SNAPSHOT_PROPERTIES, picked, 1)) if picked else {}
         return {ds: (tree.get(ds, {}), bound[ds]) for ds in picked}
 
     def volumes(self, datasets):
-        """{dataset: (snapshots, (identity or None, guid))} as child_volumes() gives them, of those of ``datasets``
-        that exist, in one `zfs get` that reads no other dataset (its cost does not grow with the storage's
-        guests).  ZfsError for any failure but a dataset that does not exist."""
-        argv = get_argv(SNAPSHOT_PROPERTIES + (REPLICA_PROPERTY,), datasets, 1)
+        """{dataset: (snapshots, (identity or None, guid), receive_resume_token or None)} of those of ``datasets``
+        that exist (the first two as child_volumes() gives them; the token where an interrupted receive into the
+        dataset can be resumed, OpenZFS), in one `zfs get` that reads no other dataset (its cost does not grow with
+        the storage's guests).  ZfsError for any failure but a dataset that does not exist."""
+        props = self.volume_props(datasets, SNAPSHOT_PROPERTIES + (("receive_resume_token",)
+                                                                   if self.features.resumable_receive else ()))
+        tree = snapshot_tree(props)
+        return {ds: (tree.get(ds, {}), bound_identity(props[ds]), _token(props[ds])) for ds in datasets if ds in props}
+
+    def volume_props(self, datasets, properties=SNAPSHOT_PROPERTIES):
+        """parse_get() of ``properties`` and REPLICA_PROPERTY of those of ``datasets`` that exist and of their
+        snapshots: one `zfs get -d 1`.  ZfsError for any failure but a dataset that does not exist."""
+        argv = get_argv(tuple(properties) + (REPLICA_PROPERTY,), datasets, 1)
         rc, out, err = self.run(argv, None, False)
         if rc != 0 and (not err.strip() or any("dataset does not exist" not in line for line in err.splitlines()
                                                if line.strip())):
             raise ZfsError(argv, rc, err)
-        props = parse_get(out)
-        tree = snapshot_tree(props)
-        return {ds: (tree.get(ds, {}), _bound(props[ds])) for ds in datasets if ds in props}
+        return parse_get(out)
 
     def replica_identity(self, dataset):
         """(identity or None, guid) of one dataset (see child_volumes)."""
@@ -470,9 +500,13 @@ class Zfs:
     def send_options(self, dataset):
         """{"compressed", "raw"} for send_argv: raw for encrypted datasets (the data stays encrypted on the wire
         and on the target, which needs no key), -c where the data is stored compressed (sent as stored)."""
+        return self.send_options_of(self.get(SEND_OPTION_PROPERTIES, [dataset])[dataset]
+                                    if self.features.compressed_send else {})
+
+    def send_options_of(self, props):
+        """send_options() from the dataset's SEND_OPTION_PROPERTIES, read already."""
         if not self.features.compressed_send:
             return {"compressed": False, "raw": False}
-        props = self.get(["compression", "encryption"], [dataset])[dataset]
         raw = self.features.raw_send and props.get("encryption", "off") not in ("off", "-")
         return {"compressed": not raw and props.get("compression", "off") not in ("off", "-"), "raw": raw}
 
@@ -481,9 +515,8 @@ class Zfs:
         if not self.features.resumable_receive:
             return {}
         found = self.get(["receive_resume_token"], [parent], 1)
-        return {name: props["receive_resume_token"] for name, props in found.items()
-                if name.rpartition("/")[0] == parent and "@" not in name
-                and props.get("receive_resume_token", "-") not in NO_TOKEN}
+        return {name: _token(props) for name, props in found.items()
+                if name.rpartition("/")[0] == parent and "@" not in name and _token(props) is not None}
 
     def resume_target(self, token):
         """(snapshot, guid) the token continues; ZfsError if this node cannot resume it (the snapshot is gone)."""
@@ -513,13 +546,17 @@ class Zfs:
         """{name: {guid, createtxg, creation}} of dataset's bookmarks, oldest first ({} without bookmark support)."""
         if not self.features.bookmarks:
             return {}
-        _rc, out, _err = self.run([ZFS, "list", "-H", "-p", "-t", "bookmark", "-d", "1", "-o",
-                                   "name,guid,createtxg,creation", dataset], None, True)
-        marks = {}
-        for line in out.splitlines():
-            name, guid, createtxg, creation = line.split("\t")
-            marks[name.partition("#")[2]] = {"guid": guid, "createtxg": int(createtxg), "creation": int(creation)}
-        return dict(sorted(marks.items(), key=lambda item: item[1]["createtxg"]))
+        return bookmark_tree(self.get(SNAPSHOT_PROPERTIES, [dataset], 1, ("bookmark",)), dataset)
+
+    def source_listing(self, dataset):
+        """(snapshots, bookmarks, send options) of a dataset this node sends, as snapshots(), bookmarks() and
+        send_options() give them, from one `zfs get` where ZFS has bookmarks (each `zfs` command is a process
+        start: tenths of a second on a slow CPU); zfs-fuse has neither bookmarks nor send options to read."""
+        if not self.features.bookmarks:
+            return self.snapshots(dataset), {}, self.send_options(dataset)
+        props = self.get(SNAPSHOT_PROPERTIES + SEND_OPTION_PROPERTIES, [dataset], 1, LISTED_TYPES)
+        snaps = snapshot_tree({name: values for name, values in props.items() if "#" not in name}).get(dataset, {})
+        return snaps, bookmark_tree(props, dataset), self.send_options_of(props.get(dataset, {}))
 
     def written_since(self, dataset, snapshot):
         """True if file data was written to dataset after dataset@snapshot (later snapshots are the caller's check).

@@ -12,8 +12,10 @@ import json
 import pytest
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+from ansible_collections.storage.replication.plugins.module_utils.names import REPLICA_PROPERTY, replica_identity
 from ansible_collections.storage.replication.plugins.module_utils.receiver import Receiver
 from ansible_collections.storage.replication.plugins.module_utils.serve import main
+from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs
 
 
 class NoZfs:
@@ -129,7 +131,11 @@ class OwnVolumesZfs(ListingZfs):
 
     def volumes(self, datasets):
         self.asked.append(list(datasets))
-        return {ds: self.held[ds] for ds in datasets if ds in self.held}
+        return {ds: (self.held[ds] + (None,))[:3] for ds in datasets if ds in self.held}
+
+    @staticmethod
+    def resume_tokens(_pool):
+        raise AssertionError("the whole storage was listed for resume tokens")
 
 
 def test_a_prepare_without_stale_search_reads_only_the_jobs_own_volumes(receiver):
@@ -141,6 +147,15 @@ def test_a_prepare_without_stale_search_reads_only_the_jobs_own_volumes(receiver
     assert receiver.zfs.asked == [["rpool/data/vm-100-disk-0"]]
     assert reply["volumes"] == {"local-zfs:vm-100-disk-0": {"__replicate_100-0_1700000000__": {
         "id": "12", "timestamp": 1700000000}}}
+
+
+def test_a_prepare_without_stale_search_finds_an_interrupted_receive_in_the_same_read(receiver):
+    snaps = {"__replicate_100-0_1700000000__": {"guid": "12", "createtxg": 5, "creation": 1700000000}}
+    identity = {"guest": 100, "job": "100-0", "source": "node1", "guid": "11"}
+    receiver.zfs = OwnVolumesZfs({"rpool/data/vm-100-disk-0": (snaps, (identity, "11"), "1-token")})
+    reply = serve(receiver, "prepare", prepare_request(last_sync=1700000000, stale_search=False))
+    assert reply["ok"] and reply["resume_tokens"] == {"local-zfs:vm-100-disk-0": "1-token"}, reply
+    assert receiver.zfs.asked == [["rpool/data/vm-100-disk-0"]]
 
 
 def test_a_prepare_without_stale_search_still_refuses_another_guests_replica(receiver):
@@ -168,7 +183,7 @@ def test_an_older_generation_is_judged_by_what_the_request_depends_on(receiver):
     assert reply["ok"] and reply["volumes"] == {}, reply
 
 
-def test_a_request_asks_once_whether_a_storage_dataset_exists_and_the_next_request_asks_again(receiver):
+def test_a_session_asks_once_whether_a_storage_dataset_exists_and_again_for_one_found_missing(receiver):
     asked = []
 
     class CountingZfs(ListingZfs):
@@ -179,12 +194,14 @@ def test_a_request_asks_once_whether_a_storage_dataset_exists_and_the_next_reque
     receiver.zfs = CountingZfs()
     request = prepare_request(scan=["local-zfs"])
     assert serve(receiver, "prepare", request)["ok"] and asked == ["rpool/data"]  # the volume and the scan: one look
-    assert serve(receiver, "prepare", request)["ok"] and asked == ["rpool/data"] * 2
+    assert serve(receiver, "prepare", request)["ok"] and asked == ["rpool/data"]  # the session's next request
     cfg = configmod.load(receiver.confdir)
     cfg.storages["local-zfs"].pool = "rpool/gone"
     configmod.save(cfg, receiver.confdir)
-    reply = serve(receiver, "prepare", prepare_request(generation=8))  # a missing one is asked for, and refused
-    assert not reply["ok"] and reply["reason"] == "storage-missing" and asked[-1] == "rpool/gone"
+    for _ in range(2):  # a missing one is asked for, and refused, every time
+        reply = serve(receiver, "prepare", prepare_request(generation=8))
+        assert not reply["ok"] and reply["reason"] == "storage-missing"
+    assert asked == ["rpool/data", "rpool/gone", "rpool/gone"]
 
 
 def test_an_older_generation_whose_guest_moved_is_refused(receiver):
@@ -365,6 +382,11 @@ class StampedZfs(NoZfs):
         return {"guest": self.identity_guest, "job": "%d-0" % self.identity_guest, "source": "node3",
                 "guid": "42"}, "42"
 
+    def volume_props(self, datasets, _properties):
+        """What `zfs get -d 1` says of each (existing) dataset: its guid, and the identity naming the other guest."""
+        value = replica_identity(self.identity_guest, "%d-0" % self.identity_guest, "node3", "42")
+        return {dataset: {"guid": "42", REPLICA_PROPERTY: value} for dataset in datasets}
+
 
 def test_a_dataset_bound_to_another_guest_is_never_touched(receiver):
     receiver.zfs = StampedZfs(300)
@@ -372,3 +394,77 @@ def test_a_dataset_bound_to_another_guest_is_never_touched(receiver):
                             "base=__replicate_100-0_4__ generation=7 source=node1", raw=b"")
     assert not reply["ok"] and reply["reason"] == "not-ours"
     assert "is a replica of guest 300 (job 300-0 from node 'node3'), not of guest 100" in reply["error"]
+
+
+class ScriptedZfs:
+    """A real zfs.Zfs over a scripted `zfs` command: `zfs get` answers from ``held`` ({name: {property: value}},
+    snapshots included), `zfs destroy` removes; every command is recorded."""
+
+    def __init__(self, held):
+        self.held, self.commands = held, []
+        self.zfs = Zfs(run=self.run)
+
+    def run(self, argv, _input, check):
+        self.commands.append(argv[1:])
+        if argv[1] == "version":  # zfs-fuse (no holds to take or release)
+            return 1, "", "unrecognized command 'version'"
+        if argv[1] == "get":  # get -Hp -o name,property,value [-d 1] PROPERTIES NAME...
+            depth = "-d" in argv
+            at = argv.index("-d") + 2 if depth else argv.index("-o") + 2
+            properties, names = argv[at].split(","), argv[at + 1:]
+            if depth:
+                names = [n for n in self.held if n.partition("@")[0] in names]
+            lines = ["%s\t%s\t%s" % (n, p, self.held[n].get(p, "-")) for n in names for p in properties]
+            return 0, "\n".join(lines) + "\n", ""
+        if argv[1] == "destroy":
+            del self.held[argv[-1]]
+            return 0, "", ""
+        raise AssertionError("unexpected zfs command %s" % argv)
+
+
+def two_volume_target(receiver, second_identity):
+    """Guest 100 with two volumes; the target holds both replicas, each with snapshots 4 and 5 of job 100-0."""
+    cfg = configmod.load(receiver.confdir)
+    cfg.guests[100].volumes.append("local-zfs:vm-100-disk-1")
+    cfg.generation = 8
+    configmod.save(cfg, receiver.confdir)
+    held = {"rpool/data": {"type": "filesystem"}}
+    for disk, identity in (("vm-100-disk-0", replica_identity(100, "100-0", "node1", "10")),
+                           ("vm-100-disk-1", second_identity)):
+        held["rpool/data/" + disk] = {"type": "volume", "guid": "10", REPLICA_PROPERTY: identity}
+        for stamp in (4, 5):
+            held["rpool/data/%s@__replicate_100-0_%d__" % (disk, stamp)] = {
+                "type": "snapshot", "guid": str(stamp), "createtxg": str(stamp), "creation": str(stamp)}
+    return ScriptedZfs(held)
+
+
+def finalize_request():
+    return {"job": "100-0", "guest": 100, "volumes": ["local-zfs:vm-100-disk-0", "local-zfs:vm-100-disk-1"],
+            "last_sync": 5, "guest_definition": {}, "generation": 8, "source": "node1"}
+
+
+def test_finalize_reads_each_replica_once_and_keeps_the_newest_snapshot(receiver):
+    scripted = two_volume_target(receiver, replica_identity(100, "100-0", "node1", "10"))
+    receiver.zfs = scripted.zfs
+    reply = serve(receiver, "finalize", finalize_request())
+    assert reply["ok"], reply
+    gets = [c for c in scripted.commands if c[0] == "get"]
+    assert len(gets) == 2  # the storage's dataset, then both replicas with their identities and snapshots at once
+    assert gets[1][-1:] == ["rpool/data/vm-100-disk-1"] and gets[1][-2:-1] == ["rpool/data/vm-100-disk-0"]
+    assert [c for c in scripted.commands if c[0] == "destroy"] == [
+        ["destroy", "rpool/data/vm-100-disk-%d@__replicate_100-0_4__" % disk] for disk in (0, 1)]
+
+
+@pytest.mark.parametrize("second, reason", [
+    (replica_identity(300, "300-0", "node3", "10"), "not-ours"),  # bound to another guest
+    (None, "replica-missing"),  # not there at all
+])
+def test_finalize_touches_no_volume_when_a_later_one_is_not_the_guests_replica(receiver, second, reason):
+    scripted = two_volume_target(receiver, second)
+    if second is None:
+        scripted.held = {n: v for n, v in scripted.held.items() if "vm-100-disk-1" not in n}
+    receiver.zfs = scripted.zfs
+    reply = serve(receiver, "finalize", finalize_request())
+    assert not reply["ok"] and reply["reason"] == reason and "vm-100-disk-1" in reply["error"]
+    assert not [c for c in scripted.commands if c[0] != "get"]
+    assert "rpool/data/vm-100-disk-0@__replicate_100-0_4__" in scripted.held

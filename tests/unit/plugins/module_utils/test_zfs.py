@@ -215,10 +215,27 @@ def test_volumes_reads_the_named_datasets_only_and_skips_those_that_do_not_exist
         return 1, out, "cannot open 'rpool/data/vm-100-disk-1': dataset does not exist\n"
 
     found = zfsmod.Zfs(run=run).volumes(["rpool/data/vm-100-disk-0", "rpool/data/vm-100-disk-1"])
-    assert len(calls) == 1 and calls[0][-2:] == ["rpool/data/vm-100-disk-0", "rpool/data/vm-100-disk-1"]
-    snaps, (who, guid) = found.pop("rpool/data/vm-100-disk-0")
-    assert found == {} and guid == "11" and who["job"] == "100-0"
+    gets = [argv for argv in calls if argv[1] == "get"]  # (`zfs version` first: zfs-fuse, no resume tokens to read)
+    assert len(gets) == 1 and gets[0][-2:] == ["rpool/data/vm-100-disk-0", "rpool/data/vm-100-disk-1"]
+    snaps, (who, guid), token = found.pop("rpool/data/vm-100-disk-0")
+    assert found == {} and guid == "11" and who["job"] == "100-0" and token is None
     assert snaps == {"s1": {"guid": "12", "createtxg": 5, "creation": 1700000000}}
+
+
+def test_volumes_read_the_resume_token_of_an_interrupted_receive_on_openzfs():
+    out = "".join("%s\t%s\t%s\n" % line for line in [
+        ("p/a", "type", "volume"), ("p/a", "guid", "1"), ("p/a", "receive_resume_token", "1-abc-def"),
+        ("p/b", "type", "volume"), ("p/b", "guid", "2"), ("p/b", "receive_resume_token", "-")])
+    calls = []
+
+    def run(argv, _input=None, _check=True):
+        calls.append(argv)
+        return (0, "zfs-2.1.11-1\n", "") if argv[1] == "version" else (0, out, "")
+
+    found = zfsmod.Zfs(run=run).volumes(["p/a", "p/b"])
+    assert found["p/a"][2] == "1-abc-def" and found["p/b"][2] is None
+    assert calls[-1][-3:] == ["type,guid,createtxg,creation,receive_resume_token,storage-replication:replica", "p/a",
+                              "p/b"]
 
 
 @pytest.mark.parametrize("err", ["cannot open 'rpool/data': I/O error\n", "",

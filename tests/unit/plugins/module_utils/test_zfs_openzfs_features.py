@@ -129,10 +129,38 @@ def test_a_real_release_failure_is_not_swallowed():
         Zfs(run).destroy("p/d@s")
 
 
+def get_lines(rows):
+    """`zfs get -Hp -o name,property,value` output of {name: {property: value}}."""
+    return "".join("%s\t%s\t%s\n" % (name, prop, value) for name, values in rows.items() for prop, value in values.items())
+
+
+def mark(guid, createtxg):
+    return {"type": "bookmark", "guid": guid, "createtxg": createtxg, "creation": 1700000000 + createtxg}
+
+
 def test_bookmarks_parse_in_creation_order():
-    out = "p/d#__replicate_1-0_9__\t22\t90\t1700000900\np/d#__replicate_1-0_5__\t11\t50\t1700000500\n"
-    zfs = Zfs(Script((["zfs", "version"], OPENZFS), (["zfs", "list"], (0, out, ""))))
+    out = get_lines({"p/d#__replicate_1-0_9__": mark(22, 90), "p/d#__replicate_1-0_5__": mark(11, 50)})
+    zfs = Zfs(Script((["zfs", "version"], OPENZFS), (["zfs", "get"], (0, out, ""))))
     assert list(zfs.bookmarks("p/d")) == ["__replicate_1-0_5__", "__replicate_1-0_9__"]
+    assert zfs.run.calls[-1] == ["zfs", "get", "-Hp", "-o", "name,property,value", "-d", "1", "-t", "bookmark",
+                                 "type,guid,createtxg,creation", "p/d"]
+
+
+def test_a_sent_datasets_snapshots_bookmarks_and_send_options_come_from_one_command():
+    out = get_lines({
+        "p/d": {"type": "filesystem", "guid": 1, "createtxg": 2, "creation": 3, "compression": "lz4", "encryption": "off"},
+        "p/d@__replicate_1-0_9__": {"type": "snapshot", "guid": 7, "createtxg": 90, "creation": 1700000900},
+        "p/d#__replicate_1-0_5__": mark(11, 50),
+        "p/d/child": {"type": "filesystem", "guid": 8, "createtxg": 60, "creation": 4},  # its own are not listed
+    })
+    run = Script((["zfs", "version"], OPENZFS), (["zfs", "get"], (0, out, "")))
+    snaps, marks, options = Zfs(run).source_listing("p/d")
+    assert list(snaps) == ["__replicate_1-0_9__"] and snaps["__replicate_1-0_9__"]["guid"] == "7"
+    assert marks == {"__replicate_1-0_5__": {"guid": "11", "createtxg": 50, "creation": 1700000050}}
+    assert options == {"compressed": True, "raw": False}
+    assert run.calls[1:] == [["zfs", "get", "-Hp", "-o", "name,property,value", "-d", "1", "-t",
+                              "filesystem,volume,snapshot,bookmark",
+                              "type,guid,createtxg,creation,compression,encryption", "p/d"]]
 
 
 def test_hold_is_idempotent():
