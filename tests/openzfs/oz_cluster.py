@@ -289,9 +289,9 @@ def modes(result):
     return [v["mode"] for v in result["volumes"]]
 
 
-def stream_size(cluster, node, snapshot):
-    """Bytes of a full replication stream of snapshot (`zfs send -nvP -R`)."""
-    out = cluster.zfs(node, "send", "-nvP", "-R", snapshot).stdout
+def stream_size(cluster, node, snapshot, base=None):
+    """Bytes of a full replication stream of snapshot (`zfs send -nvP -R`), or of one from base (`-I base`)."""
+    out = cluster.zfs(node, "send", "-nvP", "-R", *(["-I", "@" + base] if base else []), snapshot).stdout
     return int([line for line in out.splitlines() if line.startswith("size")][-1].split()[-1])
 
 
@@ -316,8 +316,10 @@ def kill_zfs_send(cluster, dataset):
     cluster.tier.exec("node1", ["kill", "-9"] + pids)
 
 
-def check_resumed(cluster, job, dataset, rx_before, kept_snapshot, checksum):
-    full = stream_size(cluster, "node1", "%s@%s" % (dataset, kept_snapshot))
+def check_resumed(cluster, job, dataset, rx_before, kept_snapshot, checksum, base=None):
+    """The job's next run resumes the interrupted stream (a full one, or one from ``base``) and sends about its
+    size in total, both sides then equal."""
+    full = stream_size(cluster, "node1", "%s@%s" % (dataset, kept_snapshot), base)
     result = assert_ok(cluster.run_job(job))
     assert modes(result) == ["resumed", "incremental"]
     assert "resume the interrupted transfer of" in cluster.log(job)

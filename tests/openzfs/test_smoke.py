@@ -75,3 +75,12 @@ def test_killed_transfer_resumes_from_the_token(smoke):
                            lambda node: smoke.zvol_checksum(node, name, synced_snapshot(smoke, "910-0")))
     state = smoke.job_state("910-0")
     assert state["last_sync"] == result["start"] and state["fail_count"] == 0 and "error" not in state, state
+    # An incremental killed too: the target's prepare reads the job's own volumes only (same volumes as the last
+    # sync), and finds the token in that read.
+    base = synced_snapshot(smoke, "910-0")
+    smoke.write_zvol("node1", name, 12, offset_mb=4)
+    rx_before = interrupt_mid_stream(smoke, "910-0", dataset, 3 * MiB, lambda: kill_zfs_send(smoke, dataset))
+    kept = [s for s in smoke.snapshots("node1", dataset) if s.startswith("__replicate_910-0_") and s != base]
+    assert len(kept) == 1, "the source keeps the interrupted run's snapshot and the base: %s" % kept
+    check_resumed(smoke, "910-0", dataset, rx_before, kept[0],
+                  lambda node: smoke.zvol_checksum(node, name, synced_snapshot(smoke, "910-0")), base=base)
