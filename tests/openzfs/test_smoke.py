@@ -5,8 +5,9 @@
 
 Two QEMU guests made a cluster of the engine alone (no Ansible: the full tier, test_openzfs_replication.py, proves
 the installation).  One zvol replicated in full, then incrementally, then incrementally from the bookmark once the
-base snapshot is gone; another one's transfer killed mid-stream (kill -9 of the source's `zfs send`) and resumed
-from the target's receive_resume_token.  After every successful run the data at the synced snapshot is compared by sha256 on both
+base snapshot is gone; another one's first transfer killed mid-stream (kill -9 of the source's `zfs send`) and
+resumed from the target's receive_resume_token, then one of its incrementals the same way (the target's prepare then
+reads the job's own volumes only, and finds the token in that read).  After every successful run the data at the synced snapshot is compared by sha256 on both
 sides, with the mode the engine reports, its job state and its holds.
 """
 
