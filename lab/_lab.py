@@ -52,6 +52,8 @@ PRIVATE_PATHS = tuple(dict.fromkeys(os.path.realpath(p) for p in (
     "/var/run/zfs", "/run/lock/zfs", "/var/lock/zfs", "/var/lib/zfs", "/etc/zfs",
     "/etc/storage-replication", "/var/lib/storage-replication", "/var/log/storage-replication",
     "/opt/storage-replication", "/root/.ssh", "/etc/ssh", "/etc/systemd/system", "/run/sshd", "/tmp",
+    # The connection keeper's socket: a node's runs borrow from the node's own keeper.
+    "/run/storage-replication",
     # The runner's default metrics file (textfile collector) lives below it: a node's file stays in the node.
     "/var/lib/prometheus",
     # The pool's mount point too: zfs creates dataset mount points below it, sometimes before the pool's own

@@ -968,5 +968,31 @@ def fence_status(args):
     return Output(current or {}, fencemod.describe(current, node))
 
 
+# ---------------------------------------------------------------------------------------------------------
+# keep: the connection keeper (keeper.py)
+
+def _keep_arguments(parser):
+    parser.add_argument("--socket", metavar="PATH", default=None,
+                        help="where runs find it (default: /run/storage-replication/keeper.sock)")
+
+
+@subcommand("keep", "Keep this node's SSH connections to its peers, and their receiver sessions, open between runs "
+            "(the storage-replication-keeper service): a run borrows them instead of connecting.", _keep_arguments)
+def keep(args):
+    from ansible_collections.storage.replication.plugins.module_utils import keeper  # pylint: disable=import-outside-toplevel
+    import signal  # pylint: disable=import-outside-toplevel
+    server = keeper.Keeper(args.socket) if args.socket else keeper.Keeper()
+    try:
+        server.listen()
+    except (keeper.KeeperError, OSError) as exc:
+        raise CliError(str(exc)) from None
+    signal.signal(signal.SIGTERM, lambda *_args: server.stop())
+    say("keeping connections for the runs of this node at %s" % server.path)
+    sys.stdout.flush()
+    server.serve()
+    return Output(server.status(), "stopped: %(lent)d sessions lent, %(reused)d of them kept from an earlier run"
+                  % server.status())
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -4,7 +4,8 @@
 """Talking to peer nodes: the control channel and the data streams.
 
 Control: one paramiko SSH connection per target and run (a runner pass lends its connections to its jobs one
-after another: channels.py); the receiver operations go through one `session` channel on it, or one exec
+after another: channels.py), or, where this node runs the connection keeper, a session it keeps open between runs
+(kept.py, keeper.py); the receiver operations go through one `session` channel on it, or one exec
 channel each (the peer's authorized_keys forces the `serve` command, which reads the operation
 name from SSH_ORIGINAL_COMMAND and a JSON request from stdin, and answers one JSON line).
 The host key is checked against the key the cluster configuration records for the node
@@ -28,6 +29,7 @@ import sys
 import threading
 import time
 
+from ansible_collections.storage.replication.plugins.module_utils import kept
 from ansible_collections.storage.replication.plugins.module_utils.files import atomic_write, copy_stream
 from ansible_collections.storage.replication.plugins.module_utils.protocol import (
     INLINE_STREAM_MAX, MAX_REPLY, RECEIVE, SESSION, last_json_line, session_line)
@@ -142,8 +144,25 @@ class ControlChannel:
     # The peer's session process was gone when a call expected its answer (it ended without one): a call sent on a
     # new connection can still succeed (channels.py: a pooled connection that sat idle).
     ended: bool = dataclasses.field(default=False, init=False)
+    # The connection keeper's socket (kept.py): a session is borrowed there if a keeper answers, else this connects
+    # on its own.  None: always on its own (the keeper's own connections).
+    keeper: object = kept.KEEPER_SOCKET
+    # The keeper lent a session that an earlier run used: should it have ended meanwhile, the first request goes
+    # again once on a new one (as channels.Lent does for a pass's idle connections).
+    kept_reused: bool = dataclasses.field(default=False, init=False)
 
     def connect(self):
+        if self.keeper:
+            session, answer = kept.lend(self.keeper, self)
+            if session is not None:
+                self.session, self.kept_reused = (session, session.makefile()), bool(answer.get("reused"))
+                return self
+            if answer and answer.get("kind") == "connect":
+                raise TransportError(str(answer.get("error")), bool(answer.get("unreachable")))
+        return self.connect_direct()
+
+    def connect_direct(self):
+        """Connect and authenticate on its own (no keeper)."""
         _import_paramiko_lean()
         import paramiko  # pylint: disable=import-outside-toplevel
         client = paramiko.SSHClient()
@@ -188,8 +207,21 @@ class ControlChannel:
         return self._call(RECEIVE, {"arguments": list(arguments), "bytes": len(data)}, timeout, payload=data)
 
     def _call(self, operation, request, timeout, payload=None):
-        if self.client is None:
+        if self.client is None and not self.session:
             self.connect()
+        retry, self.kept_reused = self.kept_reused, False
+        try:
+            return self._send(operation, request, timeout, payload)
+        except (TransportError, RemoteError):
+            if not (retry and self.ended):
+                raise
+        # A kept session that ended while it sat idle, before it read this request: once more on a new one.
+        self.close()
+        self.broken = self.ended = False
+        self.connect()
+        return self._send(operation, request, timeout, payload)
+
+    def _send(self, operation, request, timeout, payload):
         try:
             if self.session is not False:
                 reply = self._session_call(operation, request, timeout, payload)
@@ -213,6 +245,8 @@ class ControlChannel:
         """One request (and its payload bytes, if any) on the session channel; None if the peer does not know
         sessions."""
         if self.session is None:
+            if self.client is None:
+                self.connect_direct()  # the keeper's session was closed (it ended)
             channel = self.client.get_transport().open_session(timeout=self.timeout)
             channel.exec_command(SESSION)
             self.session = (channel, channel.makefile("rb"))
@@ -230,6 +264,10 @@ class ControlChannel:
             self._close_session()
             self.session = False
             return None
+        if isinstance(reply, dict) and reply.get("reason") == kept.LINK_DOWN:
+            self.broken = True
+            self._close_session()
+            raise TransportError(unreachable_message(self.node_name, self.address, str(reply.get("error"))), True)
         if not isinstance(reply, dict) or not line.endswith(b"\n"):
             # No answer, or not a whole one: what the peer did with the request, and what it sends next, is unknown.
             self.broken, self.ended = True, self.ended or not line
@@ -243,6 +281,8 @@ class ControlChannel:
         return reply
 
     def _exec_call(self, operation, request, timeout):
+        if self.client is None:
+            self.connect_direct()  # a peer without sessions, found through the keeper: one exec channel per call
         channel = self.client.get_transport().open_session(timeout=self.timeout)
         channel.settimeout(timeout)
         channel.exec_command(operation)
@@ -266,7 +306,7 @@ class ControlChannel:
             ready, _w, _x = select.select([channel], [], [], min(LIVENESS_SECONDS, remaining))
             if ready:
                 return
-            if not self._link_alive():
+            if self.client is not None and not self._link_alive():  # a kept session: the keeper watches the link
                 raise TransportError(unreachable_message(
                     self.node_name, self.address, "the link went down during '%s' (no answer to keep-alives for %d s)"
                     % (operation, LIVENESS_SECONDS)), True)
@@ -285,10 +325,10 @@ class ControlChannel:
         """Whether another job may ask on this connection: open, in step with its peer (no call failed or was cut
         on it), its session process still there and silent.  What the peer wrote on stderr meanwhile is dropped
         (unread, it would fill the channel's window over the jobs of a long pass)."""
-        if self.client is None or self.broken:
+        if self.broken or (self.client is None and not self.session):
             return False
-        transport = self.client.get_transport()
-        if transport is None or not transport.is_active():
+        transport = self.client.get_transport() if self.client is not None else None
+        if self.client is not None and (transport is None or not transport.is_active()):
             return False
         if self.session:
             channel = self.session[0]  # (channel, replies): pylint reads the field's default None as its type
@@ -306,6 +346,12 @@ class ControlChannel:
         self.session = None
 
     def close(self):
+        if self.session and isinstance(self.session[0], kept.KeptSession):
+            if self.broken:
+                self._close_session()
+            else:
+                self.session[0].release()  # every request answered: the keeper may lend it again
+            self.session = None
         if self.client is not None:
             if self.session:
                 self._close_session()

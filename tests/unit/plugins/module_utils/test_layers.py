@@ -28,10 +28,10 @@ LAYERS = [
     # schedules and bandwidth windows, state, the configuration model; the node's settings and what it reports
     # (status, metrics, notifications)
     "schedule", "bandwidth", "state", "config", "settings", "report", "metrics", "notify",
-    # ZFS, processes, the quorum protocol and the transport
-    "zfs", "points", "pruning", "receive_stream", "quorum", "transport",
-    # the control connections a runner pass shares among its jobs
-    "channels",
+    # ZFS, processes, the quorum protocol, a session borrowed from the connection keeper, and the transport
+    "zfs", "points", "pruning", "receive_stream", "quorum", "kept", "transport",
+    # the control connections a runner pass shares among its jobs, and those the keeper keeps between runs
+    "channels", "keeper",
     # the cluster configuration layer, and the node's own view of its quorum (self-fencing)
     "cluster", "fence",
     # one replication: the receiving side (who may ask what, the operations, the forced command), the sending side

@@ -299,7 +299,7 @@ LEAN_IMPORT = """
 import sys
 from ansible_collections.storage.replication.plugins.module_utils.transport import ControlChannel, TransportError
 channel = ControlChannel("node2", "127.0.0.1", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJiK4nz/cnY3cyAUYjpq4W13HzgqcR6J+KIvhTohaTcD",
-                         port=1, timeout=2)
+                         port=1, timeout=2, keeper=None)
 try:
     channel.connect()
 except TransportError as exc:

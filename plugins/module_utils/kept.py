@@ -1,0 +1,116 @@
+# Copyright (c) 2026, storage.replication developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""A session borrowed from this node's connection keeper (keeper.py): the client's end of the keeper's socket.
+
+The keeper holds SSH connections to the peers and their `serve` session processes between runs, so that a run does not
+pay a key exchange and a process start on the peer (issue 19: on the lab about half of a run with nothing to send).
+A run asks for a session to one peer (a hello line naming it the way the cluster configuration does, host key
+included); the keeper answers with one JSON line, and from then on relays: what the run sends, in frames, goes to the
+peer's session unchanged, and the peer's reply lines come back unchanged.  A run ends by releasing the session (an
+empty frame), which it does only when every request it sent has had its whole answer; a run that ends any other way
+(an error, kill -9) leaves the keeper a session in an unknown state, which it closes.
+
+Frames (run -> keeper): 4 bytes of length (big-endian), then that many bytes.  Length 0 is the release.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import struct
+
+KEEPER_SOCKET = "/run/storage-replication/keeper.sock"
+FRAME_HEADER = struct.Struct(">I")
+FRAME_MAX = 256 * 1024
+RELEASE = FRAME_HEADER.pack(0)
+HELLO_MAX = 64 * 1024
+# The keeper answers a hello within its own connect timeout (a new connection) plus this margin.
+HELLO_MARGIN_SECONDS = 5
+# The reason of the line the keeper sends instead of an answer when the link to the peer went down under a request.
+LINK_DOWN = "keeper-link-down"
+
+
+def hello(channel):
+    """The hello line asking for a session to ``channel``'s peer (a ControlChannel's fields)."""
+    fields = {"node": channel.node_name, "address": channel.address, "port": channel.port,
+              "host_key": channel.host_key, "key": channel.key}
+    return (json.dumps(fields, sort_keys=True) + "\n").encode("utf-8")
+
+
+def lend(path, channel):
+    """A KeptSession to ``channel``'s peer from the keeper listening at ``path``, with the keeper's answer; (None, None)
+    when no keeper answers there as one (the run then connects on its own), (None, answer) when the keeper could not
+    reach or trust the peer (answer names why, as a direct connect would have)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(channel.timeout + HELLO_MARGIN_SECONDS)
+        sock.connect(path)
+        sock.sendall(hello(channel))
+        replies = sock.makefile("rb")
+        answer = json.loads(replies.readline(HELLO_MAX).decode("utf-8"))
+    except (OSError, ValueError):
+        sock.close()  # no keeper, a stale socket, or one that does not answer as a keeper: nothing was lent
+        return None, None
+    if not isinstance(answer, dict) or not answer.get("ok"):
+        sock.close()
+        return None, answer if isinstance(answer, dict) else None
+    return KeptSession(sock, replies), answer
+
+
+class KeptSession:
+    """The session channel as ControlChannel uses it (the few methods of a paramiko channel it calls), over the
+    keeper's socket."""
+
+    def __init__(self, sock, replies):
+        self.sock = sock
+        self.replies = replies
+        self.closed = False
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def settimeout(self, timeout):
+        self.sock.settimeout(timeout)
+
+    def sendall(self, data):
+        view = memoryview(data)
+        for start in range(0, len(view), FRAME_MAX):
+            piece = view[start:start + FRAME_MAX]
+            self.sock.sendall(FRAME_HEADER.pack(len(piece)) + piece.tobytes())
+
+    def makefile(self, _mode="rb"):
+        return self.replies
+
+    def recv_ready(self):
+        """Whether the keeper sent something (a byte, or its end) that no request asked for."""
+        return not self.closed and bool(select.select([self.sock], [], [], 0)[0])
+
+    def exit_status_ready(self):
+        return False  # the keeper relays no exit status (nor stderr): a session that ended shows as the socket's end
+
+    @property
+    def eof_received(self):
+        return self.closed
+
+    def recv_stderr_ready(self):
+        return False  # the keeper drops the peer's stderr
+
+    def release(self):
+        """Give the session back to the keeper (every request answered, nothing more to read) and close."""
+        if not self.closed:
+            try:
+                self.sock.sendall(RELEASE)
+            except OSError:
+                pass  # the keeper is gone: so is the session
+        self.close()
+
+    def shutdown_write(self):
+        """Without a release: the keeper closes the session (its state is unknown)."""
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            self.replies.close()
+            self.sock.close()

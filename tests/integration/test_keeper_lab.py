@@ -1,0 +1,223 @@
+# Copyright (c) 2026, storage.replication developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The connection keeper (keeper.py, issue 19) on the lab: runs borrow its sessions and stay correct, and whatever
+goes wrong around it (a run killed mid-job, the keeper killed, garbage on its socket, a user who is not root, a link
+cut under a kept session) changes nothing but the speed.
+
+node1 runs `storage-replication keep`; its jobs go to node2.  A session is seen from node2: its `serve` process
+(the forced command) in node2's network namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+import cluster_setup as cs
+from test_replicate import Cluster
+
+pytestmark = pytest.mark.lab
+
+GUEST = 560
+JOB = "560-0"
+VOLUME = "vm-560-disk-0"
+SOCKET = "/run/storage-replication/keeper.sock"
+
+
+class Keeper:
+    """`storage-replication keep` in node1, started and stopped by the tests."""
+
+    def __init__(self, lab):
+        self.lab = lab
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(self.lab.exec_argv("node1", [cs.LAUNCHER, "keep"]), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        assert "keeping connections" in self.proc.stdout.readline()
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def kept(module_lab):
+    cluster = Cluster(module_lab)
+    cluster.one_volume_guest(GUEST, 8)
+    keeper = Keeper(module_lab)
+    keeper.start()
+    try:
+        yield cluster, keeper
+    finally:
+        keeper.stop()
+
+
+def sessions(lab, node="node2"):
+    """The PIDs of the `serve` processes (sessions and single operations) running in ``node``'s network namespace."""
+    pids = subprocess.run(["ip", "netns", "pids", lab._netns(node)], capture_output=True, text=True,  # pylint: disable=protected-access
+                          check=True).stdout.split()
+    found = set()
+    for pid in pids:
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as handle:
+                words = handle.read().split(b"\0")
+        except OSError:
+            continue  # ended meanwhile
+        if b"serve" in words and b"--peer" in words:
+            found.add(int(pid))
+    return found
+
+
+def settled_sessions(lab, expected, deadline_s=10.0):
+    """The sessions once their number is ``expected`` (a closed session's process takes a moment to end)."""
+    deadline = time.monotonic() + deadline_s
+    while len(found := sessions(lab)) != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
+
+
+def changed_run(cluster, megabytes=1):
+    """A change on the source, then the job's run (replicate's own entry point); the result, checked to have
+    synced, with its replica equal to the source at the synced snapshot."""
+    cs.write_random(cluster.lab, "node1", VOLUME, "a.bin", megabytes, offset_mb=2)
+    result = cluster.run(JOB)
+    assert result["ok"], result["error"]
+    snap = cluster.assert_replica("node2", VOLUME)
+    assert snap == "__replicate_%s_%d__" % (JOB, result["start"])
+    return result
+
+
+def test_runs_borrow_the_kept_session(kept):
+    cluster, _keeper = kept
+    changed_run(cluster)  # the first sync (full), on a session the keeper opened for it
+    idle = settled_sessions(cluster.lab, 1)
+    assert len(idle) == 1, "the keeper keeps exactly the one session it lent: %s" % idle
+    for _run in range(2):
+        changed_run(cluster)
+        assert sessions(cluster.lab) == idle, "a later run borrowed the same session process"
+    # the CLI's `run --id` (peer check first, then the job) borrows it as well
+    cs.write_random(cluster.lab, "node1", VOLUME, "a.bin", 1, offset_mb=3)
+    cs.sr(cluster.lab, "node1", "run", "--id", JOB)
+    cluster.assert_replica("node2", VOLUME)
+    assert sessions(cluster.lab) == idle
+
+
+def test_a_run_killed_mid_job_leaves_no_session_to_borrow(kept):
+    cluster, _keeper = kept
+    changed_run(cluster)
+    before = settled_sessions(cluster.lab, 1)
+    cs.write_random(cluster.lab, "node1", VOLUME, "a.bin", 1, offset_mb=4)
+    argv = cluster.lab.exec_argv("node1", ["env", "PYTHONPATH=" + cs.PYTHONPATH, "SR_FAILPOINT=before-finalize",
+                                           str(cs.PYTHON), "-m",
+                                           "ansible_collections.storage.replication.plugins.module_utils.replicate", JOB])
+    killed = subprocess.run(argv, capture_output=True, check=False, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    # it had borrowed the kept session and never released it: the keeper closes it, whatever state it is in
+    assert not settled_sessions(cluster.lab, 0) & before, "the killed run's session was closed"
+    result = changed_run(cluster)
+    after = settled_sessions(cluster.lab, 1)
+    assert len(after) == 1 and not after & before, (before, after)
+    assert len([s for s in cs.snapshots(cluster.lab, "node2", VOLUME) if s.startswith("__replicate_%s_" % JOB)]) == 1, \
+        "the next run finished what the killed one left (one replication snapshot) at %d" % result["start"]
+
+
+GARBAGE = r"""
+import json, socket, struct, sys
+path, node, address, host_key = sys.argv[1:5]
+def talk(first, then=b"", wait_for_end=False):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(30)
+    s.connect(path)
+    s.sendall(first)
+    answer = s.makefile("rb").readline()
+    if then:
+        s.sendall(then)
+        if wait_for_end:
+            answer = answer + b"|" + s.recv(100)  # the keeper ends the session: b"" here
+    s.close()  # without a release
+    return answer.decode()
+def hello(key=host_key):
+    return (json.dumps({"node": node, "address": address, "port": 22, "host_key": key,
+                        "key": "/root/.ssh/id_ed25519"}) + "\n").encode()
+print(json.dumps({
+    "garbage": talk(b"\x00\xffnot json at all\n"),
+    "extra_field": talk(json.dumps({"node": node, "address": address, "port": 22, "host_key": host_key,
+                                    "key": "/root/.ssh/id_ed25519", "command": "rm -rf /"}).encode() + b"\n"),
+    "wrong_host_key": talk(hello("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJiK4nz/cnY3cyAUYjpq4W13HzgqcR6J+KIvhTohaTcD")),
+    "oversized_frame": talk(hello(), struct.pack(">I", 0xFFFFFFF0) + b"x" * 64, wait_for_end=True),
+    "request_then_gone": talk(hello(), struct.pack(">I", 3) + b"{}\n"),
+}))
+"""
+
+
+def test_garbage_on_the_socket_changes_nothing(kept):
+    cluster, _keeper = kept
+    changed_run(cluster)
+    before = settled_sessions(cluster.lab, 1)
+    node2 = cluster.cfg.nodes["node2"]
+    out = cluster.lab.exec("node1", [str(cs.PYTHON), "-c", GARBAGE, SOCKET, "node2", node2.address, node2.host_key],
+                           timeout=120).stdout
+    answers = {name: text.split("|") for name, text in json.loads(out.strip().splitlines()[-1]).items()}
+    for name in ("garbage", "extra_field"):
+        reply = json.loads(answers[name][0])
+        assert not reply["ok"] and reply["kind"] == "keeper" and "not a hello" in reply["error"], (name, reply)
+    refused = json.loads(answers["wrong_host_key"][0])
+    assert not refused["ok"] and refused["kind"] == "connect" and "host key" in refused["error"], refused
+    assert json.loads(answers["oversized_frame"][0])["ok"] and answers["oversized_frame"][1] == "", answers
+    assert json.loads(answers["request_then_gone"][0])["ok"], answers
+    # the sessions those two borrowed (the kept one, then a new one) were closed, never lent again
+    assert not settled_sessions(cluster.lab, 0) & before
+    changed_run(cluster)
+    assert len(settled_sessions(cluster.lab, 1)) == 1
+
+
+def test_only_root_may_borrow(kept):
+    cluster, _keeper = kept
+    denied = cluster.lab.exec("node1", ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(cs.PYTHON),
+                                        "-c", "import socket; socket.socket(socket.AF_UNIX).connect(%r)" % SOCKET],
+                              check=False)
+    assert denied.returncode != 0 and "PermissionError" in denied.stderr, denied.stderr
+    mode = cluster.lab.exec("node1", ["stat", "-c", "%a", os.path.dirname(SOCKET), SOCKET]).stdout.split()
+    assert mode == ["700", "600"], mode
+
+
+def test_runs_go_on_their_own_when_the_keeper_is_killed(kept):
+    cluster, keeper = kept
+    changed_run(cluster)
+    keeper.kill()  # kill -9: its socket file stays behind, nobody answers on it
+    assert not settled_sessions(cluster.lab, 0), "the keeper's connection went with it"
+    result = changed_run(cluster)
+    assert not settled_sessions(cluster.lab, 0), "a run on its own ends its session when it ends (%s)" % result["start"]
+    keeper.start()  # replaces the stale socket
+    changed_run(cluster)
+    kept_one = settled_sessions(cluster.lab, 1)
+    changed_run(cluster)
+    assert sessions(cluster.lab) == kept_one and len(kept_one) == 1
+
+
+def test_a_cut_link_under_a_kept_session_fails_the_run_fast_and_heals(kept):
+    cluster, _keeper = kept
+    changed_run(cluster)
+    assert len(settled_sessions(cluster.lab, 1)) == 1
+    cs.write_random(cluster.lab, "node1", VOLUME, "a.bin", 1, offset_mb=5)
+    cluster.lab.partition("node2")
+    try:
+        began = time.monotonic()
+        cut = cluster.run(JOB)
+        took = time.monotonic() - began
+    finally:
+        cluster.lab.heal("node2")
+    assert not cut["ok"] and "unreachable" in cut["error"], cut["error"]
+    assert took < 60, "the keeper's liveness probe ends the call in about 20 s, not the operation's 600 s (%.0f s)" % took
+    changed_run(cluster)  # on a new connection: the keeper dropped the one whose link went down
