@@ -40,7 +40,7 @@ ENGINE = "/opt/storage-replication/lib/ansible_collections/storage/replication/p
 INSTALL_DIR = "/opt/storage-replication"
 PYTHON = INSTALL_DIR + "/venv/bin/python"
 UNITS = ("/etc/systemd/system/storage-replication.service", "/etc/systemd/system/storage-replication.timer",
-         "/etc/systemd/system/storage-replication-fence.service")
+         "/etc/systemd/system/storage-replication-fence.service", "/etc/systemd/system/storage-replication-keeper.service")
 # Everything the role and the modules may write on a node; a listing with sizes, modes and times shows any change.
 WATCHED = [INSTALL_DIR, CONFDIR, "/var/lib/storage-replication", "/var/log/storage-replication",
            "/etc/systemd/system", "/root/.ssh"]
@@ -193,8 +193,8 @@ def test_units_are_installed_and_verified(site):
     for node in site.lab.nodes:
         verify = site.lab.exec(node, ["systemd-analyze", "verify"] + list(UNITS), check=False)
         assert verify.returncode == 0, verify.stderr
-        service, timer, fence = (site.read(node, unit) for unit in UNITS)
-        assert service.startswith("#") and timer.startswith("#") and fence.startswith("#")  # ansible_managed
+        service, timer, fence, keeper = (site.read(node, unit) for unit in UNITS)
+        assert all(unit.startswith("#") for unit in (service, timer, fence, keeper))  # ansible_managed
         assert "Type=oneshot\n" in service
         exec_start = [line for line in service.splitlines() if line.startswith("ExecStart=")]
         assert exec_start == ["ExecStart=%s/bin/storage-replication run --mail" % INSTALL_DIR]
@@ -202,6 +202,9 @@ def test_units_are_installed_and_verified(site):
         assert "OnCalendar=minutely\n" in timer and "Persistent=true\n" in timer and "AccuracySec=1s\n" in timer
         assert "ExecStart=%s/bin/storage-replication fence\n" % INSTALL_DIR in fence
         assert "Restart=always\n" in fence and "RestartSec=2\n" in fence and "WantedBy=multi-user.target\n" in fence
+        assert "ExecStart=%s/bin/storage-replication keep\n" % INSTALL_DIR in keeper
+        assert "RuntimeDirectory=storage-replication\n" in keeper and "RuntimeDirectoryMode=0700\n" in keeper
+        assert "Restart=always\n" in keeper and "WantedBy=multi-user.target\n" in keeper
 
 
 def test_runner_settings_are_written_and_accepted_by_the_runner(site):
