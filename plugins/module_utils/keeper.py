@@ -19,7 +19,11 @@ processes between runs and lends them (kept.py is the run's end of its socket):
 - while a request waits for its answer, the link is probed every LIVENESS_SECONDS as a run's own connection does; a
   link that went down ends the run's call as unreachable (a LINK_DOWN line) and the connection with all its sessions;
 - only root may use the socket (it is root's SSH key that the keeper holds open): the directory is 0700, the socket
-  0600, and a client whose peer credentials are not root's is turned away.
+  0600, and a client whose peer credentials are not root's is turned away;
+- beside each connection, an OpenSSH control master to the same peer (same pinned host key, key and cipher as a
+  data stream's own connection): a stream bigger than the session takes inline starts its `ssh` over it
+  (transport.ssh_argv's ``control``) instead of a key exchange of its own.  It retires with its connection, by
+  `ssh -O stop`: its socket goes at once (later streams connect on their own), the streams on it finish.
 
 The keeper keeps nothing of a request: every request is judged by the peer on its own, as in a runner pass where one
 session serves many jobs (channels.py).  Without a keeper, runs connect on their own, as before.
@@ -32,13 +36,14 @@ import os
 import select
 import socket
 import struct
+import subprocess
 import threading
 import time
 
 from ansible_collections.storage.replication.plugins.module_utils import kept
 from ansible_collections.storage.replication.plugins.module_utils.protocol import SESSION
 from ansible_collections.storage.replication.plugins.module_utils.transport import (
-    LIVENESS_SECONDS, PUMP_CHUNK, ControlChannel, TransportError)
+    LIVENESS_SECONDS, PUMP_CHUNK, ControlChannel, TransportError, ssh_argv, write_known_hosts)
 
 IDLE_SECONDS = 120
 MAX_AGE_SECONDS = 300
@@ -61,9 +66,10 @@ class KeeperError(Exception):
 class Peer:
     """One kept connection and its sessions not lent now."""
 
-    def __init__(self, control, opened):
+    def __init__(self, control, opened, master=None):
         self.control = control
         self.opened = opened
+        self.master = master  # the control socket's path, or None
         self.idle = []  # [(paramiko channel, when it was opened, since when it is idle)]
         self.lent = 0
         self.down = False
@@ -83,8 +89,9 @@ class Keeper:
     """``Keeper(path).serve()``: lend kept sessions to the runs of this node until stopped (``stop``)."""
 
     def __init__(self, path=kept.KEEPER_SOCKET, connect=ControlChannel, clock=time.monotonic,
-                 idle_seconds=IDLE_SECONDS, max_age=MAX_AGE_SECONDS, uid=0):
+                 idle_seconds=IDLE_SECONDS, max_age=MAX_AGE_SECONDS, uid=0, masters=True):
         self.path = path
+        self.masters = masters
         self.connect = connect
         self.clock = clock
         self.idle_seconds = idle_seconds
@@ -109,6 +116,9 @@ class Keeper:
                               "storage-replication-keeper)" % self.path)
         if os.path.lexists(self.path):
             os.unlink(self.path)  # a socket left by a keeper that died
+        for name in os.listdir(directory):
+            if name.startswith(kept.MASTER_PREFIX) and not name.endswith(".hosts"):
+                _stop_master(os.path.join(directory, name), wait=True)  # a dead keeper's: no new stream on it
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
@@ -220,7 +230,7 @@ class Keeper:
                 node, address, port, host_key, key = where
                 control = self.connect(node, address, host_key, key=key, port=port, keeper=None)
                 control.connect()
-                peer = Peer(control, now)
+                peer = Peer(control, now, self._start_master(where) if self.masters else None)
                 with self.lock:
                     self.peers[where] = peer
             with self.lock:
@@ -285,8 +295,22 @@ class Keeper:
 
     # ------------------------------------------------------------ housekeeping
 
+    def _start_master(self, where):
+        """An OpenSSH control master for the data streams to ``where``, started in the background (a stream that
+        comes before it is up connects on its own); its path."""
+        node, address, port, host_key, key = where
+        path = kept.master_path(self.path, where)
+        _stop_master(path, wait=True)  # one of an earlier connection to the same peer, whatever state it is in
+        known_hosts = write_known_hosts(path + ".hosts", [(node, host_key)])
+        argv = ssh_argv(node, address, known_hosts, [], key=key, port=port)[:-1]  # no command: "--" goes
+        argv[1:1] = ["-M", "-N", "-o", "ControlPath=%s" % path]
+        # pylint: disable-next=ansible-bad-function,consider-using-with
+        subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return path
+
     def _retire(self, where, peer):
-        """Forget a connection (the lock is held): its idle sessions close now, the connection once none is lent."""
+        """Forget a connection (the lock is held): its idle sessions close now, the connection once none is lent;
+        its control master takes no new stream."""
         for key, known in list(self.peers.items()):
             if known is peer and (where is None or key == where):
                 del self.peers[key]
@@ -294,6 +318,9 @@ class Keeper:
             channel.close()
         peer.idle = []
         peer.down = True
+        if peer.master is not None:
+            _stop_master(peer.master)
+            peer.master = None
         if peer.lent <= 0:
             peer.control.close()
 
@@ -374,6 +401,25 @@ def _answers(path):
         return False
     finally:
         probe.close()
+
+
+def _stop_master(path, wait=False):
+    """Have the OpenSSH control master at ``path`` take no new stream (its socket goes at once; it ends after its
+    last stream).  A socket nobody answers on (its master killed) is removed."""
+    if os.path.exists(path):
+        argv = ["ssh", "-o", "ControlPath=%s" % path, "-O", "stop", "keeper"]
+        # pylint: disable-next=ansible-bad-function,consider-using-with
+        stop = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if wait:
+            try:
+                stop.wait(10)
+            except subprocess.TimeoutExpired:
+                stop.kill()
+            if os.path.exists(path):
+                os.unlink(path)
+    for leftover in (path + ".hosts",):
+        if os.path.exists(leftover):
+            os.unlink(leftover)
 
 
 def _inode(path):

@@ -16,7 +16,9 @@ Frames (run -> keeper): 4 bytes of length (big-endian), then that many bytes.  L
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import select
 import socket
 import struct
@@ -26,10 +28,20 @@ FRAME_HEADER = struct.Struct(">I")
 FRAME_MAX = 256 * 1024
 RELEASE = FRAME_HEADER.pack(0)
 HELLO_MAX = 64 * 1024
+RECV_CHUNK = 256 * 1024
 # The keeper answers a hello within its own connect timeout (a new connection) plus this margin.
 HELLO_MARGIN_SECONDS = 5
+# The keeper's OpenSSH control masters (for the data streams) live beside its socket, named by this and a digest.
+MASTER_PREFIX = "ssh-"
 # The reason of the line the keeper sends instead of an answer when the link to the peer went down under a request.
 LINK_DOWN = "keeper-link-down"
+
+
+def master_path(keeper_path, where):
+    """The OpenSSH control socket of the keeper at ``keeper_path`` for ``where`` (node, address, port, host key, key
+    file): named by a digest of all of it, so that a changed host key (or address, or key) is another master."""
+    digest = hashlib.sha256(json.dumps(list(where)).encode("utf-8")).hexdigest()[:24]
+    return os.path.join(os.path.dirname(keeper_path), MASTER_PREFIX + digest)
 
 
 def hello(channel):
@@ -48,24 +60,24 @@ def lend(path, channel):
         sock.settimeout(channel.timeout + HELLO_MARGIN_SECONDS)
         sock.connect(path)
         sock.sendall(hello(channel))
-        replies = sock.makefile("rb")
-        answer = json.loads(replies.readline(HELLO_MAX).decode("utf-8"))
+        session = KeptSession(sock)
+        answer = json.loads(session.readline(HELLO_MAX).decode("utf-8"))
     except (OSError, ValueError):
         sock.close()  # no keeper, a stale socket, or one that does not answer as a keeper: nothing was lent
         return None, None
     if not isinstance(answer, dict) or not answer.get("ok"):
         sock.close()
         return None, answer if isinstance(answer, dict) else None
-    return KeptSession(sock, replies), answer
+    return session, answer
 
 
 class KeptSession:
     """The session channel as ControlChannel uses it (the few methods of a paramiko channel it calls), over the
     keeper's socket."""
 
-    def __init__(self, sock, replies):
+    def __init__(self, sock):
         self.sock = sock
-        self.replies = replies
+        self.pending = bytearray()  # read from the socket, not yet a line returned: part of the next answer, or unasked
         self.closed = False
 
     def fileno(self):
@@ -81,11 +93,29 @@ class KeptSession:
             self.sock.sendall(FRAME_HEADER.pack(len(piece)) + piece.tobytes())
 
     def makefile(self, _mode="rb"):
-        return self.replies
+        return self
+
+    def readline(self, limit):
+        """The next line (with its newline), at most ``limit`` bytes; shorter without a newline at the end."""
+        searched = 0
+        while True:
+            end = self.pending.find(b"\n", searched)
+            if end >= 0 or len(self.pending) >= limit:
+                end = min(end + 1 if end >= 0 else limit, limit)
+                break
+            searched = len(self.pending)
+            data = self.sock.recv(RECV_CHUNK)
+            if not data:
+                end = len(self.pending)
+                break
+            self.pending += data
+        line = bytes(self.pending[:end])
+        del self.pending[:end]
+        return line
 
     def recv_ready(self):
         """Whether the keeper sent something (a byte, or its end) that no request asked for."""
-        return not self.closed and bool(select.select([self.sock], [], [], 0)[0])
+        return not self.closed and (bool(self.pending) or bool(select.select([self.sock], [], [], 0)[0]))
 
     def exit_status_ready(self):
         return False  # the keeper relays no exit status (nor stderr): a session that ended shows as the socket's end
@@ -112,5 +142,4 @@ class KeptSession:
     def close(self):
         if not self.closed:
             self.closed = True
-            self.replies.close()
             self.sock.close()

@@ -20,6 +20,7 @@ import time
 from ansible_collections.storage.replication.plugins.module_utils import bandwidth
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils import failpoints
+from ansible_collections.storage.replication.plugins.module_utils import kept
 from ansible_collections.storage.replication.plugins.module_utils import points
 from ansible_collections.storage.replication.plugins.module_utils.cluster import ClusterError, change_cluster
 from ansible_collections.storage.replication.plugins.module_utils.joblog import DEFAULT_LOGDIR, RunLog
@@ -418,7 +419,8 @@ def send_volume(ctx, target, known_hosts, volume, dataset, base, snap):
                               limit, base=base.lstrip("#") if base else None, raw=options["raw"] or None)
     ctx.log("volume '%s': sent %d bytes in %.1f s (%.1f MB/s%s)" % (
         volume, result.bytes, result.seconds, result.bytes / max(result.seconds, 1e-6) / 1e6,
-        ", inline on the control connection" if result.inline else ""))
+        ", inline on the control connection" if result.inline
+        else ", over the connection keeper's SSH connection" if result.shared else ""))
     return {"volume": volume, "mode": "incremental" if base else "full", "base": base, "bytes": result.bytes,
             "seconds": round(result.seconds, 3), "kept": result.reply.get("kept", [])}
 
@@ -452,8 +454,10 @@ def stream_to_target(ctx, target, known_hosts, send_command, volume, snap, rate_
     into the run log."""
     arguments = receive_arguments(job=ctx.job.id, guest=ctx.job.guest, volume=volume, snapshot=snap,
                                   generation=ctx.cfg.generation, source=ctx.node, **extra)
+    master = kept.master_path(kept.KEEPER_SOCKET, (target.name, target.address, target.port, target.host_key, ctx.key))
+    shared = os.path.exists(master)
     command = ssh_argv(target.name, target.address, known_hosts, [RECEIVE] + arguments, key=ctx.key,
-                       port=target.port)
+                       port=target.port, control=master if shared else None)
     inline = (lambda data: ctx.inline(arguments, data)) if ctx.inline else None
     try:
         result = stream(send_command, command, target.name, target.address, rate_bps, inline=inline)
@@ -463,6 +467,7 @@ def stream_to_target(ctx, target, known_hosts, send_command, volume, snap, rate_
         raise
     for line in result.reply.get("log", []):
         ctx.log(line)
+    result.shared = shared and not result.inline
     return result
 
 

@@ -76,8 +76,11 @@ def write_known_hosts(path, nodes):
     return path
 
 
-def ssh_argv(node_name, address, known_hosts, command, key=NODE_KEY, port=22, cipher=DATA_CIPHERS):
-    """OpenSSH client argv for a data stream to node_name (host key pinned via HostKeyAlias)."""
+def ssh_argv(node_name, address, known_hosts, command, key=NODE_KEY, port=22, cipher=DATA_CIPHERS, control=None):
+    """OpenSSH client argv for a data stream to node_name (host key pinned via HostKeyAlias).  ``control``: the
+    connection keeper's control master for this peer (kept.master_path), whose socket is there: no key exchange (the
+    master pinned the same host key); OpenSSH connects on its own should nobody answer on it."""
+    shared = ["-o", "ControlMaster=no", "-o", "ControlPath=%s" % control] if control else []
     return [
         "ssh", "-e", "none", "-T", "-x", "-a",
         "-o", "BatchMode=yes",
@@ -89,8 +92,7 @@ def ssh_argv(node_name, address, known_hosts, command, key=NODE_KEY, port=22, ci
         "-o", "ConnectTimeout=%d" % CONNECT_TIMEOUT,
         "-o", "ServerAliveInterval=10", "-o", "ServerAliveCountMax=3",
         "-o", "Compression=no", "-c", cipher,
-        "-p", str(port), "root@%s" % address, "--",
-    ] + list(command)
+    ] + shared + ["-p", str(port), "root@%s" % address, "--"] + list(command)
 
 
 def explain_ssh_failure(node_name, address, stderr):
@@ -347,10 +349,10 @@ class ControlChannel:
 
     def close(self):
         if self.session and isinstance(self.session[0], kept.KeptSession):
-            if self.broken:
-                self._close_session()
+            if self.reusable():
+                self.session[0].release()  # every request answered, nothing unasked pending: it may be lent again
             else:
-                self.session[0].release()  # every request answered: the keeper may lend it again
+                self._close_session()
             self.session = None
         if self.client is not None:
             if self.session:
@@ -467,6 +469,7 @@ class StreamResult:
         self.send_rc = send_rc
         self.send_err = send_err
         self.inline = inline  # carried on the control connection, not by a new OpenSSH connection
+        self.shared = False  # carried by the connection keeper's OpenSSH master, not by a connection of its own
 
     @property
     def bytes(self):

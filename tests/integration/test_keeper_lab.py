@@ -19,6 +19,8 @@ import time
 import pytest
 
 import cluster_setup as cs
+from ansible_collections.storage.replication.plugins.module_utils.kept import master_path
+from ansible_collections.storage.replication.plugins.module_utils.transport import NODE_KEY
 from test_replicate import Cluster
 
 pytestmark = pytest.mark.lab
@@ -111,6 +113,34 @@ def test_runs_borrow_the_kept_session(kept):
     cs.sr(cluster.lab, "node1", "run", "--id", JOB)
     cluster.assert_replica("node2", VOLUME)
     assert sessions(cluster.lab) == idle
+
+
+def accepted(lab, node="node2"):
+    """How many SSH connections ``node``'s sshd has accepted so far (its log)."""
+    return (lab.node_dir(node) / "sshd.log").read_text(encoding="utf-8").count("Accepted publickey")
+
+
+def master_of(cluster, node="node2"):
+    """The name of the keeper's OpenSSH control master in node1 for ``node`` once its socket is up, else None."""
+    peer = cluster.cfg.nodes[node]
+    name = os.path.basename(master_path(SOCKET, (node, peer.address, peer.port, peer.host_key, NODE_KEY)))
+    deadline = time.monotonic() + 10
+    while name not in cluster.lab.exec("node1", ["ls", os.path.dirname(SOCKET)]).stdout.split():
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.1)
+    return name
+
+
+def test_a_stream_bigger_than_a_session_takes_goes_over_the_kept_master(kept):
+    cluster, _keeper = kept
+    changed_run(cluster)
+    assert master_of(cluster), "the keeper started a control master to node2 with its connection"
+    before = accepted(cluster.lab)
+    result = changed_run(cluster, megabytes=4)
+    assert result["volumes"][0]["bytes"] > 2 * 1024 * 1024, result["volumes"]
+    assert accepted(cluster.lab) == before, "neither the control requests nor the stream opened a connection"
+    assert "over the connection keeper's SSH connection" in cs.run_log(cluster.lab, "node1", JOB)
 
 
 def test_a_run_killed_mid_job_leaves_no_session_to_borrow(kept):

@@ -24,7 +24,8 @@ HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJiK4nz/cnY3cyAUYjpq4W13HzgqcR6J
 
 class ScriptedChannel:
     """A paramiko session channel whose far end is a thread answering each request line with one JSON line (what it
-    was asked, and which session answered); the request `die` ends the session without an answer."""
+    was asked, and which session answered); the request `die` ends the session without an answer, `twice` answers
+    twice (a peer out of step)."""
 
     opened = 0
 
@@ -44,7 +45,7 @@ class ScriptedChannel:
             if message["operation"] == "die":
                 break
             reply = {"ok": True, "operation": message["operation"], "payload": len(payload)}
-            far.sendall((json.dumps(reply) + "\n").encode())
+            far.sendall((json.dumps(reply) + "\n").encode() * (2 if message["operation"] == "twice" else 1))
         far.close()
 
     def exec_command(self, command):
@@ -134,7 +135,7 @@ def keeper_fixture(tmp_path, monkeypatch):
     ScriptedControl.connects, ScriptedControl.refuse = [], None
     clock = Clock()
     path = str(tmp_path / "run" / "keeper.sock")
-    server = keepermod.Keeper(path, connect=ScriptedControl, clock=clock, uid=os.getuid()).listen()
+    server = keepermod.Keeper(path, connect=ScriptedControl, clock=clock, uid=os.getuid(), masters=False).listen()
     thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
     monkeypatch.setattr(ControlChannel, "connect_direct", lambda self: pytest.fail("connected on its own"))
@@ -211,6 +212,19 @@ def test_a_session_not_released_in_step_is_closed_never_lent_again(keeper):
     settle(keeper, 0)
     with channel(keeper) as fresh:
         assert not fresh.kept_reused and fresh.call("prepare", {})["ok"]
+
+
+def test_a_session_with_an_answer_nobody_asked_for_is_not_released(keeper):
+    with channel(keeper) as first:
+        assert first.call("twice", {})["ok"]
+        for _attempt in range(500):
+            if first.session[0].recv_ready():
+                break
+            threading.Event().wait(0.01)
+        assert not first.reusable()
+    settle(keeper, 0)
+    with channel(keeper) as second:
+        assert not second.kept_reused, "the session out of step was closed, not lent again"
 
 
 def test_a_kept_session_that_ended_while_idle_is_replaced_for_the_first_request(keeper):
