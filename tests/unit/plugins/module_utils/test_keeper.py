@@ -17,7 +17,7 @@ import pytest
 
 from ansible_collections.storage.replication.plugins.module_utils import keeper as keepermod
 from ansible_collections.storage.replication.plugins.module_utils import kept
-from ansible_collections.storage.replication.plugins.module_utils.transport import ControlChannel, TransportError
+from ansible_collections.storage.replication.plugins.module_utils.transport import ControlChannel, TransportError, ssh_argv
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJiK4nz/cnY3cyAUYjpq4W13HzgqcR6J+KIvhTohaTcD"
 
@@ -328,3 +328,18 @@ def test_a_second_keeper_does_not_take_over_a_live_socket(keeper):
         keepermod.Keeper(keeper.path, connect=ScriptedControl).listen()
     assert oct(os.stat(os.path.dirname(keeper.path)).st_mode & 0o777) == "0o700"
     assert oct(os.stat(keeper.path).st_mode & 0o777) == "0o600"
+
+
+def test_a_master_is_named_by_all_a_connect_checks_and_a_stream_joins_it():
+    where = ("node2", "10.0.0.2", 22, HOST_KEY, "/root/.ssh/id_ed25519")
+    path = kept.master_path(kept.KEEPER_SOCKET, where)
+    assert path.startswith("/run/storage-replication/ssh-") and path == kept.master_path(kept.KEEPER_SOCKET, where)
+    for index, other in enumerate(("node3", "10.0.0.3", 2222, HOST_KEY.replace("AAAAI", "AAAAJ"), "/root/other")):
+        changed = list(where)
+        changed[index] = other
+        assert kept.master_path(kept.KEEPER_SOCKET, tuple(changed)) != path, "a changed %s is another master" % index
+    argv = ssh_argv("node2", "10.0.0.2", "/known", ["receive", "job=1"], control=path)
+    destination = argv.index("root@10.0.0.2")
+    assert argv[destination - 6:destination - 2] == ["-o", "ControlMaster=no", "-o", "ControlPath=%s" % path]
+    assert argv[destination:] == ["root@10.0.0.2", "--", "receive", "job=1"]
+    assert not any(word.startswith("Control") for word in ssh_argv("node2", "10.0.0.2", "/known", ["receive"]))
