@@ -20,9 +20,10 @@ processes between runs and lends them (kept.py is the run's end of its socket):
   link that went down ends the run's call as unreachable (a LINK_DOWN line) and the connection with all its sessions;
 - only root may use the socket (it is root's SSH key that the keeper holds open): the directory is 0700, the socket
   0600, and a client whose peer credentials are not root's is turned away;
-- beside each connection, an OpenSSH control master to the same peer (same pinned host key, key and cipher as a
-  data stream's own connection): a stream bigger than the session takes inline starts its `ssh` over it
-  (transport.ssh_argv's ``control``) instead of a key exchange of its own.  It retires with its connection, by
+- beside a connection to a peer that gets data streams over OpenSSH, an OpenSSH control master to it (same pinned
+  host key, key and cipher as a stream's own connection), started when a stream there had to connect on its own
+  (a `want: master` hello): later streams bigger than the session takes inline start their `ssh` over it
+  (transport.ssh_argv's ``control``) instead of a key exchange of their own.  It retires with its connection, by
   `ssh -O stop`: its socket goes at once (later streams connect on their own), the streams on it finish.
 
 The keeper keeps nothing of a request: every request is judged by the peer on its own, as in a runner pass where one
@@ -55,7 +56,8 @@ SEND_SECONDS = 60
 # Sessions lent at once on one connection; more runs at once connect on their own.  sshd's MaxSessions is 10 by
 # default, and a connection also carries the idle sessions.
 MAX_SESSIONS = 8
-HELLO_FIELDS = {"node": str, "address": str, "port": int, "host_key": str, "key": str}
+HELLO_FIELDS = {"node": str, "address": str, "port": int, "host_key": str, "key": str, "want": str}
+WANTS = ("session", "master")
 SO_PEERCRED_FORMAT = struct.Struct("3i")
 
 
@@ -161,8 +163,11 @@ class Keeper:
             if _peer_uid(conn) != self.uid:
                 _answer(conn, {"ok": False, "kind": "keeper", "error": "only root may use the connection keeper"})
                 return
-            where = self._hello(conn)
+            where, want = self._hello(conn)
             if where is None:
+                return
+            if want == "master":
+                _answer(conn, {"ok": self.want_master(where)})
                 return
             try:
                 peer, channel, reused = self.lend(where)
@@ -189,19 +194,20 @@ class Keeper:
         while not line.endswith(b"\n") and len(line) < kept.HELLO_MAX:
             data = conn.recv(kept.HELLO_MAX - len(line))
             if not data:
-                return None
+                return None, None
             line += data
         try:
             hello = json.loads(line.decode("utf-8"))
         except ValueError:
             hello = None
         if not (isinstance(hello, dict) and set(hello) == set(HELLO_FIELDS)
-                and all(type(hello[name]) is kind for name, kind in HELLO_FIELDS.items())):  # pylint: disable=unidiomatic-typecheck
+                and all(type(hello[name]) is kind for name, kind in HELLO_FIELDS.items())  # pylint: disable=unidiomatic-typecheck
+                and hello["want"] in WANTS):
             _answer(conn, {"ok": False, "kind": "keeper", "error": "not a hello: one JSON line with %s"
                            % ", ".join(sorted(HELLO_FIELDS))})
-            return None
+            return None, None
         conn.settimeout(None)
-        return tuple(hello[name] for name in ("node", "address", "port", "host_key", "key"))
+        return tuple(hello[name] for name in kept.WHERE), hello["want"]
 
     def lend(self, where):
         """(peer, session channel, reused): an idle session of a usable connection, else a new session (on a new
@@ -230,7 +236,7 @@ class Keeper:
                 node, address, port, host_key, key = where
                 control = self.connect(node, address, host_key, key=key, port=port, keeper=None)
                 control.connect()
-                peer = Peer(control, now, self._start_master(where) if self.masters else None)
+                peer = Peer(control, now)
                 with self.lock:
                     self.peers[where] = peer
             with self.lock:
@@ -294,6 +300,18 @@ class Keeper:
                 self._retire(None, peer)
 
     # ------------------------------------------------------------ housekeeping
+
+    def want_master(self, where):
+        """A control master beside the kept connection to ``where`` (started now if it has none): True if there is
+        one.  Only beside a kept connection, so that it retires with it; only for peers that get streams over
+        OpenSSH (a cluster's other peers get the connection of the runs' peer checks alone)."""
+        with self.lock:
+            peer = self.peers.get(where)
+            if not self.masters or peer is None or peer.down:
+                return False
+            if peer.master is None:
+                peer.master = self._start_master(where)
+            return True
 
     def _start_master(self, where):
         """An OpenSSH control master for the data streams to ``where``, started in the background (a stream that

@@ -44,11 +44,35 @@ def master_path(keeper_path, where):
     return os.path.join(os.path.dirname(keeper_path), MASTER_PREFIX + digest)
 
 
-def hello(channel):
-    """The hello line asking for a session to ``channel``'s peer (a ControlChannel's fields)."""
-    fields = {"node": channel.node_name, "address": channel.address, "port": channel.port,
-              "host_key": channel.host_key, "key": channel.key}
+WHERE = ("node", "address", "port", "host_key", "key")
+
+
+def where_of(channel):
+    """What the keeper keys a connection by, of a ControlChannel."""
+    return (channel.node_name, channel.address, channel.port, channel.host_key, channel.key)
+
+
+def hello(where, want="session"):
+    """The hello line asking for a session to the peer ``where`` names, or (want "master") for an OpenSSH control
+    master beside the keeper's connection to it."""
+    fields = dict(zip(WHERE, where), want=want)
     return (json.dumps(fields, sort_keys=True) + "\n").encode("utf-8")
+
+
+def want_master(path, where):
+    """Ask the keeper at ``path`` for a control master to ``where`` (a stream just paid a connection of its own); True
+    if it has one or starts one.  Nothing happens without a keeper or a connection it keeps there."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(HELLO_MARGIN_SECONDS)
+        sock.connect(path)
+        sock.sendall(hello(where, "master"))
+        answer = json.loads(KeptSession(sock).readline(HELLO_MAX).decode("utf-8"))
+    except (OSError, ValueError):
+        return False
+    finally:
+        sock.close()
+    return isinstance(answer, dict) and bool(answer.get("ok"))
 
 
 def lend(path, channel):
@@ -59,7 +83,7 @@ def lend(path, channel):
     try:
         sock.settimeout(channel.timeout + HELLO_MARGIN_SECONDS)
         sock.connect(path)
-        sock.sendall(hello(channel))
+        sock.sendall(hello(where_of(channel)))
         session = KeptSession(sock)
         answer = json.loads(session.readline(HELLO_MAX).decode("utf-8"))
     except (OSError, ValueError):

@@ -454,7 +454,8 @@ def stream_to_target(ctx, target, known_hosts, send_command, volume, snap, rate_
     into the run log."""
     arguments = receive_arguments(job=ctx.job.id, guest=ctx.job.guest, volume=volume, snapshot=snap,
                                   generation=ctx.cfg.generation, source=ctx.node, **extra)
-    master = kept.master_path(kept.KEEPER_SOCKET, (target.name, target.address, target.port, target.host_key, ctx.key))
+    where = (target.name, target.address, target.port, target.host_key, ctx.key)
+    master = kept.master_path(kept.KEEPER_SOCKET, where)
     shared = os.path.exists(master)
     command = ssh_argv(target.name, target.address, known_hosts, [RECEIVE] + arguments, key=ctx.key,
                        port=target.port, control=master if shared else None)
@@ -468,6 +469,8 @@ def stream_to_target(ctx, target, known_hosts, send_command, volume, snap, rate_
     for line in result.reply.get("log", []):
         ctx.log(line)
     result.shared = shared and not result.inline
+    if not (result.inline or shared):
+        kept.want_master(kept.KEEPER_SOCKET, where)  # the next stream to this target goes without a key exchange
     return result
 
 

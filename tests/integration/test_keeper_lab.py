@@ -103,6 +103,9 @@ def changed_run(cluster, megabytes=1):
 def test_runs_borrow_the_kept_session(kept):
     cluster, _keeper = kept
     changed_run(cluster)  # the first sync (full), on a session the keeper opened for it
+    log = cs.run_log(cluster.lab, "node1", JOB)
+    assert "full sync" in log and "over the connection keeper's SSH connection" not in log, \
+        "the first stream over 1 MiB to a peer connects on its own (and asks the keeper for a master to it)"
     idle = settled_sessions(cluster.lab, 1)
     assert len(idle) == 1, "the keeper keeps exactly the one session it lent: %s" % idle
     for _run in range(2):
@@ -120,11 +123,12 @@ def accepted(lab, node="node2"):
     return (lab.node_dir(node) / "sshd.log").read_text(encoding="utf-8").count("Accepted publickey")
 
 
-def master_of(cluster, node="node2"):
-    """The name of the keeper's OpenSSH control master in node1 for ``node`` once its socket is up, else None."""
+def master_of(cluster, node="node2", wait=10.0):
+    """The name of the keeper's OpenSSH control master in node1 for ``node`` once its socket is up (within ``wait``
+    seconds), else None."""
     peer = cluster.cfg.nodes[node]
     name = os.path.basename(master_path(SOCKET, (node, peer.address, peer.port, peer.host_key, NODE_KEY)))
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + wait
     while name not in cluster.lab.exec("node1", ["ls", os.path.dirname(SOCKET)]).stdout.split():
         if time.monotonic() > deadline:
             return None
@@ -135,7 +139,8 @@ def master_of(cluster, node="node2"):
 def test_a_stream_bigger_than_a_session_takes_goes_over_the_kept_master(kept):
     cluster, _keeper = kept
     changed_run(cluster)
-    assert master_of(cluster), "the keeper started a control master to node2 with its connection"
+    assert master_of(cluster, "node3", wait=0) is None, "no master to a peer that only answers peer checks"
+    assert master_of(cluster), "the first sync's stream had the keeper start one to node2 (its own connected)"
     before = accepted(cluster.lab)
     result = changed_run(cluster, megabytes=4)
     assert result["volumes"][0]["bytes"] > 2 * 1024 * 1024, result["volumes"]
@@ -179,11 +184,12 @@ def talk(first, then=b"", wait_for_end=False):
     return answer.decode()
 def hello(key=host_key):
     return (json.dumps({"node": node, "address": address, "port": 22, "host_key": key,
-                        "key": "/root/.ssh/id_ed25519"}) + "\n").encode()
+                        "key": "/root/.ssh/id_ed25519", "want": "session"}) + "\n").encode()
 print(json.dumps({
     "garbage": talk(b"\x00\xffnot json at all\n"),
     "extra_field": talk(json.dumps({"node": node, "address": address, "port": 22, "host_key": host_key,
-                                    "key": "/root/.ssh/id_ed25519", "command": "rm -rf /"}).encode() + b"\n"),
+                                    "key": "/root/.ssh/id_ed25519", "want": "session",
+                                    "command": "rm -rf /"}).encode() + b"\n"),
     "wrong_host_key": talk(hello("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJiK4nz/cnY3cyAUYjpq4W13HzgqcR6J+KIvhTohaTcD")),
     "oversized_frame": talk(hello(), struct.pack(">I", 0xFFFFFFF0) + b"x" * 64, wait_for_end=True),
     "request_then_gone": talk(hello(), struct.pack(">I", 3) + b"{}\n"),

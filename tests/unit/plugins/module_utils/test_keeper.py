@@ -343,3 +343,17 @@ def test_a_master_is_named_by_all_a_connect_checks_and_a_stream_joins_it():
     assert argv[destination - 6:destination - 2] == ["-o", "ControlMaster=no", "-o", "ControlPath=%s" % path]
     assert argv[destination:] == ["root@10.0.0.2", "--", "receive", "job=1"]
     assert not any(word.startswith("Control") for word in ssh_argv("node2", "10.0.0.2", "/known", ["receive"]))
+
+
+def test_a_master_is_started_only_beside_a_kept_connection_and_once(keeper, monkeypatch):
+    started = []
+    monkeypatch.setattr(keeper, "_start_master", lambda where: started.append(where) or "/run/m")
+    where = ("node2", "10.0.0.2", 22, HOST_KEY, "/root/.ssh/id_ed25519")
+    assert not kept.want_master(keeper.path, where), "the keeper's masters are off in this fixture"
+    keeper.masters = True
+    assert not kept.want_master(keeper.path, where) and started == [], "no kept connection to node2 yet"
+    with channel(keeper, key="/root/.ssh/id_ed25519") as first:
+        first.call("prepare", {})
+    assert kept.want_master(keeper.path, where) and kept.want_master(keeper.path, where)
+    assert started == [where], "one master per connection"
+    assert not kept.want_master(str(keeper.path) + ".none", where), "no keeper: nothing"
