@@ -23,12 +23,13 @@ import select
 import socket
 import struct
 
+from ansible_collections.storage.replication.plugins.module_utils.protocol import Lines
+
 KEEPER_SOCKET = "/run/storage-replication/keeper.sock"
 FRAME_HEADER = struct.Struct(">I")
 FRAME_MAX = 256 * 1024
 RELEASE = FRAME_HEADER.pack(0)
 HELLO_MAX = 64 * 1024
-RECV_CHUNK = 256 * 1024
 # The keeper answers a hello within its own connect timeout (a new connection) plus this margin.
 HELLO_MARGIN_SECONDS = 5
 # The keeper's OpenSSH control masters (for the data streams) live beside its socket, named by this and a digest.
@@ -101,7 +102,7 @@ class KeptSession:
 
     def __init__(self, sock):
         self.sock = sock
-        self.pending = bytearray()  # read from the socket, not yet a line returned: part of the next answer, or unasked
+        self.lines = Lines(sock.recv)
         self.closed = False
 
     def fileno(self):
@@ -117,29 +118,14 @@ class KeptSession:
             self.sock.sendall(FRAME_HEADER.pack(len(piece)) + piece.tobytes())
 
     def makefile(self, _mode="rb"):
-        return self
+        return self.lines
 
     def readline(self, limit):
-        """The next line (with its newline), at most ``limit`` bytes; shorter without a newline at the end."""
-        searched = 0
-        while True:
-            end = self.pending.find(b"\n", searched)
-            if end >= 0 or len(self.pending) >= limit:
-                end = min(end + 1 if end >= 0 else limit, limit)
-                break
-            searched = len(self.pending)
-            data = self.sock.recv(RECV_CHUNK)
-            if not data:
-                end = len(self.pending)
-                break
-            self.pending += data
-        line = bytes(self.pending[:end])
-        del self.pending[:end]
-        return line
+        return self.lines.readline(limit)
 
     def recv_ready(self):
         """Whether the keeper sent something (a byte, or its end) that no request asked for."""
-        return not self.closed and (bool(self.pending) or bool(select.select([self.sock], [], [], 0)[0]))
+        return not self.closed and (bool(self.lines.pending) or bool(select.select([self.sock], [], [], 0)[0]))
 
     def exit_status_ready(self):
         return False  # the keeper relays no exit status (nor stderr): a session that ended shows as the socket's end

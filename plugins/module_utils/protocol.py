@@ -125,6 +125,35 @@ def reply_line(reply):
     return json.dumps(reply) + "\n"
 
 
+class Lines:
+    """Lines as they come from ``recv`` (a socket's or a paramiko channel's ``recv``), what was read past the last
+    line returned kept in view (``pending``): a reply nobody asked for is seen by who checks a session before
+    lending it again, not left in a file object's buffer."""
+
+    def __init__(self, recv, chunk=256 * 1024):
+        self.recv = recv
+        self.chunk = chunk
+        self.pending = bytearray()
+
+    def readline(self, limit):
+        """The next line (with its newline), at most ``limit`` bytes; shorter without a newline at the end."""
+        searched = 0
+        while True:
+            end = self.pending.find(b"\n", searched)
+            if end >= 0 or len(self.pending) >= limit:
+                end = min(end + 1 if end >= 0 else limit, limit)
+                break
+            searched = len(self.pending)
+            data = self.recv(self.chunk)
+            if not data:
+                end = len(self.pending)
+                break
+            self.pending += data
+        line = bytes(self.pending[:end])
+        del self.pending[:end]
+        return line
+
+
 def last_json_line(text):
     """The last line of ``text`` that is JSON (what came before it is a shell's or sshd's noise), or None."""
     for line in reversed(text.strip().splitlines()):

@@ -32,7 +32,7 @@ import time
 from ansible_collections.storage.replication.plugins.module_utils import kept
 from ansible_collections.storage.replication.plugins.module_utils.files import atomic_write, copy_stream
 from ansible_collections.storage.replication.plugins.module_utils.protocol import (
-    INLINE_STREAM_MAX, MAX_REPLY, RECEIVE, SESSION, last_json_line, session_line)
+    INLINE_STREAM_MAX, MAX_REPLY, RECEIVE, SESSION, Lines, last_json_line, session_line)
 
 NODE_KEY = "/root/.ssh/id_ed25519"
 CONNECT_TIMEOUT = 10
@@ -251,7 +251,7 @@ class ControlChannel:
                 self.connect_direct()  # the keeper's session was closed (it ended)
             channel = self.client.get_transport().open_session(timeout=self.timeout)
             channel.exec_command(SESSION)
-            self.session = (channel, channel.makefile("rb"))
+            self.session = (channel, Lines(channel.recv))
         channel, replies = self.session
         channel.settimeout(timeout)
         if channel.closed:
@@ -333,8 +333,9 @@ class ControlChannel:
         if self.client is not None and (transport is None or not transport.is_active()):
             return False
         if self.session:
-            channel = self.session[0]  # (channel, replies): pylint reads the field's default None as its type
-            if channel.closed or channel.eof_received or channel.exit_status_ready() or channel.recv_ready():
+            channel, replies = self.session  # pylint: disable=unpacking-non-sequence
+            if (channel.closed or channel.eof_received or channel.exit_status_ready() or channel.recv_ready()
+                    or replies.pending):  # an answer nobody asked for, read with the last one
                 return False
             while channel.recv_stderr_ready():
                 channel.recv_stderr(PUMP_CHUNK)

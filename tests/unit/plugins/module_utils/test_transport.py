@@ -195,6 +195,10 @@ class FakeSession:
         assert mode == "rb"
         return self.replies
 
+    def recv(self, size):
+        """One answer at a time, as a peer sends them (each after its request)."""
+        return self.replies.readline(size)
+
     def makefile_stderr(self, mode):
         return io.BytesIO(b"")
 
@@ -259,6 +263,15 @@ def test_a_refusal_leaves_the_session_in_step_and_reusable():
         channel.call("prepare", {})
     assert channel.reusable() and channel.call("finalize", {})["ok"]
     assert channel.client.session.stderr == []  # drained: unread, it would fill the channel's window
+
+
+def test_an_answer_nobody_asked_for_read_with_the_last_one_makes_the_session_not_reusable():
+    """A peer out of step (or hostile) sends a second line with its answer: read in the same chunk, it would be the
+    next job's answer on a lent connection; it is seen, and the connection is not lent again."""
+    channel = channel_answering(b'{"ok": true}\n{"ok": true, "unasked": 1}\n')
+    channel.client.session.recv = channel.client.session.replies.read  # both lines in one read
+    assert channel.call("prepare", {}) == {"ok": True}
+    assert not channel.reusable()
 
 
 @pytest.mark.parametrize("reply, ended", [
