@@ -9,7 +9,6 @@ exactly the source's snapshot (sha256 over the file tree).  About 20 s."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 
@@ -40,18 +39,14 @@ def seconds_windows(start, end, rate):
     return "; ".join(windows)
 
 
-def stream_ssh_pid(runner):
-    """The pid of the ssh client that carries the job's data stream, once it runs (None if the run ended first)."""
+def stream_ssh_pid(lab, runner):
+    """The pid of the ssh client that carries the job's data stream, once it runs (None if the run ended first).
+    Only node1's processes: another lab's test may run a job of the same ID at the same time."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and runner.poll() is None:
-        for pid in os.listdir("/proc"):
-            try:
-                with open("/proc/%s/cmdline" % pid, "rb") as handle:
-                    argv = handle.read().split(b"\0")
-            except OSError:
-                continue
-            if argv[0].endswith(b"ssh") and b"job=" + JOB.encode() in argv:
-                return int(pid)
+        for pid, argv in lab.processes("node1").items():
+            if argv and argv[0].endswith("ssh") and "job=" + JOB in argv:
+                return pid
         time.sleep(0.05)
     return None
 
@@ -91,7 +86,7 @@ def test_a_window_that_ends_changes_the_limit_of_the_running_transfer(lab):
         "env", "PYTHONPATH=" + cs.PYTHONPATH, str(cs.PYTHON), "-m",
         "ansible_collections.storage.replication.plugins.module_utils.replicate", JOB]),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    pid = stream_ssh_pid(runner)
+    pid = stream_ssh_pid(lab, runner)
     samples = []
     while pid is not None:
         count = read_bytes(pid)

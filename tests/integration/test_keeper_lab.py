@@ -66,19 +66,8 @@ def kept(module_lab):
 
 
 def sessions(lab, node="node2"):
-    """The PIDs of the `serve` processes (sessions and single operations) running in ``node``'s network namespace."""
-    pids = subprocess.run(["ip", "netns", "pids", lab._netns(node)], capture_output=True, text=True,  # pylint: disable=protected-access
-                          check=True).stdout.split()
-    found = set()
-    for pid in pids:
-        try:
-            with open("/proc/%s/cmdline" % pid, "rb") as handle:
-                words = handle.read().split(b"\0")
-        except OSError:
-            continue  # ended meanwhile
-        if b"serve" in words and b"--peer" in words:
-            found.add(int(pid))
-    return found
+    """The PIDs of the `serve` processes (sessions and single operations) running in ``node``."""
+    return {pid for pid, argv in lab.processes(node).items() if "serve" in argv and "--peer" in argv}
 
 
 def settled_sessions(lab, expected, deadline_s=10.0):
