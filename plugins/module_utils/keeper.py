@@ -310,12 +310,14 @@ class Keeper:
             if not self.masters or peer is None or peer.down:
                 return False
             if peer.master is None:
-                peer.master = self._start_master(where)
+                # under the lock, so that a retire cannot miss it (it waits only for a master left at its path)
+                self._start_master(where)
+                peer.master = kept.master_path(self.path, where)
             return True
 
     def _start_master(self, where):
         """An OpenSSH control master for the data streams to ``where``, started in the background (a stream that
-        comes before it is up connects on its own); its path."""
+        comes before it is up connects on its own)."""
         node, address, port, host_key, key = where
         path = kept.master_path(self.path, where)
         _stop_master(path, wait=True)  # one of an earlier connection to the same peer, whatever state it is in
@@ -324,7 +326,6 @@ class Keeper:
         argv[1:1] = ["-M", "-N", "-o", "ControlPath=%s" % path]
         # pylint: disable-next=ansible-bad-function,consider-using-with
         subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return path
 
     def _retire(self, where, peer):
         """Forget a connection (the lock is held): its idle sessions close now, the connection once none is lent;
@@ -435,9 +436,8 @@ def _stop_master(path, wait=False):
                 stop.kill()
             if os.path.exists(path):
                 os.unlink(path)
-    for leftover in (path + ".hosts",):
-        if os.path.exists(leftover):
-            os.unlink(leftover)
+    if os.path.exists(path + ".hosts"):
+        os.unlink(path + ".hosts")
 
 
 def _inode(path):

@@ -68,7 +68,7 @@ def want_master(path, where):
         sock.settimeout(HELLO_MARGIN_SECONDS)
         sock.connect(path)
         sock.sendall(hello(where, "master"))
-        answer = json.loads(KeptSession(sock).readline(HELLO_MAX).decode("utf-8"))
+        answer = json.loads(Lines(sock.recv).readline(HELLO_MAX).decode("utf-8"))
     except (OSError, ValueError):
         return False
     finally:
@@ -86,7 +86,7 @@ def lend(path, channel):
         sock.connect(path)
         sock.sendall(hello(where_of(channel)))
         session = KeptSession(sock)
-        answer = json.loads(session.readline(HELLO_MAX).decode("utf-8"))
+        answer = json.loads(session.lines.readline(HELLO_MAX).decode("utf-8"))
     except (OSError, ValueError):
         sock.close()  # no keeper, a stale socket, or one that does not answer as a keeper: nothing was lent
         return None, None
@@ -119,9 +119,6 @@ class KeptSession:
 
     def makefile(self, _mode="rb"):
         return self.lines
-
-    def readline(self, limit):
-        return self.lines.readline(limit)
 
     def recv_ready(self):
         """Whether the keeper sent something (a byte, or its end) that no request asked for."""
