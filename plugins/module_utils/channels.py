@@ -164,6 +164,10 @@ class Lent:
     def receive_inline(self, arguments, data, timeout=600):
         return self._first_or_plain(lambda channel: channel.receive_inline(arguments, data, timeout))
 
+    def receive_chunked(self, arguments, chunks, timeout=600):
+        self.reused = False  # never sent twice: its chunks are read as they go (and it is never a job's first request)
+        return self.channel.receive_chunked(arguments, chunks, timeout)
+
     def _first_or_plain(self, work):
         reused, self.reused = self.reused, False
         try:

@@ -79,7 +79,7 @@ class Peer:
 
     def link_alive(self):
         with self.probing:
-            return self.control._link_alive()  # pylint: disable=protected-access
+            return self.control.link_alive()
 
     def usable(self, now, max_age):
         transport = self.control.client.get_transport() if self.control.client is not None else None

@@ -9,9 +9,10 @@ A peer's key runs `serve --peer <node>` (authorized_keys' forced command); SSH_O
 
 - ``receive key=value ...``: the ZFS stream follows on stdin (RECEIVE_KEYS; a flag is 0 or 1);
 - ``<operation>``: one JSON request object on stdin (at most MAX_REQUEST bytes);
-- ``session``: one JSON line per request, ``{"operation": ..., "request": ...}``; an inline ``receive`` request
-  ``{"arguments": [key=value, ...], "bytes": n}`` is followed by exactly n bytes of stream (at most
-  INLINE_STREAM_MAX).
+- ``session``: one JSON line per request, ``{"operation": ..., "request": ...}``; a ``receive`` request
+  ``{"arguments": [key=value, ...], "chunked": true}`` is followed by its stream in chunks (CHUNK_HEADER: a 4-byte
+  big-endian length, then that many bytes, at most STREAM_CHUNK; a length of 0 ends the stream), an older source's
+  ``{"arguments": [...], "bytes": n}`` by exactly n bytes (at most INLINE_STREAM_MAX).
 
 Every answer is one JSON line: ``{"ok": true, ...}`` or ``{"ok": false, "error": "<what failed and what to do>",
 "reason": "<code>"}``, with the receiver's ``log`` lines and its ``node`` name.
@@ -20,6 +21,7 @@ Every answer is one JSON line: ``{"ok": true, ...}`` or ``{"ok": false, "error":
 from __future__ import annotations
 
 import json
+import struct
 
 RECEIVE = "receive"
 SESSION = "session"
@@ -37,6 +39,14 @@ MAX_REPLY = 16 * 1024 * 1024
 # A stream up to this size goes inline in a session, on the control connection that is already open: an OpenSSH
 # handshake and a receiver process cost more than it (measured ~0.5 s).
 INLINE_STREAM_MAX = 1024 * 1024
+# A stream up to this size goes in a session in chunks, which the receiver pipes into `zfs recv` as they arrive: the
+# receiver's process and an OpenSSH handshake cost more than such a stream takes on the session (seconds on a slow
+# node; see the README's Measured).  The source reads this much ahead to know that the stream fits; a bigger one goes
+# over OpenSSH, whose throughput on a fast link is beyond the session's.
+SESSION_STREAM_MAX = 16 * 1024 * 1024
+STREAM_CHUNK = 128 * 1024
+CHUNK_HEADER = struct.Struct(">I")
+STREAM_END = CHUNK_HEADER.pack(0)
 
 # The key=value arguments of `receive`, and those of them that are flags (0 or 1).
 RECEIVE_KEYS = ("job", "guest", "volume", "snapshot", "generation", "source", "base", "resume", "raw")
@@ -72,6 +82,15 @@ def decode_request(data):
         return parse_json(data.decode("utf-8") or "{}")
     except ValueError as exc:  # UnicodeDecodeError is one
         raise Refused("the request is not valid JSON (%s): refused" % exc, "invalid-argument") from exc
+
+
+def stream_chunks(data):
+    """``data`` (bytes) as a session's chunked stream: its chunks, each with its header, then the end."""
+    view = memoryview(data)
+    for start in range(0, len(view), STREAM_CHUNK):
+        piece = view[start:start + STREAM_CHUNK]
+        yield CHUNK_HEADER.pack(len(piece)) + piece.tobytes()
+    yield STREAM_END
 
 
 def read_request(stream):

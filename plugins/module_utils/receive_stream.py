@@ -20,11 +20,13 @@ waits for it (at most ``stall_seconds`` and RECEIVE_END_GRACE), so that what it 
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 
 from ansible_collections.storage.replication.plugins.module_utils.files import (
     StreamStalled, copy_stream, file_lock, is_locked, write_all)
-from ansible_collections.storage.replication.plugins.module_utils.protocol import Refused
+from ansible_collections.storage.replication.plugins.module_utils.protocol import (
+    CHUNK_HEADER, STREAM_CHUNK, Refused)
 from ansible_collections.storage.replication.plugins.module_utils.state import lock_path
 
 # What a receive needs after its stream stopped to end: `zfs recv` failing, the partial dataset removed (zfs-fuse
@@ -33,21 +35,30 @@ RECEIVE_END_GRACE = 30
 
 
 def feed_zfs_recv(argv, stream, node, volume, stall_seconds=None):
-    """Run ``argv`` (a `zfs recv`) fed from ``stream`` (a binary file, or the whole stream as bytes when it came
-    inline in a session); returns the bytes fed.  Refused ("receive-failed") with a precise cause on failure, and
-    ("stream-stalled") when the file brought nothing for ``stall_seconds``."""
+    """Run ``argv`` (a `zfs recv`) fed from ``stream`` (a binary file, a session's ChunkedStream, or the whole stream
+    as bytes when it came inline in a session); returns the bytes fed.  Refused ("receive-failed") with a precise
+    cause on failure, ("stream-stalled") when the stream brought nothing for ``stall_seconds``, and
+    ("stream-framing") when a session's chunks could not be read."""
     env = dict(os.environ, LC_ALL="C")
     # pylint: disable-next=ansible-bad-function
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    stalled = None
+    stalled = framing = None
     try:
-        total = write_all(proc.stdin.fileno(), stream) if isinstance(stream, bytes) else \
-            copy_stream(stream.fileno(), proc.stdin.fileno(), stall_seconds)
+        if isinstance(stream, bytes):
+            total = write_all(proc.stdin.fileno(), stream)
+        elif isinstance(stream, ChunkedStream):
+            total = stream.copy_to(proc.stdin.fileno(), stall_seconds)
+        else:
+            total = copy_stream(stream.fileno(), proc.stdin.fileno(), stall_seconds)
     except BrokenPipeError:
         total = None
     except StreamStalled as exc:
         total, stalled = None, exc
+    except Refused as exc:
+        total, framing = None, exc
     _out, err = proc.communicate()  # closes zfs recv's stdin: end of stream (a cut one, if it stalled)
+    if framing is not None:
+        raise framing
     if stalled is not None:
         raise Refused("the stream into volume '%s' on node '%s' brought nothing for %d s after %d bytes: the receive "
                       "ended itself - the source's run was cut off (its link went down or its process ended); the "
@@ -95,3 +106,98 @@ def explain_recv_failure(node, volume, argv, rc, stderr):
                 "it; the previous replica is intact and the next run resumes from it" % (node, volume, detail))
     return ("'%s' failed on node '%s' for volume '%s': %s - the previous replica is intact; the next run retries"
             % (" ".join(argv), node, volume, detail))
+
+
+class SessionInput:
+    """A session's input read from its descriptor with a buffer of its own, so that a stream's chunks can wait for
+    data with a deadline (a source whose link went down sends nothing and never closes)."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.buffer = bytearray()
+        self.ended = False
+
+    def _fill(self, timeout=None):
+        """Read what the descriptor has (waiting at most ``timeout`` s: StreamStalled); False at its end."""
+        if timeout is not None and not select.select([self.fd], [], [], timeout)[0]:
+            raise StreamStalled(0, timeout)
+        data = os.read(self.fd, 256 * 1024)
+        self.ended = not data
+        self.buffer += data
+        return bool(data)
+
+    def readline(self, limit):
+        while b"\n" not in self.buffer[:limit] and len(self.buffer) < limit and not self.ended:
+            self._fill()
+        end = self.buffer.find(b"\n", 0, limit)
+        return self._take(end + 1 if end >= 0 else limit)
+
+    def read(self, size, timeout=None):
+        """``size`` bytes, fewer only at the end of the input."""
+        while len(self.buffer) < size and not self.ended:
+            self._fill(timeout)
+        return self._take(size)
+
+    def _take(self, size):
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return data
+
+
+class ChunkedStream:
+    """A stream that follows a session's `receive` request in chunks (protocol.CHUNK_HEADER).  ``stall_seconds``:
+    how long a chunk may keep the receive waiting (only where the input is a SessionInput, i.e. a real session)."""
+
+    def __init__(self, stdin, stall_seconds):
+        self.stdin = stdin
+        self.stall_seconds = stall_seconds
+        self.received = 0
+        self.done = False
+        self.failure = None  # why the chunks cannot be read on (Refused): the session cannot go on either
+
+    def chunks(self):
+        """The stream's bytes, chunk by chunk, to its end; Refused ("stream-framing") when it cannot be read."""
+        while not self.done:
+            if self.failure is not None:
+                raise self.failure
+            try:
+                header = self._read(CHUNK_HEADER.size)
+                size = CHUNK_HEADER.unpack(header)[0] if len(header) == CHUNK_HEADER.size else None
+                if size is None or size > STREAM_CHUNK:
+                    self.failure = Refused(
+                        "the stream in the session ended after %d bytes without its end, or a chunk said %r bytes "
+                        "(at most %d): refused, session ended" % (self.received, size, STREAM_CHUNK), "stream-framing")
+                    continue
+                data = self._read(size) if size else b""
+            except StreamStalled:
+                self.failure = Refused(
+                    "the stream in the session brought nothing for %d s after %d bytes: the receive ended itself - "
+                    "the source's run was cut off (its link went down or its process ended); the replica is as it "
+                    "was before, and the next run resumes or sends again" % (self.stall_seconds, self.received),
+                    "stream-framing")
+                continue
+            if len(data) != size:
+                self.failure = Refused("the stream in the session ended after %d bytes within a chunk: refused, "
+                                       "session ended" % (self.received + len(data)), "stream-framing")
+                continue
+            self.done = size == 0
+            self.received += size
+            if size:
+                yield data
+
+    def _read(self, size):
+        if isinstance(self.stdin, SessionInput):
+            return self.stdin.read(size, self.stall_seconds)
+        return self.stdin.read(size)
+
+    def copy_to(self, fd, _stall_seconds=None):
+        """Write every chunk to ``fd`` (a `zfs recv`'s input); returns the bytes."""
+        for data in self.chunks():
+            write_all(fd, data)
+        return self.received
+
+    def drain(self):
+        """Read what is left of the stream (a receive that was refused, or failed, before its end), so that the
+        session's next request is read from where it starts; Refused ("stream-framing") if that cannot be."""
+        for _data in self.chunks():
+            pass

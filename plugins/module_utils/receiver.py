@@ -164,7 +164,7 @@ class Receiver(Authority):
         room = [] if need is None or looking else self.room_for(
             job, keep, {v: d for v, d in wanted.items() if v in remaining}, need, last_sync, parent)
         return {"volumes": remaining, "resume_tokens": tokens, "features": self.zfs.features.as_dict(),
-                "inline_receive": True, "keeps_points": keep.history, "space_pruned": room}
+                "inline_receive": True, "chunked_receive": True, "keeps_points": keep.history, "space_pruned": room}
 
     def room_for(self, job, keep, datasets, need, last_sync=0, parent=None, limit=None):
         """Before a receive of ``need`` bytes (None: unknown, after one failed for lack of space): the job's oldest

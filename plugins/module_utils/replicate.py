@@ -59,7 +59,9 @@ class Context:
     channels: object = None
     # Both ends receive resumably (OpenZFS): a failed send keeps its snapshot for the next run to resume.
     resumable: bool = dataclasses.field(default=False, init=False)
-    # The target's session takes small streams inline (ControlChannel.receive_inline), else None.
+    # The target's session takes streams up to SESSION_STREAM_MAX in chunks (ControlChannel.receive_chunked), or (an
+    # older receiver) small ones whole (receive_inline); else None.
+    chunked: object = dataclasses.field(default=None, init=False)
     inline: object = dataclasses.field(default=None, init=False)
     # Restore points the target deleted in this run because its pool was full (reported, never silent).
     space_pruned: list = dataclasses.field(default_factory=list, init=False)
@@ -178,6 +180,7 @@ def replicate(ctx, state, start):
         ctx.points = ctx.points or bool(prepared.get("keeps_points"))
         ctx.space_pruned += prepared.get("space_pruned") or []
         ctx.resumable = ctx.zfs.features.resumable_receive and prepared.get("features", {}).get("resumable_receive")
+        ctx.chunked = channel.receive_chunked if prepared.get("chunked_receive") else None
         ctx.inline = channel.receive_inline if prepared.get("inline_receive") else None
         resumed, sent = resume_transfers(ctx, channel, target, datasets, prepared.get("resume_tokens", {}), remote)
         local = prepare_local(ctx, datasets, last_sync, keep=resumed)
@@ -449,8 +452,8 @@ def limit_now_text(job):
 
 
 def stream_to_target(ctx, target, known_hosts, send_command, volume, snap, rate_bps=None, **extra):
-    """Pipe send_command into the target's `receive` of volume@snap (a small stream inline on the control connection
-    where the target takes it); ``extra``: more receive arguments (base, raw, resume).  The receiver's log lines go
+    """Pipe send_command into the target's `receive` of volume@snap (a stream up to SESSION_STREAM_MAX on the control
+    connection where the target takes it); ``extra``: more receive arguments (base, raw, resume).  The receiver's log lines go
     into the run log."""
     arguments = receive_arguments(job=ctx.job.id, guest=ctx.job.guest, volume=volume, snapshot=snap,
                                   generation=ctx.cfg.generation, source=ctx.node, **extra)
@@ -460,8 +463,10 @@ def stream_to_target(ctx, target, known_hosts, send_command, volume, snap, rate_
     command = ssh_argv(target.name, target.address, known_hosts, [RECEIVE] + arguments, key=ctx.key,
                        port=target.port, control=master if shared else None)
     inline = (lambda data: ctx.inline(arguments, data)) if ctx.inline else None
+    chunked = (lambda chunks: ctx.chunked(arguments, chunks)) if ctx.chunked else None
     try:
-        result = stream(send_command, command, target.name, target.address, rate_bps, inline=inline)
+        result = stream(send_command, command, target.name, target.address, rate_bps, inline=inline,
+                        chunked=chunked)
     except RemoteError as exc:
         for line in exc.reply.get("log", []):
             ctx.log(line)

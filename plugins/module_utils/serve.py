@@ -22,7 +22,9 @@ from ansible_collections.storage.replication.plugins.module_utils import config 
 from ansible_collections.storage.replication.plugins.module_utils.protocol import (
     DROP_COPY, INLINE_STREAM_MAX, MAKE_ROOM, PLAN, POINTS, RECEIVE, SEND_POINT, SESSION, SET_STATE, Refused,
     check_request_keys, decode_request, read_request, read_request_line, reply_line)
+from ansible_collections.storage.replication.plugins.module_utils.receive_stream import ChunkedStream, SessionInput
 from ansible_collections.storage.replication.plugins.module_utils.receiver import Receiver
+from ansible_collections.storage.replication.plugins.module_utils.settings import DEFAULT_SETTINGS, SettingsError
 from ansible_collections.storage.replication.plugins.module_utils.zfs import ZfsError
 
 CONTROL_OPERATIONS = {
@@ -100,9 +102,9 @@ def answer(receiver, work):
 
 def session(receiver, stdin, stdout, operations=None):
     """Several operations in one process (one per JSON line: {"operation", "request"}), so that a run pays for one
-    process start on the target instead of one per operation.  A `receive` request ({"arguments": [key=value, ...],
-    "bytes": n}) is followed by its whole stream of n bytes (a small one: INLINE_STREAM_MAX).  Ends at end of
-    input, or after a request whose stream cannot be framed."""
+    process start on the target instead of one per operation.  A `receive` request is followed by its stream, in
+    chunks or (an older source) whole (protocol.py).  Ends at end of input, or after a request whose stream cannot
+    be framed."""
     while True:
         line = read_request_line(stdin)
         if not line:
@@ -128,9 +130,10 @@ def session_request(receiver, line, stdin, operations=None):
 
 
 def receive_inline(receiver, request, stdin):
-    """`receive` of a small stream that follows the request in the session: read all of it, then receive it with
-    the checks of the OpenSSH data path.  A size that cannot be trusted ends the session (the bytes that follow
-    could not be told from the next request)."""
+    """`receive` of a stream that follows the request in the session, with the checks of the OpenSSH data path.  A
+    stream that cannot be framed ends the session (the bytes that follow could not be told from the next request)."""
+    if isinstance(request, dict) and request.get("chunked") is True:
+        return receive_chunked(receiver, request, stdin)
     size = request.get("bytes") if isinstance(request, dict) else None
     if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= INLINE_STREAM_MAX:
         raise Refused("invalid inline stream size %r (at most %d bytes): refused, session ended" % (
@@ -140,10 +143,35 @@ def receive_inline(receiver, request, stdin):
         raise Refused("the inline stream ended after %d of %d bytes: refused, session ended" % (len(data), size),
                       "stream-framing")
     check_request_keys(request, ("arguments", "bytes"))
+    return receiver.receive(_receive_arguments(request), data)
+
+
+def receive_chunked(receiver, request, stdin):
+    """A stream in chunks, piped into `zfs recv` as they arrive.  Whatever the receive answers (a refusal before
+    its first byte, a full pool mid-way), the rest of the stream is read to its end first, so that the session stays
+    in step; a stream that stalls or cannot be framed ends the session."""
+    stream = ChunkedStream(stdin, _stall_seconds(receiver))
+    try:
+        check_request_keys(request, ("arguments", "chunked"))
+        return receiver.receive(_receive_arguments(request), stream)
+    finally:
+        stream.drain()  # a stream that cannot be read to its end: its refusal (stream-framing) is the answer
+
+
+def _receive_arguments(request):
     arguments = request.get("arguments")
     if not isinstance(arguments, list) or not all(isinstance(a, str) for a in arguments):
         raise Refused("invalid receive arguments %r: refused" % (arguments,), "invalid-argument")
-    return receiver.receive(arguments, data)
+    return arguments
+
+
+def _stall_seconds(receiver):
+    """The node's stall deadline for a stream (its settings; their default if the file cannot be read, which the
+    receive itself then reports)."""
+    try:
+        return receiver.node_settings()["receive_stall_seconds"]
+    except (SettingsError, OSError):
+        return DEFAULT_SETTINGS["receive_stall_seconds"]
 
 
 def main(argv=None, environ=None, stdin=None, stdout=None, receiver=None, peer=None, operations=None,
@@ -153,12 +181,12 @@ def main(argv=None, environ=None, stdin=None, stdout=None, receiver=None, peer=N
     may run (`serve --read-only`)."""
     del argv
     environ = os.environ if environ is None else environ
-    stdin = stdin or sys.stdin.buffer
     stdout = stdout or sys.stdout
     receiver = receiver or Receiver(peer=peer)
     command = environ.get("SSH_ORIGINAL_COMMAND", "")
     if command.strip() == SESSION:
-        return session(receiver, stdin, stdout, operations)
+        return session(receiver, stdin or SessionInput(sys.stdin.fileno()), stdout, operations)
+    stdin = stdin or sys.stdin.buffer
     if command.split()[:1] == [SEND_POINT] and operations is None:
         # stdout carries the stream: the answer of a refusal goes to stderr.  A read-only key never gets here.
         reply = answer(receiver, lambda: receiver.send_point(command.split()[1:],

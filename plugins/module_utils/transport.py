@@ -19,6 +19,7 @@ StrictHostKeyChecking=yes.  The receiving side counts the bytes it feeds to `zfs
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import select
@@ -30,9 +31,10 @@ import threading
 import time
 
 from ansible_collections.storage.replication.plugins.module_utils import kept
-from ansible_collections.storage.replication.plugins.module_utils.files import atomic_write, copy_stream
+from ansible_collections.storage.replication.plugins.module_utils.files import atomic_write, copy_stream, write_all
 from ansible_collections.storage.replication.plugins.module_utils.protocol import (
-    INLINE_STREAM_MAX, MAX_REPLY, RECEIVE, SESSION, Lines, last_json_line, session_line)
+    INLINE_STREAM_MAX, MAX_REPLY, RECEIVE, SESSION, SESSION_STREAM_MAX, Lines, last_json_line, session_line,
+    stream_chunks)
 
 NODE_KEY = "/root/.ssh/id_ed25519"
 CONNECT_TIMEOUT = 10
@@ -208,10 +210,18 @@ class ControlChannel:
         Only for peers whose prepare reply says `inline_receive`."""
         return self._call(RECEIVE, {"arguments": list(arguments), "bytes": len(data)}, timeout, payload=data)
 
+    def receive_chunked(self, arguments, chunks, timeout=600):
+        """A stream in chunks (``chunks``: an iterable of framed chunks ending with protocol.STREAM_END) into the
+        peer's `receive` with `arguments`, through the session, which pipes them into `zfs recv` as they arrive.
+        Only for peers whose prepare reply says `chunked_receive`.  ``timeout``: how long the peer may take no byte
+        of it (or take to answer at its end)."""
+        return self._call(RECEIVE, {"arguments": list(arguments), "chunked": True}, timeout, payload=iter(chunks))
+
     def _call(self, operation, request, timeout, payload=None):
         if self.client is None and not self.session:
             self.connect()
-        retry, self.kept_reused = self.kept_reused, False
+        # (a stream in chunks is read as it goes: it cannot go again)
+        retry, self.kept_reused = self.kept_reused and not _is_iterator(payload), False
         try:
             return self._send(operation, request, timeout, payload)
         except (TransportError, RemoteError):
@@ -256,9 +266,12 @@ class ControlChannel:
         channel.settimeout(timeout)
         if channel.closed:
             self.ended = True  # the peer ended the session while it was idle (paramiko would say "Socket is closed")
-        channel.sendall(session_line(operation, request))
-        if payload:
-            channel.sendall(payload)
+        if _is_iterator(payload):
+            self._send_stream(channel, [session_line(operation, request)], payload, operation, timeout)
+        else:
+            channel.sendall(session_line(operation, request))
+            if payload:
+                channel.sendall(payload)
         self._await_reply(channel, operation, timeout)
         line = replies.readline(MAX_REPLY)
         reply = last_json_line(line.decode("utf-8", "replace"))
@@ -308,12 +321,34 @@ class ControlChannel:
             ready, _w, _x = select.select([channel], [], [], min(LIVENESS_SECONDS, remaining))
             if ready:
                 return
-            if self.client is not None and not self._link_alive():  # a kept session: the keeper watches the link
+            if self.client is not None and not self.link_alive():  # a kept session: the keeper watches the link
                 raise TransportError(unreachable_message(
                     self.node_name, self.address, "the link went down during '%s' (no answer to keep-alives for %d s)"
                     % (operation, LIVENESS_SECONDS)), True)
 
-    def _link_alive(self):
+    def _send_stream(self, channel, request, chunks, operation, timeout):
+        """Send a request and its stream's chunks while the peer takes them; a peer that takes nothing for
+        ``timeout`` s ends it as a timeout.  On a connection of its own a watch probes the link whenever the stream made no progress for
+        LIVENESS_SECONDS (paramiko's write to a link gone down waits for ever, whatever the channel's timeout):
+        once the link is found down it closes the connection, and the stream ends as unreachable."""
+        channel.settimeout(timeout)
+        watch = None if self.client is None else _SendWatch(self)  # the keeper watches its own links
+        try:
+            for chunk in itertools.chain(request, chunks):
+                channel.sendall(chunk)
+                if watch is not None:
+                    watch.moved = time.monotonic()
+        except (OSError, EOFError) as exc:
+            if watch is not None and watch.link_down:
+                raise TransportError(unreachable_message(
+                    self.node_name, self.address, "the link went down during '%s' (no answer to keep-alives for %d "
+                    "s)" % (operation, LIVENESS_SECONDS)), True) from exc
+            raise
+        finally:
+            if watch is not None:
+                watch.stop()
+
+    def link_alive(self):
         transport = self.client.get_transport()
         # paramiko waits for a global request's answer without a time limit: the probe waits in a thread of its own,
         # which ends when the connection is closed.
@@ -374,6 +409,31 @@ def _import_paramiko_lean():
     of import time on the lab, seconds on slow CPUs, in every run that connects.  A None in sys.modules makes that
     optional import fail as paramiko expects it may; a process that imported invoke already keeps it."""
     sys.modules.setdefault("invoke", None)
+
+
+class _SendWatch:
+    """ControlChannel._send_chunks's watch on the link (a thread of its own while a stream goes)."""
+
+    def __init__(self, channel):
+        self.channel = channel
+        self.moved = time.monotonic()
+        self.link_down = False
+        self.stopped = threading.Event()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self):
+        while not self.stopped.wait(LIVENESS_SECONDS / 2):
+            if time.monotonic() - self.moved >= LIVENESS_SECONDS and not self.channel.link_alive():
+                self.link_down = True
+                self.channel.client.close()  # the blocked write then ends (EOFError)
+                return
+
+    def stop(self):
+        self.stopped.set()
+
+
+def _is_iterator(payload):
+    return payload is not None and not isinstance(payload, (bytes, bytearray, memoryview))
 
 
 def _b64(text):
@@ -477,15 +537,17 @@ class StreamResult:
         return int(self.reply.get("bytes", 0))
 
 
-def stream(send_argv, ssh_command, node_name, address, rate_bps=None, on_start=None, inline=None):
+def stream(send_argv, ssh_command, node_name, address, rate_bps=None, on_start=None, inline=None, chunked=None):
     """Run `send_argv | [rate pump] | ssh_command`; returns a StreamResult with the receiver's JSON reply.
 
     `rate_bps` is a limit in bytes per second, or a function returning the limit now (see TokenBucket).
 
-    With `inline` (a function data -> reply, e.g. ControlChannel.receive_inline), the first INLINE_STREAM_MAX + 1 bytes
-    are read first: a stream that ends within them goes through `inline` instead of a new OpenSSH connection; a
-    bigger one is spliced on into ssh after them.  Without a rate limit and without `inline` the two processes are
-    joined by a pipe and Python stays out of the data path.
+    With `chunked` (a function chunks -> reply, e.g. ControlChannel.receive_chunked), the first SESSION_STREAM_MAX + 1
+    bytes are read first: a stream that ends within them goes through `chunked` (on the control connection, in
+    chunks) instead of a new OpenSSH connection; a bigger one is spliced on into ssh after them.  `inline` (a
+    function data -> reply, ControlChannel.receive_inline) does the same for a peer that takes only whole streams of
+    at most INLINE_STREAM_MAX.  Without a rate limit and without either the two processes are joined by a pipe and
+    Python stays out of the data path.
     """
     env = dict(os.environ, LC_ALL="C")
     start = time.monotonic()
@@ -493,10 +555,11 @@ def stream(send_argv, ssh_command, node_name, address, rate_bps=None, on_start=N
     send = subprocess.Popen(send_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     bucket = TokenBucket(rate_bps) if rate_bps else None
     head = None
-    if inline is not None:
-        head = _read_head(send.stdout.fileno(), INLINE_STREAM_MAX + 1)
-        if len(head) <= INLINE_STREAM_MAX:
-            return _inline_stream(send, head, inline, bucket, node_name, start)
+    if chunked is not None or inline is not None:
+        most = SESSION_STREAM_MAX if chunked is not None else INLINE_STREAM_MAX
+        head = _read_head(send.stdout.fileno(), most + 1)
+        if len(head) <= most:
+            return _session_stream(send, head, inline, chunked, bucket, node_name, start)
     feeder = None
     if head is not None or bucket is not None:
         read_fd, write_fd = os.pipe()
@@ -532,26 +595,37 @@ def _read_head(fd, size):
     return b"".join(chunks)
 
 
-def _inline_stream(send, data, inline, bucket, node_name, start):
-    """The whole stream is in `data`: once zfs send has ended well, hand it to `inline`."""
+def _session_stream(send, data, inline, chunked, bucket, node_name, start):
+    """The whole stream is in `data`: once zfs send has ended well, it goes in chunks (each through the token
+    bucket, so that a limit and its windows hold within it) or whole to `inline`."""
     send.stdout.close()
     send_err = send.stderr.read().decode("utf-8", "replace")
     send.wait()
     _check_send(send, send_err, node_name)
-    if bucket is not None:
-        bucket.take(len(data))
-    reply = inline(data)
+    if chunked is not None:
+        reply = chunked(_metered(stream_chunks(data), bucket))
+    else:
+        if bucket is not None:
+            bucket.take(len(data))
+        reply = inline(data)
     return StreamResult(reply, time.monotonic() - start, send.returncode, send_err, inline=True)
+
+
+def _metered(chunks, bucket):
+    for chunk in chunks:
+        if bucket is not None:
+            bucket.take(len(chunk))
+        yield chunk
 
 
 def _feed_and_close(head, source, write_fd, bucket):
     """ssh's stdin: the bytes read ahead, then the rest of the stream (through the token bucket if limited)."""
     try:
-        if bucket is not None:
-            bucket.take(len(head))
         view = memoryview(head)
-        while view:
-            view = view[os.write(write_fd, view):]
+        for start in range(0, len(view), PUMP_CHUNK):  # a piece at a time: the limit holds within the head too
+            if bucket is not None:
+                bucket.take(min(PUMP_CHUNK, len(view) - start))
+            write_all(write_fd, view[start:start + PUMP_CHUNK])
         if bucket is not None:
             pump(source.fileno(), write_fd, bucket)
         else:

@@ -20,6 +20,7 @@ import pytest
 
 import cluster_setup as cs
 from ansible_collections.storage.replication.plugins.module_utils.kept import master_path
+from ansible_collections.storage.replication.plugins.module_utils.protocol import SESSION_STREAM_MAX
 from ansible_collections.storage.replication.plugins.module_utils.transport import NODE_KEY
 from test_replicate import Cluster
 
@@ -29,6 +30,7 @@ GUEST = 560
 JOB = "560-0"
 VOLUME = "vm-560-disk-0"
 SOCKET = "/run/storage-replication/keeper.sock"
+BIG_MB = SESSION_STREAM_MAX // (1 << 20) + 4  # a stream that goes over OpenSSH, not in the session
 
 
 class Keeper:
@@ -56,7 +58,7 @@ class Keeper:
 @pytest.fixture(scope="module")
 def kept(module_lab):
     cluster = Cluster(module_lab)
-    cluster.one_volume_guest(GUEST, 8)
+    cluster.one_volume_guest(GUEST, BIG_MB)
     keeper = Keeper(module_lab)
     keeper.start()
     try:
@@ -94,7 +96,7 @@ def test_runs_borrow_the_kept_session(kept):
     changed_run(cluster)  # the first sync (full), on a session the keeper opened for it
     log = cs.run_log(cluster.lab, "node1", JOB)
     assert "full sync" in log and "over the connection keeper's SSH connection" not in log, \
-        "the first stream over 1 MiB to a peer connects on its own (and asks the keeper for a master to it)"
+        "the first stream too big for the session connects on its own (and asks the keeper for a master to it)"
     idle = settled_sessions(cluster.lab, 1)
     assert len(idle) == 1, "the keeper keeps exactly the one session it lent: %s" % idle
     for _run in range(2):
@@ -131,10 +133,23 @@ def test_a_stream_bigger_than_a_session_takes_goes_over_the_kept_master(kept):
     assert master_of(cluster, "node3", wait=0) is None, "no master to a peer that only answers peer checks"
     assert master_of(cluster), "the first sync's stream had the keeper start one to node2 (its own connected)"
     before = accepted(cluster.lab)
-    result = changed_run(cluster, megabytes=4)
-    assert result["volumes"][0]["bytes"] > 2 * 1024 * 1024, result["volumes"]
+    result = changed_run(cluster, megabytes=BIG_MB)
+    assert result["volumes"][0]["bytes"] > SESSION_STREAM_MAX, result["volumes"]
     assert accepted(cluster.lab) == before, "neither the control requests nor the stream opened a connection"
     assert "over the connection keeper's SSH connection" in cs.run_log(cluster.lab, "node1", JOB)
+
+
+def test_a_mid_sized_stream_goes_in_chunks_in_the_kept_session(kept):
+    """4 MiB: more than a session once took whole, less than SESSION_STREAM_MAX: in chunks on the kept session, piped
+    into `zfs recv` by the session's own process; no connection, no other `serve` process on the target."""
+    cluster, _keeper = kept
+    changed_run(cluster)
+    idle = settled_sessions(cluster.lab, 1)
+    before = accepted(cluster.lab)
+    result = changed_run(cluster, megabytes=4)
+    assert 4 * (1 << 20) < result["volumes"][0]["bytes"] < SESSION_STREAM_MAX, result["volumes"]
+    assert accepted(cluster.lab) == before and settled_sessions(cluster.lab, 1) == idle
+    assert "inline on the control connection" in cs.run_log(cluster.lab, "node1", JOB)
 
 
 def test_a_run_killed_mid_job_leaves_no_session_to_borrow(kept):

@@ -16,6 +16,7 @@ import pytest
 
 import cluster_setup as cs
 from lab._system import wait_until
+from ansible_collections.storage.replication.plugins.module_utils.protocol import SESSION_STREAM_MAX
 from ansible_collections.storage.replication.plugins.module_utils.transport import LIVENESS_SECONDS
 
 pytestmark = pytest.mark.lab
@@ -85,26 +86,27 @@ def receive_lock_free(lab, node, volume):
         return True
 
 
-def test_a_link_cut_mid_stream_makes_the_job_wait_for_its_target(module_lab):
-    """ssh's keep-alives notice the cut ("Timeout, server ... not responding"): the job waits for its target (no
-    back-off) instead of failing as an ordinary error.  On the target nothing notices: its connection never closes.
-    Its receive ends itself once no byte has come for receive_stall_seconds, with the link still down: no `zfs recv`
-    is left behind and the partial first copy is gone.  Once the link is back the next run completes the replica."""
+@pytest.mark.parametrize("guest, megabytes, rate", [(180, 40, 4), (181, 12, 2)], ids=["openssh", "session-chunks"])
+def test_a_link_cut_mid_stream_makes_the_job_wait_for_its_target(module_lab, guest, megabytes, rate):
+    """ssh's keep-alives notice the cut ("Timeout, server ... not responding"), or for a stream in the session's
+    chunks the control connection's probes do: the job waits for its target (no back-off) instead of failing as an
+    ordinary error.  On the target nothing notices: its connection never closes.  Its receive ends itself once no
+    byte has come for receive_stall_seconds, with the link still down: no `zfs recv` is left behind and the partial
+    first copy is gone.  Once the link is back the next run completes the replica."""
     from test_replicate import Cluster  # pylint: disable=import-outside-toplevel
     cluster = Cluster(module_lab)
-    name = cluster.one_volume_guest(180, 40, rate=4)
+    job = "%d-0" % guest
+    name = cluster.one_volume_guest(guest, megabytes, rate=rate)
     # after the configuration is written (that replaces the directory's files)
     settings = module_lab.private_path("node2", "/etc/storage-replication") / "runner.json"
     settings.write_text(json.dumps({"receive_stall_seconds": STALL_SECONDS}) + "\n")
     argv = module_lab.exec_argv("node1", ["env", "PYTHONPATH=" + cs.PYTHONPATH, str(cs.PYTHON), "-m",
                                           "ansible_collections.storage.replication.plugins.module_utils.replicate",
-                                          "180-0"])
+                                          job])
     runner = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while subprocess.run(["pgrep", "-f", "zfs send -R rpool/data/%s " % name], capture_output=True,
-                             check=False).returncode != 0 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: receives_into(module_lab, "node2", cs.dataset(name)), 60, "a receive on node2", 0.1,
+                   error=AssertionError)
         time.sleep(2)
         assert receives_into(module_lab, "node2", cs.dataset(name)), "no receive running on node2 before the cut"
         module_lab.partition("node2")
@@ -125,8 +127,10 @@ def test_a_link_cut_mid_stream_makes_the_job_wait_for_its_target(module_lab):
     assert STALL_SECONDS - 1 <= ended <= STALL_SECONDS + 20
     result = json.loads(out.strip().splitlines()[-1])
     assert not result["ok"] and "target node 'node2'" in result["error"] and "is unreachable" in result["error"], result
-    state = cs.local_state(module_lab, "node1")["180"]["local/node2"]
+    # which path carried it: the control connection's probes, or ssh's keep-alives
+    assert ("the link went down during 'receive'" in result["error"]) == (megabytes * (1 << 20) < SESSION_STREAM_MAX)
+    state = cs.local_state(module_lab, "node1")[str(guest)]["local/node2"]
     assert state["waiting_for_target"] is True and state["fail_count"] >= 1
-    again = cluster.run("180-0")
+    again = cluster.run(job)
     assert again["ok"], "\n".join(again["log"])
     cluster.assert_replica("node2", name)

@@ -17,7 +17,9 @@ import time
 import pytest
 
 import cluster_setup as cs
+from lab._system import wait_until
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
+from test_link_cut import receive_lock_free, receives_into
 from test_replicate import Cluster, job_snapshots
 
 pytestmark = pytest.mark.lab
@@ -141,9 +143,14 @@ def test_storage_missing_on_target(cluster):
                                    "'node2'", "zfs create rpool/elsewhere")
 
 
-def test_target_pool_full(cluster):
-    rep = Replicated(cluster, 115)
-    rep.change_source(megabytes=40)
+# A change of 40 MiB goes over OpenSSH, one of 12 MiB in the control connection's session (protocol.SESSION_STREAM_MAX)
+OVER_SSH, IN_SESSION = 40, 12
+
+
+@pytest.mark.parametrize("guest, megabytes", [(115, OVER_SSH), (122, IN_SESSION)], ids=["openssh", "session-chunks"])
+def test_target_pool_full(cluster, guest, megabytes):
+    rep = Replicated(cluster, guest)
+    rep.change_source(megabytes=megabytes)
     cluster.lab.fill("node2")
     try:
         result = cluster.run(rep.job_id)
@@ -192,11 +199,35 @@ def test_sending_process_killed_mid_stream(cluster):
     cluster.lab.revive("node1")
 
 
-def test_receiving_zfs_recv_killed_mid_stream(cluster):
-    rep = Replicated(cluster, 117, rate=10)
-    rep.change_source(megabytes=40)
+@pytest.mark.parametrize("guest, megabytes, rate", [(117, OVER_SSH, 10), (123, IN_SESSION, 4)],
+                         ids=["openssh", "session-chunks"])
+def test_receiving_zfs_recv_killed_mid_stream(cluster, guest, megabytes, rate):
+    rep = Replicated(cluster, guest, rate=rate)
+    rep.change_source(megabytes=megabytes)
     result = _kill_mid_stream(cluster, rep, "node2", "zfs recv -F rpool/data/%s" % rep.name)
     rep.assert_failed(result, "failed on node 'node2'", "killed by signal 9", "previous replica is intact")
+    rep.assert_previous_replica_intact(unfinished_allowed=True)
+    rep.assert_recovers_incrementally()
+
+
+def test_a_run_killed_mid_stream_in_the_session_leaves_the_replica_and_the_session_to_end(cluster):
+    """The run itself killed with -9 while its stream goes in the session's chunks: the target's session sees its
+    input end without the stream's end, its `zfs recv` gets a cut stream and fails, the receive lock is free, the
+    previous replica is intact, and the next run goes on from it."""
+    rep = Replicated(cluster, 124, rate=4)
+    rep.change_source(megabytes=IN_SESSION)
+    runner = subprocess.Popen(cluster.lab.exec_argv("node1", [
+        "env", "PYTHONPATH=" + cs.PYTHONPATH, str(cs.PYTHON), "-m",
+        "ansible_collections.storage.replication.plugins.module_utils.replicate", rep.job_id]),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: receives_into(cluster.lab, "node2", cs.dataset(rep.name)), 60, "the receive on node2", 0.05,
+               error=AssertionError)
+    time.sleep(1.0)  # well inside the rate-limited stream (3 s)
+    runner.kill()
+    runner.wait(timeout=30)
+    wait_until(lambda: not receives_into(cluster.lab, "node2", cs.dataset(rep.name))
+               and receive_lock_free(cluster.lab, "node2", "%s:%s" % (cs.STORAGE, rep.name)), 30,
+               "node2's receive to end", 0.1, error=AssertionError)
     rep.assert_previous_replica_intact(unfinished_allowed=True)
     rep.assert_recovers_incrementally()
 

@@ -115,7 +115,7 @@ class ScriptedControl:
         del timeout
         return ScriptedChannel()
 
-    def _link_alive(self):
+    def link_alive(self):
         return self.alive
 
     def close(self):

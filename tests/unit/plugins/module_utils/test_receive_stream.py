@@ -19,9 +19,10 @@ import pytest
 
 from ansible_collections.storage.replication.plugins.module_utils import receiver as receivermod
 from ansible_collections.storage.replication.plugins.module_utils.files import LockError, StreamStalled, copy_stream
-from ansible_collections.storage.replication.plugins.module_utils.protocol import Refused
+from ansible_collections.storage.replication.plugins.module_utils.protocol import (
+    CHUNK_HEADER, STREAM_CHUNK, Refused, stream_chunks)
 from ansible_collections.storage.replication.plugins.module_utils.receive_stream import (
-    RECEIVE_END_GRACE, feed_zfs_recv, leftover_wait, receive_lock, receive_running)
+    RECEIVE_END_GRACE, ChunkedStream, SessionInput, feed_zfs_recv, leftover_wait, receive_lock, receive_running)
 
 from test_receiver import ListingZfs, prepare_request, receiver, serve  # noqa: F401  pylint: disable=unused-import
 
@@ -173,3 +174,73 @@ def test_whether_a_receive_runs_is_seen_without_writing_anything(tmp_path):
         assert receive_running(statedir, volume)
         assert (path.read_bytes(), path.stat().st_mtime_ns) == before
     assert not receive_running(statedir, volume)
+
+
+# ---------------------------------------------------------------- a stream in chunks, in a session
+
+def session_input(data, pause_after=None):
+    """A SessionInput over a real pipe holding ``data`` written in odd pieces (so chunks arrive split anywhere);
+    with ``pause_after`` the writer stops after that many bytes and keeps its end open (a link gone down)."""
+    read_fd, write_fd = os.pipe()
+    shown = data if pause_after is None else data[:pause_after]
+
+    def write():
+        view = memoryview(shown)
+        while view:
+            view = view[os.write(write_fd, view[:7919]):]
+        if pause_after is None:
+            os.close(write_fd)
+    threading.Thread(target=write, daemon=True).start()
+    return SessionInput(read_fd), write_fd
+
+
+def test_a_chunked_stream_is_copied_whole_and_leaves_the_next_request_where_it_starts():
+    data = os.urandom(3 * STREAM_CHUNK + 1234)
+    stdin, _write_fd = session_input(b"".join(stream_chunks(data)) + b'{"next": 1}\n')
+    stream = ChunkedStream(stdin, stall_seconds=5)
+    assert feed_zfs_recv(CAT, stream, "node2", "local-zfs:vm-100-disk-0") == len(data)
+    stream.drain()  # at its end already: reads nothing more
+    assert stream.done and stream.received == len(data)
+    assert stdin.readline(1000) == b'{"next": 1}\n' and stdin.readline(1000) == b""
+
+
+def test_a_chunked_stream_that_stops_ends_the_receive_and_says_why():
+    data = b"".join(stream_chunks(b"\0" * 10000))
+    stdin, write_fd = session_input(data, pause_after=5000)
+    started = time.monotonic()
+    try:
+        with pytest.raises(Refused) as info:
+            feed_zfs_recv(RECV, ChunkedStream(stdin, stall_seconds=1), "node2", "local-zfs:vm-100-disk-0")
+    finally:
+        os.close(write_fd)
+    assert info.value.reason == "stream-framing" and 1 <= time.monotonic() - started < 5
+    assert str(info.value).startswith("the stream in the session brought nothing for 1 s after 0 bytes: the "
+                                      "receive ended itself")
+
+
+@pytest.mark.parametrize("data, message", [
+    [CHUNK_HEADER.pack(10) + b"x" * 10, "ended after 10 bytes without its end, or a chunk said None bytes"],
+    [CHUNK_HEADER.pack(STREAM_CHUNK + 1) + b"x" * 10, "a chunk said %d bytes (at most %d)" % (STREAM_CHUNK + 1,
+                                                                                              STREAM_CHUNK)],
+    [CHUNK_HEADER.pack(10) + b"x" * 4, "ended after 4 bytes within a chunk"],
+    [b"\0\0", "ended after 0 bytes without its end"],
+], ids=["no-end", "oversized-chunk", "cut-chunk", "cut-header"])
+def test_a_chunked_stream_that_cannot_be_framed_is_refused_and_not_received(data, message):
+    stdin, _write_fd = session_input(data)
+    stream = ChunkedStream(stdin, stall_seconds=5)
+    with pytest.raises(Refused) as info:
+        feed_zfs_recv(RECV, stream, "node2", "local-zfs:vm-100-disk-0")
+    assert info.value.reason == "stream-framing" and message in str(info.value)
+    with pytest.raises(Refused):
+        stream.drain()  # the session cannot go on either
+
+
+def test_a_receive_that_fails_mid_chunked_stream_leaves_the_rest_to_drain():
+    data = os.urandom(1 << 20)  # more than a pipe holds: `true` is gone while chunks still come
+    stdin, _write_fd = session_input(b"".join(stream_chunks(data)) + b"after\n")
+    stream = ChunkedStream(stdin, stall_seconds=5)
+    with pytest.raises(Refused) as info:
+        feed_zfs_recv(["true"], stream, "node2", "local-zfs:vm-100-disk-0")
+    assert info.value.reason == "receive-failed"
+    stream.drain()
+    assert stream.done and stream.received == len(data) and stdin.readline(100) == b"after\n"

@@ -13,6 +13,7 @@ import pytest
 
 from ansible_collections.storage.replication.plugins.module_utils import config as configmod
 from ansible_collections.storage.replication.plugins.module_utils.names import REPLICA_PROPERTY, replica_identity
+from ansible_collections.storage.replication.plugins.module_utils.protocol import CHUNK_HEADER, stream_chunks
 from ansible_collections.storage.replication.plugins.module_utils.receiver import Receiver
 from ansible_collections.storage.replication.plugins.module_utils.serve import main
 from ansible_collections.storage.replication.plugins.module_utils.zfs import Zfs
@@ -278,6 +279,30 @@ def test_inline_stream_that_cannot_be_framed_ends_the_session(receiver, request_
     code, replies = session_lines(receiver, request_line("receive", request_fields) + b"x" * 10)
     assert code == 1 and len(replies) == 1
     assert replies[0]["reason"] == "stream-framing" and message in replies[0]["error"]
+
+
+RECEIVE_ARGUMENTS = ["job=100-0", "guest=100", "volume=local-zfs:vm-100-disk-0", "snapshot=__replicate_100-1_5__",
+                     "generation=7", "source=node1"]
+
+
+@pytest.mark.parametrize("request_fields, message", [
+    [{"arguments": RECEIVE_ARGUMENTS, "chunked": True}, "not a replication snapshot of job '100-0'"],
+    [{"arguments": RECEIVE_ARGUMENTS, "chunked": True, "bytes": 5}, "unknown request field(s) bytes"],
+    [{"arguments": "job=100-0", "chunked": True}, "invalid receive arguments 'job=100-0'"],
+])
+def test_a_refused_chunked_stream_is_read_to_its_end_and_the_session_goes_on(receiver, request_fields, message):
+    """Chunks that look like requests are stream, never taken for the next request."""
+    chunks = b"".join(stream_chunks(b'{"operation": "destroy"}\n' * 20000))
+    code, replies = session_lines(receiver, request_line("receive", request_fields) + chunks
+                                  + request_line("list", {"generation": 7, "source": "node1"}))
+    assert code == 0 and [r["ok"] for r in replies] == [False, True]
+    assert message in replies[0]["error"] and replies[1]["replicas"] == {}
+
+
+def test_a_chunked_stream_that_cannot_be_framed_ends_the_session(receiver):
+    code, replies = session_lines(receiver, request_line("receive", {"arguments": RECEIVE_ARGUMENTS, "chunked": True})
+                                  + CHUNK_HEADER.pack(5) + b"abcde" + request_line("list", {}))
+    assert code == 1 and len(replies) == 1 and replies[0]["reason"] == "stream-framing"
 
 
 def _peer_moved_guest_200_to_node1(receiver, generation):

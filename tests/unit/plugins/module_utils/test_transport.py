@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import socket
 import sys
+import time
 
 import pytest
 
+from ansible_collections.storage.replication.plugins.module_utils.protocol import (
+    CHUNK_HEADER, SESSION_STREAM_MAX, STREAM_CHUNK, STREAM_END, stream_chunks)
+from ansible_collections.storage.replication.plugins.module_utils import transport as transportmod
 from ansible_collections.storage.replication.plugins.module_utils.transport import (
     INLINE_STREAM_MAX, PUMP_CHUNK, ControlChannel, RemoteError, TokenBucket, TransportError, explain_ssh_failure, known_hosts_text,
     parse_reply, ssh_argv, stream, unreachable_message)
@@ -157,6 +163,57 @@ def test_big_stream_goes_through_ssh_whole_and_in_order(rate):
     assert result.bytes == size and result.reply["sha"] == expected(size)
 
 
+def chunked_receiver(calls):
+    """What a receiver's session reads of a stream in chunks: the frames, checked, joined."""
+    def receive(chunks):
+        frames = list(chunks)
+        assert frames[-1] == STREAM_END and all(
+            CHUNK_HEADER.unpack(f[:4])[0] == len(f) - 4 <= STREAM_CHUNK for f in frames)
+        data = b"".join(f[4:] for f in frames)
+        calls.append(len(frames))
+        return {"ok": True, "bytes": len(data), "sha": hashlib.sha256(data).hexdigest()}
+    return receive
+
+
+@pytest.mark.parametrize("size", [0, INLINE_STREAM_MAX + 1, 5 * STREAM_CHUNK + 3, SESSION_STREAM_MAX])
+def test_a_stream_up_to_the_session_maximum_goes_in_chunks_without_ssh(size):
+    calls = []
+    result = stream(SEND + [str(size)], NEVER, "node2", "10.0.0.2", inline=inline_receiver([]),
+                    chunked=chunked_receiver(calls))
+    assert result.inline and calls == [-(-size // STREAM_CHUNK) + 1]
+    assert result.bytes == size and result.reply["sha"] == expected(size)
+
+
+def test_a_bigger_stream_goes_through_ssh_whole_and_in_order():
+    calls = []
+    size = SESSION_STREAM_MAX + 17
+    result = stream(SEND + [str(size)], RECEIVE, "node2", "10.0.0.2", chunked=chunked_receiver(calls))
+    assert not result.inline and calls == []
+    assert result.bytes == size and result.reply["sha"] == expected(size)
+
+
+def test_a_stream_in_chunks_keeps_its_rate_limit():
+    size, rate = 6 * STREAM_CHUNK, 4 * STREAM_CHUNK  # 1.5 s at the limit, less at most a burst
+    started = time.monotonic()
+    result = stream(SEND + [str(size)], NEVER, "node2", "10.0.0.2", rate_bps=rate, chunked=chunked_receiver([]))
+    assert result.bytes == size and 0.4 <= time.monotonic() - started < 3
+
+
+# stands in for ssh + receive: the most bytes that came within any 0.25 s
+WINDOWED = [sys.executable, "-c", "import json, sys, time\nseen = []\nwhile True:\n"
+            "    d = sys.stdin.buffer.read1(65536)\n    if not d: break\n    seen.append((time.monotonic(), len(d)))\n"
+            "most = max(sum(n for u, n in seen if t <= u < t + 0.25) for t, _n in seen)\n"
+            "print(json.dumps({'ok': True, 'bytes': sum(n for _t, n in seen), 'most': most}))"]
+
+
+def test_a_limited_stream_too_big_for_the_session_keeps_its_limit_from_its_first_byte():
+    """The bytes read ahead to choose the path go out at the limit too, not in one burst."""
+    size, rate = SESSION_STREAM_MAX + STREAM_CHUNK, 12 * (1 << 20)
+    result = stream(SEND + [str(size)], WINDOWED, "node2", "10.0.0.2", rate_bps=rate, chunked=chunked_receiver([]))
+    assert not result.inline and result.bytes == size
+    assert result.reply["most"] <= rate * 0.25 + 2 * PUMP_CHUNK + rate / 10, result.reply
+
+
 def test_failed_send_is_not_received_inline():
     calls = []
     with pytest.raises(TransportError, match=r"failed on this node \(exit code 3\): no such snapshot"):
@@ -184,6 +241,9 @@ class FakeSession:
         self.sent = []
         self.closed = self.eof_received = self.ended = False
         self.stderr = [b"a warning on stderr\n"]
+        self.stuck = None
+        self.timeout = None
+        self.client = None
 
     def fileno(self):
         return self.read_fd
@@ -203,11 +263,20 @@ class FakeSession:
         return io.BytesIO(b"")
 
     def settimeout(self, seconds):
-        del seconds
+        self.timeout = seconds
 
     def sendall(self, data):
+        """``stuck``: "window" - the peer takes nothing (socket.timeout after the channel's timeout, as paramiko);
+        "link" - the link is down (paramiko's write waits until its connection is closed, then EOFError)."""
         if self.closed:
             raise OSError("Socket is closed")
+        if self.stuck == "window":
+            time.sleep(self.timeout)
+            raise socket.timeout()
+        while self.stuck == "link":
+            if not self.client.active:
+                raise EOFError()
+            time.sleep(0.02)
         self.sent.append(data)
 
     def exit_status_ready(self):
@@ -236,6 +305,8 @@ class FakeClient:
     def __init__(self, session):
         self.session = session
         self.active = True
+        self.link_up = True
+        session.client = self
 
     def get_transport(self):
         return self
@@ -246,6 +317,13 @@ class FakeClient:
 
     def is_active(self):
         return self.active
+
+    def global_request(self, kind, wait):
+        """A keep-alive: answered while the link is up, else never (paramiko then waits for ever)."""
+        assert kind == "keepalive@openssh.com" and wait
+        deadline = time.monotonic() + 5  # (a test's thread does not outlive it by much)
+        while not self.link_up and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def close(self):
         self.active = False
@@ -263,6 +341,38 @@ def test_a_refusal_leaves_the_session_in_step_and_reusable():
         channel.call("prepare", {})
     assert channel.reusable() and channel.call("finalize", {})["ok"]
     assert channel.client.session.stderr == []  # drained: unread, it would fill the channel's window
+
+
+def test_a_stream_in_chunks_goes_on_the_session_and_leaves_it_in_step():
+    channel = channel_answering(b'{"ok": true, "bytes": 300000}\n', b'{"ok": true}\n')
+    data = os.urandom(300000)
+    assert channel.receive_chunked(["job=100-0"], stream_chunks(data))["bytes"] == 300000
+    sent = b"".join(channel.client.session.sent)
+    request, _newline, chunks = sent.partition(b"\n")
+    assert json.loads(request) == {"operation": "receive", "request": {"arguments": ["job=100-0"], "chunked": True}}
+    assert chunks == b"".join(stream_chunks(data))
+    assert channel.reusable() and channel.call("finalize", {})["ok"]
+
+
+def test_a_stream_in_chunks_whose_link_goes_down_ends_as_unreachable(monkeypatch):
+    monkeypatch.setattr(transportmod, "LIVENESS_SECONDS", 0.2)
+    channel = channel_answering(b'{"ok": true}\n')
+    client = channel.client
+    client.session.stuck, client.link_up = "link", False
+    started = time.monotonic()
+    with pytest.raises(TransportError, match="is unreachable: the link went down during 'receive'") as info:
+        channel.receive_chunked(["job=100-0"], stream_chunks(b"x" * 5000))
+    assert info.value.unreachable and channel.broken and time.monotonic() - started < 3
+    assert not client.active, "the watch closed the connection that the write waited on"
+
+
+def test_a_stream_in_chunks_that_the_peer_stops_taking_times_out(monkeypatch):
+    monkeypatch.setattr(transportmod, "LIVENESS_SECONDS", 0.1)
+    channel = channel_answering(b'{"ok": true}\n')
+    channel.client.session.stuck = "window"  # the link is up: the receiver takes nothing
+    with pytest.raises(TransportError, match="connection lost during 'receive'"):
+        channel.receive_chunked(["job=100-0"], stream_chunks(b"x" * 5000), timeout=0.5)
+    assert channel.broken
 
 
 def test_an_answer_nobody_asked_for_read_with_the_last_one_makes_the_session_not_reusable():
