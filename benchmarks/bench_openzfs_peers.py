@@ -36,7 +36,9 @@ TARGET = "10.99.0.2"
 FULL_MIB = int(os.environ.get("SR_BENCH_FULL_MIB", "1024"))
 INCR_MIB = 10
 CYCLE = 20
-TOOLS = ("raw", "ours", "syncoid", "zfs_autobackup", "bzfs")
+# SR_BENCH_TOOLS (comma-separated) measures some of them; raw always, as the reference.
+TOOLS = ("raw",) + tuple(t for t in os.environ.get("SR_BENCH_TOOLS", "ours,syncoid,zfs_autobackup,bzfs").split(",")
+                         if t in ("ours", "syncoid", "zfs_autobackup", "bzfs"))
 OUR_FULL_GUEST, OUR_CYCLE_GUEST = 900, 910
 RUNNER = "storage-replication"
 

@@ -13,6 +13,8 @@ then measures, on the same nodes and data:
   single    the same through the runner, as `storage-replication run <id>` does it, twice in one process a second
             apart: the runner first asks its peers for their generation (a safety check) and the job then goes
             over that connection; the job's own seconds and the whole run's
+  mid       incrementals of 2-16 MiB with the keeper, in the control connection's session (in chunks) and over
+            OpenSSH (the keeper's master), side by side: where the session's limit (SESSION_STREAM_MAX) belongs
   idle and single are measured twice: with node1's connection keeper running (`storage-replication keep`, as the
   role installs it: runs borrow its connection and session, kept from the run before), and without it (each run
   connects on its own)
@@ -113,6 +115,45 @@ print(json.dumps(timings))
 """ % JOB
 
 
+# Mid-sized incrementals through the session's chunks and over OpenSSH (the keeper's master), side by side: each size
+# twice, the two paths in turn.  transport.SESSION_STREAM_MAX is what the run reads to choose; -1 sends even an
+# empty stream over OpenSSH.
+MID_SIZED_MIB = (2, 4, 8, 12, 16)
+MID_SIZED = """
+import json, subprocess
+from ansible_collections.storage.replication.plugins.module_utils import config, replicate, transport
+session_max = transport.SESSION_STREAM_MAX
+figures = []
+for mib in %r:
+    for path, most in (("session", session_max), ("openssh", -1), ("openssh", -1), ("session", session_max)):
+        transport.SESSION_STREAM_MAX = most
+        subprocess.run(["dd", "if=/dev/urandom", "of=/%s/data.bin", "bs=1M", "count=%%d" %% mib, "seek=300",
+                        "conv=notrunc", "status=none"], check=True)
+        result = replicate.run_job(config.load(), %r)
+        assert result["ok"], result["error"]
+        volume = result["volumes"][0]
+        figures.append({"mib": mib, "path": path, "bytes": volume["bytes"], "stream_s": volume["seconds"],
+                        "run_s": result["duration"], "start": result["start"]})
+print(json.dumps(figures))
+"""
+
+
+def mid_sized(lab):
+    """{mib: {path: (mean stream seconds, mean run seconds)}} of MID_SIZED, the last replica checked."""
+    script = MID_SIZED % (MID_SIZED_MIB, cs.dataset(VOLUME), JOB)
+    out = lab.exec("node1", ["env", "PYTHONPATH=" + cs.PYTHONPATH, str(cs.PYTHON), "-c", script], timeout=900)
+    runs = json.loads(out.stdout.strip().splitlines()[-1])
+    last = "__replicate_%s_%d__" % (JOB, runs[-1]["start"])
+    assert cs.tree_checksum(lab, "node2", VOLUME, last) == cs.tree_checksum(lab, "node1", VOLUME, last)
+    figures = {}
+    for mib in MID_SIZED_MIB:
+        for path in ("session", "openssh"):
+            mine = [r for r in runs if r["mib"] == mib and r["path"] == path]
+            figures.setdefault(mib, {})[path] = (sum(r["stream_s"] for r in mine) / len(mine),
+                                                 sum(r["run_s"] for r in mine) / len(mine))
+    return figures
+
+
 def run_single_twice(lab):
     """Two `run <id>` through the runner in one process; the second's timings (warm)."""
     out = lab.exec("node1", ["env", "PYTHONPATH=" + cs.PYTHONPATH, str(cs.PYTHON), "-c", RUN_SINGLE], timeout=900)
@@ -186,6 +227,7 @@ def main():
         keeper = start_keeper(lab)
         try:
             idle_cold, idle, single = idle_figures(lab)
+            mids = mid_sized(lab)
         finally:
             keeper.terminate()
             keeper.wait(timeout=60)
@@ -231,6 +273,12 @@ def main():
         ("  without the keeper: the job / the whole run",
          "%.3f / %.3f" % (figures["run_single_direct_job_s"], figures["run_single_direct_s"])),
     ]
+    for mib, paths in mids.items():
+        rows.append(("incremental %d MiB, keeper: in the session / over OpenSSH (stream s; run s)" % mib,
+                     "%.3f / %.3f; %.3f / %.3f" % (paths["session"][0], paths["openssh"][0], paths["session"][1],
+                                                   paths["openssh"][1])))
+        figures["mid_%dmib_session_stream_s" % mib] = round(paths["session"][0], 3)
+        figures["mid_%dmib_openssh_stream_s" % mib] = round(paths["openssh"][0], 3)
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
         print("%-*s  %s" % (width, name, value))

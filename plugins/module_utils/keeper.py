@@ -44,7 +44,7 @@ import time
 from ansible_collections.storage.replication.plugins.module_utils import kept
 from ansible_collections.storage.replication.plugins.module_utils.protocol import SESSION
 from ansible_collections.storage.replication.plugins.module_utils.transport import (
-    LIVENESS_SECONDS, PUMP_CHUNK, ControlChannel, TransportError, ssh_argv, write_known_hosts)
+    LIVENESS_SECONDS, PUMP_CHUNK, ControlChannel, SendWatch, TransportError, ssh_argv, write_known_hosts)
 
 IDLE_SECONDS = 120
 MAX_AGE_SECONDS = 300
@@ -79,7 +79,12 @@ class Peer:
 
     def link_alive(self):
         with self.probing:
-            return self.control.link_alive()
+            return self.control.client is not None and self.control.link_alive()
+
+    def cut(self):
+        """The link is down: close the connection (a write blocked on it ends) and retire it when given back."""
+        self.down = True
+        self.control.close()
 
     def usable(self, now, max_age):
         transport = self.control.client.get_transport() if self.control.client is not None else None
@@ -183,8 +188,10 @@ class Keeper:
                 released = self.relay(conn, peer, channel)
             finally:
                 self.give_back(peer, channel, released)
-        except (OSError, ValueError):
-            pass  # the run went away, or sent what no run sends: its session (if it had one) was closed above
+        except (OSError, EOFError, ValueError):
+            # the run went away, or sent what no run sends, or the link went down under its stream (SendWatch):
+            # its session (if it had one) was closed above
+            pass
         finally:
             conn.close()
 
@@ -258,9 +265,16 @@ class Keeper:
     def relay(self, conn, peer, channel):
         """Frames from the run to the peer's session, its bytes back, until the run lets go; True when it released
         the session in step."""
+        channel.settimeout(SEND_SECONDS)
+        watch = SendWatch(peer.link_alive, peer.cut)  # a stream's write on a link gone down would wait for ever
+        try:
+            return self._relay(conn, peer, channel, watch)
+        finally:
+            watch.stop()
+
+    def _relay(self, conn, peer, channel, watch):
         frames = FrameReader()
         waiting_since = None  # a request went to the peer and no byte of an answer came back yet
-        channel.settimeout(SEND_SECONDS)
         while True:
             ready, _w, _x = select.select([conn, channel], [], [], 1.0)
             while channel.recv_stderr_ready():
@@ -278,7 +292,8 @@ class Keeper:
                 for frame in frames.feed(data):
                     if frame is None:
                         return frames.empty() and waiting_since is None and _session_alive(channel)
-                    channel.sendall(frame)
+                    with watch.sending():
+                        channel.sendall(frame)
                     waiting_since = waiting_since or self.clock()
             if waiting_since is not None and self.clock() - waiting_since >= LIVENESS_SECONDS:
                 if not peer.link_alive():

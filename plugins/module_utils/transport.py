@@ -18,6 +18,7 @@ StrictHostKeyChecking=yes.  The receiving side counts the bytes it feeds to `zfs
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -328,16 +329,14 @@ class ControlChannel:
 
     def _send_stream(self, channel, request, chunks, operation, timeout):
         """Send a request and its stream's chunks while the peer takes them; a peer that takes nothing for
-        ``timeout`` s ends it as a timeout.  On a connection of its own a watch probes the link whenever the stream made no progress for
-        LIVENESS_SECONDS (paramiko's write to a link gone down waits for ever, whatever the channel's timeout):
-        once the link is found down it closes the connection, and the stream ends as unreachable."""
+        ``timeout`` s ends it as a timeout, a link found down by the SendWatch as unreachable."""
         channel.settimeout(timeout)
-        watch = None if self.client is None else _SendWatch(self)  # the keeper watches its own links
+        # The keeper watches its own links (keeper.relay); a connection of this run's own is watched here.
+        watch = None if self.client is None else SendWatch(self.link_alive, self.client.close)
         try:
             for chunk in itertools.chain(request, chunks):
-                channel.sendall(chunk)
-                if watch is not None:
-                    watch.moved = time.monotonic()
+                with watch.sending() if watch is not None else contextlib.nullcontext():
+                    channel.sendall(chunk)
         except (OSError, EOFError) as exc:
             if watch is not None and watch.link_down:
                 raise TransportError(unreachable_message(
@@ -411,21 +410,34 @@ def _import_paramiko_lean():
     sys.modules.setdefault("invoke", None)
 
 
-class _SendWatch:
-    """ControlChannel._send_chunks's watch on the link (a thread of its own while a stream goes)."""
+class SendWatch:
+    """A watch on a connection's link while data goes out on it (a thread of its own until ``stop``): whenever a
+    send has made no progress for LIVENESS_SECONDS it probes the link (``alive()``), and once the link is found down
+    it calls ``cut()`` (close the connection: paramiko's write to a link gone down waits for ever, whatever the
+    channel's timeout; closed, it ends with EOFError) and sets ``link_down``."""
 
-    def __init__(self, channel):
-        self.channel = channel
-        self.moved = time.monotonic()
+    def __init__(self, alive, cut):
+        self.alive = alive
+        self.cut = cut
+        self.since = None  # when the send under way began (None: no send under way)
         self.link_down = False
         self.stopped = threading.Event()
         threading.Thread(target=self._watch, daemon=True).start()
 
+    @contextlib.contextmanager
+    def sending(self):
+        self.since = time.monotonic()
+        try:
+            yield
+        finally:
+            self.since = None
+
     def _watch(self):
         while not self.stopped.wait(LIVENESS_SECONDS / 2):
-            if time.monotonic() - self.moved >= LIVENESS_SECONDS and not self.channel.link_alive():
+            since = self.since
+            if since is not None and time.monotonic() - since >= LIVENESS_SECONDS and not self.alive():
                 self.link_down = True
-                self.channel.client.close()  # the blocked write then ends (EOFError)
+                self.cut()
                 return
 
     def stop(self):

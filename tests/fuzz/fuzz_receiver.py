@@ -1136,15 +1136,20 @@ def request_context(outcome, index, cfg):
     operation = message.get("operation")
     request = message.get("request")
     if operation == "receive":
-        if not isinstance(request, dict) or set(request) - {"arguments", "bytes"}:
+        framing = {"arguments", "chunked"} if isinstance(request, dict) and "chunked" in request else \
+            {"arguments", "bytes"}
+        if not isinstance(request, dict) or set(request) - framing:
             raise Malformed("bad-receive-request", repr(request)[:120])
+        if "chunked" in request and request["chunked"] is not True:
+            raise Malformed("bad-chunked", repr(request["chunked"])[:40])
         arguments = request.get("arguments")
         if not isinstance(arguments, list) or not all(isinstance(a, str) for a in arguments):
             raise Malformed("bad-receive-argument", repr(arguments)[:120])
         for token in arguments:
             if not token.isascii() or not token.isprintable() or " " in token:
                 raise Malformed("non-ascii-argument", repr(token))
-        strict_int(request.get("bytes"), "inline-size", 0, 1 << 20)
+        if "chunked" not in request:
+            strict_int(request.get("bytes"), "inline-size", 0, 1 << 20)
         return strict_receive(arguments, cfg)
     return strict_request(str(operation), request, cfg)
 
@@ -1347,6 +1352,23 @@ def _receive(arguments, stream=b"\0" * 312, flavor="openzfs", peer="node1"):
     return Case(flavor, peer, "receive " + " ".join(arguments), stream).encode()
 
 
+def _chunked_stream(data):
+    """(the chunked stream at the start of ``data`` up to and with its end, or all of it if it has none; the rest)."""
+    at = 0
+    while at + 4 <= len(data):
+        size = int.from_bytes(data[at:at + 4], "big")
+        at += 4 + size
+        if size == 0 or at > len(data):
+            break
+    return data[:at], data[at:]
+
+
+def _chunks(data, size):
+    """``data`` as a session's chunked stream, in chunks of ``size`` bytes, with its end."""
+    return b"".join(len(data[i:i + size]).to_bytes(4, "big") + data[i:i + size]
+                    for i in range(0, len(data), size)) + bytes(4)
+
+
 def _session(lines, flavor="openzfs"):
     body = b""
     for line in lines:
@@ -1387,6 +1409,7 @@ def seeds():
                 "last_sync": 1700000900, "guest_definition": {"type": "vm", "name": "web"}, "generation": 7,
                 "source": "node1"}
     inline = OrderedDict(arguments=receive_args(base=None, volume="local-zfs:vm-100-disk-2"), bytes=400)
+    chunked = OrderedDict(arguments=receive_args(base=None, volume="local-zfs:vm-100-disk-2"), chunked=True)
     valid = [
         ("prepare", _request("prepare", prepare())),
         # run --check: prepare looking only (what it would delete is said, nothing is)
@@ -1439,6 +1462,10 @@ def seeds():
             {"operation": "finalize", "request": finalize},
             {"operation": "list", "request": {"generation": 7, "source": "node1"}},
             {"operation": "prepare", "request": prepare(volumes=[], last_sync=1, force=True)}])),
+        ("session-chunked", _session([
+            {"operation": "prepare", "request": prepare()},
+            {"operation": "receive", "request": chunked}, _chunks(b"\0" * 400, 150),
+            {"operation": "finalize", "request": finalize}])),
         ("session", _session([
             {"operation": "prepare", "request": prepare()},
             {"operation": "receive", "request": inline}, b"\0" * 400,
@@ -1488,6 +1515,14 @@ def seeds():
                                                                                "bytes": 2 ** 40}}])),
         ("session-bool-inline", _session([{"operation": "receive", "request": {"arguments": receive_args(),
                                                                                "bytes": True}}])),
+        ("session-chunked-failed-stream", _session([
+            {"operation": "receive", "request": chunked}, _chunks(b"FAIL" + b"\0" * 300, 100),
+            {"operation": "list", "request": {"generation": 7, "source": "node1"}}])),
+        ("session-chunked-oversized-chunk", _session([{"operation": "receive", "request": chunked},
+                                                      (2 ** 31).to_bytes(4, "big") + b"\0" * 64])),
+        ("session-chunked-no-end", _session([{"operation": "receive", "request": chunked}, _chunks(b"\0" * 64, 64)[:-4]])),
+        ("session-chunked-not-true", _session([{"operation": "receive", "request": {"arguments": receive_args(),
+                                                                                    "chunked": 1}}])),
         ("session-bad-utf8", _session([b'{"operation": "list", "request": {"source": "\xff"}}\n'])),
         ("session-not-object", _session([b"[1, 2]\n", b"null\n", b'"prepare"\n'])),
         ("bad-utf8-request", Case("openzfs", "node1", "prepare", b'{"job": "\xc3\x28"}').encode()),
@@ -1622,10 +1657,13 @@ def _mutate_session(case, rng):
             message = json.loads(line)
         except ValueError:
             continue
-        if isinstance(message, dict) and isinstance(message.get("request"), dict) and \
-                isinstance(message["request"].get("bytes"), int) and 0 <= message["request"]["bytes"] <= 4096:
-            items.append(rest[:message["request"]["bytes"]])
-            rest = rest[message["request"]["bytes"]:]
+        request = message.get("request") if isinstance(message, dict) else None
+        if isinstance(request, dict) and request.get("chunked") is True:
+            stream, rest = _chunked_stream(rest)  # one item: mutated as a whole, never split into requests
+            items.append(stream)
+        elif isinstance(request, dict) and isinstance(request.get("bytes"), int) and 0 <= request["bytes"] <= 4096:
+            items.append(rest[:request["bytes"]])
+            rest = rest[request["bytes"]:]
     lines = [i for i, item in enumerate(items) if item.startswith(b"{")]
     action = rng.random()
     if lines and action < 0.7:

@@ -11,6 +11,7 @@ node1 runs `storage-replication keep`; its jobs go to node2.  A session is seen 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,9 +20,11 @@ import time
 import pytest
 
 import cluster_setup as cs
+from lab._system import wait_until
 from ansible_collections.storage.replication.plugins.module_utils.kept import master_path
 from ansible_collections.storage.replication.plugins.module_utils.protocol import SESSION_STREAM_MAX
 from ansible_collections.storage.replication.plugins.module_utils.transport import NODE_KEY
+from test_link_cut import STALL_SECONDS, receives_into
 from test_replicate import Cluster
 
 pytestmark = pytest.mark.lab
@@ -260,4 +263,41 @@ def test_a_cut_link_under_a_kept_session_fails_the_run_fast_and_heals(kept):
         cluster.lab.heal("node2")
     assert not cut["ok"] and "unreachable" in cut["error"], cut["error"]
     assert took < 60, "the keeper's liveness probe ends the call in about 20 s, not the operation's 600 s (%.0f s)" % took
+    changed_run(cluster)  # on a new connection: the keeper dropped the one whose link went down
+
+
+def test_a_link_cut_under_a_stream_in_the_kept_session_fails_the_run_fast_and_heals(kept):
+    """The keeper's write of a stream's chunks to a link gone down would wait for ever: its watch finds the link down
+    and closes the connection, the run ends as unreachable within a minute, the target's receive ends itself at
+    its stall deadline, and once the link is back the next run works on a new connection."""
+    cluster, _keeper = kept
+    changed_run(cluster)
+    job = cluster.cfg.jobs[JOB]
+    cluster.cfg.jobs[JOB] = dataclasses.replace(job, rate=1)  # 6 MiB: 6 s in the session's chunks
+    cluster.push()
+    settings = cluster.lab.private_path("node2", "/etc/storage-replication") / "runner.json"
+    settings.write_text(json.dumps({"receive_stall_seconds": STALL_SECONDS}) + "\n")
+    cs.write_random(cluster.lab, "node1", VOLUME, "a.bin", 6, offset_mb=2)
+    runner = subprocess.Popen(cluster.lab.exec_argv("node1", [
+        "env", "PYTHONPATH=" + cs.PYTHONPATH, str(cs.PYTHON), "-m",
+        "ansible_collections.storage.replication.plugins.module_utils.replicate", JOB]),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: receives_into(cluster.lab, "node2", cs.dataset(VOLUME)), 60, "the receive on node2", 0.05,
+                   error=AssertionError)
+        time.sleep(1.0)
+        cluster.lab.partition("node2")
+        began = time.monotonic()
+        out, err = runner.communicate(timeout=120)
+        took = time.monotonic() - began
+        wait_until(lambda: not receives_into(cluster.lab, "node2", cs.dataset(VOLUME)), STALL_SECONDS + 30,
+                   "node2's receive to end itself", 0.2, error=AssertionError)
+    finally:
+        cluster.lab.heal("node2")
+        cluster.cfg.jobs[JOB] = job
+        cluster.push()
+        settings.unlink(missing_ok=True)  # (the push above may have replaced the directory's files)
+    result = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"error": err}
+    assert result.get("ok") is False and "is unreachable" in result["error"], result
+    assert took < 60, "the keeper's watch ends the stream in about 20 s (%.0f s)" % took
     changed_run(cluster)  # on a new connection: the keeper dropped the one whose link went down

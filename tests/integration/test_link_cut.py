@@ -86,7 +86,7 @@ def receive_lock_free(lab, node, volume):
         return True
 
 
-@pytest.mark.parametrize("guest, megabytes, rate", [(180, 40, 4), (181, 12, 2)], ids=["openssh", "session-chunks"])
+@pytest.mark.parametrize("guest, megabytes, rate", [(180, 40, 4), (181, 6, 1)], ids=["openssh", "session-chunks"])
 def test_a_link_cut_mid_stream_makes_the_job_wait_for_its_target(module_lab, guest, megabytes, rate):
     """ssh's keep-alives notice the cut ("Timeout, server ... not responding"), or for a stream in the session's
     chunks the control connection's probes do: the job waits for its target (no back-off) instead of failing as an

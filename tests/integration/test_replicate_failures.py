@@ -143,8 +143,8 @@ def test_storage_missing_on_target(cluster):
                                    "'node2'", "zfs create rpool/elsewhere")
 
 
-# A change of 40 MiB goes over OpenSSH, one of 12 MiB in the control connection's session (protocol.SESSION_STREAM_MAX)
-OVER_SSH, IN_SESSION = 40, 12
+# A change of 40 MiB goes over OpenSSH, one of 6 MiB in the control connection's session (protocol.SESSION_STREAM_MAX)
+OVER_SSH, IN_SESSION = 40, 6
 
 
 @pytest.mark.parametrize("guest, megabytes", [(115, OVER_SSH), (122, IN_SESSION)], ids=["openssh", "session-chunks"])
@@ -199,7 +199,7 @@ def test_sending_process_killed_mid_stream(cluster):
     cluster.lab.revive("node1")
 
 
-@pytest.mark.parametrize("guest, megabytes, rate", [(117, OVER_SSH, 10), (123, IN_SESSION, 4)],
+@pytest.mark.parametrize("guest, megabytes, rate", [(117, OVER_SSH, 10), (123, IN_SESSION, 2)],
                          ids=["openssh", "session-chunks"])
 def test_receiving_zfs_recv_killed_mid_stream(cluster, guest, megabytes, rate):
     rep = Replicated(cluster, guest, rate=rate)
@@ -214,7 +214,7 @@ def test_a_run_killed_mid_stream_in_the_session_leaves_the_replica_and_the_sessi
     """The run itself killed with -9 while its stream goes in the session's chunks: the target's session sees its
     input end without the stream's end, its `zfs recv` gets a cut stream and fails, the receive lock is free, the
     previous replica is intact, and the next run goes on from it."""
-    rep = Replicated(cluster, 124, rate=4)
+    rep = Replicated(cluster, 124, rate=2)
     rep.change_source(megabytes=IN_SESSION)
     runner = subprocess.Popen(cluster.lab.exec_argv("node1", [
         "env", "PYTHONPATH=" + cs.PYTHONPATH, str(cs.PYTHON), "-m",

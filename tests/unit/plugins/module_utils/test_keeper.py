@@ -12,11 +12,14 @@ import os
 import select
 import socket
 import threading
+import time
 
 import pytest
 
 from ansible_collections.storage.replication.plugins.module_utils import keeper as keepermod
 from ansible_collections.storage.replication.plugins.module_utils import kept
+from ansible_collections.storage.replication.plugins.module_utils import transport as transportmod
+from ansible_collections.storage.replication.plugins.module_utils.protocol import stream_chunks
 from ansible_collections.storage.replication.plugins.module_utils.transport import ControlChannel, TransportError, ssh_argv
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJiK4nz/cnY3cyAUYjpq4W13HzgqcR6J+KIvhTohaTcD"
@@ -28,8 +31,10 @@ class ScriptedChannel:
     twice (a peer out of step)."""
 
     opened = 0
+    stuck = False  # the link is down: a write waits until the connection is closed, then EOFError (as paramiko's)
 
-    def __init__(self):
+    def __init__(self, control=None):
+        self.control = control
         ScriptedChannel.opened += 1
         self.number = ScriptedChannel.opened
         self.near, far = socket.socketpair()
@@ -63,6 +68,10 @@ class ScriptedChannel:
         return data
 
     def sendall(self, data):
+        while ScriptedChannel.stuck:
+            if self.control.client is None:
+                raise EOFError()
+            time.sleep(0.02)
         self.near.sendall(data)
 
     def recv_ready(self):
@@ -110,10 +119,9 @@ class ScriptedControl:
     def is_active(self):
         return self.client is not None
 
-    @staticmethod
-    def open_session(timeout):
+    def open_session(self, timeout):
         del timeout
-        return ScriptedChannel()
+        return ScriptedChannel(self)
 
     def link_alive(self):
         return self.alive
@@ -283,6 +291,25 @@ def test_a_cut_link_under_a_request_ends_the_call_as_unreachable(keeper, monkeyp
         cut.call("die", {})  # no answer ever: the keeper probes the link, finds it down
     assert caught.value.unreachable and "link went down" in str(caught.value) and cut.broken
     cut.close()
+    settle(keeper, connections=0)
+
+
+def test_a_stream_whose_link_goes_down_under_the_keeper_ends_the_run_as_unreachable(keeper, monkeypatch):
+    """The keeper's write of a stream to a link gone down would wait for ever: its watch probes the link, cuts the
+    connection, and the run's stream ends as unreachable."""
+    monkeypatch.setattr(transportmod, "LIVENESS_SECONDS", 0.2)
+    with channel(keeper) as first:
+        first.call("prepare", {})
+    control = ScriptedControl.connects[0]
+    control.alive = False
+    monkeypatch.setattr(ScriptedChannel, "stuck", True)
+    run = channel(keeper).connect()
+    started = time.monotonic()
+    with pytest.raises(TransportError) as caught:
+        run.receive_chunked(["job=100-0"], stream_chunks(b"x" * (4 << 20)), timeout=30)
+    assert caught.value.unreachable and run.broken and time.monotonic() - started < 5, caught.value
+    assert control.client is None, "the keeper closed the connection its write waited on"
+    run.close()
     settle(keeper, connections=0)
 
 
