@@ -47,7 +47,7 @@ def feed_zfs_recv(argv, stream, node, volume, stall_seconds=None):
         if isinstance(stream, bytes):
             total = write_all(proc.stdin.fileno(), stream)
         elif isinstance(stream, ChunkedStream):
-            total = stream.copy_to(proc.stdin.fileno(), stall_seconds)
+            total = stream.copy_to(proc.stdin.fileno())
         else:
             total = copy_stream(stream.fileno(), proc.stdin.fileno(), stall_seconds)
     except BrokenPipeError:
@@ -118,16 +118,15 @@ class SessionInput:
         self.ended = False
 
     def _fill(self, timeout=None):
-        """Read what the descriptor has (waiting at most ``timeout`` s: StreamStalled); False at its end."""
+        """Read what the descriptor has (waiting at most ``timeout`` s: StreamStalled)."""
         if timeout is not None and not select.select([self.fd], [], [], timeout)[0]:
             raise StreamStalled(0, timeout)
         data = os.read(self.fd, 256 * 1024)
         self.ended = not data
         self.buffer += data
-        return bool(data)
 
     def readline(self, limit):
-        while b"\n" not in self.buffer[:limit] and len(self.buffer) < limit and not self.ended:
+        while self.buffer.find(b"\n", 0, limit) < 0 and len(self.buffer) < limit and not self.ended:
             self._fill()
         end = self.buffer.find(b"\n", 0, limit)
         return self._take(end + 1 if end >= 0 else limit)
@@ -160,38 +159,44 @@ class ChunkedStream:
         while not self.done:
             if self.failure is not None:
                 raise self.failure
-            try:
-                header = self._read(CHUNK_HEADER.size)
-                size = CHUNK_HEADER.unpack(header)[0] if len(header) == CHUNK_HEADER.size else None
-                if size is None or size > STREAM_CHUNK:
-                    self.failure = Refused(
-                        "the stream in the session ended after %d bytes without its end, or a chunk said %r bytes "
-                        "(at most %d): refused, session ended" % (self.received, size, STREAM_CHUNK), "stream-framing")
-                    continue
-                data = self._read(size) if size else b""
-            except StreamStalled:
-                self.failure = Refused(
-                    "the stream in the session brought nothing for %d s after %d bytes: the receive ended itself - "
-                    "the source's run was cut off (its link went down or its process ended); the replica is as it "
-                    "was before, and the next run resumes or sends again" % (self.stall_seconds, self.received),
-                    "stream-framing")
-                continue
-            if len(data) != size:
-                self.failure = Refused("the stream in the session ended after %d bytes within a chunk: refused, "
-                                       "session ended" % (self.received + len(data)), "stream-framing")
-                continue
+            size, data = self._next_chunk()
             self.done = size == 0
             self.received += size
             if size:
                 yield data
+
+    def _next_chunk(self):
+        try:
+            header = self._read(CHUNK_HEADER.size)
+            size = CHUNK_HEADER.unpack(header)[0] if len(header) == CHUNK_HEADER.size else None
+            if size is None or size > STREAM_CHUNK:
+                raise self._failure("the stream in the session ended after %d bytes without its end, or a chunk said "
+                                    "%r bytes (at most %d): refused, session ended"
+                                    % (self.received, size, STREAM_CHUNK))
+            data = self._read(size) if size else b""
+        except StreamStalled:
+            raise self._failure("the stream in the session brought nothing for %d s after %d bytes: the receive ended "
+                                "itself - the source's run was cut off (its link went down or its process ended); the "
+                                "replica is as it was before, and the next run resumes or sends again"
+                                % (self.stall_seconds, self.received)) from None
+        if len(data) != size:
+            raise self._failure("the stream in the session ended after %d bytes within a chunk: refused, session "
+                                "ended" % (self.received + len(data)))
+        return size, data
+
+    def _failure(self, message):
+        """The refusal that ends the stream, and with it the session (every later read raises it again)."""
+        self.failure = Refused(message, "stream-framing")
+        return self.failure
 
     def _read(self, size):
         if isinstance(self.stdin, SessionInput):
             return self.stdin.read(size, self.stall_seconds)
         return self.stdin.read(size)
 
-    def copy_to(self, fd, _stall_seconds=None):
-        """Write every chunk to ``fd`` (a `zfs recv`'s input); returns the bytes."""
+    def copy_to(self, fd):
+        """Write every chunk to ``fd`` (a `zfs recv`'s input); returns the bytes.  (Its stall deadline is its own:
+        the rest of a stream is read with it after a refusal too.)"""
         for data in self.chunks():
             write_all(fd, data)
         return self.received

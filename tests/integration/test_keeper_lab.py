@@ -24,7 +24,7 @@ from lab._system import wait_until
 from ansible_collections.storage.replication.plugins.module_utils.kept import master_path
 from ansible_collections.storage.replication.plugins.module_utils.protocol import SESSION_STREAM_MAX
 from ansible_collections.storage.replication.plugins.module_utils.transport import NODE_KEY
-from test_link_cut import STALL_SECONDS, receives_into
+from test_link_cut import STALL_SECONDS, receives_into, wait_mid_stream
 from test_replicate import Cluster
 
 pytestmark = pytest.mark.lab
@@ -283,9 +283,7 @@ def test_a_link_cut_under_a_stream_in_the_kept_session_fails_the_run_fast_and_he
         "ansible_collections.storage.replication.plugins.module_utils.replicate", JOB]),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: receives_into(cluster.lab, "node2", cs.dataset(VOLUME)), 60, "the receive on node2", 0.05,
-                   error=AssertionError)
-        time.sleep(1.0)
+        wait_mid_stream(cluster.lab, "node2", cs.dataset(VOLUME))
         cluster.lab.partition("node2")
         began = time.monotonic()
         out, err = runner.communicate(timeout=120)

@@ -75,6 +75,26 @@ def receives_into(lab, node, dataset):
             if argv[:1] == ["zfs"] and argv[1:2] in (["recv"], ["receive"]) and argv[-1:] == [dataset]]
 
 
+def received_bytes(lab, node):
+    """The bytes ``node`` has received on its network interfaces so far (its /proc/net/dev, loopback left out)."""
+    total = 0
+    for line in lab.exec(node, ["cat", "/proc/net/dev"]).stdout.splitlines()[2:]:
+        name, _sep, fields = line.partition(":")
+        if name.strip() != "lo":
+            total += int(fields.split()[0])
+    return total
+
+
+def wait_mid_stream(lab, node, dataset, timeout=60):
+    """Return once a receive into ``dataset`` runs on ``node`` and a MiB more has reached the node since (the
+    transfer is under way)."""
+    wait_until(lambda: receives_into(lab, node, dataset), timeout, "a receive on %s" % node, 0.05,
+               error=AssertionError)
+    began = received_bytes(lab, node)
+    wait_until(lambda: received_bytes(lab, node) - began >= 1 << 20, timeout,
+               "a MiB of the stream to reach %s" % node, 0.05, error=AssertionError)
+
+
 def receive_lock_free(lab, node, volume):
     """Whether no receiver process of ``node`` holds the receive lock of ``volume`` (receive_stream.receive_lock)."""
     path = lab.private_path(node, "/var/lib/storage-replication") / "lock" / ("receive-%s.lock" % volume)
@@ -105,9 +125,7 @@ def test_a_link_cut_mid_stream_makes_the_job_wait_for_its_target(module_lab, gue
                                           job])
     runner = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: receives_into(module_lab, "node2", cs.dataset(name)), 60, "a receive on node2", 0.1,
-                   error=AssertionError)
-        time.sleep(2)
+        wait_mid_stream(module_lab, "node2", cs.dataset(name))
         assert receives_into(module_lab, "node2", cs.dataset(name)), "no receive running on node2 before the cut"
         module_lab.partition("node2")
         cut = time.monotonic()
