@@ -971,13 +971,16 @@ def fence_status(args):
 # ---------------------------------------------------------------------------------------------------------
 # keep: the connection keeper (keeper.py)
 
-def _keep_arguments(parser):
-    parser.add_argument("--socket", metavar="PATH", default=None,
-                        help="where runs find it (default: /run/storage-replication/keeper.sock)")
+def _socket_arguments(default):
+    def arguments(parser):
+        parser.add_argument("--socket", metavar="PATH", default=None,
+                            help="the socket this node's commands find it at (default: %s)" % default)
+    return arguments
 
 
 @subcommand("keep", "Keep this node's SSH connections to its peers, and their receiver sessions, open between runs "
-            "(the storage-replication-keeper service): a run borrows them instead of connecting.", _keep_arguments)
+            "(the storage-replication-keeper service): a run borrows them instead of connecting.",
+            _socket_arguments("/run/storage-replication/keeper.sock"))
 def keep(args):
     from ansible_collections.storage.replication.plugins.module_utils import keeper  # pylint: disable=import-outside-toplevel
     import signal  # pylint: disable=import-outside-toplevel
@@ -992,6 +995,26 @@ def keep(args):
     server.serve()
     return Output(server.status(), "stopped: %(lent)d sessions lent, %(reused)d of them kept from an earlier run"
                   % server.status())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# preload: the engine loaded once, a process forked from it per run and peer login (preload.py)
+
+@subcommand("preload", "Keep the engine loaded and start this node's runs and its peers' logins from it (the "
+            "storage-replication-preload service): each skips Python's imports.",
+            _socket_arguments("/run/storage-replication/preload.sock"))
+def preload(args):
+    from ansible_collections.storage.replication.plugins.module_utils import preload as preloading  # pylint: disable=import-outside-toplevel
+    server = preloading.Preload(args.socket or preloading.PRELOAD_SOCKET, main)  # the engine on disk, noted first
+    preloading.load_engine()
+    try:
+        server.listen()
+    except (preloading.PreloadError, OSError) as exc:
+        raise CliError(str(exc)) from None
+    say("starting runs and peer logins preloaded at %s" % server.path)
+    sys.stdout.flush()
+    server.serve()
+    return Output(server.status(), "stopped: %(started)d commands started, %(running)d still running" % server.status())
 
 
 if __name__ == "__main__":

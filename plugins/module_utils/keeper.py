@@ -36,12 +36,11 @@ import json
 import os
 import select
 import socket
-import struct
 import subprocess
 import threading
 import time
 
-from ansible_collections.storage.replication.plugins.module_utils import kept
+from ansible_collections.storage.replication.plugins.module_utils import kept, localsocket
 from ansible_collections.storage.replication.plugins.module_utils.protocol import SESSION
 from ansible_collections.storage.replication.plugins.module_utils.transport import (
     LIVENESS_SECONDS, PUMP_CHUNK, ControlChannel, SendWatch, TransportError, ssh_argv, write_known_hosts)
@@ -58,7 +57,6 @@ SEND_SECONDS = 60
 MAX_SESSIONS = 8
 HELLO_FIELDS = {"node": str, "address": str, "port": int, "host_key": str, "key": str, "want": str}
 WANTS = ("session", "master")
-SO_PEERCRED_FORMAT = struct.Struct("3i")
 
 
 class KeeperError(Exception):
@@ -115,27 +113,20 @@ class Keeper:
     # ------------------------------------------------------------ the socket
 
     def listen(self):
+        already = ("a connection keeper already listens at %s - stop it first (systemctl stop "
+                   "storage-replication-keeper)" % self.path)
+        if localsocket.answers(self.path):
+            raise KeeperError(already)
         directory = os.path.dirname(self.path)
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        os.chmod(directory, 0o700)
-        if _answers(self.path):
-            raise KeeperError("a connection keeper already listens at %s - stop it first (systemctl stop "
-                              "storage-replication-keeper)" % self.path)
-        if os.path.lexists(self.path):
-            os.unlink(self.path)  # a socket left by a keeper that died
         for name in os.listdir(directory):
             if name.startswith(kept.MASTER_PREFIX) and not name.endswith(".hosts"):
                 _stop_master(os.path.join(directory, name), wait=True)  # a dead keeper's: no new stream on it
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
         try:
-            listener.bind(self.path)
-        finally:
-            os.umask(old)
-        self.inode = os.stat(self.path).st_ino
-        listener.listen(64)
-        listener.settimeout(1.0)
-        self.listener = listener
+            self.listener, self.inode = localsocket.bind_private(self.path, already)
+        except RuntimeError as exc:
+            raise KeeperError(str(exc)) from None
+        self.listener.settimeout(1.0)
         return self
 
     def serve(self):
@@ -152,9 +143,7 @@ class Keeper:
                     continue
                 threading.Thread(target=self.client, args=(conn,), daemon=True).start()
         finally:
-            self.listener.close()
-            if _inode(self.path) == self.inode:
-                os.unlink(self.path)  # not a socket a newer keeper bound since
+            localsocket.unbind(self.listener, self.path, self.inode)
             self.close_all()
 
     def stop(self):
@@ -165,7 +154,7 @@ class Keeper:
     def client(self, conn):
         """One run's use of the keeper: hello, a session lent, the relay, the session back (or closed)."""
         try:
-            if _peer_uid(conn) != self.uid:
+            if localsocket.peer_uid(conn) != self.uid:
                 _answer(conn, {"ok": False, "kind": "keeper", "error": "only root may use the connection keeper"})
                 return
             where, want = self._hello(conn)
@@ -419,24 +408,6 @@ def _answer(conn, reply):
     conn.sendall((json.dumps(reply, sort_keys=True) + "\n").encode("utf-8"))
 
 
-def _peer_uid(conn):
-    _pid, uid, _gid = SO_PEERCRED_FORMAT.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                                SO_PEERCRED_FORMAT.size))
-    return uid
-
-
-def _answers(path):
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
-
-
 def _stop_master(path, wait=False):
     """Have the OpenSSH control master at ``path`` take no new stream (its socket goes at once; it ends after its
     last stream).  A socket nobody answers on (its master killed) is removed."""
@@ -453,10 +424,3 @@ def _stop_master(path, wait=False):
                 os.unlink(path)
     if os.path.exists(path + ".hosts"):
         os.unlink(path + ".hosts")
-
-
-def _inode(path):
-    try:
-        return os.stat(path).st_ino
-    except OSError:
-        return None

@@ -410,6 +410,12 @@ def _import_paramiko_lean():
     sys.modules.setdefault("invoke", None)
 
 
+def preload_paramiko():
+    """Import paramiko as a connect does, for the preloaded engine (preload.py)."""
+    _import_paramiko_lean()
+    import paramiko  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+
+
 class SendWatch:
     """A watch on a connection's link while data goes out on it (a thread of its own until ``stop``): whenever a
     send has made no progress for LIVENESS_SECONDS it probes the link (``alive()``), and once the link is found down

@@ -40,7 +40,8 @@ ENGINE = "/opt/storage-replication/lib/ansible_collections/storage/replication/p
 INSTALL_DIR = "/opt/storage-replication"
 PYTHON = INSTALL_DIR + "/venv/bin/python"
 UNITS = ("/etc/systemd/system/storage-replication.service", "/etc/systemd/system/storage-replication.timer",
-         "/etc/systemd/system/storage-replication-fence.service", "/etc/systemd/system/storage-replication-keeper.service")
+         "/etc/systemd/system/storage-replication-fence.service", "/etc/systemd/system/storage-replication-keeper.service",
+         "/etc/systemd/system/storage-replication-preload.service")
 # Everything the role and the modules may write on a node; a listing with sizes, modes and times shows any change.
 WATCHED = [INSTALL_DIR, CONFDIR, "/var/lib/storage-replication", "/var/log/storage-replication",
            "/etc/systemd/system", "/root/.ssh"]
@@ -193,8 +194,8 @@ def test_units_are_installed_and_verified(site):
     for node in site.lab.nodes:
         verify = site.lab.exec(node, ["systemd-analyze", "verify"] + list(UNITS), check=False)
         assert verify.returncode == 0, verify.stderr
-        service, timer, fence, keeper = (site.read(node, unit) for unit in UNITS)
-        assert all(unit.startswith("#") for unit in (service, timer, fence, keeper))  # ansible_managed
+        service, timer, fence, keeper, preload = (site.read(node, unit) for unit in UNITS)
+        assert all(unit.startswith("#") for unit in (service, timer, fence, keeper, preload))  # ansible_managed
         assert "Type=oneshot\n" in service
         exec_start = [line for line in service.splitlines() if line.startswith("ExecStart=")]
         assert exec_start == ["ExecStart=%s/bin/storage-replication run --mail" % INSTALL_DIR]
@@ -205,6 +206,10 @@ def test_units_are_installed_and_verified(site):
         assert "ExecStart=%s/bin/storage-replication keep\n" % INSTALL_DIR in keeper
         assert "RuntimeDirectory=storage-replication\n" in keeper and "RuntimeDirectoryMode=0700\n" in keeper
         assert "Restart=always\n" in keeper and "WantedBy=multi-user.target\n" in keeper
+        # the two share /run/storage-replication: neither may remove it (and the other's socket) when it stops
+        assert all("RuntimeDirectoryPreserve=yes\n" in unit for unit in (keeper, preload))
+        assert "ExecStart=%s/bin/storage-replication preload\n" % INSTALL_DIR in preload
+        assert "KillMode=process\n" in preload and "Restart=always\n" in preload, "its runs outlive a restart"
 
 
 def test_runner_settings_are_written_and_accepted_by_the_runner(site):

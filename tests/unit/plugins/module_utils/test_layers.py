@@ -25,6 +25,8 @@ LAYERS = [
     # names, file helpers, job logs, fault points, the wire between nodes, the restore-point grid, the modules' side
     # of a module call: import nothing of ours but names
     "names", "files", "joblog", "failpoints", "protocol", "retention", "_specs", "_runner_call",
+    # the root-only sockets of the node's services, and the caller's end of the preloaded engine (stdlib only)
+    "localsocket", "preload_client",
     # schedules and bandwidth windows, state, the configuration model; the node's settings and what it reports
     # (status, metrics, notifications)
     "schedule", "bandwidth", "state", "config", "settings", "report", "metrics", "notify",
@@ -39,7 +41,9 @@ LAYERS = [
     # what runs replications: the runner, what a node tells of them (read-only), rollback, failover, migration
     "runner", "nodeview", "rollback", "failover", "migrate",
     # what the Ansible modules do (run by the runner's module-call), then the entry points: the web views, the CLI
-    "_converge", "_module", "web", "cli",
+    "_converge", "_module", "web",
+    # the preloaded engine (it loads the modules above it by name; the CLI that starts it hands it its main)
+    "preload", "cli",
 ]
 LAZY_ALLOWED = {"cli"}
 
