@@ -8,7 +8,8 @@ Every tool replicates its own copy of the same data from node1 to node2 over the
 - incr:  10 MiB of it overwritten, then sent incrementally;
 - cycle: 20 small filesystems, one change each, all replicated once (each tool's one command or run).
 Tools: the raw pipeline `zfs send | ssh | zfs recv` (the reference), ours (`storage-replication run`, installed
-by playbooks/site.yml), syncoid (Debian's sanoid package, its defaults), zfs_autobackup and bzfs (PyPI).
+by playbooks/site.yml, its services running as on a node), ours_cold (the same with the preload service stopped:
+every command imports the engine itself; only when named in SR_BENCH_TOOLS), syncoid (Debian's sanoid package, its defaults), zfs_autobackup and bzfs (PyPI).
 Wall time is measured on node1 around each tool's command; bytes are what node2 received on the link.
 
 Prints one table and writes build/bench/bench_openzfs_peers.json with openzfs_full_ratio_vs_raw,
@@ -38,14 +39,15 @@ INCR_MIB = 10
 CYCLE = 20
 # SR_BENCH_TOOLS (comma-separated) measures some of them; raw always, as the reference.
 TOOLS = ("raw",) + tuple(t for t in os.environ.get("SR_BENCH_TOOLS", "ours,syncoid,zfs_autobackup,bzfs").split(",")
-                         if t in ("ours", "syncoid", "zfs_autobackup", "bzfs"))
+                         if t in ("ours", "ours_cold", "syncoid", "zfs_autobackup", "bzfs"))
+OURS = ("ours", "ours_cold")
 OUR_FULL_GUEST, OUR_CYCLE_GUEST = 900, 910
 RUNNER = "storage-replication"
 
 
 def src(tool, name):
     """The tool's own source dataset on node1 (ours: the storage's volume naming)."""
-    if tool == "ours":
+    if tool in OURS:
         guest = OUR_FULL_GUEST if name == "full" else OUR_CYCLE_GUEST + int(name.rpartition("-")[2])
         return "rpool/data/subvol-%d-disk-0" % guest
     return "rpool/%s/%s" % (tool, name)
@@ -80,12 +82,12 @@ class Bench:
 
     def create_sources(self, tool):
         """The tool's own copy of the data (one tool's data at a time: the pools stay small)."""
-        if tool != "ours":
+        if tool not in OURS:
             self.sh("node1", "zfs create rpool/%s && zfs create rpool/%s/cycle" % (tool, tool))
             self.sh("node2", "zfs create rpool/%s-dst" % tool)
         self.sh("node1", "zfs create %s && cp /var/tmp/master.bin /%s/data.bin" % (src(tool, "full"), src(tool, "full")))
         for index in range(CYCLE):
-            dataset = src(tool, "cycle/small-%d" % index) if tool != "ours" else src(tool, "small-%d" % index)
+            dataset = src(tool, "cycle/small-%d" % index) if tool not in OURS else src(tool, "small-%d" % index)
             self.sh("node1", "zfs create %s && head -c 1M /var/tmp/master.bin > /%s/small.bin" % (dataset, dataset))
         if tool == "zfs_autobackup":
             self.sh("node1", "zfs set autobackup:bench=true rpool/zfs_autobackup/full")
@@ -94,10 +96,11 @@ class Bench:
     def destroy_sources(self, tool):
         """Drop a measured tool's data on both nodes (releasing our engine's holds first)."""
         for node in ("node1", "node2"):
-            if tool == "ours":
+            if tool in OURS:
                 self.sh(node, "for h in $(zfs list -H -o name -t snapshot -r rpool/data); do zfs release "
                               "storage-replication $h 2>/dev/null || true; done; for d in $(zfs list -H -o name -d 1 "
-                              "rpool/data | tail -n +2); do zfs destroy -r $d; done")
+                              "rpool/data | tail -n +2); do zfs destroy -r $d; done; rm -f "
+                              "/var/lib/storage-replication/replication-state.json")  # the next variant starts afresh
             else:
                 self.sh(node, "zfs destroy -r rpool/%s 2>/dev/null || true; zfs destroy -r rpool/%s-dst 2>/dev/null "
                               "|| true" % (tool, tool))
@@ -140,7 +143,7 @@ class Bench:
         """The shell text (fixed names only) one tool runs on node1 for phase full|incr|cycle; step 1 or 2."""
         if tool == "raw":
             return self.raw_command(phase, step)
-        if tool == "ours":
+        if tool in OURS:
             if phase == "cycle":
                 return "%s run >/dev/null" % RUNNER
             return "%s run --id %d-0 >/dev/null" % (RUNNER, OUR_FULL_GUEST)
@@ -182,9 +185,9 @@ class Bench:
                     % (path, INCR_MIB))
             return
         for index in range(CYCLE):
-            dataset = src(tool, "small-%d" % index) if tool == "ours" else src(tool, "cycle/small-%d" % index)
+            dataset = src(tool, "small-%d" % index) if tool in OURS else src(tool, "cycle/small-%d" % index)
             self.sh("node1", "head -c 65536 /dev/urandom >> /%s/small.bin" % dataset)
-        if tool == "ours":
+        if tool in OURS:
             for index in range(CYCLE):
                 self.sh("node1", "%s schedule-now %d-0 >/dev/null" % (RUNNER, OUR_CYCLE_GUEST + index))
         self.sh("node1", "sync")
@@ -194,22 +197,37 @@ class Bench:
     def run(self):
         figures = {}
         for tool in TOOLS:
-            self.create_sources(tool)
-            figures[tool] = {"full": self.measure(self.command(tool, "full", 1))}
-            self.change(tool, "incr")
-            figures[tool]["incr"] = self.measure(self.command(tool, "incr", 2))
-            self.verify(tool)
-            self.seed_cycle_target(tool)
-            self.change(tool, "cycle")
-            figures[tool]["cycle"] = self.measure(self.command(tool, "cycle", 2))
-            print("  %-15s full %6.1f s, incr %5.1f s, cycle %5.1f s" % (
-                tool, figures[tool]["full"][0], figures[tool]["incr"][0], figures[tool]["cycle"][0]), flush=True)
-            self.destroy_sources(tool)
+            if tool == "ours_cold":
+                self.preload("stop")
+            try:
+                figures[tool] = self.run_tool(tool)
+            finally:
+                if tool == "ours_cold":
+                    self.preload("start")
+        return figures
+
+    def preload(self, action):
+        for node in ("node1", "node2"):
+            self.sh(node, "systemctl %s storage-replication-preload.service" % action)
+
+    def run_tool(self, tool):
+        """{phase: (seconds, bytes)} of one tool, on its own copy of the data (dropped after)."""
+        self.create_sources(tool)
+        figures = {"full": self.measure(self.command(tool, "full", 1))}
+        self.change(tool, "incr")
+        figures["incr"] = self.measure(self.command(tool, "incr", 2))
+        self.verify(tool)
+        self.seed_cycle_target(tool)
+        self.change(tool, "cycle")
+        figures["cycle"] = self.measure(self.command(tool, "cycle", 2))
+        print("  %-15s full %6.1f s, incr %5.1f s, cycle %5.1f s" % (
+            tool, figures["full"][0], figures["incr"][0], figures["cycle"][0]), flush=True)
+        self.destroy_sources(tool)
         return figures
 
     def verify(self, tool):
         """The tool's replica of the full dataset holds the source's data (sha256 of the file)."""
-        targets = {"raw": "rpool/raw-dst/full", "ours": src("ours", "full"), "syncoid": "rpool/syncoid-dst/full",
+        targets = {"raw": "rpool/raw-dst/full", "ours": src("ours", "full"), "ours_cold": src("ours", "full"), "syncoid": "rpool/syncoid-dst/full",
                    "zfs_autobackup": "rpool/zfs_autobackup-dst/full", "bzfs": "rpool/bzfs-dst/full"}
         want = self.sh("node1", "sha256sum < /%s/data.bin" % src(tool, "full")).split()[0]
         # Some tools receive with -u (bzfs, ours): mount the replica to read it; atime is off, so reading changes nothing.

@@ -18,6 +18,9 @@ then measures, on the same nodes and data:
   idle and single are measured twice: with node1's connection keeper running (`storage-replication keep`, as the
   role installs it: runs borrow its connection and session, kept from the run before), and without it (each run
   connects on its own)
+  command   `storage-replication run <id>` as the command an operator or the timer starts (its process start and
+            imports included), with the keeper, with and without the preloaded engine (`storage-replication
+            preload` on both nodes, as the role installs it)
 Prints a table and writes build/bench/bench_replicate.json.
 """
 
@@ -176,6 +179,30 @@ def start_keeper(lab):
     return keeper
 
 
+def start_preloads(lab):
+    """`storage-replication preload` on both nodes, as the role runs it."""
+    preloads = []
+    for node in ("node1", "node2"):
+        preload = subprocess.Popen(lab.exec_argv(node, [cs.LAUNCHER, "preload"]), stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        if "preloaded at" not in preload.stdout.readline():
+            raise SystemExit("the preload did not start on %s" % node)
+        preloads.append(preload)
+    return preloads
+
+
+def command_seconds(lab, times=5):
+    """The median wall seconds of `storage-replication run <id>` started as a command in node1 (nothing to send).
+    Each starts a second after the last: two runs of a job within one second wait for the next (pvesr's rule)."""
+    script = ('sleep 1.1; s=$(date +%%s.%%N); %s run --id %s >/dev/null; e=$(date +%%s.%%N); echo "$s $e"'
+              % (cs.LAUNCHER, JOB))
+    seconds = []
+    for _time in range(times):
+        began, ended = (float(word) for word in lab.exec("node1", ["sh", "-c", script]).stdout.split())
+        seconds.append(ended - began)
+    return sorted(seconds)[len(seconds) // 2]
+
+
 def idle_figures(lab):
     """(cold, warm, single) runs with nothing changed, each replica checked against the source."""
     (idle_cold, _cold_seconds), (idle, _warm_seconds) = run_twice(lab)
@@ -228,6 +255,17 @@ def main():
         try:
             idle_cold, idle, single = idle_figures(lab)
             mids = mid_sized(lab)
+            command = command_seconds(lab)
+            preloads = start_preloads(lab)
+            try:
+                command_preloaded = command_seconds(lab)
+            finally:
+                for preload in preloads:
+                    preload.terminate()
+                    preload.wait(timeout=60)
+            last = cs.snapshots(lab, "node1", VOLUME)
+            snap = [s for s in last if s.startswith("__replicate_")][-1]
+            assert cs.tree_checksum(lab, "node2", VOLUME, snap) == cs.tree_checksum(lab, "node1", VOLUME, snap)
         finally:
             keeper.terminate()
             keeper.wait(timeout=60)
@@ -250,6 +288,9 @@ def main():
         # through the runner: the job over the peer check's connection, and the whole run with that check
         "run_single_job_s": single["job_s"], "run_single_s": single["run_s"],
         "run_single_direct_job_s": direct_single["job_s"], "run_single_direct_s": direct_single["run_s"],
+        # `run <id>` as a command, with the keeper: its process start and imports, then the run; preloaded: forked
+        # from `storage-replication preload`
+        "command_run_single_s": round(command, 3), "command_run_single_preloaded_s": round(command_preloaded, 3),
         "raw_pipeline_bytes": raw_bytes, "raw_pipeline_s": round(raw_seconds, 3),
         "raw_pipeline_MBps": round(raw_rate / 1e6, 1),
         "engine_full_bytes": full["bytes"], "engine_full_run_s": full["duration"],
@@ -272,6 +313,8 @@ def main():
         ("  the whole run (its peer check first)", "%.3f" % figures["run_single_s"]),
         ("  without the keeper: the job / the whole run",
          "%.3f / %.3f" % (figures["run_single_direct_job_s"], figures["run_single_direct_s"])),
+        ("`storage-replication run <id>` as a command, keeper: started on its own / preloaded",
+         "%.3f / %.3f" % (figures["command_run_single_s"], figures["command_run_single_preloaded_s"])),
     ]
     for mib, paths in mids.items():
         rows.append(("incremental %d MiB, keeper: in the session / over OpenSSH (stream s; run s)" % mib,

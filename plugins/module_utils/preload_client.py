@@ -26,8 +26,10 @@ FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 EXIT_UNKNOWN = 1
 
 
-def run_itself(argv):
-    """The command in this process, from the engine itself (the launcher's PYTHONPATH is in the environment)."""
+def run_itself(argv, why):
+    """The command in this process, from the engine itself (the launcher's PYTHONPATH is in the environment).  ``why``
+    the preload did not take it is not said: the command's own output is what the caller expects."""
+    del why
     os.execv(sys.executable, [sys.executable, "-m", ENGINE_CLI] + argv)
 
 
@@ -42,17 +44,18 @@ def request_line(argv):
 
 
 def hand_over(argv, path=PRELOAD_SOCKET):
-    """A connection to the preload that took the command with this process's descriptors, or None."""
+    """(a connection to the preload that has the request and this process's descriptors, None), or (None, why not)."""
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.connect(path)
         data = request_line(argv)
         sent = conn.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1, 2]))])
-        conn.sendall(data[sent:])
-        return conn
-    except OSError:
+        if sent < len(data):
+            conn.sendall(data[sent:])  # not an empty one: the preload may have answered and closed already
+        return conn, None
+    except OSError as exc:
         conn.close()
-        return None
+        return None, "no preload answers at %s: %s" % (path, exc)
 
 
 def outcome(conn):
@@ -69,9 +72,9 @@ def outcome(conn):
 
 
 def main(argv, path=PRELOAD_SOCKET):
-    conn = hand_over(argv, path)
+    conn, why = hand_over(argv, path)
     if conn is None:
-        run_itself(argv)
+        run_itself(argv, why)
 
     def forward(number, _frame):
         try:
@@ -88,7 +91,7 @@ def main(argv, path=PRELOAD_SOCKET):
         return EXIT_UNKNOWN
     if "refused" in answer:
         conn.close()
-        run_itself(argv)
+        run_itself(argv, answer["refused"])
     if "signal" in answer:
         number = answer["signal"]
         signal.signal(number, signal.SIG_DFL)

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 
 import pytest
 
@@ -28,9 +29,10 @@ CALLER = """
 import sys
 sys.path.insert(0, sys.argv[1])
 import preload_client
-def itself(argv):
+def itself(argv, why):
     sys.stdout.write("itself %s\\n" % " ".join(argv))
     sys.stdout.flush()
+    sys.stderr.write("why: %s\\n" % why)
     os._exit(99)
 import os
 preload_client.run_itself = itself
@@ -86,6 +88,7 @@ class PreloadProcess:
                 os.write(write, b"up\n")
                 server.serve()
             except BaseException:  # pylint: disable=broad-exception-caught
+                traceback.print_exc()
                 code = 1
             finally:
                 os._exit(code)  # pylint: disable=protected-access
@@ -234,6 +237,27 @@ def test_commands_go_on_when_the_preload_stops(preload, tmp_path):
     assert call(preload.path, ["run", "exit", "3"])[1] == "itself run exit 3\n", "no preload: the caller runs it itself"
 
 
+def test_a_preload_killed_9_leaves_its_commands_running_and_their_callers_get_their_codes(tmp_path):
+    process = PreloadProcess(str(tmp_path / "p.sock"))
+    proc = caller(process.path, ["run", "sleep", str(tmp_path / "pid"), "1"])
+    assert proc.stdout.readline() == "started\n"
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert proc.wait(30) == 7, "the command said its exit code itself"
+    assert call(process.path, ["run", "exit", "3"])[1] == "itself run exit 3\n", "a stale socket: it runs it itself"
+
+
+def test_many_callers_at_once_each_get_their_own_outcome(preload):
+    procs = {code: caller(preload.path, ["run", "exit", str(code)]) for code in range(10)}
+    assert {code: proc.wait(60) for code, proc in procs.items()} == {code: code for code in range(10)}
+
+
+def test_an_environment_over_the_request_limit_is_refused_and_run_by_the_caller_itself(preload):
+    env = dict(os.environ, **{"SR_BIG_%d" % i: "x" * 110000 for i in range(10)})  # 1.1 MB, each under exec's limit
+    assert call(preload.path, ["run", "exit", "0"], env=env)[1] == "itself run exit 0\n"
+    assert call(preload.path, ["run", "exit", "2"])[0] == 2
+
+
 @pytest.mark.parametrize("argv", [["status"], ["keep"], ["fence"], ["web"], ["module-call", "x"]])
 def test_other_commands_are_refused_and_run_by_the_caller_itself(preload, argv):
     code, out, _err = call(preload.path, argv)
@@ -248,7 +272,8 @@ def test_an_engine_changed_on_disk_is_never_run_the_preload_exits(tmp_path):
     try:
         assert call(process.path, ["run", "exit", "5"])[0] == 5
         marker.write_text("2")  # an upgrade unpacked the new engine
-        assert call(process.path, ["run", "exit", "5"]) == (ITSELF, "itself run exit 5\n", "")
+        assert call(process.path, ["run", "exit", "5"]) == (
+            ITSELF, "itself run exit 5\n", "why: the engine on disk changed since this preload loaded it (it restarts)\n")
         assert process.wait() == 0, "it exits, for its service to start it again with the new engine"
     finally:
         process.stop()
@@ -300,7 +325,8 @@ def test_garbage_on_the_socket_is_refused_and_the_preload_goes_on(preload, data,
     with open(os.devnull, "rb") as null:
         reply = raw_request(preload.path, data, [null.fileno()] * 3 if with_fds else None)
     assert why in json.loads(reply)["refused"], reply
-    assert call(preload.path, ["run", "exit", "6"])[0] == 6
+    code, _out, err = call(preload.path, ["run", "exit", "6"])
+    assert code == 6, err
 
 
 def test_a_caller_that_never_finishes_its_request_does_not_hold_the_preload_for_long(preload, monkeypatch):
