@@ -137,6 +137,13 @@ def _line(reply):
     return (json.dumps(reply, sort_keys=True) + "\n").encode("utf-8")
 
 
+def _refuse(conn, why):
+    try:
+        conn.sendall(_line({"refused": why}))
+    except OSError:
+        pass  # gone already
+
+
 class Preload:
     """``Preload(path, main).serve()``: run the commands handed to it, each in a child of its own, as ``main(argv)``
     (the command line's), until stopped."""
@@ -213,41 +220,49 @@ class Preload:
             return  # the caller went away already, or no descriptor is left for now: it runs the command itself
         fds = []
         try:
-            caller, uid = localsocket.peer_credentials(conn)
-            if uid != self.uid:
-                conn.sendall(_line({"refused": "only root may use the preloaded engine"}))
-                return
-            request, fds = _read_request(conn)
-            problem = validate(request)
             try:
-                priorities = caller_priorities(caller)
-            except OSError as exc:
-                problem = problem or "the caller's priorities cannot be read: %s" % exc
-            if problem is None and self.identity() != self.loaded:
-                problem = "the engine on disk changed since this preload loaded it (it restarts)"
-                self.stopped = True
-            if problem:
-                conn.sendall(_line({"refused": problem}))
+                request, fds, priorities = self._admit(conn)
+                pid = os.fork()
+            except (OSError, ValueError) as exc:
+                # refused before anything ran: the caller runs the command itself (if it is still there)
+                _refuse(conn, str(exc))
+                conn.close()
                 return
-            pid = os.fork()
             if pid == 0:
                 self._child(conn, request, fds, priorities)  # never returns
-            self.started_total += 1
-            self.children[pid] = conn
-            self.selector.register(conn, selectors.EVENT_READ, pid)
-            conn = None
-        except (OSError, ValueError) as exc:
-            # a caller that went away or sent what no caller sends: it runs the command itself if it still can
-            if conn is not None:
-                try:
-                    conn.sendall(_line({"refused": "unreadable request: %s" % exc}))
-                except OSError:
-                    pass
         finally:
             for fd in fds:
                 os.close(fd)
-            if conn is not None:
-                conn.close()
+        # The command runs from here on: whatever happens, this caller is never refused any more (it would run the
+        # command a second time).
+        self.started_total += 1
+        self.children[pid] = conn
+        self.selector.register(conn, selectors.EVENT_READ, pid)
+
+    def _admit(self, conn):
+        """(request, the caller's descriptors, its priorities), or ValueError saying why the command is refused."""
+        caller, uid = localsocket.peer_credentials(conn)
+        if uid != self.uid:
+            raise ValueError("only root may use the preloaded engine")
+        try:
+            request, fds = _read_request(conn)
+        except (OSError, ValueError) as exc:
+            raise ValueError("unreadable request: %s" % exc) from None
+        try:
+            problem = validate(request)
+            if problem is None and self.identity() != self.loaded:
+                self.stopped = True
+                problem = "the engine on disk changed since this preload loaded it (it restarts)"
+            if problem is None:
+                try:
+                    return request, fds, caller_priorities(caller)
+                except OSError as exc:
+                    problem = "the caller's priorities cannot be read: %s" % exc
+            raise ValueError(problem)
+        except ValueError:
+            for fd in fds:
+                os.close(fd)
+            raise
 
     def _from_caller(self, conn, pid):
         """A signal the caller passes on, or its end (then the command ends with it)."""

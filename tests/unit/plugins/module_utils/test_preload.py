@@ -59,6 +59,10 @@ def scripted_main(argv):
         print(json.dumps({"env": os.environ.get("SR_TEST_VALUE"), "cwd": os.getcwd(), "umask": umask,
                           "tz": time.strftime("%Z", time.localtime(0)), "argv": sys.argv[1:]}))
         return 0
+    if what == "append":
+        with open(rest[0], "a", encoding="utf-8") as handle:
+            handle.write("ran\n")
+        return 0
     if what == "priority":
         print(json.dumps([os.getpriority(os.PRIO_PROCESS, 0), preloadmod.io_priority(0)]))
         return 0
@@ -245,6 +249,16 @@ def test_a_preload_killed_9_leaves_its_commands_running_and_their_callers_get_th
     assert process.wait() == -signal.SIGKILL
     assert proc.wait(30) == 7, "the command said its exit code itself"
     assert call(process.path, ["run", "exit", "3"])[1] == "itself run exit 3\n", "a stale socket: it runs it itself"
+
+
+def test_a_command_runs_exactly_once_however_fast_it_ends(preload, tmp_path):
+    """A command that ends (and whose connection the preload closes) before its caller has finished handing it over
+    must not make the caller think nobody took it and run it a second time itself."""
+    ledger = tmp_path / "ledger"
+    for _call in range(40):
+        code, out, err = call(preload.path, ["run", "append", str(ledger)])
+        assert (code, out) == (0, ""), err
+    assert ledger.read_text().count("ran") == 40
 
 
 def test_many_callers_at_once_each_get_their_own_outcome(preload):
