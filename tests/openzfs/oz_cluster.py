@@ -34,6 +34,7 @@ RUNNER_PYTHON = "/opt/storage-replication/venv/bin/python"
 RUNNER_LIB = "/opt/storage-replication/lib"
 ENGINE = "ansible_collections.storage.replication.plugins.module_utils"
 ENGINE_DIR = RUNNER_LIB + "/" + ENGINE.replace(".", "/")
+PRELOAD_UNIT = "storage-replication-preload-smoke"
 MAKE_BUNDLE = REPO / "roles" / "runner" / "files" / "make_bundle.py"
 MiB = 1 << 20
 HOLD_TAG = "storage-replication"
@@ -118,8 +119,9 @@ class OzCluster:
     def setup_engine_only(self):
         """The smoke's cluster without Ansible: on every node a fresh pool (snapshots of zvols visible as devices,
         for the checksums at a snapshot), the engine's files in the image's runner venv, the storage-replication
-        command, the node's key and the peers' keys pinned to the forced command, and the configuration
-        (storage local-zfs, the guests and jobs) saved by the engine on each node."""
+        command, the node's key and the peers' keys pinned to the forced command, the configuration (storage
+        local-zfs, the guests and jobs) saved by the engine on each node, and the preloaded engine running under
+        systemd as the role's unit runs it (the peers' logins, and the CLI's runs, start from it)."""
         bundle_path = self.tier.dir / "engine.tar"  # the runner role's bundle of the engine's files
         subprocess.run([sys.executable, str(MAKE_BUNDLE), str(bundle_path)] + [
             str(p) for p in (REPO / "plugins" / "module_utils").glob("*.py")], check=True)
@@ -147,7 +149,22 @@ class OzCluster:
                 "config.save(config.from_files(files[config.MODEL_FILE], files[config.JOBS_FILE]))" % ENGINE)
         for node in self.nodes:
             self.engine_python(node, code, input=content)
+            self.start_preload(node)
         return self
+
+    def start_preload(self, node):
+        """`storage-replication preload` as a transient systemd unit with the role's unit's KillMode (a kept tier's
+        earlier one replaced: it has the engine it loaded then)."""
+        self.tier.sh(node, "systemctl stop %s 2>/dev/null || true; systemctl reset-failed %s 2>/dev/null || true; "
+                           "systemd-run --quiet --unit=%s --property=KillMode=process %s preload; i=0; "
+                           "until [ -S %s ] || [ $i -ge 600 ]; do sleep 0.1; i=$((i+1)); done; test -S %s"
+                     % (PRELOAD_UNIT, PRELOAD_UNIT, PRELOAD_UNIT, cluster_setup.LAUNCHER, cluster_setup.PRELOAD_SOCKET,
+                        cluster_setup.PRELOAD_SOCKET))
+
+    def preloaded_commands(self, node):
+        """How many commands run now as children of the node's preload."""
+        return int(self.tier.sh(node, "pid=$(systemctl show -p MainPID --value %s); ps -o pid= --ppid $pid | wc -l"
+                                % PRELOAD_UNIT).stdout)
 
     # ------------------------------------------------------------ commands
 

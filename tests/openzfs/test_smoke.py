@@ -7,7 +7,8 @@ Two QEMU guests made a cluster of the engine alone (no Ansible: the full tier, t
 the installation).  One zvol replicated in full, then incrementally, then incrementally from the bookmark once the
 base snapshot is gone; another one's first transfer killed mid-stream (kill -9 of the source's `zfs send`) and
 resumed from the target's receive_resume_token, then one of its incrementals the same way (the target's prepare then
-reads the job's own volumes only, and finds the token in that read).  After every successful run the data at the synced snapshot is compared by sha256 on both
+reads the job's own volumes only, and finds the token in that read).  Both nodes run the preloaded engine, so the
+CLI's runs and the peers' logins (`serve`: control sessions and streams) start from it.  After every successful run the data at the synced snapshot is compared by sha256 on both
 sides, with the mode the engine reports, its job state and its holds.
 """
 
@@ -67,7 +68,13 @@ def test_zvol_full_then_incremental_then_from_the_bookmark(smoke):
 def test_killed_transfer_resumes_from_the_token(smoke):
     name, dataset = "vm-910-disk-0", "%s/vm-910-disk-0" % POOL
     smoke.create_zvol("node1", name, "32M", 24)
-    rx_before = interrupt_mid_stream(smoke, "910-0", dataset, 4 * MiB, lambda: kill_zfs_send(smoke, dataset))
+
+    def kill_preloaded_send():
+        assert smoke.preloaded_commands("node1") == 1, "the CLI's run started from node1's preloaded engine"
+        assert smoke.preloaded_commands("node2") >= 1, "the receive (a peer's login) started from node2's"
+        kill_zfs_send(smoke, dataset)
+
+    rx_before = interrupt_mid_stream(smoke, "910-0", dataset, 4 * MiB, kill_preloaded_send)
     state = smoke.job_state("910-0")
     assert state["fail_count"] == 1 and state["last_sync"] == 0 and state["error"], state
     kept = [s for s in smoke.snapshots("node1", dataset) if s.startswith("__replicate_910-0_")]

@@ -376,5 +376,29 @@ def test_the_preload_has_the_engine_loaded():
     assert "paramiko" in sys.modules
 
 
+def test_the_callers_request_is_the_json_the_preload_reads(monkeypatch, tmp_path):
+    """The client builds its JSON line without the json module: whatever the environment holds (quotes, backslashes,
+    control characters, other scripts, bytes that are no UTF-8), the preload reads back what os.environ says."""
+    tricky = {b"QUOTE": b'say "hi" \\ there', b"CONTROL": b"a\tb\x01\x1f", b"UNICODE": "h\u00e9llo \u4e16\U0001f600".encode(),
+              b"UNDECODABLE": b"\xff\xfe raw", b"EMPTY": b""}
+    monkeypatch.setattr(preload_client.posix, "environ", tricky)
+    monkeypatch.chdir(tmp_path)
+    line = preload_client.request_line(["run", "--id", 'odd "one"\n'])
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    request = json.loads(line)
+    assert request["argv"] == ["run", "--id", 'odd "one"\n'] and request["cwd"] == str(tmp_path)
+    assert request["env"] == {key.decode(): value.decode("utf-8", "surrogateescape") for key, value in tricky.items()}
+    assert preloadmod.validate(request) is None
+    assert os.fsencode(request["env"]["UNDECODABLE"]) == b"\xff\xfe raw", "the child's os.environ gets the bytes back"
+
+
+@pytest.mark.parametrize(("line", "answer"), [
+    (b'{"exit": 0}', ("exit", 0)), (b'{"exit": 255}', ("exit", 255)), (b'{"signal": 15}', ("signal", 15)),
+    (b'{"refused": "only root may use the preloaded engine"}', ("refused", "only root may use the preloaded engine")),
+    (b"garbage", None), (b'{"exit": "x"}', None), (b'{"other": 1}', None)])
+def test_the_callers_reading_of_the_preloads_answers(line, answer):
+    assert preload_client.answer_of(line) == answer
+
+
 def test_exit_codes():
     assert [preloadmod.exit_code(c) for c in (None, 0, 3, 256 + 4, True, "text")] == [0, 0, 3, 4, 1, 1]
