@@ -8,8 +8,9 @@ the installation).  One zvol replicated in full, then incrementally, then increm
 base snapshot is gone; another one's first transfer killed mid-stream (kill -9 of the source's `zfs send`) and
 resumed from the target's receive_resume_token, then one of its incrementals the same way (the target's prepare then
 reads the job's own volumes only, and finds the token in that read).  Both nodes run the preloaded engine, so the
-CLI's runs and the peers' logins (`serve`: control sessions and streams) start from it.  After every successful run the data at the synced snapshot is compared by sha256 on both
-sides, with the mode the engine reports, its job state and its holds.
+CLI's runs and the peers' logins (`serve`: control sessions and streams) start from it.  After every successful run
+the data at the synced snapshot is compared by sha256 on both sides, with the mode the engine reports, its job
+state and its holds.
 """
 
 from __future__ import annotations
