@@ -9,6 +9,7 @@ tests/integration/test_preload_lab.py."""
 
 from __future__ import annotations
 
+import array
 import json
 import os
 import signal
@@ -29,12 +30,12 @@ CALLER = """
 import sys
 sys.path.insert(0, sys.argv[1])
 import preload_client
+import os
 def itself(argv, why):
     sys.stdout.write("itself %s\\n" % " ".join(argv))
     sys.stdout.flush()
     sys.stderr.write("why: %s\\n" % why)
     os._exit(99)
-import os
 preload_client.run_itself = itself
 sys.exit(preload_client.main(sys.argv[3:], sys.argv[2]))
 """
@@ -150,9 +151,12 @@ def gone(pid, timeout=10):
             os.kill(pid, 0)
         except ProcessLookupError:
             return True
-        with open("/proc/%d/stat" % pid, encoding="utf-8") as stat:
-            if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
-                return True  # a zombie of the preload's, about to be reaped
+        try:
+            with open("/proc/%d/stat" % pid, encoding="utf-8") as stat:
+                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True  # a zombie of the preload's, about to be reaped
+        except FileNotFoundError:
+            return True  # reaped between the two looks
         time.sleep(0.02)
     return False
 
@@ -317,7 +321,6 @@ def raw_request(path, data, fds=None):
     if fds is None:
         conn.sendall(data)
     else:
-        import array  # pylint: disable=import-outside-toplevel
         conn.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
     conn.shutdown(socket.SHUT_WR)
     reply = conn.makefile("rb").read()
@@ -343,14 +346,13 @@ def test_garbage_on_the_socket_is_refused_and_the_preload_goes_on(preload, data,
     assert code == 6, err
 
 
-def test_a_caller_that_never_finishes_its_request_does_not_hold_the_preload_for_long(preload, monkeypatch):
+def test_a_caller_that_never_finishes_its_request_does_not_hold_the_preload_for_long(preload):
     silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     silent.connect(preload.path)  # says nothing; the preload gives up on it after REQUEST_SECONDS
     began = time.monotonic()
     assert call(preload.path, ["run", "exit", "0"])[0] == 0
     assert time.monotonic() - began < preloadmod.REQUEST_SECONDS + 3
     silent.close()
-    del monkeypatch
 
 
 def test_a_second_preload_refuses_to_start_over_a_live_one(preload):
@@ -398,6 +400,10 @@ def test_the_callers_request_is_the_json_the_preload_reads(monkeypatch, tmp_path
     (b"garbage", None), (b'{"exit": "x"}', None), (b'{"other": 1}', None)])
 def test_the_callers_reading_of_the_preloads_answers(line, answer):
     assert preload_client.answer_of(line) == answer
+
+
+def test_the_caller_and_the_preload_agree_on_the_socket():
+    assert preload_client.PRELOAD_SOCKET == preloadmod.PRELOAD_SOCKET
 
 
 def test_exit_codes():
