@@ -12,8 +12,12 @@ by playbooks/site.yml, its services running as on a node), ours_cold (the same w
 every command imports the engine itself; only when named in SR_BENCH_TOOLS), syncoid (Debian's sanoid package, its defaults), zfs_autobackup and bzfs (PyPI).
 Wall time is measured on node1 around each tool's command; bytes are what node2 received on the link.
 
+Then, with ours among the tools, raw's and our incremental again, taking turns SR_BENCH_PAIRS times (default 3): the
+guests' speed drifts within the hour, and turns compare the two on the same minutes.
+
 Prints one table and writes build/bench/bench_openzfs_peers.json with openzfs_full_ratio_vs_raw,
-openzfs_incr_ratio_vs_raw, openzfs_cycle_ratio_vs_raw and, per tool, <tool>_full_s, <tool>_incr_s, <tool>_cycle_s.
+openzfs_incr_ratio_vs_raw, openzfs_cycle_ratio_vs_raw, openzfs_incr_ratio_alternating (the turns' total time, ours
+over raw's) and, per tool, <tool>_full_s, <tool>_incr_s, <tool>_cycle_s.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ TARGET = "10.99.0.2"
 FULL_MIB = int(os.environ.get("SR_BENCH_FULL_MIB", "1024"))
 INCR_MIB = 10
 CYCLE = 20
+# The incremental of raw and ours measured again, taking turns, this many times (SR_BENCH_PAIRS; 0: not at all).
+PAIRS = int(os.environ.get("SR_BENCH_PAIRS", "3"))
 # SR_BENCH_TOOLS (comma-separated) measures some of them; raw always, as the reference.
 TOOLS = ("raw",) + tuple(t for t in os.environ.get("SR_BENCH_TOOLS", "ours,syncoid,zfs_autobackup,bzfs").split(",")
                          if t in ("ours", "ours_cold", "syncoid", "zfs_autobackup", "bzfs"))
@@ -225,6 +231,23 @@ class Bench:
         self.destroy_sources(tool)
         return figures
 
+    def alternating_incrementals(self, pairs):
+        """The incremental of raw and ours measured again ``pairs`` times, taking turns on the same minutes: the
+        emulated guests' speed drifts by a third or more within the hour, so one incremental each, minutes apart,
+        compares them only roughly.  Returns {"raw": [s, ...], "ours": [s, ...]}; both replicas checked after."""
+        turns = {"raw": [], "ours": []}
+        for tool in turns:
+            self.create_sources(tool)
+            self.sh("node1", self.command(tool, "full", 1))
+        for step in range(2, pairs + 2):
+            for tool, seconds in turns.items():
+                self.change(tool, "incr")
+                seconds.append(self.measure(self.command(tool, "incr", step))[0])
+        for tool in turns:
+            self.verify(tool)
+            self.destroy_sources(tool)
+        return turns
+
     def verify(self, tool):
         """The tool's replica of the full dataset holds the source's data (sha256 of the file)."""
         targets = {"raw": "rpool/raw-dst/full", "ours": src("ours", "full"), "ours_cold": src("ours", "full"), "syncoid": "rpool/syncoid-dst/full",
@@ -260,18 +283,26 @@ def main():
         bench.prepare()
         version = tier.exec("node1", ["zfs", "version"]).stdout.split()[0]
         figures = bench.run()
+        turns = bench.alternating_incrementals(PAIRS) if "ours" in TOOLS and PAIRS else None
     finally:
         if os.environ.get("SR_OPENZFS_KEEP") != "1":
             tier.down()
     print("OpenZFS peers benchmark (%s, 2 QEMU guests, link 10.99.0.0/24; %d MiB full, %d MiB incremental, "
           "%d small datasets; ratios are wall time / raw zfs send | ssh | zfs recv):" % (version, FULL_MIB, INCR_MIB, CYCLE))
     print(table(figures))
+    if turns:
+        print("incremental, raw and ours taking turns %d times: raw %s s, ours %s s: %.2fx raw" % (
+            PAIRS, " ".join("%.1f" % t for t in turns["raw"]), " ".join("%.1f" % t for t in turns["ours"]),
+            sum(turns["ours"]) / sum(turns["raw"])))
     result = {"openzfs_%s_ratio_vs_raw" % phase: round(figures["ours"][phase][0] / figures["raw"][phase][0], 3)
               for phase in ("full", "incr", "cycle")}
     for tool, phases in figures.items():
         for phase, (seconds, sent) in phases.items():
             result["%s_%s_s" % (tool, phase)] = round(seconds, 2)
             result["%s_%s_bytes" % (tool, phase)] = sent
+    if turns:
+        result["openzfs_incr_ratio_alternating"] = round(sum(turns["ours"]) / sum(turns["raw"]), 3)
+        result.update({"%s_incr_turns_s" % tool: [round(t, 2) for t in seconds] for tool, seconds in turns.items()})
     result["openzfs_bench_wall_s"] = round(time.monotonic() - started, 1)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "bench_openzfs_peers.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")

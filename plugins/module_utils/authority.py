@@ -167,9 +167,10 @@ class Authority:
         single `zfs get`: ``props`` holds ``properties`` of every dataset and of its snapshots (zfs.parse_get form).
         A volume whose dataset does not exist is refused, like any other that fails a check, before anything is
         touched."""
-        datasets = {volume: self.dataset(volume) for volume in self.check_guest_volumes(guest, volumes)}
+        datasets = {volume: self.dataset(volume, look=False) for volume in self.check_guest_volumes(guest, volumes)}
         props = self.zfs.volume_props(list(datasets.values()), properties)
         for volume, dataset in datasets.items():
+            self.pool_found(volume, dataset in props)
             if dataset not in props:
                 raise Refused("volume '%s' has no replica on node '%s' (dataset '%s' does not exist): refused, nothing "
                               "was changed - the next run of its job sends it again" % (volume, self.node, dataset),
@@ -195,7 +196,9 @@ class Authority:
                           "generation %d from its peers - run the site playbook or retry when the nodes answer"
                           % (source, generation, self.node, self.cfg.generation), "stale-generation")
 
-    def storage_pool(self, storage_id, required):
+    def storage_pool(self, storage_id, required, look=True):
+        """The storage's pool (its parent dataset); Refused ("storage-missing") if the storage is not a replicable one
+        here, or (``look``) its dataset does not exist; None instead where not ``required``."""
         storage = self.cfg.storages.get(storage_id)
         if storage is None or storage.type not in configmod.REPLICATABLE_STORAGE_TYPES:
             if not required:
@@ -206,7 +209,7 @@ class Authority:
         # Asked once per session, not once per request and volume (a `zfs get` each, three per job; on a slow CPU a
         # process start is tenths of a second).  Only presence is remembered: a pool found missing is asked again, and
         # one destroyed since makes the request's own `zfs` commands fail, which changes nothing.
-        if storage.pool not in self.pools_present:
+        if look and storage.pool not in self.pools_present:
             if not self.zfs.exists(storage.pool):
                 if not required:
                     return None
@@ -216,6 +219,16 @@ class Authority:
             self.pools_present.add(storage.pool)
         return storage.pool
 
-    def dataset(self, volume):
+    def dataset(self, volume, look=True):
+        """The volume's dataset here.  ``look=False``: its pool's presence is not asked for, because the caller reads
+        the dataset itself (a dataset that exists says its pool does) and calls pool_found() with what it found."""
         storage_id, _sep, name = volume.partition(":")
-        return "%s/%s" % (self.storage_pool(storage_id, True), name)
+        return "%s/%s" % (self.storage_pool(storage_id, True, look), name)
+
+    def pool_found(self, volume, dataset_exists):
+        """After a read of the volume's dataset itself (dataset(look=False)): its pool exists if it does; if it does
+        not, the pool is looked for, so that a missing pool is refused as such ("storage-missing")."""
+        if dataset_exists:
+            self.pools_present.add(self.storage_pool(volume.partition(":")[0], True, look=False))
+        else:
+            self.dataset(volume)

@@ -5,7 +5,8 @@
 
 `SR_FAILPOINT=<name>` in the environment makes the process kill itself with SIGKILL when it reaches `reach(name)`:
 no `finally`, no clean-up, exactly what a crash leaves behind.  Nothing sets it outside the tests; unset, a point
-costs one environment lookup.  The names a run passes are listed in docs/architecture.md.
+costs one environment lookup.  The names a run passes, in order, are those the crash tests cut at
+(tests/integration/test_interrupted_runs.py).
 """
 
 from __future__ import annotations

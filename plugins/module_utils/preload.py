@@ -69,6 +69,14 @@ def load_engine():
     for name in ENGINE_MODULES:
         importlib.import_module("%s.%s" % (ENGINE_PACKAGE, name))
     sys.modules[ENGINE_PACKAGE + ".transport"].preload_paramiko()
+    # `zfs version` once here, not in every command and on each end of a stream (a process start is tenths of a
+    # second on a slow CPU); a command probes again if the `zfs` binary or the kernel module changed since.
+    zfs = sys.modules[ENGINE_PACKAGE + ".zfs"]
+    try:
+        if zfs.zfs_fingerprint() is not None:
+            zfs.probe_features(zfs.run_command)
+    except OSError:
+        pass  # no `zfs` to run: each command finds out itself, as without a preload
 
 
 def engine_identity(directory=ENGINE_DIR):

@@ -311,17 +311,22 @@ class Receiver(Authority):
         base = args.get("base")
         if base is not None:
             check(base, SNAPSHOT_RE, "base snapshot")
-        dataset = self.dataset(volume)
+        # its pool is looked for with the dataset itself (read_replicas, receive_full): a `zfs` process less
+        dataset = self.dataset(volume, look=False)
         stall = self.node_settings()["receive_stall_seconds"]
         with receive_lock(self.statedir, volume, self.wait_for_leftovers()):
             kept, bound = [], None
             if args.get("resume") == "1":  # the rest of an interrupted stream: it goes where the first part went
+                self.dataset(volume)  # a missing pool refused as such ("storage-missing")
                 received = self.feed(recv_argv(dataset, force=False, resumable=True), stdin, volume, stall)
             elif base:
-                props = self.read_replicas(guest, [volume], SNAPSHOT_PROPERTIES)[volume][1]
+                # `written` (since the newest snapshot) with the snapshots: nothing written is the usual answer
+                written = ("written",) if self.zfs.features.written_property else ()
+                props = self.read_replicas(guest, [volume], SNAPSHOT_PROPERTIES + written)[volume][1]
                 bound = bound_identity(props[dataset])
                 snaps = snapshot_tree(props).get(dataset, {})
-                kept = self.protect_diverged(volume, dataset, snaps, base, self.job_keep(job).history)
+                kept = self.protect_diverged(volume, dataset, snaps, base, self.job_keep(job).history,
+                                             props[dataset].get("written"))
                 received = self.feed(self.recv_argv(dataset, True, args.get("raw") == "1"), stdin, volume, stall)
             else:
                 received = self.receive_full(volume, dataset, stdin, args.get("raw") == "1", stall)
@@ -342,7 +347,9 @@ class Receiver(Authority):
     def receive_full(self, volume, dataset, stdin, raw, stall):
         """A full stream creates the dataset; if the receive fails, what it created is destroyed again, unless ZFS
         saved it for a resume (OpenZFS: the next run continues from its receive_resume_token)."""
-        if self.zfs.exists(dataset):
+        exists = self.zfs.exists(dataset)
+        self.pool_found(volume, exists)
+        if exists:
             raise Refused("volume '%s' already exists on node '%s' (dataset '%s') - it holds no common snapshot with "
                           "the source; remove it from node '%s' if it is not needed, then the next run sends it in "
                           "full" % (volume, self.node, dataset, self.node), "volume-exists")
@@ -355,9 +362,10 @@ class Receiver(Authority):
                 self.zfs.destroy(dataset, recursive=True)
             raise
 
-    def protect_diverged(self, volume, dataset, snaps, base, points=False):
+    def protect_diverged(self, volume, dataset, snaps, base, points=False, written=None):
         """Before `zfs recv -F` rolls the replica back to base: keep aside what was written here since.  ``snaps``:
-        the replica's snapshots, as Zfs.snapshots() lists them.
+        the replica's snapshots, as Zfs.snapshots() lists them; ``written``: its `written` property read with them
+        (OpenZFS; bytes written since its newest snapshot), if it was.
 
         ``points``: the job keeps restore points, and its stream is a plain incremental (`send -i`, which leaves
         older snapshots alone where a replication stream would destroy those the source no longer has); the
@@ -378,7 +386,7 @@ class Receiver(Authority):
             pointsmod.roll_back(self.zfs, dataset, base, newer)
             return [copy]
         latest = list(snaps)[-1]
-        if not self.zfs.written_since(dataset, latest):
+        if written == "0" or not self.zfs.written_since(dataset, latest):
             return []
         return [self.keep_aside(volume, dataset)]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
+import threading
 import time
 
 from ansible_collections.storage.replication.plugins.module_utils import bandwidth
@@ -191,10 +192,13 @@ def replicate(ctx, state, start):
         sent += send_volumes(ctx, target, datasets, bases, snap, channel, last_sync)
         failpoints.reach("before-record")
         state.record_sync_end(job, start, volumes)
-        mark_synced(ctx, datasets, snap)
-        drop_previous_snapshots(ctx, datasets, local, replication_snapshot(job.id, last_sync), resumed, snap)
         failpoints.reach("before-finalize")
-        finalize_remote(ctx, channel, volumes, start, state)
+
+        def clean_up_here():
+            mark_synced(ctx, datasets, snap)
+            drop_previous_snapshots(ctx, datasets, local, replication_snapshot(job.id, last_sync), resumed, snap)
+            failpoints.reach("while-finalize")
+        finalize_remote(ctx, channel, volumes, start, state, meanwhile=clean_up_here)
         failpoints.reach("after-finalize")
     return sent
 
@@ -209,8 +213,13 @@ def stale_search(jobstate, volumes):
 
 def call(ctx, channel, operation, prefix, **fields):
     """A receiver operation whose log lines go into the run log as '(<prefix>) <line>'."""
+    return logged_reply(ctx, prefix, lambda: channel.call(operation, ctx.request(**fields)))
+
+
+def logged_reply(ctx, prefix, answer):
+    """``answer()``'s reply (or RemoteError), its log lines put into the run log as '(<prefix>) <line>'."""
     try:
-        reply = channel.call(operation, ctx.request(**fields))
+        reply = answer()
     except RemoteError as exc:
         for line in exc.reply.get("log", []):
             ctx.log("(%s) %s" % (prefix, line))
@@ -218,6 +227,29 @@ def call(ctx, channel, operation, prefix, **fields):
     for line in reply.get("log", []):
         ctx.log("(%s) %s" % (prefix, line))
     return reply
+
+
+class Meanwhile(threading.Thread):
+    """A call on the control connection that waits for its answer in a thread of its own while the run goes on here
+    (each end's `zfs` commands then run at the same time); ``answer()`` waits for it and returns its reply or raises
+    its error."""
+
+    def __init__(self, call_peer):
+        super().__init__(name="control-call", daemon=True)
+        self.call_peer = call_peer
+        self.reply = self.error = None
+
+    def run(self):
+        try:
+            self.reply = self.call_peer()
+        except BaseException as exc:  # pylint: disable=broad-exception-caught
+            self.error = exc  # raised where answer() is called
+
+    def answer(self):
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.reply
 
 
 def prepare_local(ctx, datasets, last_sync, keep=None):
@@ -589,13 +621,24 @@ def known_hosts_file(ctx):
                              [(n.name, n.host_key) for n in ctx.cfg.nodes.values()])
 
 
-def finalize_remote(ctx, channel, volumes, start, state=None):
+def finalize_remote(ctx, channel, volumes, start, state=None, meanwhile=None):
     """The target keeps the job's newest snapshot (and the restore points its grid keeps); what it holds then is
     recorded in the job state (``points``: count, oldest, newest, bytes; ``space_pruned``: points it had to
-    delete for lack of space in this run) for status, the metrics and job_info."""
+    delete for lack of space in this run) for status, the metrics and job_info.
+
+    ``meanwhile``: this node's own clean-up after the sync, done while the target finalizes (neither needs the other:
+    both keep the new snapshot, the common base from now on).  Its log lines come first, the target's after them, as
+    if one had waited for the other."""
+    request = ctx.request(volumes=volumes, last_sync=start, guest_definition=dataclasses.asdict(ctx.guest))
+    finalizing = Meanwhile(lambda: channel.call("finalize", request))
+    finalizing.start()
     try:
-        reply = call(ctx, channel, "finalize", "remote_finalize_local_job", volumes=volumes, last_sync=start,
-                     guest_definition=dataclasses.asdict(ctx.guest))
+        if meanwhile is not None:
+            meanwhile()
+    finally:
+        finalizing.join()
+    try:
+        reply = logged_reply(ctx, "remote_finalize_local_job", finalizing.answer)
     except (RemoteError, TransportError) as exc:
         ctx.log("delete stale replication snapshot error: %s" % exc)
         return

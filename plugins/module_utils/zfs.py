@@ -18,6 +18,7 @@ older paths (no token, no bookmark, no hold, plain streams).
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import subprocess
 import time
@@ -337,6 +338,45 @@ class Features:
                     **{name: getattr(self, name) for name in names})
 
 
+# The last answer of `zfs version` in this process: (fingerprint, Features).  A preloaded engine (preload.py) probes
+# before it forks its commands, and they take the answer with them; each command uses it only while its fingerprint
+# still holds, so a `zfs` upgraded or a kernel module loaded since is probed again.
+_probed = None
+MODULE_VERSION_FILE = "/sys/module/zfs/version"
+
+
+def zfs_fingerprint(path=None):
+    """What `zfs version`'s answer depends on: the `zfs` binary this process runs (device, inode, size, mtime,
+    ctime) and the loaded kernel module's version (none: zfs-fuse).  None when there is no `zfs` on the PATH."""
+    binary = path or shutil.which(ZFS)
+    if binary is None:
+        return None
+    try:
+        found = os.stat(binary)
+    except OSError:
+        return None
+    try:
+        with open(MODULE_VERSION_FILE, "rb") as module:
+            module_version = module.read(256)
+    except OSError:
+        module_version = None
+    return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns, module_version)
+
+
+def probe_features(run):
+    """Features from `zfs version` run by ``run``; with the real ``run_command`` the answer is remembered for this
+    process (and a preload's commands) while zfs_fingerprint() stays the same."""
+    global _probed  # pylint: disable=global-statement
+    fingerprint = zfs_fingerprint() if run is run_command else None
+    if fingerprint is not None and _probed is not None and _probed[0] == fingerprint:
+        return _probed[1]
+    rc, out, _err = run([ZFS, "version"], None, False)
+    features = Features(parse_version(out) if rc == 0 else None)
+    if fingerprint is not None:
+        _probed = (fingerprint, features)
+    return features
+
+
 def parse_version(text):
     """First line of `zfs version` ('zfs-2.1.11-1') -> '2.1.11-1'."""
     first = text.strip().splitlines()[0] if text.strip() else ""
@@ -353,8 +393,7 @@ class Zfs:
     @property
     def features(self):
         if self._features is None:
-            rc, out, _err = self.run([ZFS, "version"], None, False)
-            self._features = Features(parse_version(out) if rc == 0 else None)
+            self._features = probe_features(self.run)
         return self._features
 
     def exists(self, name):

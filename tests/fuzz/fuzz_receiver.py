@@ -372,6 +372,8 @@ class FakeZfs:
             return str({"used": 4096, "referenced": 65536, "usedbysnapshots": 8192, "available": 1 << 30}[prop])
         if prop == "userrefs":
             return str(len(self.datasets[dataset]["holds"].get(snap, ()))) if sep else "-"
+        if prop == "written" and self.openzfs:  # since the newest snapshot; a snapshot's: since the one before it
+            return "8192" if sep or self.datasets[dataset]["written"] else "0"
         if prop.startswith("written@") and self.openzfs and not sep:
             if prop[len("written@"):] not in self.datasets[dataset]["snaps"]:
                 return None

@@ -4,10 +4,11 @@
 """A run cut down at every step recovers by itself (DESIGN.md safety rule 6, issue 13), for real on the lab.
 
 A guest with two volumes; its job's run is killed with SIGKILL (no clean-up at all: failpoints.py) before, between
-and after the volumes' streams, in the middle of the second stream, before the sync is recorded and around the
-target's finalize; once for the first sync and once for an incremental run.  The next run must succeed without
-anyone touching anything, both replicas must equal the source at its snapshot (checksums), and the run after that
-must be incremental with exactly one replication snapshot left on each side.
+and after the volumes' streams, in the middle of the second stream, before the sync is recorded, and before, during
+(while this node does its own clean-up) and after the target's finalize; once for the first sync and once for an
+incremental run.  The next run must succeed without anyone touching anything, both replicas must equal the source at
+its snapshot (checksums), and the run after that must be incremental with exactly one replication snapshot left on
+each side.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from test_replicate import Cluster, job_snapshots
 pytestmark = pytest.mark.lab
 
 POINTS = ["before-volume-0", "after-volume-0", "mid-stream-1", "after-volume-1", "before-record", "before-finalize",
-          "after-finalize"]
+          "while-finalize", "after-finalize"]
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,10 @@
 
 Two QEMU guests made a cluster of the engine alone (no Ansible: the full tier, test_openzfs_replication.py, proves
 the installation).  One zvol replicated in full, then incrementally, then incrementally from the bookmark once the
-base snapshot is gone; another one's first transfer killed mid-stream (kill -9 of the source's `zfs send`) and
-resumed from the target's receive_resume_token, then one of its incrementals the same way (the target's prepare then
-reads the job's own volumes only, and finds the token in that read).  Both nodes run the preloaded engine, so the
+base snapshot is gone, then once more after someone wrote to the replica on the target (its data kept aside first);
+another one's first transfer killed mid-stream (kill -9 of the source's `zfs send`) and resumed from the target's
+receive_resume_token, then one of its incrementals the same way (the target's prepare then reads the job's own
+volumes only, and finds the token in that read).  Both nodes run the preloaded engine, so the
 CLI's runs and the peers' logins (`serve`: control sessions and streams) start from it.  After every successful run
 the data at the synced snapshot is compared by sha256 on both sides, with the mode the engine reports, its job
 state and its holds.
@@ -63,7 +64,20 @@ def test_zvol_full_then_incremental_then_from_the_bookmark(smoke):
     result = assert_ok(smoke.run_job("900-0"))
     assert modes(result) == ["incremental"] and result["volumes"][0]["base"] == "#" + base
     assert MiB < result["bytes"] < 2 * MiB, "a 1 MiB change from the bookmark sent as %d bytes" % result["bytes"]
-    assert assert_synced(smoke, "900-0", name, result)[1] != base_digest, "the change is in the replica"
+    last, last_digest = assert_synced(smoke, "900-0", name, result)
+    assert last_digest != base_digest, "the change is in the replica"
+    assert result["volumes"][0]["kept"] == [], "a replica only read (checksums) is not kept aside"
+    # Someone writes to the replica: the next incremental keeps its data aside before `zfs recv -F` rolls it back
+    # (the receive reads `written` with the replica's snapshots).
+    smoke.write_zvol("node2", name, 1, offset_mb=4)
+    written_there = smoke.zvol_checksum("node2", name)
+    assert written_there != last_digest
+    smoke.write_zvol("node1", name, 1, offset_mb=8)
+    result = assert_ok(smoke.run_job("900-0"))
+    assert modes(result) == ["incremental"] and result["volumes"][0]["base"] == last
+    assert assert_synced(smoke, "900-0", name, result)[1] != last_digest, "the change is in the replica"
+    [aside] = result["volumes"][0]["kept"]
+    assert aside.startswith(dataset + "-") and smoke.zvol_checksum("node2", aside[len(POOL) + 1:]) == written_there
 
 
 def test_killed_transfer_resumes_from_the_token(smoke):

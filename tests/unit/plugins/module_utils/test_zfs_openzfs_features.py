@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from ansible_collections.storage.replication.plugins.module_utils import zfs as zfsmod
 from ansible_collections.storage.replication.plugins.module_utils.zfs import (
     HOLD_TAG, Zfs, ZfsError, parse_resume_info, recv_argv, resume_send_argv, send_argv)
 
@@ -168,3 +169,50 @@ def test_hold_is_idempotent():
     run = Script((["zfs", "version"], OPENZFS), (["zfs", "hold"], (1, "", exists)))
     Zfs(run).keep_for_next_sync("p/d@s")
     assert run.calls[-1] == ["zfs", "hold", HOLD_TAG, "p/d@s"]
+
+
+@pytest.fixture
+def fake_zfs(tmp_path, monkeypatch):
+    """A real `zfs` on the PATH that answers `zfs version` as OpenZFS and counts its runs, and a module version file
+    of its own; nothing remembered from an earlier probe."""
+    binary = tmp_path / "bin" / "zfs"
+    binary.parent.mkdir()
+    runs = tmp_path / "runs"
+    binary.write_text("#!/bin/sh\necho run >> %s\necho zfs-2.2.2-1\necho zfs-kmod-2.2.2-1\n" % runs)
+    binary.chmod(0o755)
+    module = tmp_path / "module-version"
+    module.write_text("2.2.2-1\n")
+    monkeypatch.setenv("PATH", str(binary.parent))
+    monkeypatch.setattr(zfsmod, "MODULE_VERSION_FILE", str(module))
+    monkeypatch.setattr(zfsmod, "_probed", None)
+    return binary, module, lambda: len(runs.read_text().splitlines()) if runs.exists() else 0
+
+
+def test_zfs_version_is_run_once_while_the_binary_and_the_kernel_module_stay_the_same(fake_zfs):
+    binary, module, runs = fake_zfs
+    assert Zfs().features.openzfs_version == "2.2.2-1" and runs() == 1
+    assert Zfs().features.openzfs and runs() == 1  # a second command (a preload's fork) asks nothing
+    module.write_text("2.2.3-1\n")  # another kernel module loaded
+    assert Zfs().features.openzfs and runs() == 2
+    upgraded = binary.with_name("zfs.dpkg-new")  # the package upgraded, as dpkg does it: a new file renamed over
+    upgraded.write_text(binary.read_text().replace("2.2.2", "2.2.3"))
+    upgraded.chmod(0o755)
+    upgraded.rename(binary)
+    assert Zfs().features.openzfs_version == "2.2.3-1" and runs() == 3
+    module.unlink()  # no kernel module at all
+    Zfs().features  # pylint: disable=expression-not-assigned
+    assert runs() == 4
+
+
+def test_a_scripted_run_is_never_answered_from_the_real_zfs_probe(fake_zfs):
+    Zfs().features  # pylint: disable=expression-not-assigned
+    run = Script((["zfs", "version"], ZFS_FUSE))
+    assert not Zfs(run).features.openzfs and run.calls == [["zfs", "version"]]
+
+
+def test_no_zfs_on_the_path_is_never_remembered(fake_zfs, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert zfsmod.zfs_fingerprint() is None
+    with pytest.raises(OSError):
+        Zfs().features  # pylint: disable=expression-not-assigned
+    assert zfsmod._probed is None  # pylint: disable=protected-access
