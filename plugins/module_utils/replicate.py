@@ -6,7 +6,7 @@
 prepare (source and target, over one control connection) -> base selection per volume by guid ->
 one snapshot name for all volumes (freeze/thaw hooks around it) -> send each volume (full, or -I
 incremental) into the target's receiver -> last_sync recorded -> the source drops the previous
-replication snapshot, the target keeps only the newest.  The run log is pvesr's, plus bytes and
+replication snapshot while the target keeps only the newest (both at once: finalize_remote).  The run log is pvesr's, plus bytes and
 throughput per volume.
 """
 

@@ -338,10 +338,10 @@ class Features:
                     **{name: getattr(self, name) for name in names})
 
 
-# The last answer of `zfs version` in this process: (fingerprint, Features).  A preloaded engine (preload.py) probes
-# before it forks its commands, and they take the answer with them; each command uses it only while its fingerprint
-# still holds, so a `zfs` upgraded or a kernel module loaded since is probed again.
-_probed = None
+# The last answer of `zfs version` in this process: {fingerprint: Features}, one entry.  A preloaded engine
+# (preload.py) probes before it forks its commands, and they take the answer with them; each command uses it only
+# while its fingerprint still holds, so a `zfs` upgraded or a kernel module loaded since is probed again.
+_PROBED = {}
 MODULE_VERSION_FILE = "/sys/module/zfs/version"
 
 
@@ -366,14 +366,14 @@ def zfs_fingerprint(path=None):
 def probe_features(run):
     """Features from `zfs version` run by ``run``; with the real ``run_command`` the answer is remembered for this
     process (and a preload's commands) while zfs_fingerprint() stays the same."""
-    global _probed  # pylint: disable=global-statement
     fingerprint = zfs_fingerprint() if run is run_command else None
-    if fingerprint is not None and _probed is not None and _probed[0] == fingerprint:
-        return _probed[1]
+    if fingerprint is not None and fingerprint in _PROBED:
+        return _PROBED[fingerprint]
     rc, out, _err = run([ZFS, "version"], None, False)
     features = Features(parse_version(out) if rc == 0 else None)
     if fingerprint is not None:
-        _probed = (fingerprint, features)
+        _PROBED.clear()
+        _PROBED[fingerprint] = features
     return features
 
 

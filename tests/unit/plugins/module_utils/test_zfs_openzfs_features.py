@@ -4,13 +4,15 @@
 """Unit tests of the OpenZFS feature paths of the ZFS layer and of their absence on zfs-fuse.
 
 The real thing is proven in tests/openzfs (QEMU guests with the OpenZFS kernel module) and, for the zfs-fuse
-side, by the lab tests; these pin the argv the engine builds and the decisions it takes from probe output.
+side, by the lab tests; these pin the argv the engine builds and the decisions it takes from probe output, and
+(with a real `zfs` program of their own on the PATH) when `zfs version` is run again.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from ansible_collections.storage.replication.plugins.module_utils import preload
 from ansible_collections.storage.replication.plugins.module_utils import zfs as zfsmod
 from ansible_collections.storage.replication.plugins.module_utils.zfs import (
     HOLD_TAG, Zfs, ZfsError, parse_resume_info, recv_argv, resume_send_argv, send_argv)
@@ -184,7 +186,7 @@ def fake_zfs(tmp_path, monkeypatch):
     module.write_text("2.2.2-1\n")
     monkeypatch.setenv("PATH", str(binary.parent))
     monkeypatch.setattr(zfsmod, "MODULE_VERSION_FILE", str(module))
-    monkeypatch.setattr(zfsmod, "_probed", None)
+    monkeypatch.setattr(zfsmod, "_PROBED", {})
     return binary, module, lambda: len(runs.read_text().splitlines()) if runs.exists() else 0
 
 
@@ -215,4 +217,11 @@ def test_no_zfs_on_the_path_is_never_remembered(fake_zfs, monkeypatch):
     assert zfsmod.zfs_fingerprint() is None
     with pytest.raises(OSError):
         Zfs().features  # pylint: disable=expression-not-assigned
-    assert zfsmod._probed is None  # pylint: disable=protected-access
+    assert not zfsmod._PROBED  # pylint: disable=protected-access
+
+
+def test_the_preload_probes_when_it_starts_and_its_commands_ask_no_more(fake_zfs):
+    _binary, _module, runs = fake_zfs
+    preload.load_engine()
+    assert runs() == 1
+    assert Zfs().features.openzfs_version == "2.2.2-1" and runs() == 1
