@@ -345,10 +345,11 @@ _PROBED = {}
 MODULE_VERSION_FILE = "/sys/module/zfs/version"
 
 
-def zfs_fingerprint(path=None):
+def zfs_fingerprint():
     """What `zfs version`'s answer depends on: the `zfs` binary this process runs (device, inode, size, mtime,
-    ctime) and the loaded kernel module's version (none: zfs-fuse).  None when there is no `zfs` on the PATH."""
-    binary = path or shutil.which(ZFS)
+    ctime) and the loaded kernel module's version (none: zfs-fuse, or OpenZFS's module not loaded yet, when `zfs
+    version` fails).  None when there is no `zfs` on the PATH."""
+    binary = shutil.which(ZFS)
     if binary is None:
         return None
     try:
